@@ -1,0 +1,63 @@
+"""Map failures to google.rpc.Status with details (ErrorInfo, BadRequest)."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ledger.domain import errors
+
+ERROR_DOMAIN = "tally.ledger"
+
+
+class InvalidArgument(Exception):
+    """Malformed input: one (field, description) pair per violation."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = violations
+
+
+class Unavailable(Exception):
+    pass
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def invalid_argument_status(error: InvalidArgument) -> status_pb2.Status:
+    bad_request = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            for f, d in error.violations
+        ]
+    )
+    return status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT,
+        message=f"invalid request: {error}",
+        details=[_pack(bad_request)],
+    )
+
+
+def domain_status(error: errors.DomainError) -> status_pb2.Status:
+    if isinstance(error, errors.NotFound):
+        code = code_pb2.NOT_FOUND
+    elif isinstance(error, errors.AlreadyExists):
+        code = code_pb2.ALREADY_EXISTS
+    elif isinstance(error, errors.WriteConflict):
+        code = code_pb2.ABORTED
+    else:
+        code = code_pb2.FAILED_PRECONDITION
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    return status_pb2.Status(code=code, message=error.message, details=[_pack(info)])
+
+
+def to_grpc(status: status_pb2.Status) -> grpc.Status:
+    return rpc_status.to_status(status)

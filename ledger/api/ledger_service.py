@@ -1,0 +1,220 @@
+"""LedgerService: each RPC parses its request into a command or query, runs it, and maps the
+outcome (or the domain error) to the response. Blocking work runs on a thread pool; the
+event loop only translates."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from ledger.api import requests as parse
+from ledger.api import responses as present
+from ledger.api.errors import InvalidArgument, domain_status, invalid_argument_status, to_grpc
+from ledger.application.views import ProgramView
+from ledger.domain import errors
+from ledger.runtime import Tally
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_WAIT_SECONDS = 30.0
+
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(method: Handler) -> Handler:
+    """Map failures to rich statuses. Bad input never becomes INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except InvalidArgument as e:
+            await context.abort_with_status(to_grpc(invalid_argument_status(e)))
+        except errors.DomainError as e:
+            await context.abort_with_status(to_grpc(domain_status(e)))
+
+    return wrapper
+
+
+class LedgerServicer(pb_grpc.LedgerServiceServicer):
+    def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
+        self.tally = tally
+        self.app = tally.app
+        self.executor = executor
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    async def _reached(self, position: int, context: grpc.aio.ServicerContext) -> None:
+        """Read-your-writes: wait until the projections processed `position`."""
+        runner = self.tally.points
+        if runner.position >= position:
+            return
+        remaining = context.time_remaining()
+        budget = MAX_WAIT_SECONDS if remaining is None else min(remaining, MAX_WAIT_SECONDS)
+        deadline = asyncio.get_running_loop().time() + budget
+        runner.wake()
+        while runner.position < position:
+            if asyncio.get_running_loop().time() >= deadline:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None
+                    else grpc.StatusCode.UNAVAILABLE,
+                    f"projections are at position {runner.position}, not yet {position}",
+                )
+            await asyncio.sleep(0.002)
+
+    # ------------------------------------------------------------------ programs
+
+    @rpc
+    async def CreateProgram(self, request: Any, context: Any) -> pb.CreateProgramResponse:
+        outcome = await self._run(self.app.create_program, parse.create_program(request))
+        return pb.CreateProgramResponse(
+            program=present.program(outcome.program),
+            transaction_id=outcome.transaction_id,
+            position=outcome.position,
+        )
+
+    @rpc
+    async def UpdateProgram(self, request: Any, context: Any) -> pb.UpdateProgramResponse:
+        outcome = await self._run(self.app.update_program, parse.update_program(request))
+        return pb.UpdateProgramResponse(
+            program=present.program(outcome.program),
+            transaction_id=outcome.transaction_id,
+            position=outcome.position,
+        )
+
+    @rpc
+    async def GetProgram(self, request: Any, context: Any) -> pb.GetProgramResponse:
+        program = await self._run(self.app.get_program, parse.program_id(request))
+        return pb.GetProgramResponse(program=present.program(ProgramView.of(program)))
+
+    # ------------------------------------------------------------------ commands
+
+    @rpc
+    async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
+        cmd = parse.enroll_member(request, self.app.clock())
+        outcome = await self._run(self.app.enroll_member, cmd)
+        return pb.EnrollMemberResponse(
+            account=present.account(outcome.account),
+            transaction_id=outcome.transaction_id,
+            position=outcome.position,
+        )
+
+    @rpc
+    async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
+        cmd = parse.earn(request, self.app.clock())
+        return present.earn(await self._run(self.app.earn, cmd))
+
+    @rpc
+    async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
+        cmd = parse.redeem(request, self.app.clock())
+        return present.redeem(await self._run(self.app.redeem, cmd))
+
+    @rpc
+    async def Hold(self, request: Any, context: Any) -> pb.HoldResponse:
+        cmd = parse.hold(request, self.app.clock())
+        return present.hold(await self._run(self.app.hold, cmd))
+
+    @rpc
+    async def CaptureHold(self, request: Any, context: Any) -> pb.CaptureHoldResponse:
+        cmd = parse.capture_hold(request, self.app.clock())
+        return present.capture_hold(await self._run(self.app.capture_hold, cmd))
+
+    @rpc
+    async def ReleaseHold(self, request: Any, context: Any) -> pb.ReleaseHoldResponse:
+        cmd = parse.release_hold(request, self.app.clock())
+        return present.release_hold(await self._run(self.app.release_hold, cmd))
+
+    @rpc
+    async def Adjust(self, request: Any, context: Any) -> pb.AdjustResponse:
+        cmd = parse.adjust(request, self.app.clock())
+        return present.adjust(await self._run(self.app.adjust, cmd))
+
+    @rpc
+    async def Reverse(self, request: Any, context: Any) -> pb.ReverseResponse:
+        cmd = parse.reverse(request, self.app.clock())
+        if cmd.amount_minor:
+            raise InvalidArgument(
+                [("amount_minor", "stored-value reversals are not available yet; use points")]
+            )
+        return present.reverse(await self._run(self.app.reverse, cmd))
+
+    @rpc
+    async def RunExpiry(self, request: Any, context: Any) -> pb.RunExpiryResponse:
+        cmd = parse.run_expiry(request, self.app.clock())
+        # The lots read model names the candidates: let it catch up with the log first.
+        latest = await self._run(self.tally.app.recorder.max_notification_id)
+        await self._reached(latest or 0, context)
+        queries = self.tally.queries
+        outcome = await self._run(
+            self.app.run_expiry,
+            cmd,
+            lambda as_of: queries.members_with_due_lots(cmd.program_id, as_of),
+        )
+        return present.run_expiry(outcome)
+
+    # ------------------------------------------------------------------ queries
+
+    @rpc
+    async def GetAccount(self, request: Any, context: Any) -> pb.GetAccountResponse:
+        program_id, member_id, min_position = parse.member_query(request)
+        if request.HasField("as_of"):
+            raise InvalidArgument([("as_of", "as_of reads are not available yet")])
+        await self._reached(min_position, context)
+        program = await self._run(self.app.get_program, program_id)
+        position = self.tally.points.position
+        view = await self._run(
+            self.tally.queries.account, program_id, member_id, program.settings, self.app.clock()
+        )
+        if view is None:
+            raise errors.MemberNotFound(
+                f"member {member_id} is not enrolled in program {program_id}",
+                member_id=member_id,
+            )
+        return pb.GetAccountResponse(account=present.account(view), position=position)
+
+    @rpc
+    async def ListTransactions(self, request: Any, context: Any) -> pb.ListTransactionsResponse:
+        query = parse.list_transactions(request)
+        await self._reached(query.min_position, context)
+        await self._known_member(query.program_id, query.member_id)
+        page = await self._run(
+            self.tally.queries.transactions,
+            query.program_id,
+            query.member_id,
+            query.page_size,
+            query.after_position,
+            query.since,
+            query.until,
+        )
+        token = query.token_for(page.last_position) if page.last_position is not None else ""
+        return pb.ListTransactionsResponse(
+            transactions=[present.transaction(r) for r in page.rows], next_page_token=token
+        )
+
+    @rpc
+    async def ListLots(self, request: Any, context: Any) -> pb.ListLotsResponse:
+        program_id, member_id, min_position = parse.member_query(request)
+        await self._reached(min_position, context)
+        await self._known_member(program_id, member_id)
+        rows = await self._run(
+            self.tally.queries.lots, program_id, member_id, request.include_closed
+        )
+        return pb.ListLotsResponse(lots=[present.lot(r) for r in rows])
+
+    async def _known_member(self, program_id: str, member_id: str) -> None:
+        await self._run(self.app.get_program, program_id)
+        if not await self._run(self.tally.queries.member_exists, program_id, member_id):
+            raise errors.MemberNotFound(
+                f"member {member_id} is not enrolled in program {program_id}",
+                member_id=member_id,
+            )

@@ -1,0 +1,343 @@
+"""gRPC requests -> validated commands and query parameters."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ledger.api.validation import Violations
+from ledger.application import commands as c
+from ledger.domain.program import (
+    ExpiryKind,
+    ExpiryPolicy,
+    ProgramSettings,
+    StoredValueSplit,
+    TierRule,
+)
+from ledger.v1 import ledger_pb2 as pb
+
+MAX_TTL_SECONDS = 7 * 24 * 3600
+DEFAULT_TTL_SECONDS = 900
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_TIERS = 32
+
+_EXPIRY_KINDS = {
+    pb.EXPIRY_KIND_UNSPECIFIED: ExpiryKind.NEVER,
+    pb.EXPIRY_KIND_NEVER: ExpiryKind.NEVER,
+    pb.EXPIRY_KIND_ROLLING_DAYS: ExpiryKind.ROLLING_DAYS,
+    pb.EXPIRY_KIND_END_OF_YEAR_AFTER_YEARS: ExpiryKind.END_OF_YEAR_AFTER_YEARS,
+}
+_SPLITS = {
+    pb.STORED_VALUE_SPLIT_UNSPECIFIED: StoredValueSplit.PROPORTIONAL,
+    pb.STORED_VALUE_SPLIT_PROPORTIONAL: StoredValueSplit.PROPORTIONAL,
+    pb.STORED_VALUE_SPLIT_CASH_FIRST: StoredValueSplit.CASH_FIRST,
+    pb.STORED_VALUE_SPLIT_BONUS_FIRST: StoredValueSplit.BONUS_FIRST,
+}
+
+
+def _expiry_policy(v: Violations, policy: pb.ExpiryPolicy) -> ExpiryPolicy:
+    kind = _EXPIRY_KINDS.get(policy.kind)
+    if kind is None:
+        v.add("expiry_policy.kind", "unknown expiry kind")
+        return ExpiryPolicy()
+    if kind is ExpiryKind.ROLLING_DAYS:
+        v.in_range("expiry_policy.days", policy.days, 1, 36_500)
+        return ExpiryPolicy(kind, days=policy.days)
+    if kind is ExpiryKind.END_OF_YEAR_AFTER_YEARS:
+        v.in_range("expiry_policy.years", policy.years, 0, 100)
+        return ExpiryPolicy(kind, years=policy.years)
+    return ExpiryPolicy(kind)
+
+
+def _tiers(v: Violations, tiers: Any) -> tuple[TierRule, ...]:
+    if len(tiers) > MAX_TIERS:
+        v.add("tiers", f"at most {MAX_TIERS} tiers")
+    rules = []
+    for i, tier in enumerate(tiers):
+        v.identifier(f"tiers[{i}].code", tier.code)
+        v.text(f"tiers[{i}].name", tier.name, limit=100)
+        v.non_negative(f"tiers[{i}].threshold", tier.threshold)
+        rules.append(TierRule(tier.code, tier.name, tier.threshold))
+    if len({t.code for t in rules}) != len(rules):
+        v.add("tiers", "tier codes must be unique")
+    if len({t.threshold for t in rules}) != len(rules):
+        v.add("tiers", "tier thresholds must be distinct")
+    return tuple(rules)
+
+
+def _split(v: Violations, value: int) -> StoredValueSplit:
+    split = _SPLITS.get(value)
+    if split is None:
+        v.add("stored_value_split", "unknown split policy")
+        return StoredValueSplit.PROPORTIONAL
+    return split
+
+
+def create_program(r: pb.CreateProgramRequest) -> c.CreateProgram:
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    v.request_id(r.request_id)
+    v.text("display_name", r.display_name, limit=200, required=True)
+    v.currency("currency", r.currency)
+    time_zone = v.time_zone("time_zone", r.time_zone or "UTC")
+    v.non_negative("point_value_minor", r.point_value_minor)
+    window = r.tier_window_days or 365
+    v.in_range("tier_window_days", window, 1, 3650)
+    rate = r.expected_redemption_rate_ppm or 1_000_000
+    v.in_range("expected_redemption_rate_ppm", rate, 1, 1_000_000)
+    settings = ProgramSettings(
+        display_name=r.display_name,
+        currency=r.currency,
+        time_zone=time_zone,
+        point_value_minor=r.point_value_minor,
+        expiry_policy=_expiry_policy(v, r.expiry_policy),
+        tiers=_tiers(v, r.tiers),
+        tier_window_days=window,
+        stored_value_split=_split(v, r.stored_value_split),
+        expected_redemption_rate_ppm=rate,
+    )
+    v.raise_if_any()
+    return c.CreateProgram(program_id=r.program_id, request_id=r.request_id, settings=settings)
+
+
+def update_program(r: pb.UpdateProgramRequest) -> c.UpdateProgram:
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    v.request_id(r.request_id)
+    changes: dict[str, Any] = {}
+    if r.HasField("display_name"):
+        changes["display_name"] = v.text("display_name", r.display_name, limit=200, required=True)
+    if r.HasField("expiry_policy"):
+        changes["expiry_policy"] = _expiry_policy(v, r.expiry_policy)
+    if r.replace_tiers:
+        changes["tiers"] = _tiers(v, r.tiers)
+    elif len(r.tiers):
+        v.add("tiers", "set replace_tiers to replace the tier ladder")
+    if r.HasField("tier_window_days"):
+        changes["tier_window_days"] = v.in_range("tier_window_days", r.tier_window_days, 1, 3650)
+    if r.HasField("stored_value_split"):
+        changes["stored_value_split"] = _split(v, r.stored_value_split)
+    if r.HasField("expected_redemption_rate_ppm"):
+        changes["expected_redemption_rate_ppm"] = v.in_range(
+            "expected_redemption_rate_ppm", r.expected_redemption_rate_ppm, 1, 1_000_000
+        )
+    if not changes:
+        v.add("program", "nothing to change: set at least one field")
+    v.raise_if_any()
+    return c.UpdateProgram(program_id=r.program_id, request_id=r.request_id, changes=changes)
+
+
+def _account_fields(v: Violations, r: Any, now: datetime, store: bool = True) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "program_id": v.identifier("program_id", r.program_id),
+        "member_id": v.identifier("member_id", r.member_id),
+        "request_id": v.request_id(r.request_id),
+        "occurred_at": v.occurred_at(r.occurred_at, r.HasField("occurred_at"), now),
+    }
+    if store:
+        fields["store_id"] = v.identifier("store_id", r.store_id, required=False)
+    return fields
+
+
+def enroll_member(r: pb.EnrollMemberRequest, now: datetime) -> c.EnrollMember:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    referrer = v.identifier("referrer_member_id", r.referrer_member_id, required=False)
+    if referrer and referrer == r.member_id:
+        v.add("referrer_member_id", "a member cannot refer themselves")
+    v.raise_if_any()
+    return c.EnrollMember(referrer_member_id=referrer, **fields)
+
+
+def earn(r: pb.EarnRequest, now: datetime) -> c.EarnPoints:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    cmd = c.EarnPoints(
+        points=v.positive("points", r.points),
+        purchase_minor=v.non_negative("purchase_minor", r.purchase_minor),
+        order_ref=v.text("order_ref", r.order_ref),
+        reason=v.text("reason", r.reason),
+        qualifying=r.qualifying if r.HasField("qualifying") else True,
+        expires_at=v.timestamp("expires_at", r.expires_at, r.HasField("expires_at")),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def redeem(r: pb.RedeemRequest, now: datetime) -> c.RedeemPoints:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    cmd = c.RedeemPoints(
+        points=v.positive("points", r.points),
+        order_ref=v.text("order_ref", r.order_ref),
+        reason=v.text("reason", r.reason),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def hold(r: pb.HoldRequest, now: datetime) -> c.HoldPoints:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    ttl = r.ttl_seconds or DEFAULT_TTL_SECONDS
+    cmd = c.HoldPoints(
+        points=v.positive("points", r.points),
+        ttl_seconds=v.in_range("ttl_seconds", ttl, 1, MAX_TTL_SECONDS),
+        order_ref=v.text("order_ref", r.order_ref),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def capture_hold(r: pb.CaptureHoldRequest, now: datetime) -> c.CaptureHold:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    cmd = c.CaptureHold(
+        hold_id=v.identifier("hold_id", r.hold_id),
+        points=v.non_negative("points", r.points),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def release_hold(r: pb.ReleaseHoldRequest, now: datetime) -> c.ReleaseHold:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    cmd = c.ReleaseHold(hold_id=v.identifier("hold_id", r.hold_id), **fields)
+    v.raise_if_any()
+    return cmd
+
+
+def adjust(r: pb.AdjustRequest, now: datetime) -> c.AdjustPoints:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    if r.points == 0:
+        v.add("points", "must not be 0")
+    elif abs(r.points) > 10**15:
+        v.add("points", "must be between -10^15 and 10^15")
+    cmd = c.AdjustPoints(
+        points=r.points,
+        reason=v.text("reason", r.reason, required=True),
+        operator_id=v.identifier("operator_id", r.operator_id),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
+    v = Violations()
+    fields = _account_fields(v, r, now)
+    v.identifier("transaction_id", r.transaction_id)
+    v.non_negative("points", r.points)
+    v.non_negative("amount_minor", r.amount_minor)
+    if r.points and r.amount_minor:
+        v.add("amount_minor", "set points (for points) or amount_minor (for money), not both")
+    cmd = c.ReverseTransaction(
+        transaction_id=r.transaction_id,
+        points=r.points,
+        amount_minor=r.amount_minor,
+        reason=v.text("reason", r.reason),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def run_expiry(r: pb.RunExpiryRequest, now: datetime) -> c.RunExpiry:
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    v.request_id(r.request_id)
+    as_of = v.timestamp("as_of", r.as_of, r.HasField("as_of"))
+    if as_of is not None and as_of > now:
+        v.add("as_of", "must not be in the future")
+    v.raise_if_any()
+    return c.RunExpiry(program_id=r.program_id, request_id=r.request_id, as_of=as_of)
+
+
+# ---------------------------------------------------------------------- queries
+
+
+def program_id(r: Any) -> str:
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    v.raise_if_any()
+    return str(r.program_id)
+
+
+def member_query(r: Any) -> tuple[str, str, int]:
+    v = Violations()
+    fields = _member_query_fields(v, r)
+    v.raise_if_any()
+    return fields
+
+
+@dataclass(frozen=True)
+class TransactionsQuery:
+    program_id: str
+    member_id: str
+    min_position: int
+    page_size: int
+    after_position: int
+    since: datetime | None
+    until: datetime | None
+
+    def token_for(self, last_position: int) -> str:
+        payload = {"after": last_position, "query": self.fingerprint()}
+        raw = json.dumps(payload, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def fingerprint(self) -> str:
+        key = f"{self.program_id}|{self.member_id}|{self.since}|{self.until}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def list_transactions(r: pb.ListTransactionsRequest) -> TransactionsQuery:
+    v = Violations()
+    program, member, min_position = _member_query_fields(v, r)
+    size = r.page_size or DEFAULT_PAGE_SIZE
+    v.in_range("page_size", size, 1, MAX_PAGE_SIZE)
+    since = v.timestamp("since", r.since, r.HasField("since"))
+    until = v.timestamp("until", r.until, r.HasField("until"))
+    if since and until and since >= until:
+        v.add("until", "must be after since")
+    query = TransactionsQuery(program, member, min_position, size, 0, since, until)
+    after = 0
+    if r.page_token:
+        after = _decode_token(v, r.page_token, query.fingerprint())
+    v.raise_if_any()
+    return TransactionsQuery(program, member, min_position, size, after, since, until)
+
+
+def _member_query_fields(v: Violations, r: Any) -> tuple[str, str, int]:
+    v.identifier("program_id", r.program_id)
+    v.identifier("member_id", r.member_id)
+    v.non_negative("min_position", r.min_position, limit=2**63 - 1)
+    return r.program_id, r.member_id, r.min_position
+
+
+def _decode_token(v: Violations, token: str, fingerprint: str) -> int:
+    try:
+        if len(token) > 512:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        after = payload["after"]
+        if not isinstance(after, int) or after < 0:
+            raise ValueError("bad position")
+    except (ValueError, KeyError, TypeError):
+        v.add("page_token", "not a page token this server issued")
+        return 0
+    if payload.get("query") != fingerprint:
+        v.add("page_token", "belongs to a different query (member or time range changed)")
+        return 0
+    return after

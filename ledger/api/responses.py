@@ -1,0 +1,195 @@
+"""Outcomes and read-model rows -> gRPC responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger.application.views import AccountView, Outcome, ProgramView
+from ledger.domain.program import ExpiryKind, StoredValueSplit
+from ledger.queries import from_micros
+from ledger.v1 import ledger_pb2 as pb
+from projections.points import LotRow, TransactionRow
+
+_EXPIRY_KINDS = {
+    ExpiryKind.NEVER: pb.EXPIRY_KIND_NEVER,
+    ExpiryKind.ROLLING_DAYS: pb.EXPIRY_KIND_ROLLING_DAYS,
+    ExpiryKind.END_OF_YEAR_AFTER_YEARS: pb.EXPIRY_KIND_END_OF_YEAR_AFTER_YEARS,
+}
+_SPLITS = {
+    StoredValueSplit.PROPORTIONAL: pb.STORED_VALUE_SPLIT_PROPORTIONAL,
+    StoredValueSplit.CASH_FIRST: pb.STORED_VALUE_SPLIT_CASH_FIRST,
+    StoredValueSplit.BONUS_FIRST: pb.STORED_VALUE_SPLIT_BONUS_FIRST,
+}
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(moment)
+    return ts
+
+
+def account(view: AccountView | None) -> pb.Account:
+    if view is None:
+        return pb.Account()
+    return pb.Account(
+        program_id=view.program_id,
+        member_id=view.member_id,
+        points_available=view.points_available,
+        points_held=view.points_held,
+        points_debt=view.points_debt,
+        stored_value_cash_minor=view.stored_value_cash_minor,
+        stored_value_bonus_minor=view.stored_value_bonus_minor,
+        tier_code=view.tier_code,
+        qualifying_points=view.qualifying_points,
+        next_tier_code=view.next_tier_code,
+        points_to_next_tier=view.points_to_next_tier,
+        enrolled_at=timestamp(view.enrolled_at),
+        version=view.version,
+    )
+
+
+def program(view: ProgramView | None) -> pb.Program:
+    if view is None:
+        return pb.Program()
+    s = view.settings
+    return pb.Program(
+        program_id=view.program_id,
+        display_name=s.display_name,
+        currency=s.currency,
+        time_zone=s.time_zone,
+        point_value_minor=s.point_value_minor,
+        expiry_policy=pb.ExpiryPolicy(
+            kind=_EXPIRY_KINDS[s.expiry_policy.kind],
+            days=s.expiry_policy.days,
+            years=s.expiry_policy.years,
+        ),
+        tiers=[pb.Tier(code=t.code, name=t.name, threshold=t.threshold) for t in s.tiers],
+        tier_window_days=s.tier_window_days,
+        stored_value_split=_SPLITS[s.stored_value_split],
+        expected_redemption_rate_ppm=s.expected_redemption_rate_ppm,
+        created_at=timestamp(view.created_at),
+        updated_at=timestamp(view.updated_at),
+        version=view.version,
+    )
+
+
+def lot_points(allocation: dict[str, int]) -> list[pb.LotPoints]:
+    return [pb.LotPoints(lot_id=k, points=v) for k, v in allocation.items()]
+
+
+def earn(o: Outcome) -> pb.EarnResponse:
+    return pb.EarnResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        lot_id=o.details["lot_id"],
+        debt_repaid=o.details["debt_repaid"],
+    )
+
+
+def redeem(o: Outcome) -> pb.RedeemResponse:
+    return pb.RedeemResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        consumed=lot_points(o.details["consumed"]),
+    )
+
+
+def hold(o: Outcome) -> pb.HoldResponse:
+    return pb.HoldResponse(
+        hold_id=o.details["hold_id"],
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        expires_at=timestamp(o.details["expires_at"]),
+    )
+
+
+def capture_hold(o: Outcome) -> pb.CaptureHoldResponse:
+    return pb.CaptureHoldResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        points_captured=o.details["points_captured"],
+        points_released=o.details["points_released"],
+        consumed=lot_points(o.details["consumed"]),
+    )
+
+
+def release_hold(o: Outcome) -> pb.ReleaseHoldResponse:
+    return pb.ReleaseHoldResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        points_released=o.details["points_released"],
+    )
+
+
+def adjust(o: Outcome) -> pb.AdjustResponse:
+    return pb.AdjustResponse(
+        transaction_id=o.transaction_id, position=o.position, account=account(o.account)
+    )
+
+
+def reverse(o: Outcome) -> pb.ReverseResponse:
+    return pb.ReverseResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        points_reversed=o.details["points_reversed"],
+        debt_added=o.details["debt_added"],
+    )
+
+
+def run_expiry(o: Outcome) -> pb.RunExpiryResponse:
+    return pb.RunExpiryResponse(
+        expired_points=o.details["expired_points"],
+        lots_expired=o.details["lots_expired"],
+        accounts_touched=o.details["accounts_touched"],
+        position=o.position,
+        transaction_id=o.transaction_id,
+    )
+
+
+def transaction(row: TransactionRow) -> pb.Transaction:
+    return pb.Transaction(
+        transaction_id=row.transaction_id,
+        kind=pb.TransactionKind.Value("TRANSACTION_KIND_" + row.kind),
+        points_delta=row.points_delta,
+        held_delta=row.held_delta,
+        debt_delta=row.debt_delta,
+        cash_delta_minor=row.cash_delta_minor,
+        bonus_delta_minor=row.bonus_delta_minor,
+        points_balance_after=row.points_after,
+        points_held_after=row.held_after,
+        points_debt_after=row.debt_after,
+        cash_balance_after_minor=row.cash_after_minor,
+        bonus_balance_after_minor=row.bonus_after_minor,
+        occurred_at=timestamp(from_micros(row.occurred_at)),
+        recorded_at=timestamp(from_micros(row.recorded_at)),
+        store_id=row.store_id,
+        order_ref=row.order_ref,
+        reason=row.reason,
+        reverses_transaction_id=row.reverses_transaction_id,
+        operator_id=row.operator_id,
+        request_id=row.request_id,
+        position=row.position,
+        hold_id=row.hold_id,
+    )
+
+
+def lot(row: LotRow) -> pb.Lot:
+    message = pb.Lot(
+        lot_id=row.lot_id,
+        earned_at=timestamp(from_micros(row.earned_at)),
+        points=row.points,
+        remaining=row.remaining,
+        held=row.held,
+        expired=row.expired,
+    )
+    if row.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(from_micros(row.expires_at)))
+    return message

@@ -1,0 +1,1 @@
+"""Use cases: commands in, aggregates loaded and saved, outcomes out."""

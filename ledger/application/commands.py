@@ -1,0 +1,137 @@
+"""Commands: what a caller asks the ledger to do (imperative names, validated input).
+
+Each command knows its idempotency fingerprint: a SHA-256 over a canonical JSON encoding of
+every field but `request_id`, taken before any defaulting (a missing occurred_at stays
+missing), so a replay of the same request matches and a changed payload does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar
+
+from ledger.domain.program import ExpiryPolicy, ProgramSettings, TierRule
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (ExpiryPolicy, TierRule, ProgramSettings)):
+        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    name: ClassVar[str] = "Command"
+    program_id: str
+    request_id: str
+
+    def fingerprint(self) -> str:
+        payload = {
+            f.name: _canonical(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "request_id"
+        }
+        payload["command"] = self.name
+        encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountCommand(Command):
+    member_id: str
+    occurred_at: datetime | None = None
+    store_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateProgram(Command):
+    name: ClassVar[str] = "CreateProgram"
+    settings: ProgramSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateProgram(Command):
+    name: ClassVar[str] = "UpdateProgram"
+    # Field name of ProgramSettings -> new value; only these change.
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollMember(AccountCommand):
+    name: ClassVar[str] = "EnrollMember"
+    referrer_member_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarnPoints(AccountCommand):
+    name: ClassVar[str] = "Earn"
+    points: int
+    purchase_minor: int = 0
+    order_ref: str = ""
+    reason: str = ""
+    qualifying: bool = True
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemPoints(AccountCommand):
+    name: ClassVar[str] = "Redeem"
+    points: int
+    order_ref: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldPoints(AccountCommand):
+    name: ClassVar[str] = "Hold"
+    points: int
+    ttl_seconds: int
+    order_ref: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureHold(AccountCommand):
+    name: ClassVar[str] = "CaptureHold"
+    hold_id: str
+    points: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReleaseHold(AccountCommand):
+    name: ClassVar[str] = "ReleaseHold"
+    hold_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdjustPoints(AccountCommand):
+    name: ClassVar[str] = "Adjust"
+    points: int
+    reason: str
+    operator_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReverseTransaction(AccountCommand):
+    name: ClassVar[str] = "Reverse"
+    transaction_id: str
+    points: int = 0
+    amount_minor: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunExpiry(Command):
+    name: ClassVar[str] = "RunExpiry"
+    as_of: datetime | None = None

@@ -1,0 +1,422 @@
+"""The ledger application: one method per use case.
+
+Each command method loads the aggregates it needs, lets them decide, and saves their new
+events together with the request's idempotency record in ONE transaction (`save(a, record)`).
+A concurrent writer of the same account or the same request_id makes that save fail with
+IntegrityError; the method then starts again from the top, where it either finds the other
+writer's record (a duplicate: answer with the recorded response) or re-decides against the
+account's new state. A refused command raises before anything is saved.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
+
+from ledger.application import commands as c
+from ledger.application.views import AccountView, Outcome, ProgramView
+from ledger.domain import errors
+from ledger.domain.account import MemberAccount
+from ledger.domain.ids import account_id_key, derived_transaction_id, program_id_key
+from ledger.domain.program import Program, ProgramSettingsAsDict
+from ledger.domain.provenance import Provenance, ProvenanceAsDict
+from ledger.domain.request import RequestRecord
+from ledger.infrastructure.database import Database
+from ledger.infrastructure.eventlog import position_of
+
+MAX_ATTEMPTS = 20
+T = TypeVar("T")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CommandContext:
+    """What a use case body works with, loaded fresh on every attempt."""
+
+    program: Program
+    account: MemberAccount
+    provenance: Provenance
+    now: datetime
+
+
+class LedgerApplication(Application[UUID]):
+    name = "Ledger"
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        database: Database,
+        clock: Callable[[], datetime] = utc_now,
+        on_saved: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.database = database
+        self.clock = clock
+        self.on_saved = on_saved
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(ProvenanceAsDict())
+        transcoder.register(ProgramSettingsAsDict())
+
+    # ------------------------------------------------------------------ programs
+
+    def create_program(self, cmd: c.CreateProgram) -> Outcome:
+        def attempt() -> Outcome:
+            if self._exists(program_id_key(cmd.program_id)):
+                raise errors.ProgramAlreadyExists(
+                    f"program {cmd.program_id} exists", program_id=cmd.program_id
+                )
+            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
+            program = Program(
+                program_id=cmd.program_id, settings=cmd.settings, transaction_id=transaction_id
+            )
+            return self._commit(cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program)))
+
+        return self._idempotent(cmd, attempt)
+
+    def update_program(self, cmd: c.UpdateProgram) -> Outcome:
+        def attempt() -> Outcome:
+            program = self.get_program(cmd.program_id)
+            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
+            program.update(cmd.changes, transaction_id)
+            return self._commit(cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program)))
+
+        return self._idempotent(cmd, attempt)
+
+    def get_program(self, program_id: str) -> Program:
+        try:
+            program: Program = self.repository.get(program_id_key(program_id))
+        except AggregateNotFoundError:
+            raise errors.ProgramNotFound(
+                f"program {program_id} does not exist", program_id=program_id
+            ) from None
+        return program
+
+    # ------------------------------------------------------------------ members
+
+    def enroll_member(self, cmd: c.EnrollMember) -> Outcome:
+        def attempt() -> Outcome:
+            program = self.get_program(cmd.program_id)
+            if self._exists(account_id_key(cmd.program_id, cmd.member_id)):
+                raise errors.MemberAlreadyEnrolled(
+                    f"member {cmd.member_id} is already enrolled", member_id=cmd.member_id
+                )
+            now = self.clock()
+            provenance = self._provenance(cmd, now)
+            account = MemberAccount(
+                program_id=cmd.program_id,
+                member_id=cmd.member_id,
+                referrer_member_id=cmd.referrer_member_id,
+                provenance=provenance,
+            )
+            view = AccountView.of(account, program.settings, now)
+            outcome = Outcome(provenance.transaction_id, 0, account=view)
+            return self._commit(cmd, cmd.member_id, [account], outcome)
+
+        return self._idempotent(cmd, attempt)
+
+    def get_account(self, program_id: str, member_id: str) -> MemberAccount:
+        try:
+            account: MemberAccount = self.repository.get(account_id_key(program_id, member_id))
+        except AggregateNotFoundError:
+            raise errors.MemberNotFound(
+                f"member {member_id} is not enrolled in program {program_id}",
+                member_id=member_id,
+            ) from None
+        return account
+
+    def account_view(self, program_id: str, member_id: str) -> AccountView:
+        program = self.get_program(program_id)
+        account = self.get_account(program_id, member_id)
+        return AccountView.of(account, program.settings, self.clock())
+
+    # ------------------------------------------------------------------ points
+
+    def earn(self, cmd: c.EarnPoints) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            settings = ctx.program.settings
+            expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
+                ctx.provenance.occurred_at, settings.time_zone
+            )
+            repaid = ctx.account.earn(
+                ctx.provenance, ctx.now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
+            )
+            return {"lot_id": ctx.provenance.transaction_id, "debt_repaid": repaid}
+
+        return self._on_account(cmd, body, order_ref=cmd.order_ref, reason=cmd.reason)
+
+    def redeem(self, cmd: c.RedeemPoints) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            consumed = ctx.account.redeem(ctx.provenance, ctx.now, cmd.points)
+            return {"consumed": consumed}
+
+        return self._on_account(cmd, body, order_ref=cmd.order_ref, reason=cmd.reason)
+
+    def hold(self, cmd: c.HoldPoints) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            hold = ctx.account.hold(
+                ctx.provenance, ctx.now, cmd.points, timedelta(seconds=cmd.ttl_seconds)
+            )
+            return {"hold_id": hold.hold_id, "expires_at": hold.expires_at}
+
+        return self._on_account(cmd, body, order_ref=cmd.order_ref)
+
+    def capture_hold(self, cmd: c.CaptureHold) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            consumed, released = ctx.account.capture_hold(
+                ctx.provenance, ctx.now, cmd.hold_id, cmd.points
+            )
+            return {
+                "consumed": consumed,
+                "points_captured": sum(consumed.values()),
+                "points_released": sum(released.values()),
+            }
+
+        return self._on_account(cmd, body)
+
+    def release_hold(self, cmd: c.ReleaseHold) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            returned = ctx.account.release_hold(ctx.provenance, ctx.now, cmd.hold_id)
+            return {"points_released": sum(returned.values())}
+
+        return self._on_account(cmd, body)
+
+    def adjust(self, cmd: c.AdjustPoints) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            settings = ctx.program.settings
+            expires_at = settings.expiry_policy.expires_at(
+                ctx.provenance.occurred_at, settings.time_zone
+            )
+            ctx.account.adjust(ctx.provenance, ctx.now, cmd.points, expires_at)
+            return {}
+
+        return self._on_account(
+            cmd, body, reason=cmd.reason, operator_id=cmd.operator_id
+        )
+
+    def reverse(self, cmd: c.ReverseTransaction) -> Outcome:
+        def body(ctx: CommandContext) -> dict[str, Any]:
+            points, debt_added = ctx.account.reverse(
+                ctx.provenance, ctx.now, cmd.transaction_id, cmd.points
+            )
+            return {"points_reversed": points, "debt_added": debt_added}
+
+        return self._on_account(
+            cmd, body, reason=cmd.reason, reverses_transaction_id=cmd.transaction_id
+        )
+
+    # ------------------------------------------------------------------ expiry and holds
+
+    def run_expiry(self, cmd: c.RunExpiry, member_ids: Callable[[datetime], Iterable[str]]) -> Outcome:
+        """Expire every due lot of the program as of `cmd.as_of` (default now).
+
+        `member_ids(as_of)` names the accounts that may have due lots (from the lots read
+        model); each is checked against its aggregate, so a stale candidate does no harm.
+        Accounts are saved in chunks; the request record goes with the last chunk, so a
+        retried request after a crash simply expires what is left (expiry is idempotent).
+        """
+
+        def attempt() -> Outcome:
+            now = self.clock()
+            as_of = cmd.as_of or now
+            if as_of > now:
+                raise errors.ExpiryInFuture("as_of is in the future; nothing can expire yet")
+            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
+            self.get_program(cmd.program_id)
+            provenance = Provenance(
+                transaction_id=transaction_id,
+                request_id=cmd.request_id,
+                occurred_at=as_of,
+                reason="points expired",
+            )
+            expired_points = lots = accounts = 0
+            position = 0
+            for chunk in _chunks(member_ids(as_of), 200):
+                points, count, touched, position = self._expire_chunk(
+                    cmd.program_id, chunk, as_of, provenance
+                )
+                expired_points += points
+                lots += count
+                accounts += touched
+            details = {
+                "expired_points": expired_points,
+                "lots_expired": lots,
+                "accounts_touched": accounts,
+            }
+            return self._commit(cmd, "", [], Outcome(transaction_id, position, details=details))
+
+        return self._idempotent(cmd, attempt)
+
+    def _expire_chunk(
+        self, program_id: str, member_ids: list[str], as_of: datetime, provenance: Provenance
+    ) -> tuple[int, int, int, int]:
+        for _ in range(MAX_ATTEMPTS):
+            touched: list[MemberAccount] = []
+            points = lots = 0
+            for member_id in member_ids:
+                account = self.get_account(program_id, member_id)
+                due = account.expire_lots(as_of, provenance)
+                if due:
+                    touched.append(account)
+                    points += sum(due.values())
+                    lots += len(due)
+            if not touched:
+                return 0, 0, 0, 0
+            try:
+                recordings = self.save(*touched)
+            except IntegrityError:
+                _backoff()
+                continue
+            position = max(r.notification.id for r in recordings)
+            self._saved(position)
+            return points, lots, len(touched), position
+        raise errors.WriteConflict("expiry kept conflicting with other writers")
+
+    def sweep_expired_lots(self, program_id: str, as_of: datetime, member_ids: list[str]) -> int:
+        """The scheduled sweep: expire due lots of the given accounts. Returns points expired."""
+        provenance = Provenance(
+            transaction_id=derived_transaction_id(f"{program_id}@{as_of.isoformat()}", "sweep"),
+            request_id="",
+            occurred_at=as_of,
+            reason="points expired",
+        )
+        expired = 0
+        for chunk in _chunks(member_ids, 200):
+            expired += self._expire_chunk(program_id, chunk, as_of, provenance)[0]
+        return expired
+
+    def expire_holds(self, program_id: str, member_id: str) -> int:
+        """Release the holds of one account whose TTL has run out (the sweeper's command).
+
+        Idempotent by state: a hold already ended is left alone. Returns the position."""
+        for _ in range(MAX_ATTEMPTS):
+            account = self.get_account(program_id, member_id)
+            now = self.clock()
+            if not any(h.expires_at <= now for h in account.holds.values()):
+                return 0
+            sweep = Provenance(
+                transaction_id=derived_transaction_id(f"{account.id}@{now.isoformat()}", "sweep"),
+                request_id="",
+                occurred_at=now,
+                reason="hold sweep",
+            )
+            account.bring_up_to(now, sweep)
+            try:
+                recordings = self.save(account)
+            except IntegrityError:
+                _backoff()
+                continue
+            position = max(r.notification.id for r in recordings)
+            self._saved(position)
+            return position
+        raise errors.WriteConflict("hold expiry kept conflicting with other writers")
+
+    # ------------------------------------------------------------------ machinery
+
+    def _on_account(
+        self,
+        cmd: c.AccountCommand,
+        body: Callable[[CommandContext], dict[str, Any]],
+        **provenance_fields: str,
+    ) -> Outcome:
+        def attempt() -> Outcome:
+            program = self.get_program(cmd.program_id)
+            account = self.get_account(cmd.program_id, cmd.member_id)
+            now = self.clock()
+            provenance = self._provenance(cmd, now, **provenance_fields)
+            details = body(CommandContext(program, account, provenance, now))
+            view = AccountView.of(account, program.settings, now)
+            outcome = Outcome(provenance.transaction_id, 0, account=view, details=details)
+            return self._commit(cmd, cmd.member_id, [account], outcome)
+
+        return self._idempotent(cmd, attempt)
+
+    def _idempotent(self, cmd: c.Command, attempt: Callable[[], Outcome]) -> Outcome:
+        record_id = RequestRecord.create_id(cmd.program_id, cmd.request_id)
+        for _ in range(MAX_ATTEMPTS):
+            previous = self._find_request(record_id)
+            if previous is not None:
+                return self._replay(previous, cmd)
+            try:
+                return attempt()
+            except IntegrityError:
+                # Another writer got there first: the account moved on, or the same
+                # request_id was recorded. Look again.
+                _backoff()
+        raise errors.WriteConflict("the command kept conflicting with concurrent writers")
+
+    def _commit(
+        self, cmd: c.Command, member_id: str, aggregates: list[Any], outcome: Outcome
+    ) -> Outcome:
+        record = RequestRecord(
+            program_id=cmd.program_id,
+            request_id=cmd.request_id,
+            command=cmd.name,
+            request_hash=cmd.fingerprint(),
+            member_id=member_id,
+            response=outcome.to_record(),
+        )
+        recordings = self.save(*aggregates, record)
+        position = max(r.notification.id for r in recordings)
+        self._saved(position)
+        return replace(outcome, position=position)
+
+    def _replay(self, record: RequestRecord, cmd: c.Command) -> Outcome:
+        if record.request_hash != cmd.fingerprint() or record.command != cmd.name:
+            raise errors.IdempotencyKeyReused(
+                f"request_id {cmd.request_id!r} was used for a different request",
+                request_id=cmd.request_id,
+            )
+        position = position_of(self.database, record.id, record.version)
+        return Outcome.from_record(record.response, position)
+
+    def _find_request(self, record_id: UUID) -> RequestRecord | None:
+        # Straight from the store: request records are read once, never worth caching.
+        events = list(self.events.get(record_id, limit=1))
+        if not events:
+            return None
+        record: RequestRecord | None = project_aggregate(None, events)
+        return record
+
+    def _exists(self, aggregate_id: UUID) -> bool:
+        return bool(list(self.events.get(aggregate_id, limit=1)))
+
+    def _provenance(self, cmd: c.AccountCommand, now: datetime, **fields: str) -> Provenance:
+        return Provenance(
+            transaction_id=str(RequestRecord.create_id(cmd.program_id, cmd.request_id)),
+            request_id=cmd.request_id,
+            occurred_at=cmd.occurred_at or now,
+            store_id=cmd.store_id,
+            **fields,
+        )
+
+    def _saved(self, position: int) -> None:
+        if self.on_saved is not None:
+            self.on_saved(position)
+
+
+def _backoff() -> None:
+    time.sleep(random.uniform(0.0005, 0.005))
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

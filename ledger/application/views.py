@@ -1,0 +1,98 @@
+"""What commands answer with: plain data, recorded with the request for idempotent replays."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from ledger.domain.account import MemberAccount
+from ledger.domain.program import Program, ProgramSettings
+
+
+@dataclass(frozen=True)
+class AccountView:
+    program_id: str
+    member_id: str
+    points_available: int
+    points_held: int
+    points_debt: int
+    stored_value_cash_minor: int
+    stored_value_bonus_minor: int
+    tier_code: str
+    qualifying_points: int
+    next_tier_code: str
+    points_to_next_tier: int
+    enrolled_at: datetime
+    version: int
+
+    @classmethod
+    def of(cls, account: MemberAccount, settings: ProgramSettings, now: datetime) -> AccountView:
+        qualifying = account.qualifying_points(now - timedelta(days=settings.tier_window_days))
+        standing = settings.standing(qualifying)
+        return cls(
+            program_id=account.program_id,
+            member_id=account.member_id,
+            points_available=account.available,
+            points_held=account.held,
+            points_debt=account.debt,
+            stored_value_cash_minor=0,
+            stored_value_bonus_minor=0,
+            tier_code=standing.tier_code,
+            qualifying_points=qualifying,
+            next_tier_code=standing.next_tier_code,
+            points_to_next_tier=standing.points_to_next_tier,
+            enrolled_at=account.enrolled_at,
+            version=account.version,
+        )
+
+
+@dataclass(frozen=True)
+class ProgramView:
+    program_id: str
+    settings: ProgramSettings
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def of(cls, program: Program) -> ProgramView:
+        return cls(
+            program.program_id,
+            program.settings,
+            program.created_on,
+            program.updated_at,
+            program.version,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A command's answer. `details` holds the command-specific fields (JSON-able)."""
+
+    transaction_id: str
+    position: int
+    account: AccountView | None = None
+    program: ProgramView | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "account": asdict(self.account) if self.account else None,
+            # Not asdict(): it would flatten the settings, which have a transcoding of their own.
+            "program": (
+                {f.name: getattr(self.program, f.name) for f in fields(ProgramView)}
+                if self.program
+                else None
+            ),
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], position: int) -> Outcome:
+        account = AccountView(**record["account"]) if record["account"] else None
+        program = None
+        if record["program"]:
+            program = ProgramView(**record["program"])
+        return cls(record["transaction_id"], position, account, program, record["details"])

@@ -1,0 +1,153 @@
+"""The `ledger` command: serve, migrate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE = "sqlite:///ledger.db"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: structured logs a collector can parse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=os.environ.get("TALLY_LOG_LEVEL", "INFO"), handlers=[handler])
+
+
+def _database_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("TALLY_DATABASE_URL", DEFAULT_DATABASE),
+        help="sqlite:///FILE or postgresql://USER@HOST:PORT/DB (env TALLY_DATABASE_URL; "
+        f"default {DEFAULT_DATABASE})",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ledger", description="Tally points ledger")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN),
+        help=f"HOST:PORT (env TALLY_LISTEN; default {DEFAULT_LISTEN})",
+    )
+    _database_arg(serve)
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start if migrations are pending instead of applying them",
+    )
+
+    migrate = sub.add_parser("migrate", help="apply pending schema migrations")
+    _database_arg(migrate)
+
+    demo = sub.add_parser("demo", help="earn and redeem points against a running server")
+    demo.add_argument("--target", default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN))
+
+    args = parser.parse_args(argv)
+    _configure_logging()
+    if args.command == "serve":
+        from ledger.api.server import InsecureListenAddress, serve as run_server
+        from ledger.infrastructure.database import DatabaseUrlError
+        from ledger.infrastructure.migrations import MigrationError
+
+        try:
+            asyncio.run(run_server(args.database, args.listen, not args.no_migrate))
+        except (InsecureListenAddress, DatabaseUrlError, MigrationError) as e:
+            print(f"ledger serve: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "migrate":
+        from ledger.infrastructure.database import parse_database_url
+        from ledger.infrastructure.migrations import migrate as apply
+
+        applied = apply(parse_database_url(args.database))
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+        print(f"{len(applied)} migration(s) applied; schema is up to date")
+        return 0
+    if args.command == "demo":
+        return _demo(args.target)
+    return 2
+
+
+def _demo(target: str) -> int:
+    """A walkthrough: create a program, enroll a member, earn, redeem, read back."""
+    import grpc
+
+    from ledger.v1 import ledger_pb2 as pb
+    from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+    run = uuid.uuid4().hex[:8]
+    with grpc.insecure_channel(target) as channel:
+        ledger = pb_grpc.LedgerServiceStub(channel)
+        program = f"demo-{run}"
+        ledger.CreateProgram(
+            pb.CreateProgramRequest(
+                program_id=program,
+                display_name="Demo programme",
+                currency="EUR",
+                point_value_minor=1,
+                expiry_policy=pb.ExpiryPolicy(kind=pb.EXPIRY_KIND_ROLLING_DAYS, days=365),
+                tiers=[pb.Tier(code="SILVER", name="Silver", threshold=500)],
+                request_id=f"{run}-program",
+            )
+        )
+        ledger.EnrollMember(
+            pb.EnrollMemberRequest(program_id=program, member_id="alice", request_id=f"{run}-e")
+        )
+        earned = ledger.Earn(
+            pb.EarnRequest(
+                program_id=program, member_id="alice", points=600, purchase_minor=6000,
+                store_id="store-1", order_ref="order-1", request_id=f"{run}-earn",
+            )
+        )
+        print(f"earned 600 points: available {earned.account.points_available}, "
+              f"tier {earned.account.tier_code or '-'}")
+        redeemed = ledger.Redeem(
+            pb.RedeemRequest(
+                program_id=program, member_id="alice", points=250, store_id="store-2",
+                order_ref="order-2", request_id=f"{run}-redeem",
+            )
+        )
+        print(f"redeemed 250 points from lots {[c.lot_id for c in redeemed.consumed]}: "
+              f"available {redeemed.account.points_available}")
+        history = ledger.ListTransactions(
+            pb.ListTransactionsRequest(
+                program_id=program, member_id="alice", min_position=redeemed.position
+            )
+        )
+        for t in history.transactions:
+            print(f"  {pb.TransactionKind.Name(t.kind):28} {t.points_delta:+6}"
+                  f"  balance {t.points_balance_after}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

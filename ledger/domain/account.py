@@ -1,0 +1,575 @@
+"""The MemberAccount aggregate: one member of one program, the consistency boundary.
+
+Public methods check the rules, then trigger past-tense events; the `@event` methods only
+mutate state, so replaying the events rebuilds exactly this state. Every public command first
+brings the account up to `now`: holds whose TTL ran out are released and lots past their
+expiry are expired, in the same transaction as the command, so an expired lot is never
+spendable even before the scheduled sweep has run.
+
+Lots are keyed by the id of the transaction that opened them (an Earn or a positive
+Adjust). Points go out of lots in order of earliest expiry (never-expiring last), then oldest
+earn. An allocation (`dict[lot_id, points]`) records exactly which lots gave how much, in
+the order they gave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from ledger.domain import errors
+from ledger.domain.ids import account_id_key, derived_transaction_id
+from ledger.domain.provenance import Provenance
+
+INT64_MAX = 2**63 - 1
+
+Allocation = dict[str, int]
+
+
+@dataclass
+class Lot:
+    lot_id: str
+    points: int
+    remaining: int
+    earned_at: datetime
+    expires_at: datetime | None
+    held: int = 0
+    expired: int = 0
+    # Expired points of this lot whose earn was later reversed (nothing left to claw back).
+    expired_reversed: int = 0
+
+    def is_due(self, as_of: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= as_of
+
+    def spend_order(self) -> tuple[bool, datetime, datetime, str]:
+        never = self.expires_at is None
+        return (never, self.expires_at or self.earned_at, self.earned_at, self.lot_id)
+
+
+@dataclass
+class ActiveHold:
+    hold_id: str
+    points: int
+    taken: Allocation
+    expires_at: datetime
+    order_ref: str
+
+
+@dataclass
+class EarnRecord:
+    points: int
+    occurred_at: datetime
+    qualifying: bool
+    reversed: int = 0
+
+
+@dataclass
+class RedemptionRecord:
+    consumed: Allocation
+    reversed: Allocation = field(default_factory=dict)
+
+    @property
+    def points(self) -> int:
+        return sum(self.consumed.values())
+
+    @property
+    def reversible(self) -> int:
+        return self.points - sum(self.reversed.values())
+
+
+class MemberAccount(Aggregate):
+    @staticmethod
+    def create_id(program_id: str, member_id: str) -> UUID:
+        return account_id_key(program_id, member_id)
+
+    @event("MemberEnrolled")
+    def __init__(
+        self, program_id: str, member_id: str, referrer_member_id: str, provenance: Provenance
+    ) -> None:
+        self.program_id = program_id
+        self.member_id = member_id
+        self.enrolled_at = provenance.occurred_at
+        self.available = 0
+        self.held = 0
+        self.debt = 0
+        self.lots: dict[str, Lot] = {}
+        self.open_lot_ids: set[str] = set()
+        self.holds: dict[str, ActiveHold] = {}
+        self.closed_hold_ids: set[str] = set()
+        self.earns: dict[str, EarnRecord] = {}
+        self.redemptions: dict[str, RedemptionRecord] = {}
+        self.other_transaction_ids: set[str] = set()
+
+    # ------------------------------------------------------------------ reads
+
+    def knows_transaction(self, transaction_id: str) -> bool:
+        return (
+            transaction_id in self.earns
+            or transaction_id in self.redemptions
+            or transaction_id in self.other_transaction_ids
+        )
+
+    def qualifying_points(self, since: datetime) -> int:
+        """Qualifying points earned at or after `since`, net of reversals."""
+        return sum(
+            e.points - e.reversed
+            for e in self.earns.values()
+            if e.qualifying and e.occurred_at >= since
+        )
+
+    def open_lots(self) -> list[Lot]:
+        return sorted((self.lots[i] for i in self.open_lot_ids), key=Lot.spend_order)
+
+    # ------------------------------------------------------------------ commands
+
+    def bring_up_to(self, now: datetime, provenance: Provenance) -> None:
+        """Release holds whose TTL has run out, then expire lots that are due at `now`."""
+        for hold in sorted(self.holds.values(), key=lambda h: (h.expires_at, h.hold_id)):
+            if hold.expires_at <= now:
+                self._hold_expired(
+                    provenance=provenance.derived(
+                        derived_transaction_id(hold.hold_id, "hold-expired"), "hold expired"
+                    ),
+                    hold_id=hold.hold_id,
+                    returned=dict(hold.taken),
+                )
+        self.expire_lots(now, provenance.derived(
+            derived_transaction_id(provenance.transaction_id, "expiry"), "points expired"
+        ))
+
+    def expire_lots(self, as_of: datetime, provenance: Provenance) -> Allocation:
+        """Expire what remains of every lot due at `as_of`. Idempotent per instant."""
+        due = {
+            lot.lot_id: lot.remaining
+            for lot in self.open_lots()
+            if lot.remaining > 0 and lot.is_due(as_of)
+        }
+        if due:
+            self._lots_expired(provenance=provenance, as_of=as_of, lots=due)
+        return due
+
+    def earn(
+        self,
+        provenance: Provenance,
+        now: datetime,
+        points: int,
+        purchase_minor: int,
+        expires_at: datetime | None,
+        qualifying: bool,
+    ) -> int:
+        """Credit `points`; any debt is repaid first. Returns the points that repaid debt."""
+        self.bring_up_to(now, provenance)
+        self._check_balance_limit(points)
+        debt_repaid = min(self.debt, points)
+        self._points_earned(
+            provenance=provenance,
+            points=points,
+            purchase_minor=purchase_minor,
+            expires_at=expires_at,
+            qualifying=qualifying,
+            debt_repaid=debt_repaid,
+        )
+        self.bring_up_to(now, provenance)
+        return debt_repaid
+
+    def redeem(self, provenance: Provenance, now: datetime, points: int) -> Allocation:
+        self.bring_up_to(now, provenance)
+        self._check_can_spend(points)
+        consumed = self._allocate(points)
+        self._points_redeemed(provenance=provenance, consumed=consumed)
+        return consumed
+
+    def hold(
+        self, provenance: Provenance, now: datetime, points: int, ttl: timedelta
+    ) -> ActiveHold:
+        self.bring_up_to(now, provenance)
+        self._check_can_spend(points)
+        taken = self._allocate(points)
+        self._points_held(provenance=provenance, taken=taken, expires_at=now + ttl)
+        return self.holds[provenance.transaction_id]
+
+    def capture_hold(
+        self, provenance: Provenance, now: datetime, hold_id: str, points: int
+    ) -> tuple[Allocation, Allocation]:
+        """Redeem `points` (0 = all) of an active hold and release the rest.
+
+        Returns (consumed, released)."""
+        self.bring_up_to(now, provenance)
+        hold = self._active_hold(hold_id)
+        points = points or hold.points
+        if points > hold.points:
+            raise errors.CaptureExceedsHold(
+                f"capture of {points} points exceeds the {hold.points} points held",
+                held=str(hold.points),
+            )
+        consumed, released = _split(hold.taken, points)
+        self._hold_captured(
+            provenance=provenance, hold_id=hold_id, consumed=consumed, released=released
+        )
+        self.bring_up_to(now, provenance)
+        return consumed, released
+
+    def release_hold(self, provenance: Provenance, now: datetime, hold_id: str) -> Allocation:
+        self.bring_up_to(now, provenance)
+        hold = self._active_hold(hold_id)
+        returned = dict(hold.taken)
+        self._hold_released(provenance=provenance, hold_id=hold_id, returned=returned)
+        self.bring_up_to(now, provenance)
+        return returned
+
+    def adjust(
+        self, provenance: Provenance, now: datetime, points: int, expires_at: datetime | None
+    ) -> None:
+        """A manual correction: positive opens a lot (after repaying debt), negative takes
+        points from lots and is refused beyond what is available."""
+        self.bring_up_to(now, provenance)
+        if points > 0:
+            self._check_balance_limit(points)
+            debt_repaid = min(self.debt, points)
+            self._points_adjusted(
+                provenance=provenance,
+                points=points,
+                debt_repaid=debt_repaid,
+                expires_at=expires_at,
+                taken={},
+            )
+        else:
+            if -points > self.available:
+                raise _insufficient(-points, self.available)
+            self._points_adjusted(
+                provenance=provenance,
+                points=points,
+                debt_repaid=0,
+                expires_at=None,
+                taken=self._allocate(-points),
+            )
+        self.bring_up_to(now, provenance)
+
+    def reverse(
+        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
+    ) -> tuple[int, int]:
+        """Reverse `points` (0 = all that remains) of an earlier Earn or redemption.
+
+        Returns (points reversed, debt added)."""
+        self.bring_up_to(now, provenance)
+        if transaction_id in self.earns:
+            return self._reverse_earn(provenance, now, transaction_id, points)
+        if transaction_id in self.redemptions:
+            return self._reverse_redemption(provenance, now, transaction_id, points), 0
+        if transaction_id in self.other_transaction_ids:
+            raise errors.TransactionNotReversible(
+                f"transaction {transaction_id} is not an Earn or a redemption",
+                transaction_id=transaction_id,
+            )
+        raise errors.TransactionNotFound(
+            f"transaction {transaction_id} is not a transaction of this account",
+            transaction_id=transaction_id,
+        )
+
+    def _reverse_earn(
+        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
+    ) -> tuple[int, int]:
+        record = self.earns[transaction_id]
+        points = _reversal_amount(transaction_id, record.points - record.reversed, points)
+        owed = points
+        taken: Allocation = {}
+        from_expired = 0
+        own = self.lots.get(transaction_id)
+        if own is not None:
+            take = min(own.remaining, owed)
+            if take:
+                taken[own.lot_id] = take
+                owed -= take
+            # Points of this lot that expired are gone already: nothing to claw back.
+            from_expired = min(own.expired - own.expired_reversed, owed)
+            owed -= from_expired
+        for lot in self.open_lots():
+            if owed == 0:
+                break
+            available = lot.remaining - taken.get(lot.lot_id, 0)
+            take = min(available, owed)
+            if take:
+                taken[lot.lot_id] = taken.get(lot.lot_id, 0) + take
+                owed -= take
+        self._check_debt_limit(owed)
+        self._earn_reversed(
+            provenance=provenance,
+            points=points,
+            taken=taken,
+            from_expired=from_expired,
+            debt_added=owed,
+        )
+        return points, owed
+
+    def _reverse_redemption(
+        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
+    ) -> int:
+        record = self.redemptions[transaction_id]
+        points = _reversal_amount(transaction_id, record.reversible, points)
+        self._check_balance_limit(points)
+        debt_repaid = min(self.debt, points)
+        # Undo last-consumed first, back into the lots the points came from.
+        restored: Allocation = {}
+        left = points - debt_repaid
+        for lot_id in reversed(record.consumed):
+            if left == 0:
+                break
+            give = min(record.consumed[lot_id] - record.reversed.get(lot_id, 0), left)
+            if give:
+                restored[lot_id] = give
+                left -= give
+        self._redemption_reversed(
+            provenance=provenance, points=points, restored=restored, debt_repaid=debt_repaid
+        )
+        # Points restored to a lot that expired meanwhile expire at once.
+        self.bring_up_to(now, provenance)
+        return points
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_can_spend(self, points: int) -> None:
+        if self.debt > 0:
+            raise errors.AccountInDebt(
+                f"the account owes {self.debt} points; redemption is blocked until repaid",
+                debt=str(self.debt),
+            )
+        if points > self.available:
+            raise _insufficient(points, self.available)
+
+    def _check_balance_limit(self, points: int) -> None:
+        if self.available + self.held + points > INT64_MAX:
+            raise errors.BalanceLimitExceeded(
+                "the points balance would exceed the largest representable amount"
+            )
+
+    def _check_debt_limit(self, points: int) -> None:
+        if self.debt + points > INT64_MAX:
+            raise errors.BalanceLimitExceeded("the debt would exceed the largest amount")
+
+    def _active_hold(self, hold_id: str) -> ActiveHold:
+        hold = self.holds.get(hold_id)
+        if hold is not None:
+            return hold
+        if hold_id in self.closed_hold_ids:
+            raise errors.HoldNotActive(
+                f"hold {hold_id} was already captured, released or expired", hold_id=hold_id
+            )
+        raise errors.HoldNotFound(f"hold {hold_id} does not exist", hold_id=hold_id)
+
+    def _allocate(self, points: int) -> Allocation:
+        """Take `points` from open lots, earliest expiry first (caller checked enough)."""
+        allocation: Allocation = {}
+        for lot in self.open_lots():
+            if points == 0:
+                break
+            take = min(lot.remaining, points)
+            if take:
+                allocation[lot.lot_id] = take
+                points -= take
+        assert points == 0, "allocation beyond available points"
+        return allocation
+
+    # ------------------------------------------------------------------ events
+
+    @event("PointsEarned")
+    def _points_earned(
+        self,
+        provenance: Provenance,
+        points: int,
+        purchase_minor: int,
+        expires_at: datetime | None,
+        qualifying: bool,
+        debt_repaid: int,
+    ) -> None:
+        lot_id = provenance.transaction_id
+        self.debt -= debt_repaid
+        self.earns[lot_id] = EarnRecord(points, provenance.occurred_at, qualifying)
+        self._open_lot(lot_id, points - debt_repaid, provenance.occurred_at, expires_at)
+
+    @event("PointsRedeemed")
+    def _points_redeemed(self, provenance: Provenance, consumed: Allocation) -> None:
+        self._take(consumed)
+        self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
+
+    @event("PointsHeld")
+    def _points_held(
+        self, provenance: Provenance, taken: Allocation, expires_at: datetime
+    ) -> None:
+        self._take(taken)
+        points = sum(taken.values())
+        for lot_id, pts in taken.items():
+            self.lots[lot_id].held += pts
+        self.held += points
+        hold_id = provenance.transaction_id
+        self.holds[hold_id] = ActiveHold(
+            hold_id, points, dict(taken), expires_at, provenance.order_ref
+        )
+        self.other_transaction_ids.add(hold_id)
+
+    @event("HoldCaptured")
+    def _hold_captured(
+        self, provenance: Provenance, hold_id: str, consumed: Allocation, released: Allocation
+    ) -> None:
+        self._close_hold(hold_id)
+        for lot_id, pts in consumed.items():
+            self.lots[lot_id].held -= pts
+            self.held -= pts
+        self._give_back(released, from_hold=True)
+        self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
+
+    @event("HoldReleased")
+    def _hold_released(self, provenance: Provenance, hold_id: str, returned: Allocation) -> None:
+        self._close_hold(hold_id)
+        self._give_back(returned, from_hold=True)
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("HoldExpired")
+    def _hold_expired(self, provenance: Provenance, hold_id: str, returned: Allocation) -> None:
+        self._close_hold(hold_id)
+        self._give_back(returned, from_hold=True)
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("PointsAdjusted")
+    def _points_adjusted(
+        self,
+        provenance: Provenance,
+        points: int,
+        debt_repaid: int,
+        expires_at: datetime | None,
+        taken: Allocation,
+    ) -> None:
+        self.other_transaction_ids.add(provenance.transaction_id)
+        if points > 0:
+            self.debt -= debt_repaid
+            self._open_lot(
+                provenance.transaction_id,
+                points - debt_repaid,
+                provenance.occurred_at,
+                expires_at,
+            )
+        else:
+            self._take(taken)
+
+    @event("EarnReversed")
+    def _earn_reversed(
+        self,
+        provenance: Provenance,
+        points: int,
+        taken: Allocation,
+        from_expired: int,
+        debt_added: int,
+    ) -> None:
+        reversed_id = provenance.reverses_transaction_id
+        self.earns[reversed_id].reversed += points
+        self._take(taken)
+        if from_expired:
+            self.lots[reversed_id].expired_reversed += from_expired
+        self.debt += debt_added
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("RedemptionReversed")
+    def _redemption_reversed(
+        self, provenance: Provenance, points: int, restored: Allocation, debt_repaid: int
+    ) -> None:
+        record = self.redemptions[provenance.reverses_transaction_id]
+        for lot_id, pts in restored.items():
+            record.reversed[lot_id] = record.reversed.get(lot_id, 0) + pts
+        # Points that repaid debt are counted against the last-consumed lots too, so the
+        # total reversed never exceeds the original.
+        left = debt_repaid
+        for lot_id in reversed(record.consumed):
+            if left == 0:
+                break
+            give = min(record.consumed[lot_id] - record.reversed.get(lot_id, 0), left)
+            record.reversed[lot_id] = record.reversed.get(lot_id, 0) + give
+            left -= give
+        self.debt -= debt_repaid
+        self._give_back(restored, from_hold=False)
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("LotsExpired")
+    def _lots_expired(self, provenance: Provenance, as_of: datetime, lots: Allocation) -> None:
+        self._take(lots)
+        for lot_id, pts in lots.items():
+            self.lots[lot_id].expired += pts
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _open_lot(
+        self, lot_id: str, points: int, earned_at: datetime, expires_at: datetime | None
+    ) -> None:
+        self.lots[lot_id] = Lot(lot_id, points, points, earned_at, expires_at)
+        if points > 0:
+            self.open_lot_ids.add(lot_id)
+        self.available += points
+
+    def _take(self, allocation: Allocation) -> None:
+        for lot_id, pts in allocation.items():
+            lot = self.lots[lot_id]
+            lot.remaining -= pts
+            if lot.remaining == 0:
+                self.open_lot_ids.discard(lot_id)
+            self.available -= pts
+
+    def _give_back(self, allocation: Allocation, from_hold: bool) -> None:
+        """Put points back into their lots: released from a hold, or restored by a reversal."""
+        for lot_id, pts in allocation.items():
+            lot = self.lots[lot_id]
+            if from_hold:
+                lot.held -= pts
+                self.held -= pts
+            lot.remaining += pts
+            if lot.remaining > 0:
+                self.open_lot_ids.add(lot_id)
+            self.available += pts
+
+    def _close_hold(self, hold_id: str) -> None:
+        del self.holds[hold_id]
+        self.closed_hold_ids.add(hold_id)
+
+
+def _split(taken: Allocation, points: int) -> tuple[Allocation, Allocation]:
+    """Split a hold's allocation into the first `points` (captured) and the rest."""
+    consumed: Allocation = {}
+    released: Allocation = {}
+    for lot_id, pts in taken.items():
+        take = min(pts, points)
+        if take:
+            consumed[lot_id] = take
+            points -= take
+        if pts - take:
+            released[lot_id] = pts - take
+    return consumed, released
+
+
+def _reversal_amount(transaction_id: str, reversible: int, requested: int) -> int:
+    if reversible <= 0:
+        raise errors.NothingLeftToReverse(
+            f"transaction {transaction_id} has been reversed in full",
+            transaction_id=transaction_id,
+        )
+    if requested == 0:
+        return reversible
+    if requested > reversible:
+        raise errors.ReversalExceedsOriginal(
+            f"only {reversible} points of transaction {transaction_id} remain reversible",
+            reversible=str(reversible),
+        )
+    return requested
+
+
+def _insufficient(points: int, available: int) -> errors.InsufficientPoints:
+    return errors.InsufficientPoints(
+        f"{points} points requested, {available} available",
+        requested=str(points),
+        available=str(available),
+    )
+
+
+def total(allocations: Iterable[Allocation]) -> int:
+    return sum(sum(a.values()) for a in allocations)

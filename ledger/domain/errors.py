@@ -1,0 +1,98 @@
+"""Domain errors, each named for what went wrong and carrying a stable reason code.
+
+The gRPC layer maps the class to a status code (NotFound -> NOT_FOUND, RuleViolation ->
+FAILED_PRECONDITION with ErrorInfo reason, ...); the domain knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    reason: str = "DOMAIN_ERROR"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata
+
+
+class NotFound(DomainError):
+    """Something named by the command does not exist."""
+
+
+class ProgramNotFound(NotFound):
+    reason = "PROGRAM_NOT_FOUND"
+
+
+class MemberNotFound(NotFound):
+    reason = "MEMBER_NOT_FOUND"
+
+
+class TransactionNotFound(NotFound):
+    reason = "TRANSACTION_NOT_FOUND"
+
+
+class HoldNotFound(NotFound):
+    reason = "HOLD_NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    """The command would create something that exists already."""
+
+
+class ProgramAlreadyExists(AlreadyExists):
+    reason = "PROGRAM_ALREADY_EXISTS"
+
+
+class MemberAlreadyEnrolled(AlreadyExists):
+    reason = "MEMBER_ALREADY_ENROLLED"
+
+
+class IdempotencyKeyReused(AlreadyExists):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class RuleViolation(DomainError):
+    """A business rule refuses the command; nothing is written."""
+
+
+class InsufficientPoints(RuleViolation):
+    reason = "INSUFFICIENT_POINTS"
+
+
+class AccountInDebt(RuleViolation):
+    reason = "ACCOUNT_IN_DEBT"
+
+
+class HoldNotActive(RuleViolation):
+    reason = "HOLD_NOT_ACTIVE"
+
+
+class CaptureExceedsHold(RuleViolation):
+    reason = "CAPTURE_EXCEEDS_HOLD"
+
+
+class NothingLeftToReverse(RuleViolation):
+    reason = "NOTHING_LEFT_TO_REVERSE"
+
+
+class ReversalExceedsOriginal(RuleViolation):
+    reason = "REVERSAL_EXCEEDS_ORIGINAL"
+
+
+class TransactionNotReversible(RuleViolation):
+    reason = "TRANSACTION_NOT_REVERSIBLE"
+
+
+class BalanceLimitExceeded(RuleViolation):
+    reason = "BALANCE_LIMIT_EXCEEDED"
+
+
+class ExpiryInFuture(RuleViolation):
+    reason = "EXPIRY_IN_FUTURE"
+
+
+class WriteConflict(DomainError):
+    """Concurrent writers kept conflicting after every retry (maps to ABORTED)."""
+
+    reason = "WRITE_CONFLICT"

@@ -1,0 +1,1 @@
+"""Databases: configuration from a URL, connections for read models, migrations."""

@@ -1,0 +1,244 @@
+"""One database URL configures everything: the eventsourcing event store and our own tables.
+
+`sqlite:///ledger.db` (a file; `sqlite:///:memory:` is refused, the read models need a file)
+or `postgresql://user@host:port/db`. Our own SQL is written once with `?` placeholders and
+integer microsecond timestamps, so the same statements run on both backends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+Row = tuple[Any, ...]
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    kind: Literal["sqlite", "postgres"]
+    sqlite_path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+    pool_size: int = 8
+
+    @property
+    def display(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.sqlite_path}"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user or None,
+            password=self.password or None,
+            dbname=self.dbname,
+        )
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """Settings for the eventsourcing library. Tables come from our migrations."""
+        common = {"CREATE_TABLE": "false", "ORIGINATOR_ID_TYPE": "uuid"}
+        if self.kind == "sqlite":
+            return {
+                **common,
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": self.sqlite_path,
+                "SQLITE_LOCK_TIMEOUT": "10",
+            }
+        return {
+            **common,
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": self.dbname,
+            "POSTGRES_HOST": self.host,
+            "POSTGRES_PORT": str(self.port),
+            "POSTGRES_USER": self.user,
+            "POSTGRES_PASSWORD": self.password,
+            "POSTGRES_POOL_SIZE": str(self.pool_size),
+            "POSTGRES_MAX_OVERFLOW": "4",
+            "POSTGRES_LOCK_TIMEOUT": "10",
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+        }
+
+
+def parse_database_url(url: str) -> DatabaseConfig:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute/path.db
+        path = unquote(parsed.netloc + parsed.path)[1:]
+        if not path or ":memory:" in path:
+            raise DatabaseUrlError("sqlite URL needs a file path, e.g. sqlite:///ledger.db")
+        return DatabaseConfig(kind="sqlite", sqlite_path=path)
+    if parsed.scheme in ("postgresql", "postgres"):
+        if not parsed.path.strip("/"):
+            raise DatabaseUrlError("postgresql URL needs a database name: postgresql://host/db")
+        options = parse_qs(parsed.query)
+        pool_size = int(options.get("pool_size", ["8"])[0])
+        return DatabaseConfig(
+            kind="postgres",
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 5432,
+            user=unquote(parsed.username or ""),
+            password=unquote(parsed.password or ""),
+            dbname=parsed.path.strip("/"),
+            pool_size=pool_size,
+        )
+    raise DatabaseUrlError(
+        f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> list[Row]: ...
+    @property
+    def rowcount(self) -> int: ...
+
+
+class Database(Protocol):
+    """Our own tables (read models, tracking, migrations) on either backend."""
+
+    config: DatabaseConfig
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]: ...
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]: ...
+
+    def close(self) -> None: ...
+
+
+class _PgCursor:
+    """psycopg cursor taking our `?` placeholders."""
+
+    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(sql.replace("?", "%s"), params, prepare=True)  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+
+    def fetchone(self) -> Row | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Row]:
+        return self._cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class PostgresDatabase:
+    def __init__(self, config: DatabaseConfig, pool_size: int = 4) -> None:
+        self.config = config
+        self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            config.conninfo(),
+            min_size=1,
+            max_size=pool_size,
+            open=True,
+            kwargs={"autocommit": False},
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _PgCursor(cur)
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            try:
+                yield _PgCursor(cur)
+            finally:
+                conn.rollback()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class SqliteDatabase:
+    """One connection per thread; WAL mode lets readers run beside the one writer."""
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.config.sqlite_path,
+                timeout=30,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        conn = self._connection()
+        cur = conn.cursor()
+        # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur  # type: ignore[misc]
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            cur.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        conn = self._connection()
+        cur = conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield cur  # type: ignore[misc]
+        finally:
+            conn.rollback()
+            cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def open_database(config: DatabaseConfig, pool_size: int = 4) -> PostgresDatabase | SqliteDatabase:
+    if config.kind == "sqlite":
+        return SqliteDatabase(config)
+    return PostgresDatabase(config, pool_size=pool_size)

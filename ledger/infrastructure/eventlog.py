@@ -1,0 +1,35 @@
+"""Questions about the event log that the library's recorders do not answer."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from ledger.infrastructure.database import Database
+
+
+def position_of(db: Database, originator_id: UUID, version: int) -> int:
+    """The notification id (global position) of one stored event, or 0 if absent."""
+    if db.config.kind == "sqlite":
+        sql = "SELECT rowid FROM stored_events WHERE originator_id = ? AND originator_version = ?"
+        key: object = originator_id.hex
+    else:
+        sql = (
+            "SELECT notification_id FROM ledger_events"
+            " WHERE originator_id = ? AND originator_version = ?"
+        )
+        key = originator_id
+    with db.read() as cur:
+        cur.execute(sql, (key, version))
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def max_position(db: Database) -> int:
+    if db.config.kind == "sqlite":
+        sql = "SELECT MAX(rowid) FROM stored_events"
+    else:
+        sql = "SELECT MAX(notification_id) FROM ledger_events"
+    with db.read() as cur:
+        cur.execute(sql)
+        row = cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

@@ -1,0 +1,144 @@
+"""Reads that bypass the domain: straight from the read models built by projections/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ledger.application.views import AccountView
+from ledger.domain.program import ProgramSettings
+from ledger.infrastructure.database import Database
+from projections.points import AccountRow, LotRow, TransactionRow, micros
+
+
+def from_micros(value: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+@dataclass(frozen=True)
+class TransactionPage:
+    rows: list[TransactionRow]
+    # Position of the last row when more may follow, else None.
+    last_position: int | None
+
+
+class LedgerQueries:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def account(
+        self, program_id: str, member_id: str, settings: ProgramSettings, now: datetime
+    ) -> AccountView | None:
+        window_start = micros(now - timedelta(days=settings.tier_window_days))
+        with self.database.read() as cur:
+            cur.execute(
+                "SELECT account_id, program_id, member_id, points_available, points_held,"
+                " points_debt, cash_minor, bonus_minor, enrolled_at, version, position"
+                " FROM rm_accounts WHERE program_id = ? AND member_id = ?",
+                (program_id, member_id),
+            )
+            found = cur.fetchone()
+            if found is None:
+                return None
+            row = AccountRow(*found)
+            cur.execute(
+                "SELECT COALESCE(SUM(qualifying_delta), 0) FROM rm_transactions"
+                " WHERE program_id = ? AND member_id = ? AND qualifying_delta <> 0"
+                " AND qualifying_at >= ?",
+                (program_id, member_id, window_start),
+            )
+            qualifying_row = cur.fetchone()
+        qualifying = int(qualifying_row[0]) if qualifying_row else 0
+        standing = settings.standing(qualifying)
+        return AccountView(
+            program_id=row.program_id,
+            member_id=row.member_id,
+            points_available=row.points_available,
+            points_held=row.points_held,
+            points_debt=row.points_debt,
+            stored_value_cash_minor=row.cash_minor,
+            stored_value_bonus_minor=row.bonus_minor,
+            tier_code=standing.tier_code,
+            qualifying_points=qualifying,
+            next_tier_code=standing.next_tier_code,
+            points_to_next_tier=standing.points_to_next_tier,
+            enrolled_at=from_micros(row.enrolled_at),
+            version=row.version,
+        )
+
+    def member_exists(self, program_id: str, member_id: str) -> bool:
+        with self.database.read() as cur:
+            cur.execute(
+                "SELECT 1 FROM rm_accounts WHERE program_id = ? AND member_id = ?",
+                (program_id, member_id),
+            )
+            return cur.fetchone() is not None
+
+    def transactions(
+        self,
+        program_id: str,
+        member_id: str,
+        page_size: int,
+        after_position: int,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> TransactionPage:
+        sql = (
+            "SELECT * FROM rm_transactions WHERE program_id = ? AND member_id = ?"
+            " AND position > ?"
+        )
+        params: list[object] = [program_id, member_id, after_position]
+        if since is not None:
+            sql += " AND occurred_at >= ?"
+            params.append(micros(since))
+        if until is not None:
+            sql += " AND occurred_at < ?"
+            params.append(micros(until))
+        sql += " ORDER BY position LIMIT ?"
+        params.append(page_size + 1)
+        with self.database.read() as cur:
+            cur.execute(sql, params)
+            rows = [TransactionRow(*r) for r in cur.fetchall()]
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return TransactionPage(rows, rows[-1].position if more and rows else None)
+
+    def lots(self, program_id: str, member_id: str, include_closed: bool) -> list[LotRow]:
+        sql = (
+            "SELECT program_id, member_id, lot_id, earned_at, expires_at, points, remaining,"
+            " held, expired, qualifying FROM rm_lots WHERE program_id = ? AND member_id = ?"
+        )
+        if not include_closed:
+            sql += " AND (remaining > 0 OR held > 0)"
+        # Spend order: earliest expiry first (never-expiring last), then oldest earn.
+        sql += (
+            " ORDER BY CASE WHEN expires_at IS NULL THEN 1 ELSE 0 END, expires_at,"
+            " earned_at, lot_id"
+        )
+        with self.database.read() as cur:
+            cur.execute(sql, (program_id, member_id))
+            return [LotRow(*r) for r in cur.fetchall()]
+
+    def members_with_due_lots(self, program_id: str, as_of: datetime) -> list[str]:
+        with self.database.read() as cur:
+            cur.execute(
+                "SELECT DISTINCT member_id FROM rm_lots WHERE program_id = ?"
+                " AND remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?"
+                " ORDER BY member_id",
+                (program_id, micros(as_of)),
+            )
+            return [str(r[0]) for r in cur.fetchall()]
+
+    def accounts_with_expired_holds(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        with self.database.read() as cur:
+            cur.execute(
+                "SELECT DISTINCT program_id, member_id FROM rm_holds"
+                " WHERE status = 'ACTIVE' AND expires_at <= ? LIMIT ?",
+                (micros(now), limit),
+            )
+            return [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+
+    def program_ids(self) -> list[str]:
+        with self.database.read() as cur:
+            cur.execute("SELECT program_id FROM rm_programs ORDER BY program_id")
+            return [str(r[0]) for r in cur.fetchall()]

@@ -1,0 +1,130 @@
+"""Wiring: one object that owns the database, the application, the projections and the
+sweeper, built from a database URL. The server and the tools both start here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from ledger.application.service import LedgerApplication, utc_now
+from ledger.infrastructure.database import (
+    DatabaseConfig,
+    PostgresDatabase,
+    SqliteDatabase,
+    open_database,
+    parse_database_url,
+)
+from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
+from ledger.queries import LedgerQueries
+from projections.points import PointsProjection
+from projections.runner import ProjectionRunner
+
+log = logging.getLogger(__name__)
+
+
+class Tally:
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        apply_migrations: bool = True,
+        clock: Callable[[], datetime] = utc_now,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.config = config
+        if apply_migrations:
+            applied = migrate(config)
+            for m in applied:
+                log.info("applied migration %04d_%s", m.version, m.name)
+        else:
+            pending = pending_migrations(config)
+            if pending:
+                names = ", ".join(f"{m.version:04d}_{m.name}" for m in pending)
+                raise MigrationError(
+                    f"database {config.display} has pending migrations ({names}); "
+                    "run `ledger migrate` first"
+                )
+        self.database: PostgresDatabase | SqliteDatabase = open_database(config)
+        env = {**config.eventsourcing_env(), "AGGREGATE_CACHE_MAXSIZE": str(cache_size)}
+        self.app = LedgerApplication(env, self.database, clock=clock)
+        self.queries = LedgerQueries(self.database)
+        self.points = ProjectionRunner(
+            self.database,
+            self.app.recorder,
+            self.app.mapper.to_domain_event,
+            PointsProjection(),
+        )
+        self.app.on_saved = self.points.wake
+        self.sweeper = Sweeper(self)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: bool) -> Tally:
+        return cls(parse_database_url(url), **kwargs)  # type: ignore[arg-type]
+
+    def start(self, sweep: bool = True) -> None:
+        self.points.start()
+        if sweep:
+            self.sweeper.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.points.ready.wait(timeout)
+
+    def close(self) -> None:
+        self.sweeper.stop()
+        self.points.stop()
+        self.app.close()
+        self.database.close()
+
+
+class Sweeper:
+    """Inside the server: holds whose TTL ran out are released within about a second, and
+    lots past their expiry are expired every `lot_interval` seconds, with nobody calling."""
+
+    def __init__(self, tally: Tally, hold_interval: float = 0.5, lot_interval: float = 60.0):
+        self.tally = tally
+        self.hold_interval = hold_interval
+        self.lot_interval = lot_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        since_lots = self.lot_interval
+        while not self._stop.wait(self.hold_interval):
+            try:
+                self.sweep_holds()
+                since_lots += self.hold_interval
+                if since_lots >= self.lot_interval:
+                    since_lots = 0.0
+                    self.sweep_lots()
+            except Exception:
+                log.exception("sweep failed; trying again shortly")
+
+    def sweep_holds(self) -> int:
+        tally = self.tally
+        swept = 0
+        for program_id, member_id in tally.queries.accounts_with_expired_holds(
+            tally.app.clock(), limit=500
+        ):
+            if tally.app.expire_holds(program_id, member_id):
+                swept += 1
+        return swept
+
+    def sweep_lots(self) -> int:
+        tally = self.tally
+        now = tally.app.clock()
+        expired = 0
+        for program_id in tally.queries.program_ids():
+            expired += tally.app.sweep_expired_lots(
+                program_id, now, tally.queries.members_with_due_lots(program_id, now)
+            )
+        return expired

@@ -1,0 +1,401 @@
+"""The points read models: accounts, transaction history with running balances, lots, holds.
+
+A batch is applied in memory first (rows loaded on first touch), then written with a handful
+of statements, so catching up costs a few statements per few hundred events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ledger.infrastructure.database import Cursor
+
+NAME = "points"
+
+
+def micros(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+@dataclass
+class AccountRow:
+    account_id: str
+    program_id: str
+    member_id: str
+    points_available: int = 0
+    points_held: int = 0
+    points_debt: int = 0
+    cash_minor: int = 0
+    bonus_minor: int = 0
+    enrolled_at: int = 0
+    version: int = 0
+    position: int = 0
+
+
+@dataclass
+class LotRow:
+    program_id: str
+    member_id: str
+    lot_id: str
+    earned_at: int
+    expires_at: int | None
+    points: int
+    remaining: int
+    held: int = 0
+    expired: int = 0
+    qualifying: int = 0
+
+
+@dataclass
+class TransactionRow:
+    program_id: str
+    member_id: str
+    position: int
+    transaction_id: str
+    kind: str
+    points_delta: int = 0
+    held_delta: int = 0
+    debt_delta: int = 0
+    cash_delta_minor: int = 0
+    bonus_delta_minor: int = 0
+    points_after: int = 0
+    held_after: int = 0
+    debt_after: int = 0
+    cash_after_minor: int = 0
+    bonus_after_minor: int = 0
+    qualifying_delta: int = 0
+    qualifying_at: int = 0
+    occurred_at: int = 0
+    recorded_at: int = 0
+    store_id: str = ""
+    order_ref: str = ""
+    reason: str = ""
+    operator_id: str = ""
+    request_id: str = ""
+    reverses_transaction_id: str = ""
+    hold_id: str = ""
+
+
+@dataclass
+class Batch:
+    cur: Cursor
+    accounts: dict[str, AccountRow] = field(default_factory=dict)
+    lots: dict[tuple[str, str], LotRow] = field(default_factory=dict)
+    new_lots: set[tuple[str, str]] = field(default_factory=set)
+    transactions: list[TransactionRow] = field(default_factory=list)
+    holds_new: list[tuple[Any, ...]] = field(default_factory=list)
+    holds_closed: list[tuple[str, str, str, str]] = field(default_factory=list)
+    programs: list[tuple[str, int]] = field(default_factory=list)
+
+    def account(self, account_id: str) -> AccountRow:
+        row = self.accounts.get(account_id)
+        if row is None:
+            self.cur.execute(
+                "SELECT account_id, program_id, member_id, points_available, points_held,"
+                " points_debt, cash_minor, bonus_minor, enrolled_at, version, position"
+                " FROM rm_accounts WHERE account_id = ?",
+                (account_id,),
+            )
+            found = self.cur.fetchone()
+            if found is None:
+                raise LookupError(f"account {account_id} has events but no MemberEnrolled")
+            row = AccountRow(*found)
+            self.accounts[account_id] = row
+        return row
+
+    def lot(self, account: AccountRow, lot_id: str) -> LotRow:
+        key = (account.account_id, lot_id)
+        row = self.lots.get(key)
+        if row is None:
+            self.cur.execute(
+                "SELECT program_id, member_id, lot_id, earned_at, expires_at, points, remaining,"
+                " held, expired, qualifying FROM rm_lots"
+                " WHERE program_id = ? AND member_id = ? AND lot_id = ?",
+                (account.program_id, account.member_id, lot_id),
+            )
+            found = self.cur.fetchone()
+            if found is None:
+                raise LookupError(f"lot {lot_id} is not in the read model")
+            row = LotRow(*found)
+            self.lots[key] = row
+        return row
+
+
+class PointsProjection:
+    name = NAME
+
+    def process(self, cur: Cursor, events: Sequence[tuple[int, Any]]) -> None:
+        batch = Batch(cur)
+        for position, event in events:
+            kind = type(event).__name__
+            if kind == "ProgramCreated":
+                batch.programs.append((event.program_id, position))
+            elif kind == "MemberEnrolled":
+                self._enrolled(batch, position, event)
+            else:
+                handler = getattr(self, "_on_" + kind, None)
+                if handler is not None:  # request records and program updates: no rows here
+                    handler(batch, position, event, batch.account(event.originator_id.hex))
+        self._flush(batch)
+
+    # ------------------------------------------------------------------ events
+
+    def _enrolled(self, batch: Batch, position: int, event: Any) -> None:
+        account = AccountRow(
+            account_id=event.originator_id.hex,
+            program_id=event.program_id,
+            member_id=event.member_id,
+            enrolled_at=micros(event.provenance.occurred_at) or 0,
+        )
+        batch.accounts[account.account_id] = account
+        self._record(batch, position, event, account, "ENROLL")
+
+    def _on_PointsEarned(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        lot_points = event.points - event.debt_repaid
+        self._open_lot(batch, account, event, lot_points, qualifying=event.qualifying)
+        row = self._record(
+            batch, position, event, account, "EARN",
+            points=lot_points, debt=-event.debt_repaid,
+        )
+        if event.qualifying:
+            row.qualifying_delta = event.points
+            row.qualifying_at = row.occurred_at
+
+    def _on_PointsRedeemed(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._take(batch, account, event.consumed)
+        self._record(batch, position, event, account, "REDEEM", points=-_sum(event.consumed))
+
+    def _on_PointsHeld(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._take(batch, account, event.taken, held=True)
+        points = _sum(event.taken)
+        hold_id = event.provenance.transaction_id
+        batch.holds_new.append(
+            (account.program_id, account.member_id, hold_id, points, micros(event.expires_at))
+        )
+        row = self._record(
+            batch, position, event, account, "HOLD", points=-points, held=points
+        )
+        row.hold_id = hold_id
+
+    def _on_HoldCaptured(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        for lot_id, pts in event.consumed.items():
+            batch.lot(account, lot_id).held -= pts
+        self._give_back(batch, account, event.released, from_hold=True)
+        released = _sum(event.released)
+        self._close_hold(batch, account, event.hold_id, "CAPTURED")
+        row = self._record(
+            batch, position, event, account, "CAPTURE",
+            points=released, held=-(released + _sum(event.consumed)),
+        )
+        row.hold_id = event.hold_id
+
+    def _on_HoldReleased(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._end_hold(batch, position, event, account, "RELEASED", "RELEASE")
+
+    def _on_HoldExpired(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._end_hold(batch, position, event, account, "EXPIRED", "HOLD_EXPIRED")
+
+    def _on_PointsAdjusted(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        if event.points > 0:
+            lot_points = event.points - event.debt_repaid
+            self._open_lot(batch, account, event, lot_points, qualifying=False)
+            self._record(
+                batch, position, event, account, "ADJUST",
+                points=lot_points, debt=-event.debt_repaid,
+            )
+        else:
+            self._take(batch, account, event.taken)
+            self._record(batch, position, event, account, "ADJUST", points=event.points)
+
+    def _on_EarnReversed(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._take(batch, account, event.taken)
+        row = self._record(
+            batch, position, event, account, "REVERSE",
+            points=-_sum(event.taken), debt=event.debt_added,
+        )
+        earn_lot = batch.lot(account, event.provenance.reverses_transaction_id)
+        if earn_lot.qualifying:
+            row.qualifying_delta = -event.points
+            row.qualifying_at = earn_lot.earned_at
+
+    def _on_RedemptionReversed(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._give_back(batch, account, event.restored, from_hold=False)
+        self._record(
+            batch, position, event, account, "REVERSE",
+            points=_sum(event.restored), debt=-event.debt_repaid,
+        )
+
+    def _on_LotsExpired(  # noqa: N802
+        self, batch: Batch, position: int, event: Any, account: AccountRow
+    ) -> None:
+        self._take(batch, account, event.lots)
+        for lot_id, pts in event.lots.items():
+            batch.lot(account, lot_id).expired += pts
+        self._record(batch, position, event, account, "EXPIRE", points=-_sum(event.lots))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _end_hold(
+        self, batch: Batch, position: int, event: Any, account: AccountRow, status: str, kind: str
+    ) -> None:
+        self._give_back(batch, account, event.returned, from_hold=True)
+        points = _sum(event.returned)
+        self._close_hold(batch, account, event.hold_id, status)
+        row = self._record(batch, position, event, account, kind, points=points, held=-points)
+        row.hold_id = event.hold_id
+
+    def _open_lot(
+        self, batch: Batch, account: AccountRow, event: Any, points: int, qualifying: bool
+    ) -> None:
+        lot_id = event.provenance.transaction_id
+        key = (account.account_id, lot_id)
+        batch.lots[key] = LotRow(
+            account.program_id,
+            account.member_id,
+            lot_id,
+            micros(event.provenance.occurred_at) or 0,
+            micros(event.expires_at),
+            points,
+            points,
+            qualifying=int(qualifying),
+        )
+        batch.new_lots.add(key)
+
+    def _take(
+        self, batch: Batch, account: AccountRow, allocation: dict[str, int], held: bool = False
+    ) -> None:
+        for lot_id, pts in allocation.items():
+            lot = batch.lot(account, lot_id)
+            lot.remaining -= pts
+            if held:
+                lot.held += pts
+
+    def _give_back(
+        self, batch: Batch, account: AccountRow, allocation: dict[str, int], from_hold: bool
+    ) -> None:
+        for lot_id, pts in allocation.items():
+            lot = batch.lot(account, lot_id)
+            lot.remaining += pts
+            if from_hold:
+                lot.held -= pts
+
+    def _close_hold(self, batch: Batch, account: AccountRow, hold_id: str, status: str) -> None:
+        batch.holds_closed.append((status, account.program_id, account.member_id, hold_id))
+
+    def _record(
+        self,
+        batch: Batch,
+        position: int,
+        event: Any,
+        account: AccountRow,
+        kind: str,
+        points: int = 0,
+        held: int = 0,
+        debt: int = 0,
+    ) -> TransactionRow:
+        account.points_available += points
+        account.points_held += held
+        account.points_debt += debt
+        account.version = event.originator_version
+        account.position = position
+        p = event.provenance
+        row = TransactionRow(
+            program_id=account.program_id,
+            member_id=account.member_id,
+            position=position,
+            transaction_id=p.transaction_id,
+            kind=kind,
+            points_delta=points,
+            held_delta=held,
+            debt_delta=debt,
+            points_after=account.points_available,
+            held_after=account.points_held,
+            debt_after=account.points_debt,
+            cash_after_minor=account.cash_minor,
+            bonus_after_minor=account.bonus_minor,
+            occurred_at=micros(p.occurred_at) or 0,
+            recorded_at=micros(event.timestamp) or 0,
+            store_id=p.store_id,
+            order_ref=p.order_ref,
+            reason=p.reason,
+            operator_id=p.operator_id,
+            request_id=p.request_id,
+            reverses_transaction_id=p.reverses_transaction_id,
+        )
+        batch.transactions.append(row)
+        return row
+
+    def _flush(self, batch: Batch) -> None:
+        cur = batch.cur
+        if batch.programs:
+            cur.executemany(
+                "INSERT INTO rm_programs (program_id, created_position) VALUES (?, ?)"
+                " ON CONFLICT (program_id) DO NOTHING",
+                batch.programs,
+            )
+        if batch.accounts:
+            cur.executemany(
+                "INSERT INTO rm_accounts (account_id, program_id, member_id, points_available,"
+                " points_held, points_debt, cash_minor, bonus_minor, enrolled_at, version,"
+                " position) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (program_id, member_id) DO UPDATE SET"
+                " points_available = excluded.points_available,"
+                " points_held = excluded.points_held, points_debt = excluded.points_debt,"
+                " cash_minor = excluded.cash_minor, bonus_minor = excluded.bonus_minor,"
+                " version = excluded.version, position = excluded.position",
+                [astuple(a) for a in batch.accounts.values()],
+            )
+        if batch.lots:
+            cur.executemany(
+                "INSERT INTO rm_lots (program_id, member_id, lot_id, earned_at, expires_at,"
+                " points, remaining, held, expired, qualifying) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (program_id, member_id, lot_id) DO UPDATE SET"
+                " remaining = excluded.remaining, held = excluded.held,"
+                " expired = excluded.expired",
+                [astuple(lot) for lot in batch.lots.values()],
+            )
+        if batch.holds_new:
+            cur.executemany(
+                "INSERT INTO rm_holds (program_id, member_id, hold_id, points, expires_at, status)"
+                " VALUES (?,?,?,?,?,'ACTIVE')",
+                batch.holds_new,
+            )
+        if batch.holds_closed:
+            cur.executemany(
+                "UPDATE rm_holds SET status = ? WHERE program_id = ? AND member_id = ?"
+                " AND hold_id = ?",
+                batch.holds_closed,
+            )
+        if batch.transactions:
+            cur.executemany(
+                "INSERT INTO rm_transactions VALUES"
+                " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [astuple(t) for t in batch.transactions],
+            )
+
+
+def _sum(allocation: dict[str, int]) -> int:
+    return sum(allocation.values())

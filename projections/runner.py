@@ -1,0 +1,207 @@
+"""Follow the event log and feed a projection, exactly once.
+
+Each batch of events (up to `batch_size`, so catching up from zero costs one transaction per
+few hundred events) is applied and the tracking position advanced in ONE database
+transaction. The tracking update is a compare-and-set on the previous position: if anyone
+else moved it, the batch rolls back and the runner reloads. After a database error the
+runner waits, reloads its position from the database and carries on, so a crash mid-batch
+loses nothing and counts nothing twice.
+
+On PostgreSQL one process at a time writes a projection: the runner holds a session-level
+advisory lock; a process without it only follows the tracking position, for `min_position`.
+The library's PostgreSQL recorder commits notification ids in order (its table lock), and
+SQLite serialises writers, so reading "ids after my position" never skips a late commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from eventsourcing.persistence import ApplicationRecorder, Notification
+
+from ledger.infrastructure.database import Cursor, Database
+
+log = logging.getLogger(__name__)
+
+
+class Projection(Protocol):
+    name: str
+
+    def process(self, cur: Cursor, events: Sequence[tuple[int, Any]]) -> None:
+        """Apply events (position, domain event) to the read model through `cur`."""
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        database: Database,
+        recorder: ApplicationRecorder,
+        decode: Callable[[Notification], Any],
+        projection: Projection,
+        batch_size: int = 500,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.database = database
+        self.recorder = recorder
+        self.decode = decode
+        self.projection = projection
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.position = 0
+        self.errors = 0
+        self._changed = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = _WriterLock(database, projection.name)
+        self.ready = threading.Event()
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._ensure_tracking_row()
+        self.position = self._load_position()
+        self._thread = threading.Thread(
+            target=self._run, name=f"projection-{self.projection.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._lock.release()
+
+    def wake(self, _position: int = 0) -> None:
+        """New events were committed in this process: look now, not at the next poll."""
+        self._wake.set()
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Block until the read model reflects `position` (or `timeout` seconds pass)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.position < position:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.set()
+                self._changed.wait(min(remaining, self.poll_interval))
+        return True
+
+    def run_until_caught_up(self) -> int:
+        """Process everything committed so far in the calling thread (tools, tests)."""
+        self._ensure_tracking_row()
+        self.position = self._load_position()
+        while self._step():
+            pass
+        return self.position
+
+    # ------------------------------------------------------------------ loop
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._lock.acquire():
+                    self._follow()
+                    continue
+                if not self._step():
+                    self.ready.set()
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+            except Exception:
+                self.errors += 1
+                log.exception("projection %s failed; restarting", self.projection.name)
+                self._lock.release()
+                self._stop.wait(min(5.0, 0.1 * 2 ** min(self.errors, 6)))
+                try:
+                    self.position = self._load_position()
+                except Exception:
+                    log.exception("projection %s cannot reload its position", self.projection.name)
+
+    def _follow(self) -> None:
+        """Another process writes this projection: track its position for min_position."""
+        self._set_position(self._load_position())
+        self.ready.set()
+        self._wake.wait(self.poll_interval)
+        self._wake.clear()
+
+    def _step(self) -> bool:
+        notifications = self.recorder.select_notifications(
+            start=self.position + 1, limit=self.batch_size
+        )
+        if not notifications:
+            return False
+        events = [(n.id, self.decode(n)) for n in notifications]
+        last = notifications[-1].id
+        with self.database.transaction() as cur:
+            self.projection.process(cur, events)
+            cur.execute(
+                "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
+                (last, self.projection.name, self.position),
+            )
+            if cur.rowcount != 1:
+                raise TrackingConflict(
+                    f"projection {self.projection.name} moved past {self.position} elsewhere"
+                )
+        self._set_position(last)
+        return True
+
+    def _set_position(self, position: int) -> None:
+        with self._changed:
+            self.position = position
+            self._changed.notify_all()
+
+    def _ensure_tracking_row(self) -> None:
+        with self.database.transaction() as cur:
+            cur.execute(
+                "INSERT INTO projection_tracking (name, position) VALUES (?, 0)"
+                " ON CONFLICT (name) DO NOTHING",
+                (self.projection.name,),
+            )
+
+    def _load_position(self) -> int:
+        with self.database.read() as cur:
+            cur.execute(
+                "SELECT position FROM projection_tracking WHERE name = ?", (self.projection.name,)
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+class TrackingConflict(RuntimeError):
+    pass
+
+
+class _WriterLock:
+    """PostgreSQL: a session advisory lock on a connection of its own. SQLite: always held
+    (one process per file; the tracking compare-and-set still guards exactly-once)."""
+
+    def __init__(self, database: Database, name: str) -> None:
+        self.database = database
+        self.key = zlib.crc32(f"tally-projection:{name}".encode())
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def acquire(self) -> bool:
+        if self.database.config.kind == "sqlite":
+            return True
+        if self._conn is not None and not self._conn.closed:
+            return True
+        conn = psycopg.connect(self.database.config.conninfo(), autocommit=True)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        if row and row[0]:
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
