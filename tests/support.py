@@ -1,0 +1,218 @@
+"""Test support: real servers over loopback on each backend, and a thin client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import psycopg
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ledger.api.server import RunningServer, start_server
+from ledger.runtime import Tally
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+PG_HOST = os.environ.get("TALLY_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TALLY_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TALLY_TEST_PG_USER", "postgres")
+
+
+def admin_conninfo() -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
+
+
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards. Yields its URL."""
+    name = f"tally_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+class ServerThread:
+    """A real Tally gRPC server on 127.0.0.1:<free port>, its asyncio loop on a thread."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.tally = Tally.from_url(database_url)
+        self.running: RunningServer = asyncio.run_coroutine_threadsafe(
+            start_server(self.tally, "127.0.0.1:0"), self.loop
+        ).result(timeout=60)
+        self.port = self.running.port
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(grace=1), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class Refusal:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    fields: dict[str, str]
+
+
+def refusal(error: grpc.RpcError) -> Refusal:
+    """Decode a rich google.rpc.Status from a failed call."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    reason = ""
+    fields: dict[str, str] = {}
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields.update({v.field: v.description for v in bad.field_violations})
+    return Refusal(error.code(), error.details() or "", reason, fields)
+
+
+def ts(moment: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(moment.astimezone(UTC))
+    return t
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Client:
+    """LedgerService with defaults filled in: unique request ids, a program of one's own."""
+
+    def __init__(self, target: str, backend: str) -> None:
+        self.backend = backend
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.LedgerServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def create_program(self, **fields: Any) -> str:
+        program_id = fields.pop("program_id", new_id("prog"))
+        request = pb.CreateProgramRequest(
+            program_id=program_id,
+            display_name=fields.pop("display_name", "Test programme"),
+            currency=fields.pop("currency", "EUR"),
+            request_id=fields.pop("request_id", new_id("req")),
+            **fields,
+        )
+        self.stub.CreateProgram(request, timeout=30)
+        return program_id
+
+    def enroll(self, program_id: str, member_id: str | None = None, **fields: Any) -> str:
+        member_id = member_id or new_id("mem")
+        self.stub.EnrollMember(
+            pb.EnrollMemberRequest(
+                program_id=program_id,
+                member_id=member_id,
+                request_id=fields.pop("request_id", new_id("req")),
+                **fields,
+            ),
+            timeout=30,
+        )
+        return member_id
+
+    def member(self, **program_fields: Any) -> tuple[str, str]:
+        program_id = self.create_program(**program_fields)
+        return program_id, self.enroll(program_id)
+
+    def _call(self, name: str, request_type: Any, fields: dict[str, Any]) -> Any:
+        fields.setdefault("request_id", new_id("req"))
+        return getattr(self.stub, name)(request_type(**fields), timeout=30)
+
+    def earn(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.EarnResponse:
+        f.update(program_id=program_id, member_id=member_id, points=points)
+        return self._call("Earn", pb.EarnRequest, f)  # type: ignore[no-any-return]
+
+    def redeem(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.RedeemResponse:
+        f.update(program_id=program_id, member_id=member_id, points=points)
+        return self._call("Redeem", pb.RedeemRequest, f)  # type: ignore[no-any-return]
+
+    def hold(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.HoldResponse:
+        f.update(program_id=program_id, member_id=member_id, points=points)
+        return self._call("Hold", pb.HoldRequest, f)  # type: ignore[no-any-return]
+
+    def capture(self, program_id: str, member_id: str, hold_id: str, points: int = 0,
+                **f: Any) -> pb.CaptureHoldResponse:
+        f.update(program_id=program_id, member_id=member_id, hold_id=hold_id, points=points)
+        return self._call("CaptureHold", pb.CaptureHoldRequest, f)  # type: ignore[no-any-return]
+
+    def release(self, program_id: str, member_id: str, hold_id: str,
+                **f: Any) -> pb.ReleaseHoldResponse:
+        f.update(program_id=program_id, member_id=member_id, hold_id=hold_id)
+        return self._call("ReleaseHold", pb.ReleaseHoldRequest, f)  # type: ignore[no-any-return]
+
+    def adjust(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.AdjustResponse:
+        f.setdefault("reason", "goodwill")
+        f.setdefault("operator_id", "op-1")
+        f.update(program_id=program_id, member_id=member_id, points=points)
+        return self._call("Adjust", pb.AdjustRequest, f)  # type: ignore[no-any-return]
+
+    def reverse(self, program_id: str, member_id: str, transaction_id: str, points: int = 0,
+                **f: Any) -> pb.ReverseResponse:
+        f.update(program_id=program_id, member_id=member_id, transaction_id=transaction_id,
+                 points=points)
+        return self._call("Reverse", pb.ReverseRequest, f)  # type: ignore[no-any-return]
+
+    def run_expiry(self, program_id: str, **f: Any) -> pb.RunExpiryResponse:
+        f.update(program_id=program_id)
+        return self._call("RunExpiry", pb.RunExpiryRequest, f)  # type: ignore[no-any-return]
+
+    def account(self, program_id: str, member_id: str, min_position: int = 0) -> pb.Account:
+        response = self.stub.GetAccount(
+            pb.GetAccountRequest(
+                program_id=program_id, member_id=member_id, min_position=min_position
+            ),
+            timeout=30,
+        )
+        return response.account
+
+    def transactions(self, program_id: str, member_id: str, min_position: int = 0,
+                     **f: Any) -> pb.ListTransactionsResponse:
+        return self.stub.ListTransactions(  # type: ignore[no-any-return]
+            pb.ListTransactionsRequest(
+                program_id=program_id, member_id=member_id, min_position=min_position, **f
+            ),
+            timeout=30,
+        )
+
+    def lots(self, program_id: str, member_id: str, min_position: int = 0,
+             include_closed: bool = False) -> list[pb.Lot]:
+        response = self.stub.ListLots(
+            pb.ListLotsRequest(
+                program_id=program_id, member_id=member_id, min_position=min_position,
+                include_closed=include_closed,
+            ),
+            timeout=30,
+        )
+        return list(response.lots)
