@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging()
     if args.command == "serve":
-        from ledger.api.server import InsecureListenAddress, serve as run_server
+        from ledger.api.server import InsecureListenAddress
+        from ledger.api.server import serve as run_server
         from ledger.infrastructure.database import DatabaseUrlError
         from ledger.infrastructure.migrations import MigrationError
 
@@ -124,28 +125,43 @@ def _demo(target: str) -> int:
         )
         earned = ledger.Earn(
             pb.EarnRequest(
-                program_id=program, member_id="alice", points=600, purchase_minor=6000,
-                store_id="store-1", order_ref="order-1", request_id=f"{run}-earn",
+                program_id=program,
+                member_id="alice",
+                points=600,
+                purchase_minor=6000,
+                store_id="store-1",
+                order_ref="order-1",
+                request_id=f"{run}-earn",
             )
         )
-        print(f"earned 600 points: available {earned.account.points_available}, "
-              f"tier {earned.account.tier_code or '-'}")
+        print(
+            f"earned 600 points: available {earned.account.points_available}, "
+            f"tier {earned.account.tier_code or '-'}"
+        )
         redeemed = ledger.Redeem(
             pb.RedeemRequest(
-                program_id=program, member_id="alice", points=250, store_id="store-2",
-                order_ref="order-2", request_id=f"{run}-redeem",
+                program_id=program,
+                member_id="alice",
+                points=250,
+                store_id="store-2",
+                order_ref="order-2",
+                request_id=f"{run}-redeem",
             )
         )
-        print(f"redeemed 250 points from lots {[c.lot_id for c in redeemed.consumed]}: "
-              f"available {redeemed.account.points_available}")
+        print(
+            f"redeemed 250 points from lots {[c.lot_id for c in redeemed.consumed]}: "
+            f"available {redeemed.account.points_available}"
+        )
         history = ledger.ListTransactions(
             pb.ListTransactionsRequest(
                 program_id=program, member_id="alice", min_position=redeemed.position
             )
         )
         for t in history.transactions:
-            print(f"  {pb.TransactionKind.Name(t.kind):28} {t.points_delta:+6}"
-                  f"  balance {t.points_balance_after}")
+            print(
+                f"  {pb.TransactionKind.Name(t.kind):28} {t.points_delta:+6}"
+                f"  balance {t.points_balance_after}"
+            )
     return 0
 
 

@@ -84,8 +84,7 @@ class LedgerQueries:
         until: datetime | None,
     ) -> TransactionPage:
         sql = (
-            "SELECT * FROM rm_transactions WHERE program_id = ? AND member_id = ?"
-            " AND position > ?"
+            "SELECT * FROM rm_transactions WHERE program_id = ? AND member_id = ? AND position > ?"
         )
         params: list[object] = [program_id, member_id, after_position]
         if since is not None:

@@ -155,40 +155,41 @@ class PointsProjection:
         batch.accounts[account.account_id] = account
         self._record(batch, position, event, account, "ENROLL")
 
-    def _on_PointsEarned(  # noqa: N802
+    def _on_PointsEarned(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         lot_points = event.points - event.debt_repaid
         self._open_lot(batch, account, event, lot_points, qualifying=event.qualifying)
         row = self._record(
-            batch, position, event, account, "EARN",
-            points=lot_points, debt=-event.debt_repaid,
+            batch,
+            position,
+            event,
+            account,
+            "EARN",
+            points=lot_points,
+            debt=-event.debt_repaid,
         )
         if event.qualifying:
             row.qualifying_delta = event.points
             row.qualifying_at = row.occurred_at
 
-    def _on_PointsRedeemed(  # noqa: N802
+    def _on_PointsRedeemed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         self._take(batch, account, event.consumed)
         self._record(batch, position, event, account, "REDEEM", points=-_sum(event.consumed))
 
-    def _on_PointsHeld(  # noqa: N802
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    def _on_PointsHeld(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
         self._take(batch, account, event.taken, held=True)
         points = _sum(event.taken)
         hold_id = event.provenance.transaction_id
         batch.holds_new.append(
             (account.program_id, account.member_id, hold_id, points, micros(event.expires_at))
         )
-        row = self._record(
-            batch, position, event, account, "HOLD", points=-points, held=points
-        )
+        row = self._record(batch, position, event, account, "HOLD", points=-points, held=points)
         row.hold_id = hold_id
 
-    def _on_HoldCaptured(  # noqa: N802
+    def _on_HoldCaptured(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         for lot_id, pts in event.consumed.items():
@@ -197,60 +198,76 @@ class PointsProjection:
         released = _sum(event.released)
         self._close_hold(batch, account, event.hold_id, "CAPTURED")
         row = self._record(
-            batch, position, event, account, "CAPTURE",
-            points=released, held=-(released + _sum(event.consumed)),
+            batch,
+            position,
+            event,
+            account,
+            "CAPTURE",
+            points=released,
+            held=-(released + _sum(event.consumed)),
         )
         row.hold_id = event.hold_id
 
-    def _on_HoldReleased(  # noqa: N802
+    def _on_HoldReleased(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         self._end_hold(batch, position, event, account, "RELEASED", "RELEASE")
 
-    def _on_HoldExpired(  # noqa: N802
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    def _on_HoldExpired(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
         self._end_hold(batch, position, event, account, "EXPIRED", "HOLD_EXPIRED")
 
-    def _on_PointsAdjusted(  # noqa: N802
+    def _on_PointsAdjusted(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         if event.points > 0:
             lot_points = event.points - event.debt_repaid
             self._open_lot(batch, account, event, lot_points, qualifying=False)
             self._record(
-                batch, position, event, account, "ADJUST",
-                points=lot_points, debt=-event.debt_repaid,
+                batch,
+                position,
+                event,
+                account,
+                "ADJUST",
+                points=lot_points,
+                debt=-event.debt_repaid,
             )
         else:
             self._take(batch, account, event.taken)
             self._record(batch, position, event, account, "ADJUST", points=event.points)
 
-    def _on_EarnReversed(  # noqa: N802
+    def _on_EarnReversed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         self._take(batch, account, event.taken)
         row = self._record(
-            batch, position, event, account, "REVERSE",
-            points=-_sum(event.taken), debt=event.debt_added,
+            batch,
+            position,
+            event,
+            account,
+            "REVERSE",
+            points=-_sum(event.taken),
+            debt=event.debt_added,
         )
         earn_lot = batch.lot(account, event.provenance.reverses_transaction_id)
         if earn_lot.qualifying:
             row.qualifying_delta = -event.points
             row.qualifying_at = earn_lot.earned_at
 
-    def _on_RedemptionReversed(  # noqa: N802
+    def _on_RedemptionReversed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         self._give_back(batch, account, event.restored, from_hold=False)
         self._record(
-            batch, position, event, account, "REVERSE",
-            points=_sum(event.restored), debt=-event.debt_repaid,
+            batch,
+            position,
+            event,
+            account,
+            "REVERSE",
+            points=_sum(event.restored),
+            debt=-event.debt_repaid,
         )
 
-    def _on_LotsExpired(  # noqa: N802
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    def _on_LotsExpired(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
         self._take(batch, account, event.lots)
         for lot_id, pts in event.lots.items():
             batch.lot(account, lot_id).expired += pts

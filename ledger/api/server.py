@@ -73,8 +73,11 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(listen)
@@ -86,8 +89,9 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
     await loop.run_in_executor(None, tally.wait_ready, 60.0)
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving on %s (database %s)", listen.rsplit(":", 1)[0] + f":{port}",
-             tally.config.display)
+    log.info(
+        "serving on %s (database %s)", listen.rsplit(":", 1)[0] + f":{port}", tally.config.display
+    )
     return RunningServer(server, health, tally, port, executor)
 
 

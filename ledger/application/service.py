@@ -82,7 +82,9 @@ class LedgerApplication(Application[UUID]):
             program = Program(
                 program_id=cmd.program_id, settings=cmd.settings, transaction_id=transaction_id
             )
-            return self._commit(cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program)))
+            return self._commit(
+                cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
+            )
 
         return self._idempotent(cmd, attempt)
 
@@ -91,7 +93,9 @@ class LedgerApplication(Application[UUID]):
             program = self.get_program(cmd.program_id)
             transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
             program.update(cmd.changes, transaction_id)
-            return self._commit(cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program)))
+            return self._commit(
+                cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
+            )
 
         return self._idempotent(cmd, attempt)
 
@@ -202,9 +206,7 @@ class LedgerApplication(Application[UUID]):
             ctx.account.adjust(ctx.provenance, ctx.now, cmd.points, expires_at)
             return {}
 
-        return self._on_account(
-            cmd, body, reason=cmd.reason, operator_id=cmd.operator_id
-        )
+        return self._on_account(cmd, body, reason=cmd.reason, operator_id=cmd.operator_id)
 
     def reverse(self, cmd: c.ReverseTransaction) -> Outcome:
         def body(ctx: CommandContext) -> dict[str, Any]:
@@ -219,7 +221,9 @@ class LedgerApplication(Application[UUID]):
 
     # ------------------------------------------------------------------ expiry and holds
 
-    def run_expiry(self, cmd: c.RunExpiry, member_ids: Callable[[datetime], Iterable[str]]) -> Outcome:
+    def run_expiry(
+        self, cmd: c.RunExpiry, member_ids: Callable[[datetime], Iterable[str]]
+    ) -> Outcome:
         """Expire every due lot of the program as of `cmd.as_of` (default now).
 
         `member_ids(as_of)` names the accounts that may have due lots (from the lots read

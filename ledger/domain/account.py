@@ -137,9 +137,12 @@ class MemberAccount(Aggregate):
                     hold_id=hold.hold_id,
                     returned=dict(hold.taken),
                 )
-        self.expire_lots(now, provenance.derived(
-            derived_transaction_id(provenance.transaction_id, "expiry"), "points expired"
-        ))
+        self.expire_lots(
+            now,
+            provenance.derived(
+                derived_transaction_id(provenance.transaction_id, "expiry"), "points expired"
+            ),
+        )
 
     def expire_lots(self, as_of: datetime, provenance: Provenance) -> Allocation:
         """Expire what remains of every lot due at `as_of`. Idempotent per instant."""
@@ -396,9 +399,7 @@ class MemberAccount(Aggregate):
         self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
 
     @event("PointsHeld")
-    def _points_held(
-        self, provenance: Provenance, taken: Allocation, expires_at: datetime
-    ) -> None:
+    def _points_held(self, provenance: Provenance, taken: Allocation, expires_at: datetime) -> None:
         self._take(taken)
         points = sum(taken.values())
         for lot_id, pts in taken.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -15,13 +15,13 @@ from eventsourcing.persistence import Transcoding
 from ledger.domain.ids import program_id_key
 
 
-class ExpiryKind(str, Enum):
+class ExpiryKind(StrEnum):
     NEVER = "NEVER"
     ROLLING_DAYS = "ROLLING_DAYS"
     END_OF_YEAR_AFTER_YEARS = "END_OF_YEAR_AFTER_YEARS"
 
 
-class StoredValueSplit(str, Enum):
+class StoredValueSplit(StrEnum):
     PROPORTIONAL = "PROPORTIONAL"
     CASH_FIRST = "CASH_FIRST"
     BONUS_FIRST = "BONUS_FIRST"

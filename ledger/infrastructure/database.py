@@ -104,8 +104,10 @@ def parse_database_url(url: str) -> DatabaseConfig:
 
 
 class Cursor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    """What our SQL needs of a DB-API cursor (sqlite3's, or psycopg's behind _PgCursor)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> object: ...
+    def executemany(self, sql: str, rows: Any, /) -> object: ...
     def fetchone(self) -> Row | None: ...
     def fetchall(self) -> list[Row]: ...
     @property
@@ -133,10 +135,10 @@ class _PgCursor:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._cursor.execute(sql.replace("?", "%s"), params, prepare=True)  # type: ignore[arg-type]
+        self._cursor.execute(sql.replace("?", "%s"), params, prepare=True)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._cursor.executemany(sql.replace("?", "%s"), rows)  # type: ignore[arg-type]
+        self._cursor.executemany(sql.replace("?", "%s"), rows)
 
     def fetchone(self) -> Row | None:
         return self._cursor.fetchone()
@@ -210,7 +212,7 @@ class SqliteDatabase:
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
         cur.execute("BEGIN IMMEDIATE")
         try:
-            yield cur  # type: ignore[misc]
+            yield cur
         except BaseException:
             conn.rollback()
             raise
@@ -225,7 +227,7 @@ class SqliteDatabase:
         cur = conn.cursor()
         cur.execute("BEGIN")
         try:
-            yield cur  # type: ignore[misc]
+            yield cur
         finally:
             conn.rollback()
             cur.close()

@@ -79,18 +79,17 @@ def _check(applied: dict[int, str], migrations: list[Migration]) -> list[Migrati
 
 def _migrate_postgres(config: DatabaseConfig) -> list[Migration]:
     migrations = available_migrations("postgres")
-    with psycopg.connect(config.conninfo(), autocommit=False) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            conn.execute(_CREATE_TABLE)
-            rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
-            todo = _check(dict(rows), migrations)
-            for m in todo:
-                conn.execute(m.sql.encode())
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s,%s,%s)",
-                    (m.version, m.name, m.checksum),
-                )
+    with psycopg.connect(config.conninfo(), autocommit=False) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        conn.execute(_CREATE_TABLE)
+        rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        todo = _check(dict(rows), migrations)
+        for m in todo:
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s,%s,%s)",
+                (m.version, m.name, m.checksum),
+            )
     return todo
 
 
@@ -140,12 +139,12 @@ def _applied(config: DatabaseConfig) -> dict[int, str]:
     if config.kind == "sqlite":
         if not Path(config.sqlite_path).exists():
             return {}
-        conn = sqlite3.connect(config.sqlite_path, timeout=30)
+        lite = sqlite3.connect(config.sqlite_path, timeout=30)
         try:
-            conn.execute(_CREATE_TABLE)
-            return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            lite.execute(_CREATE_TABLE)
+            return dict(lite.execute("SELECT version, checksum FROM schema_migrations").fetchall())
         finally:
-            conn.close()
+            lite.close()
     with psycopg.connect(config.conninfo(), autocommit=True) as conn:
         conn.execute(_CREATE_TABLE)
         return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
