@@ -110,6 +110,7 @@ class Client:
     """LedgerService with defaults filled in: unique request ids, a program of one's own."""
 
     def __init__(self, target: str, backend: str) -> None:
+        self.target = target
         self.backend = backend
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.LedgerServiceStub(self.channel)
