@@ -26,7 +26,8 @@ def sqlite_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def servers(request: pytest.FixtureRequest) -> Iterator[dict[str, ServerThread]]:
+def servers(postgres_url: str, sqlite_url: str) -> Iterator[dict[str, ServerThread]]:
+    """Started lazily, stopped before their databases are dropped."""
     started: dict[str, ServerThread] = {}
     yield started
     for server in started.values():
@@ -40,7 +41,7 @@ def server(
     backend: str = request.param
     if backend not in servers:
         url = request.getfixturevalue(f"{backend}_url")
-        servers[backend] = ServerThread(url)
+        servers[backend] = ServerThread(url, lot_sweep_interval=3600)
     return servers[backend]
 
 

@@ -52,12 +52,15 @@ def scratch_postgres() -> Iterator[str]:
 class ServerThread:
     """A real Tally gRPC server on 127.0.0.1:<free port>, its asyncio loop on a thread."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, lot_sweep_interval: float = 60.0) -> None:
+        """`lot_sweep_interval`: the behaviour suite sets it long, so that the scheduled lot
+        sweep never races a test that counts what RunExpiry expires."""
         self.database_url = database_url
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.tally = Tally.from_url(database_url)
+        self.tally.sweeper.lot_interval = lot_sweep_interval
         self.running: RunningServer = asyncio.run_coroutine_threadsafe(
             start_server(self.tally, "127.0.0.1:0"), self.loop
         ).result(timeout=60)

@@ -141,6 +141,7 @@ def reverse(o: Outcome) -> pb.ReverseResponse:
         account=account(o.account),
         points_reversed=o.details["points_reversed"],
         debt_added=o.details["debt_added"],
+        reverses_transaction_id=o.details["reverses_transaction_id"],
     )
 
 

@@ -213,7 +213,11 @@ class LedgerApplication(Application[UUID]):
             points, debt_added = ctx.account.reverse(
                 ctx.provenance, ctx.now, cmd.transaction_id, cmd.points
             )
-            return {"points_reversed": points, "debt_added": debt_added}
+            return {
+                "points_reversed": points,
+                "debt_added": debt_added,
+                "reverses_transaction_id": cmd.transaction_id,
+            }
 
         return self._on_account(
             cmd, body, reason=cmd.reason, reverses_transaction_id=cmd.transaction_id

@@ -102,7 +102,8 @@ class MemberAccount(Aggregate):
         self.closed_hold_ids: set[str] = set()
         self.earns: dict[str, EarnRecord] = {}
         self.redemptions: dict[str, RedemptionRecord] = {}
-        self.other_transaction_ids: set[str] = set()
+        # Transactions that exist but cannot be reversed (holds, adjustments, expiries...).
+        self.other_transaction_ids: set[str] = {provenance.transaction_id}
 
     # ------------------------------------------------------------------ reads
 
@@ -140,7 +141,9 @@ class MemberAccount(Aggregate):
         self.expire_lots(
             now,
             provenance.derived(
-                derived_transaction_id(provenance.transaction_id, "expiry"), "points expired"
+                # Unique per account event: a command may expire lots before and after itself.
+                derived_transaction_id(provenance.transaction_id, f"expiry@{self.version + 1}"),
+                "points expired",
             ),
         )
 

@@ -1205,11 +1205,14 @@ class ReverseResponse(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     POINTS_REVERSED_FIELD_NUMBER: _builtins.int
     DEBT_ADDED_FIELD_NUMBER: _builtins.int
+    REVERSES_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     position: _builtins.int
     points_reversed: _builtins.int
     debt_added: _builtins.int
     """Points of an Earn reversal that could not be taken back and became debt."""
+    reverses_transaction_id: _builtins.str
+    """The transaction this reversal reverses (the request's transaction_id)."""
     @_builtins.property
     def account(self) -> Global___Account: ...
     def __init__(
@@ -1220,10 +1223,11 @@ class ReverseResponse(_message.Message):
         account: Global___Account | None = ...,
         points_reversed: _builtins.int = ...,
         debt_added: _builtins.int = ...,
+        reverses_transaction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "debt_added", b"debt_added", "points_reversed", b"points_reversed", "position", b"position", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "debt_added", b"debt_added", "points_reversed", b"points_reversed", "position", b"position", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
