@@ -155,10 +155,12 @@ class Client:
         return getattr(self.stub, name)(request_type(**fields), timeout=30)
 
     def earn(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.EarnResponse:
+        f.setdefault("store_id", "store-1")
         f.update(program_id=program_id, member_id=member_id, points=points)
         return self._call("Earn", pb.EarnRequest, f)  # type: ignore[no-any-return]
 
     def redeem(self, program_id: str, member_id: str, points: int, **f: Any) -> pb.RedeemResponse:
+        f.setdefault("store_id", "store-1")
         f.update(program_id=program_id, member_id=member_id, points=points)
         return self._call("Redeem", pb.RedeemRequest, f)  # type: ignore[no-any-return]
 
@@ -166,13 +168,15 @@ class Client:
         f.update(program_id=program_id, member_id=member_id, points=points)
         return self._call("Hold", pb.HoldRequest, f)  # type: ignore[no-any-return]
 
-    def capture(self, program_id: str, member_id: str, hold_id: str, points: int = 0,
-                **f: Any) -> pb.CaptureHoldResponse:
+    def capture(
+        self, program_id: str, member_id: str, hold_id: str, points: int = 0, **f: Any
+    ) -> pb.CaptureHoldResponse:
         f.update(program_id=program_id, member_id=member_id, hold_id=hold_id, points=points)
         return self._call("CaptureHold", pb.CaptureHoldRequest, f)  # type: ignore[no-any-return]
 
-    def release(self, program_id: str, member_id: str, hold_id: str,
-                **f: Any) -> pb.ReleaseHoldResponse:
+    def release(
+        self, program_id: str, member_id: str, hold_id: str, **f: Any
+    ) -> pb.ReleaseHoldResponse:
         f.update(program_id=program_id, member_id=member_id, hold_id=hold_id)
         return self._call("ReleaseHold", pb.ReleaseHoldRequest, f)  # type: ignore[no-any-return]
 
@@ -182,10 +186,13 @@ class Client:
         f.update(program_id=program_id, member_id=member_id, points=points)
         return self._call("Adjust", pb.AdjustRequest, f)  # type: ignore[no-any-return]
 
-    def reverse(self, program_id: str, member_id: str, transaction_id: str, points: int = 0,
-                **f: Any) -> pb.ReverseResponse:
-        f.update(program_id=program_id, member_id=member_id, transaction_id=transaction_id,
-                 points=points)
+    def reverse(
+        self, program_id: str, member_id: str, transaction_id: str, points: int = 0, **f: Any
+    ) -> pb.ReverseResponse:
+        f.setdefault("store_id", "store-1")
+        f.update(
+            program_id=program_id, member_id=member_id, transaction_id=transaction_id, points=points
+        )
         return self._call("Reverse", pb.ReverseRequest, f)  # type: ignore[no-any-return]
 
     def run_expiry(self, program_id: str, **f: Any) -> pb.RunExpiryResponse:
@@ -201,8 +208,9 @@ class Client:
         )
         return response.account
 
-    def transactions(self, program_id: str, member_id: str, min_position: int = 0,
-                     **f: Any) -> pb.ListTransactionsResponse:
+    def transactions(
+        self, program_id: str, member_id: str, min_position: int = 0, **f: Any
+    ) -> pb.ListTransactionsResponse:
         return self.stub.ListTransactions(  # type: ignore[no-any-return]
             pb.ListTransactionsRequest(
                 program_id=program_id, member_id=member_id, min_position=min_position, **f
@@ -210,11 +218,14 @@ class Client:
             timeout=30,
         )
 
-    def lots(self, program_id: str, member_id: str, min_position: int = 0,
-             include_closed: bool = False) -> list[pb.Lot]:
+    def lots(
+        self, program_id: str, member_id: str, min_position: int = 0, include_closed: bool = False
+    ) -> list[pb.Lot]:
         response = self.stub.ListLots(
             pb.ListLotsRequest(
-                program_id=program_id, member_id=member_id, min_position=min_position,
+                program_id=program_id,
+                member_id=member_id,
+                min_position=min_position,
                 include_closed=include_closed,
             ),
             timeout=30,

@@ -132,16 +132,18 @@ def update_program(r: pb.UpdateProgramRequest) -> c.UpdateProgram:
     return c.UpdateProgram(program_id=r.program_id, request_id=r.request_id, changes=changes)
 
 
-def _account_fields(v: Violations, r: Any, now: datetime, store: bool = True) -> dict[str, Any]:
-    fields: dict[str, Any] = {
+def _account_fields(
+    v: Violations, r: Any, now: datetime, store_required: bool = False
+) -> dict[str, Any]:
+    """Fields every account command has. Commands that move points at a till (Earn, Redeem,
+    Reverse) must name the store or channel: settlement follows the points across stores."""
+    return {
         "program_id": v.identifier("program_id", r.program_id),
         "member_id": v.identifier("member_id", r.member_id),
         "request_id": v.request_id(r.request_id),
         "occurred_at": v.occurred_at(r.occurred_at, r.HasField("occurred_at"), now),
+        "store_id": v.identifier("store_id", r.store_id, required=store_required),
     }
-    if store:
-        fields["store_id"] = v.identifier("store_id", r.store_id, required=False)
-    return fields
 
 
 def enroll_member(r: pb.EnrollMemberRequest, now: datetime) -> c.EnrollMember:
@@ -156,7 +158,7 @@ def enroll_member(r: pb.EnrollMemberRequest, now: datetime) -> c.EnrollMember:
 
 def earn(r: pb.EarnRequest, now: datetime) -> c.EarnPoints:
     v = Violations()
-    fields = _account_fields(v, r, now)
+    fields = _account_fields(v, r, now, store_required=True)
     cmd = c.EarnPoints(
         points=v.positive("points", r.points),
         purchase_minor=v.non_negative("purchase_minor", r.purchase_minor),
@@ -172,7 +174,7 @@ def earn(r: pb.EarnRequest, now: datetime) -> c.EarnPoints:
 
 def redeem(r: pb.RedeemRequest, now: datetime) -> c.RedeemPoints:
     v = Violations()
-    fields = _account_fields(v, r, now)
+    fields = _account_fields(v, r, now, store_required=True)
     cmd = c.RedeemPoints(
         points=v.positive("points", r.points),
         order_ref=v.text("order_ref", r.order_ref),
@@ -236,7 +238,7 @@ def adjust(r: pb.AdjustRequest, now: datetime) -> c.AdjustPoints:
 
 def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
     v = Violations()
-    fields = _account_fields(v, r, now)
+    fields = _account_fields(v, r, now, store_required=True)
     v.identifier("transaction_id", r.transaction_id)
     v.non_negative("points", r.points)
     v.non_negative("amount_minor", r.amount_minor)
@@ -332,7 +334,7 @@ def _decode_token(v: Violations, token: str, fingerprint: str) -> int:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
         after = payload["after"]
-        if not isinstance(after, int) or after < 0:
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
             raise ValueError("bad position")
     except (ValueError, KeyError, TypeError):
         v.add("page_token", "not a page token this server issued")

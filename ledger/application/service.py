@@ -363,6 +363,13 @@ class LedgerApplication(Application[UUID]):
                 # Another writer got there first: the account moved on, or the same
                 # request_id was recorded. Look again.
                 _backoff()
+            except errors.DomainError:
+                # A copy of this request may have committed after we looked: then its
+                # outcome is the answer, not a refusal decided against the state it made.
+                previous = self._find_request(record_id)
+                if previous is not None:
+                    return self._replay(previous, cmd)
+                raise
         raise errors.WriteConflict("the command kept conflicting with concurrent writers")
 
     def _commit(

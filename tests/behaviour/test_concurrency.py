@@ -78,8 +78,9 @@ def test_two_servers_on_one_postgres_never_overdraw(
         program, member = c.member()
         c.earn(program, member, 29 * POINTS_EACH)
 
-        outcomes = _hammer([first.target, second_postgres_server.target], program, member,
-                           "postgres")
+        outcomes = _hammer(
+            [first.target, second_postgres_server.target], program, member, "postgres"
+        )
 
         assert outcomes == {"ok": 29, "INSUFFICIENT_POINTS": CALLERS * ATTEMPTS_PER_CALLER - 29}
         final = c.earn(program, member, 1)
