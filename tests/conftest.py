@@ -35,9 +35,7 @@ def servers(postgres_url: str, sqlite_url: str) -> Iterator[dict[str, ServerThre
 
 
 @pytest.fixture(params=BACKENDS)
-def server(
-    request: pytest.FixtureRequest, servers: dict[str, ServerThread]
-) -> ServerThread:
+def server(request: pytest.FixtureRequest, servers: dict[str, ServerThread]) -> ServerThread:
     backend: str = request.param
     if backend not in servers:
         url = request.getfixturevalue(f"{backend}_url")

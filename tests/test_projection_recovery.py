@@ -55,38 +55,57 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 def _write_history(tally: Tally) -> None:
     app = tally.app
     app.create_program(
-        c.CreateProgram(
-            program_id="p", request_id="p", settings=ProgramSettings("P", "EUR")
-        )
+        c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
     )
     for m in range(12):
         member = f"m{m}"
         app.enroll_member(c.EnrollMember(program_id="p", member_id=member, request_id=member))
         for i in range(8):
             earn = app.earn(
-                c.EarnPoints(program_id="p", member_id=member, points=10 + i,
-                             request_id=f"{member}-e{i}")
+                c.EarnPoints(
+                    program_id="p", member_id=member, points=10 + i, request_id=f"{member}-e{i}"
+                )
             )
             if i % 3 == 0:
-                app.redeem(c.RedeemPoints(program_id="p", member_id=member, points=5,
-                                          request_id=f"{member}-r{i}"))
+                app.redeem(
+                    c.RedeemPoints(
+                        program_id="p", member_id=member, points=5, request_id=f"{member}-r{i}"
+                    )
+                )
             if i == 5:
-                app.reverse(c.ReverseTransaction(
-                    program_id="p", member_id=member, transaction_id=earn.transaction_id,
-                    request_id=f"{member}-x{i}",
-                ))
-        hold = app.hold(c.HoldPoints(program_id="p", member_id=member, points=3,
-                                     ttl_seconds=600, request_id=f"{member}-h"))
-        app.capture_hold(c.CaptureHold(program_id="p", member_id=member, points=2,
-                                       hold_id=hold.details["hold_id"],
-                                       request_id=f"{member}-c"))
+                app.reverse(
+                    c.ReverseTransaction(
+                        program_id="p",
+                        member_id=member,
+                        transaction_id=earn.transaction_id,
+                        request_id=f"{member}-x{i}",
+                    )
+                )
+        hold = app.hold(
+            c.HoldPoints(
+                program_id="p",
+                member_id=member,
+                points=3,
+                ttl_seconds=600,
+                request_id=f"{member}-h",
+            )
+        )
+        app.capture_hold(
+            c.CaptureHold(
+                program_id="p",
+                member_id=member,
+                points=2,
+                hold_id=hold.details["hold_id"],
+                request_id=f"{member}-c",
+            )
+        )
 
 
 def _snapshot(tally: Tally) -> dict[str, list[tuple[Any, ...]]]:
     tables = {}
     with tally.database.read() as cur:
         for table in READ_MODELS:
-            cur.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed names
+            cur.execute(f"SELECT * FROM {table}")
             tables[table] = sorted(cur.fetchall(), key=lambda row: [str(v) for v in row])
     return tables
 
@@ -94,7 +113,7 @@ def _snapshot(tally: Tally) -> dict[str, list[tuple[Any, ...]]]:
 def _reset(tally: Tally) -> None:
     with tally.database.transaction() as cur:
         for table in READ_MODELS:
-            cur.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            cur.execute(f"DELETE FROM {table}")
         cur.execute("DELETE FROM projection_tracking")
 
 
@@ -103,7 +122,10 @@ def test_crashes_mid_batch_leave_read_models_equal_to_a_rebuild(tally: Tally) ->
     last = tally.app.recorder.max_notification_id() or 0
     crashing = CrashingProjection(every=3)
     runner = ProjectionRunner(
-        tally.database, tally.app.recorder, tally.app.mapper.to_domain_event, crashing,
+        tally.database,
+        tally.app.recorder,
+        tally.app.mapper.to_domain_event,
+        crashing,
         batch_size=37,
     )
     runner.start()
@@ -119,8 +141,11 @@ def test_crashes_mid_batch_leave_read_models_equal_to_a_rebuild(tally: Tally) ->
 
     _reset(tally)
     rebuilt = ProjectionRunner(
-        tally.database, tally.app.recorder, tally.app.mapper.to_domain_event,
-        PointsProjection(), batch_size=500,
+        tally.database,
+        tally.app.recorder,
+        tally.app.mapper.to_domain_event,
+        PointsProjection(),
+        batch_size=500,
     ).run_until_caught_up()
 
     assert rebuilt == last
