@@ -125,7 +125,25 @@ class MemberAccount(Aggregate):
     def open_lots(self) -> list[Lot]:
         return sorted((self.lots[i] for i in self.open_lot_ids), key=Lot.spend_order)
 
+    def available_at(self, now: datetime) -> int:
+        """Available points once holds past their TTL are released and due lots expired,
+        computed without changing anything: refusals are decided before any event."""
+        expiring = sum(
+            self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
+        )
+        returned = sum(
+            pts
+            for hold in self.holds.values()
+            if hold.expires_at <= now
+            for lot_id, pts in hold.taken.items()
+            if not self.lots[lot_id].is_due(now)
+        )
+        return self.available - expiring + returned
+
     # ------------------------------------------------------------------ commands
+    #
+    # Every command checks its rules first, against the state as of `now`, and only then
+    # triggers events: a refused command leaves the aggregate exactly as it was.
 
     def bring_up_to(self, now: datetime, provenance: Provenance) -> None:
         """Release holds whose TTL has run out, then expire lots that are due at `now`."""
@@ -168,8 +186,8 @@ class MemberAccount(Aggregate):
         qualifying: bool,
     ) -> int:
         """Credit `points`; any debt is repaid first. Returns the points that repaid debt."""
-        self.bring_up_to(now, provenance)
         self._check_balance_limit(points)
+        self.bring_up_to(now, provenance)
         debt_repaid = min(self.debt, points)
         self._points_earned(
             provenance=provenance,
@@ -183,8 +201,8 @@ class MemberAccount(Aggregate):
         return debt_repaid
 
     def redeem(self, provenance: Provenance, now: datetime, points: int) -> Allocation:
+        self._check_can_spend(points, now)
         self.bring_up_to(now, provenance)
-        self._check_can_spend(points)
         consumed = self._allocate(points)
         self._points_redeemed(provenance=provenance, consumed=consumed)
         return consumed
@@ -192,8 +210,8 @@ class MemberAccount(Aggregate):
     def hold(
         self, provenance: Provenance, now: datetime, points: int, ttl: timedelta
     ) -> ActiveHold:
+        self._check_can_spend(points, now)
         self.bring_up_to(now, provenance)
-        self._check_can_spend(points)
         taken = self._allocate(points)
         self._points_held(provenance=provenance, taken=taken, expires_at=now + ttl)
         return self.holds[provenance.transaction_id]
@@ -204,14 +222,14 @@ class MemberAccount(Aggregate):
         """Redeem `points` (0 = all) of an active hold and release the rest.
 
         Returns (consumed, released)."""
-        self.bring_up_to(now, provenance)
-        hold = self._active_hold(hold_id)
+        hold = self._active_hold(hold_id, now)
         points = points or hold.points
         if points > hold.points:
             raise errors.CaptureExceedsHold(
                 f"capture of {points} points exceeds the {hold.points} points held",
                 held=str(hold.points),
             )
+        self.bring_up_to(now, provenance)
         consumed, released = _split(hold.taken, points)
         self._hold_captured(
             provenance=provenance, hold_id=hold_id, consumed=consumed, released=released
@@ -220,8 +238,8 @@ class MemberAccount(Aggregate):
         return consumed, released
 
     def release_hold(self, provenance: Provenance, now: datetime, hold_id: str) -> Allocation:
+        hold = self._active_hold(hold_id, now)
         self.bring_up_to(now, provenance)
-        hold = self._active_hold(hold_id)
         returned = dict(hold.taken)
         self._hold_released(provenance=provenance, hold_id=hold_id, returned=returned)
         self.bring_up_to(now, provenance)
@@ -232,9 +250,12 @@ class MemberAccount(Aggregate):
     ) -> None:
         """A manual correction: positive opens a lot (after repaying debt), negative takes
         points from lots and is refused beyond what is available."""
-        self.bring_up_to(now, provenance)
         if points > 0:
             self._check_balance_limit(points)
+        elif -points > (available := self.available_at(now)):
+            raise _insufficient(-points, available)
+        self.bring_up_to(now, provenance)
+        if points > 0:
             debt_repaid = min(self.debt, points)
             self._points_adjusted(
                 provenance=provenance,
@@ -244,8 +265,6 @@ class MemberAccount(Aggregate):
                 taken={},
             )
         else:
-            if -points > self.available:
-                raise _insufficient(-points, self.available)
             self._points_adjusted(
                 provenance=provenance,
                 points=points,
@@ -261,10 +280,17 @@ class MemberAccount(Aggregate):
         """Reverse `points` (0 = all that remains) of an earlier Earn or redemption.
 
         Returns (points reversed, debt added)."""
-        self.bring_up_to(now, provenance)
         if transaction_id in self.earns:
-            return self._reverse_earn(provenance, now, transaction_id, points)
+            earn = self.earns[transaction_id]
+            points = _reversal_amount(transaction_id, earn.points - earn.reversed, points)
+            self._check_debt_limit(points)  # at most all of it becomes debt
+            self.bring_up_to(now, provenance)
+            return self._reverse_earn(provenance, transaction_id, points)
         if transaction_id in self.redemptions:
+            redemption = self.redemptions[transaction_id]
+            points = _reversal_amount(transaction_id, redemption.reversible, points)
+            self._check_balance_limit(points)
+            self.bring_up_to(now, provenance)
             return self._reverse_redemption(provenance, now, transaction_id, points), 0
         if transaction_id in self.other_transaction_ids:
             raise errors.TransactionNotReversible(
@@ -277,10 +303,8 @@ class MemberAccount(Aggregate):
         )
 
     def _reverse_earn(
-        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
+        self, provenance: Provenance, transaction_id: str, points: int
     ) -> tuple[int, int]:
-        record = self.earns[transaction_id]
-        points = _reversal_amount(transaction_id, record.points - record.reversed, points)
         owed = points
         taken: Allocation = {}
         from_expired = 0
@@ -301,7 +325,6 @@ class MemberAccount(Aggregate):
             if take:
                 taken[lot.lot_id] = taken.get(lot.lot_id, 0) + take
                 owed -= take
-        self._check_debt_limit(owed)
         self._earn_reversed(
             provenance=provenance,
             points=points,
@@ -315,8 +338,6 @@ class MemberAccount(Aggregate):
         self, provenance: Provenance, now: datetime, transaction_id: str, points: int
     ) -> int:
         record = self.redemptions[transaction_id]
-        points = _reversal_amount(transaction_id, record.reversible, points)
-        self._check_balance_limit(points)
         debt_repaid = min(self.debt, points)
         # Undo last-consumed first, back into the lots the points came from.
         restored: Allocation = {}
@@ -337,14 +358,15 @@ class MemberAccount(Aggregate):
 
     # ------------------------------------------------------------------ checks
 
-    def _check_can_spend(self, points: int) -> None:
+    def _check_can_spend(self, points: int, now: datetime) -> None:
         if self.debt > 0:
             raise errors.AccountInDebt(
                 f"the account owes {self.debt} points; redemption is blocked until repaid",
                 debt=str(self.debt),
             )
-        if points > self.available:
-            raise _insufficient(points, self.available)
+        available = self.available_at(now)
+        if points > available:
+            raise _insufficient(points, available)
 
     def _check_balance_limit(self, points: int) -> None:
         if self.available + self.held + points > INT64_MAX:
@@ -356,11 +378,11 @@ class MemberAccount(Aggregate):
         if self.debt + points > INT64_MAX:
             raise errors.BalanceLimitExceeded("the debt would exceed the largest amount")
 
-    def _active_hold(self, hold_id: str) -> ActiveHold:
+    def _active_hold(self, hold_id: str, now: datetime) -> ActiveHold:
         hold = self.holds.get(hold_id)
-        if hold is not None:
+        if hold is not None and hold.expires_at > now:
             return hold
-        if hold_id in self.closed_hold_ids:
+        if hold is not None or hold_id in self.closed_hold_ids:
             raise errors.HoldNotActive(
                 f"hold {hold_id} was already captured, released or expired", hold_id=hold_id
             )
