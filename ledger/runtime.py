@@ -4,10 +4,13 @@ sweeper, built from a database URL. The server and the tools both start here."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
+from ledger.application.group_commit import GroupCommitWriter
 from ledger.application.service import LedgerApplication, utc_now
 from ledger.infrastructure.database import (
     DatabaseConfig,
@@ -31,6 +34,8 @@ class Tally:
         apply_migrations: bool = True,
         clock: Callable[[], datetime] = utc_now,
         cache_size: int = 10_000,
+        writers: int | None = None,
+        max_group: int = 256,
     ) -> None:
         self.config = config
         if apply_migrations:
@@ -56,13 +61,19 @@ class Tally:
             PointsProjection(),
         )
         self.app.on_saved = self.points.wake
+        # SQLite has one writer at a time anyway; PostgreSQL serialises inserts on the
+        # events table, so a few writers suffice to keep it busy.
+        if writers is None:
+            writers = int(os.environ.get("TALLY_WRITERS", "1" if config.kind == "sqlite" else "4"))
+        self.writer = GroupCommitWriter(self.app, writers=writers, max_group=max_group)
         self.sweeper = Sweeper(self)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: bool) -> Tally:
-        return cls(parse_database_url(url), **kwargs)  # type: ignore[arg-type]
+    def from_url(cls, url: str, **kwargs: Any) -> Tally:
+        return cls(parse_database_url(url), **kwargs)
 
     def start(self, sweep: bool = True) -> None:
+        self.writer.start()
         self.points.start()
         if sweep:
             self.sweeper.start()
@@ -72,6 +83,7 @@ class Tally:
 
     def close(self) -> None:
         self.sweeper.stop()
+        self.writer.stop()
         self.points.stop()
         self.app.close()
         self.database.close()

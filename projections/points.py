@@ -11,6 +11,7 @@ from dataclasses import astuple, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ledger.domain.account import split_allocation
 from ledger.infrastructure.database import Cursor
 
 NAME = "points"
@@ -194,8 +195,7 @@ class PointsProjection:
     ) -> None:
         for lot_id, pts in event.consumed.items():
             batch.lot(account, lot_id).held -= pts
-        self._give_back(batch, account, event.released, from_hold=True)
-        released = _sum(event.released)
+        back = self._return_from_hold(batch, account, event.released, event.debt_repaid)
         self._close_hold(batch, account, event.hold_id, "CAPTURED")
         row = self._record(
             batch,
@@ -203,8 +203,9 @@ class PointsProjection:
             event,
             account,
             "CAPTURE",
-            points=released,
-            held=-(released + _sum(event.consumed)),
+            points=back,
+            held=-(_sum(event.released) + _sum(event.consumed)),
+            debt=-event.debt_repaid,
         )
         row.hold_id = event.hold_id
 
@@ -278,10 +279,18 @@ class PointsProjection:
     def _end_hold(
         self, batch: Batch, position: int, event: Any, account: AccountRow, status: str, kind: str
     ) -> None:
-        self._give_back(batch, account, event.returned, from_hold=True)
-        points = _sum(event.returned)
+        back = self._return_from_hold(batch, account, event.returned, event.debt_repaid)
         self._close_hold(batch, account, event.hold_id, status)
-        row = self._record(batch, position, event, account, kind, points=points, held=-points)
+        row = self._record(
+            batch,
+            position,
+            event,
+            account,
+            kind,
+            points=back,
+            held=-_sum(event.returned),
+            debt=-event.debt_repaid,
+        )
         row.hold_id = event.hold_id
 
     def _open_lot(
@@ -309,6 +318,17 @@ class PointsProjection:
             lot.remaining -= pts
             if held:
                 lot.held += pts
+
+    def _return_from_hold(
+        self, batch: Batch, account: AccountRow, returned: dict[str, int], debt_repaid: int
+    ) -> int:
+        """Held points come back; the first `debt_repaid` repay debt (as the aggregate does).
+        Returns the points that went back into lots."""
+        repaid, back = split_allocation(returned, debt_repaid)
+        for lot_id, pts in repaid.items():
+            batch.lot(account, lot_id).held -= pts
+        self._give_back(batch, account, back, from_hold=True)
+        return _sum(back)
 
     def _give_back(
         self, batch: Batch, account: AccountRow, allocation: dict[str, int], from_hold: bool

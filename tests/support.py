@@ -83,7 +83,7 @@ class Refusal:
 
 def refusal(error: grpc.RpcError) -> Refusal:
     """Decode a rich google.rpc.Status from a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status = rpc_status.from_call(error)
     reason = ""
     fields: dict[str, str] = {}
     if status is not None:
@@ -131,7 +131,7 @@ class Client:
             **fields,
         )
         self.stub.CreateProgram(request, timeout=30)
-        return program_id
+        return str(program_id)
 
     def enroll(self, program_id: str, member_id: str | None = None, **fields: Any) -> str:
         member_id = member_id or new_id("mem")
@@ -206,7 +206,8 @@ class Client:
             ),
             timeout=30,
         )
-        return response.account
+        account: pb.Account = response.account
+        return account
 
     def transactions(
         self, program_id: str, member_id: str, min_position: int = 0, **f: Any

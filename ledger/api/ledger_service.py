@@ -15,8 +15,16 @@ import grpc
 
 from ledger.api import requests as parse
 from ledger.api import responses as present
-from ledger.api.errors import InvalidArgument, domain_status, invalid_argument_status, to_grpc
-from ledger.application.views import ProgramView
+from ledger.api.errors import (
+    InvalidArgument,
+    Unavailable,
+    domain_status,
+    invalid_argument_status,
+    to_grpc,
+)
+from ledger.application.commands import AccountCommand
+from ledger.application.group_commit import Overloaded
+from ledger.application.views import Outcome, ProgramView
 from ledger.domain import errors
 from ledger.runtime import Tally
 from ledger.v1 import ledger_pb2 as pb
@@ -40,6 +48,8 @@ def rpc(method: Handler) -> Handler:
             await context.abort_with_status(to_grpc(invalid_argument_status(e)))
         except errors.DomainError as e:
             await context.abort_with_status(to_grpc(domain_status(e)))
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
     return wrapper
 
@@ -49,6 +59,14 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self.tally = tally
         self.app = tally.app
         self.executor = executor
+
+    async def _command(self, cmd: AccountCommand) -> Outcome:
+        """Account commands go to their account's group-commit writer."""
+        try:
+            future = self.tally.writer.submit(cmd)
+        except Overloaded as e:
+            raise Unavailable(str(e)) from None
+        return await asyncio.wrap_future(future)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -113,32 +131,32 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     @rpc
     async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
         cmd = parse.earn(request, self.app.clock())
-        return present.earn(await self._run(self.app.earn, cmd))
+        return present.earn(await self._command(cmd))
 
     @rpc
     async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
         cmd = parse.redeem(request, self.app.clock())
-        return present.redeem(await self._run(self.app.redeem, cmd))
+        return present.redeem(await self._command(cmd))
 
     @rpc
     async def Hold(self, request: Any, context: Any) -> pb.HoldResponse:
         cmd = parse.hold(request, self.app.clock())
-        return present.hold(await self._run(self.app.hold, cmd))
+        return present.hold(await self._command(cmd))
 
     @rpc
     async def CaptureHold(self, request: Any, context: Any) -> pb.CaptureHoldResponse:
         cmd = parse.capture_hold(request, self.app.clock())
-        return present.capture_hold(await self._run(self.app.capture_hold, cmd))
+        return present.capture_hold(await self._command(cmd))
 
     @rpc
     async def ReleaseHold(self, request: Any, context: Any) -> pb.ReleaseHoldResponse:
         cmd = parse.release_hold(request, self.app.clock())
-        return present.release_hold(await self._run(self.app.release_hold, cmd))
+        return present.release_hold(await self._command(cmd))
 
     @rpc
     async def Adjust(self, request: Any, context: Any) -> pb.AdjustResponse:
         cmd = parse.adjust(request, self.app.clock())
-        return present.adjust(await self._run(self.app.adjust, cmd))
+        return present.adjust(await self._command(cmd))
 
     @rpc
     async def Reverse(self, request: Any, context: Any) -> pb.ReverseResponse:
@@ -147,7 +165,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             raise InvalidArgument(
                 [("amount_minor", "stored-value reversals are not available yet; use points")]
             )
-        return present.reverse(await self._run(self.app.reverse, cmd))
+        return present.reverse(await self._command(cmd))
 
     @rpc
     async def RunExpiry(self, request: Any, context: Any) -> pb.RunExpiryResponse:

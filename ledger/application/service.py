@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from ledger.domain.program import Program, ProgramSettingsAsDict
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
 from ledger.domain.request import RequestRecord
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import position_of
+from ledger.infrastructure.eventlog import existing_originators, position_of
 
 MAX_ATTEMPTS = 20
 T = TypeVar("T")
@@ -149,79 +149,127 @@ class LedgerApplication(Application[UUID]):
     # ------------------------------------------------------------------ points
 
     def earn(self, cmd: c.EarnPoints) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            settings = ctx.program.settings
-            expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
-                ctx.provenance.occurred_at, settings.time_zone
-            )
-            repaid = ctx.account.earn(
-                ctx.provenance, ctx.now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
-            )
-            return {"lot_id": ctx.provenance.transaction_id, "debt_repaid": repaid}
-
-        return self._on_account(cmd, body, order_ref=cmd.order_ref, reason=cmd.reason)
+        return self.execute(cmd)
 
     def redeem(self, cmd: c.RedeemPoints) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            consumed = ctx.account.redeem(ctx.provenance, ctx.now, cmd.points)
-            return {"consumed": consumed}
-
-        return self._on_account(cmd, body, order_ref=cmd.order_ref, reason=cmd.reason)
+        return self.execute(cmd)
 
     def hold(self, cmd: c.HoldPoints) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            hold = ctx.account.hold(
-                ctx.provenance, ctx.now, cmd.points, timedelta(seconds=cmd.ttl_seconds)
-            )
-            return {"hold_id": hold.hold_id, "expires_at": hold.expires_at}
-
-        return self._on_account(cmd, body, order_ref=cmd.order_ref)
+        return self.execute(cmd)
 
     def capture_hold(self, cmd: c.CaptureHold) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            consumed, released = ctx.account.capture_hold(
-                ctx.provenance, ctx.now, cmd.hold_id, cmd.points
-            )
-            return {
-                "consumed": consumed,
-                "points_captured": sum(consumed.values()),
-                "points_released": sum(released.values()),
-            }
-
-        return self._on_account(cmd, body)
+        return self.execute(cmd)
 
     def release_hold(self, cmd: c.ReleaseHold) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            returned = ctx.account.release_hold(ctx.provenance, ctx.now, cmd.hold_id)
-            return {"points_released": sum(returned.values())}
-
-        return self._on_account(cmd, body)
+        return self.execute(cmd)
 
     def adjust(self, cmd: c.AdjustPoints) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            settings = ctx.program.settings
-            expires_at = settings.expiry_policy.expires_at(
-                ctx.provenance.occurred_at, settings.time_zone
-            )
-            ctx.account.adjust(ctx.provenance, ctx.now, cmd.points, expires_at)
-            return {}
-
-        return self._on_account(cmd, body, reason=cmd.reason, operator_id=cmd.operator_id)
+        return self.execute(cmd)
 
     def reverse(self, cmd: c.ReverseTransaction) -> Outcome:
-        def body(ctx: CommandContext) -> dict[str, Any]:
-            points, debt_added = ctx.account.reverse(
-                ctx.provenance, ctx.now, cmd.transaction_id, cmd.points
-            )
-            return {
-                "points_reversed": points,
-                "debt_added": debt_added,
-                "reverses_transaction_id": cmd.transaction_id,
-            }
+        return self.execute(cmd)
 
-        return self._on_account(
-            cmd, body, reason=cmd.reason, reverses_transaction_id=cmd.transaction_id
-        )
+    def execute(self, cmd: c.AccountCommand) -> Outcome:
+        """Run one account command on its own (the group-commit writer runs many at once)."""
+
+        def attempt() -> Outcome:
+            program = self.get_program(cmd.program_id)
+            account = self.get_account(cmd.program_id, cmd.member_id)
+            outcome = self.decide(cmd, program, account)
+            return self._commit(cmd, cmd.member_id, [account], outcome)
+
+        return self._idempotent(cmd, attempt)
+
+    def execute_group(
+        self, cmds: Sequence[c.AccountCommand], cache: MutableMapping[UUID, MemberAccount]
+    ) -> list[Outcome | errors.DomainError]:
+        """Group commit: decide every command against its account, in order, and save all
+        their events and request records in ONE transaction.
+
+        `cache` holds the caller's accounts between groups (the caller is the only writer of
+        them in this process; another process writing one makes our save conflict, and the
+        conflicting group is then re-run in halves against fresh state, down to single
+        commands, so no innocent command fails). A refused command is answered with its
+        DomainError and changes nothing (aggregates decide before they mutate).
+        """
+        record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
+        recorded = existing_originators(self.database, record_ids)
+        results: list[Outcome | errors.DomainError | None] = [None] * len(cmds)
+        first_of: dict[UUID, int] = {}
+        touched: dict[UUID, MemberAccount] = {}
+        records: list[RequestRecord] = []
+        programs: dict[str, Program] = {}
+        try:
+            for i, cmd in enumerate(cmds):
+                record_id = record_ids[i]
+                if record_id in recorded or record_id in first_of:
+                    continue  # answered after the commit, from the recorded outcome
+                try:
+                    if cmd.program_id not in programs:
+                        programs[cmd.program_id] = self.get_program(cmd.program_id)
+                    account_id = account_id_key(cmd.program_id, cmd.member_id)
+                    if account_id not in touched:
+                        cached = cache.get(account_id)
+                        touched[account_id] = (
+                            cached
+                            if cached is not None
+                            else (self.get_account(cmd.program_id, cmd.member_id))
+                        )
+                    outcome = self.decide(cmd, programs[cmd.program_id], touched[account_id])
+                except errors.DomainError as refusal:
+                    results[i] = refusal
+                    continue
+                first_of[record_id] = i
+                results[i] = outcome
+                records.append(self._request_record(cmd, cmd.member_id, outcome))
+            positions: dict[UUID, int] = {}
+            if records:
+                recordings = self.save(*touched.values(), *records)
+                positions = {
+                    r.domain_event.originator_id: r.notification.id
+                    for r in recordings
+                    if r.domain_event.originator_id in first_of
+                }
+                self._saved(max(positions.values()))
+        except IntegrityError:
+            for account_id in touched:
+                cache.pop(account_id, None)
+            if len(cmds) == 1:
+                return [self._answer(lambda: self.execute(cmds[0]))]
+            half = len(cmds) // 2
+            return [
+                *self.execute_group(cmds[:half], cache),
+                *self.execute_group(cmds[half:], cache),
+            ]
+        except BaseException:
+            for account_id in touched:
+                cache.pop(account_id, None)
+            raise
+        cache.update(touched)
+        answers: list[Outcome | errors.DomainError] = []
+        for i, cmd in enumerate(cmds):
+            result = results[i]
+            if isinstance(result, Outcome):
+                result = replace(result, position=positions[record_ids[i]])
+            elif result is None:  # recorded before, or earlier in this group
+                result = self._answer(lambda cmd=cmd: self.execute(cmd))  # type: ignore[misc]
+            answers.append(result)
+        return answers
+
+    @staticmethod
+    def _answer(run: Callable[[], Outcome]) -> Outcome | errors.DomainError:
+        try:
+            return run()
+        except errors.DomainError as e:
+            return e
+
+    def decide(self, cmd: c.AccountCommand, program: Program, account: MemberAccount) -> Outcome:
+        """Let the account decide `cmd` (raising a DomainError to refuse); nothing is saved."""
+        now = self.clock()
+        provenance = self._provenance(cmd, now)
+        details = decide(cmd, CommandContext(program, account, provenance, now))
+        view = AccountView.of(account, program.settings, now)
+        return Outcome(provenance.transaction_id, 0, account=view, details=details)
 
     # ------------------------------------------------------------------ expiry and holds
 
@@ -333,24 +381,6 @@ class LedgerApplication(Application[UUID]):
 
     # ------------------------------------------------------------------ machinery
 
-    def _on_account(
-        self,
-        cmd: c.AccountCommand,
-        body: Callable[[CommandContext], dict[str, Any]],
-        **provenance_fields: str,
-    ) -> Outcome:
-        def attempt() -> Outcome:
-            program = self.get_program(cmd.program_id)
-            account = self.get_account(cmd.program_id, cmd.member_id)
-            now = self.clock()
-            provenance = self._provenance(cmd, now, **provenance_fields)
-            details = body(CommandContext(program, account, provenance, now))
-            view = AccountView.of(account, program.settings, now)
-            outcome = Outcome(provenance.transaction_id, 0, account=view, details=details)
-            return self._commit(cmd, cmd.member_id, [account], outcome)
-
-        return self._idempotent(cmd, attempt)
-
     def _idempotent(self, cmd: c.Command, attempt: Callable[[], Outcome]) -> Outcome:
         record_id = RequestRecord.create_id(cmd.program_id, cmd.request_id)
         for _ in range(MAX_ATTEMPTS):
@@ -372,10 +402,8 @@ class LedgerApplication(Application[UUID]):
                 raise
         raise errors.WriteConflict("the command kept conflicting with concurrent writers")
 
-    def _commit(
-        self, cmd: c.Command, member_id: str, aggregates: list[Any], outcome: Outcome
-    ) -> Outcome:
-        record = RequestRecord(
+    def _request_record(self, cmd: c.Command, member_id: str, outcome: Outcome) -> RequestRecord:
+        return RequestRecord(
             program_id=cmd.program_id,
             request_id=cmd.request_id,
             command=cmd.name,
@@ -383,6 +411,11 @@ class LedgerApplication(Application[UUID]):
             member_id=member_id,
             response=outcome.to_record(),
         )
+
+    def _commit(
+        self, cmd: c.Command, member_id: str, aggregates: list[Any], outcome: Outcome
+    ) -> Outcome:
+        record = self._request_record(cmd, member_id, outcome)
         recordings = self.save(*aggregates, record)
         position = max(r.notification.id for r in recordings)
         self._saved(position)
@@ -408,18 +441,67 @@ class LedgerApplication(Application[UUID]):
     def _exists(self, aggregate_id: UUID) -> bool:
         return bool(list(self.events.get(aggregate_id, limit=1)))
 
-    def _provenance(self, cmd: c.AccountCommand, now: datetime, **fields: str) -> Provenance:
+    def _provenance(self, cmd: c.AccountCommand, now: datetime) -> Provenance:
         return Provenance(
             transaction_id=str(RequestRecord.create_id(cmd.program_id, cmd.request_id)),
             request_id=cmd.request_id,
             occurred_at=cmd.occurred_at or now,
             store_id=cmd.store_id,
-            **fields,
+            order_ref=getattr(cmd, "order_ref", ""),
+            reason=getattr(cmd, "reason", ""),
+            operator_id=getattr(cmd, "operator_id", ""),
+            reverses_transaction_id=(
+                cmd.transaction_id if isinstance(cmd, c.ReverseTransaction) else ""
+            ),
         )
 
     def _saved(self, position: int) -> None:
         if self.on_saved is not None:
             self.on_saved(position)
+
+
+# ---------------------------------------------------------------------- decisions
+
+
+def decide(cmd: c.AccountCommand, ctx: CommandContext) -> dict[str, Any]:
+    """Call the account's method for `cmd`; return the command-specific response fields."""
+    account, provenance, now = ctx.account, ctx.provenance, ctx.now
+    settings = ctx.program.settings
+    if isinstance(cmd, c.EarnPoints):
+        expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
+            provenance.occurred_at, settings.time_zone
+        )
+        repaid = account.earn(
+            provenance, now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
+        )
+        return {"lot_id": provenance.transaction_id, "debt_repaid": repaid}
+    if isinstance(cmd, c.RedeemPoints):
+        return {"consumed": account.redeem(provenance, now, cmd.points)}
+    if isinstance(cmd, c.HoldPoints):
+        hold = account.hold(provenance, now, cmd.points, timedelta(seconds=cmd.ttl_seconds))
+        return {"hold_id": hold.hold_id, "expires_at": hold.expires_at}
+    if isinstance(cmd, c.CaptureHold):
+        consumed, released = account.capture_hold(provenance, now, cmd.hold_id, cmd.points)
+        return {
+            "consumed": consumed,
+            "points_captured": sum(consumed.values()),
+            "points_released": sum(released.values()),
+        }
+    if isinstance(cmd, c.ReleaseHold):
+        returned = account.release_hold(provenance, now, cmd.hold_id)
+        return {"points_released": sum(returned.values())}
+    if isinstance(cmd, c.AdjustPoints):
+        expires_at = settings.expiry_policy.expires_at(provenance.occurred_at, settings.time_zone)
+        account.adjust(provenance, now, cmd.points, expires_at)
+        return {}
+    if isinstance(cmd, c.ReverseTransaction):
+        points, debt_added = account.reverse(provenance, now, cmd.transaction_id, cmd.points)
+        return {
+            "points_reversed": points,
+            "debt_added": debt_added,
+            "reverses_transaction_id": cmd.transaction_id,
+        }
+    raise TypeError(f"not an account command: {type(cmd).__name__}")
 
 
 def _backoff() -> None:

@@ -125,20 +125,22 @@ class MemberAccount(Aggregate):
     def open_lots(self) -> list[Lot]:
         return sorted((self.lots[i] for i in self.open_lot_ids), key=Lot.spend_order)
 
-    def available_at(self, now: datetime) -> int:
-        """Available points once holds past their TTL are released and due lots expired,
+    def balances_at(self, now: datetime) -> tuple[int, int]:
+        """(available, debt) once holds past their TTL are released and due lots expired,
         computed without changing anything: refusals are decided before any event."""
-        expiring = sum(
+        available, debt = self.available, self.debt
+        for hold in self._holds_due(now):
+            repaid, back = split_allocation(hold.taken, min(debt, hold.points))
+            debt -= sum(repaid.values())
+            available += sum(p for lot_id, p in back.items() if not self.lots[lot_id].is_due(now))
+        available -= sum(
             self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
         )
-        returned = sum(
-            pts
-            for hold in self.holds.values()
-            if hold.expires_at <= now
-            for lot_id, pts in hold.taken.items()
-            if not self.lots[lot_id].is_due(now)
-        )
-        return self.available - expiring + returned
+        return available, debt
+
+    def _holds_due(self, now: datetime) -> list[ActiveHold]:
+        due = [h for h in self.holds.values() if h.expires_at <= now]
+        return sorted(due, key=lambda h: (h.expires_at, h.hold_id))
 
     # ------------------------------------------------------------------ commands
     #
@@ -147,15 +149,15 @@ class MemberAccount(Aggregate):
 
     def bring_up_to(self, now: datetime, provenance: Provenance) -> None:
         """Release holds whose TTL has run out, then expire lots that are due at `now`."""
-        for hold in sorted(self.holds.values(), key=lambda h: (h.expires_at, h.hold_id)):
-            if hold.expires_at <= now:
-                self._hold_expired(
-                    provenance=provenance.derived(
-                        derived_transaction_id(hold.hold_id, "hold-expired"), "hold expired"
-                    ),
-                    hold_id=hold.hold_id,
-                    returned=dict(hold.taken),
-                )
+        for hold in self._holds_due(now):
+            self._hold_expired(
+                provenance=provenance.derived(
+                    derived_transaction_id(hold.hold_id, "hold-expired"), "hold expired"
+                ),
+                hold_id=hold.hold_id,
+                returned=dict(hold.taken),
+                debt_repaid=min(self.debt, hold.points),
+            )
         self.expire_lots(
             now,
             provenance.derived(
@@ -230,9 +232,13 @@ class MemberAccount(Aggregate):
                 held=str(hold.points),
             )
         self.bring_up_to(now, provenance)
-        consumed, released = _split(hold.taken, points)
+        consumed, released = split_allocation(hold.taken, points)
         self._hold_captured(
-            provenance=provenance, hold_id=hold_id, consumed=consumed, released=released
+            provenance=provenance,
+            hold_id=hold_id,
+            consumed=consumed,
+            released=released,
+            debt_repaid=min(self.debt, sum(released.values())),
         )
         self.bring_up_to(now, provenance)
         return consumed, released
@@ -241,7 +247,12 @@ class MemberAccount(Aggregate):
         hold = self._active_hold(hold_id, now)
         self.bring_up_to(now, provenance)
         returned = dict(hold.taken)
-        self._hold_released(provenance=provenance, hold_id=hold_id, returned=returned)
+        self._hold_released(
+            provenance=provenance,
+            hold_id=hold_id,
+            returned=returned,
+            debt_repaid=min(self.debt, hold.points),
+        )
         self.bring_up_to(now, provenance)
         return returned
 
@@ -252,7 +263,7 @@ class MemberAccount(Aggregate):
         points from lots and is refused beyond what is available."""
         if points > 0:
             self._check_balance_limit(points)
-        elif -points > (available := self.available_at(now)):
+        elif -points > (available := self.balances_at(now)[0]):
             raise _insufficient(-points, available)
         self.bring_up_to(now, provenance)
         if points > 0:
@@ -359,12 +370,12 @@ class MemberAccount(Aggregate):
     # ------------------------------------------------------------------ checks
 
     def _check_can_spend(self, points: int, now: datetime) -> None:
-        if self.debt > 0:
+        available, debt = self.balances_at(now)
+        if debt > 0:
             raise errors.AccountInDebt(
-                f"the account owes {self.debt} points; redemption is blocked until repaid",
-                debt=str(self.debt),
+                f"the account owes {debt} points; redemption is blocked until repaid",
+                debt=str(debt),
             )
-        available = self.available_at(now)
         if points > available:
             raise _insufficient(points, available)
 
@@ -438,25 +449,34 @@ class MemberAccount(Aggregate):
 
     @event("HoldCaptured")
     def _hold_captured(
-        self, provenance: Provenance, hold_id: str, consumed: Allocation, released: Allocation
+        self,
+        provenance: Provenance,
+        hold_id: str,
+        consumed: Allocation,
+        released: Allocation,
+        debt_repaid: int,
     ) -> None:
         self._close_hold(hold_id)
         for lot_id, pts in consumed.items():
             self.lots[lot_id].held -= pts
             self.held -= pts
-        self._give_back(released, from_hold=True)
+        self._return_from_hold(released, debt_repaid)
         self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
 
     @event("HoldReleased")
-    def _hold_released(self, provenance: Provenance, hold_id: str, returned: Allocation) -> None:
+    def _hold_released(
+        self, provenance: Provenance, hold_id: str, returned: Allocation, debt_repaid: int
+    ) -> None:
         self._close_hold(hold_id)
-        self._give_back(returned, from_hold=True)
+        self._return_from_hold(returned, debt_repaid)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("HoldExpired")
-    def _hold_expired(self, provenance: Provenance, hold_id: str, returned: Allocation) -> None:
+    def _hold_expired(
+        self, provenance: Provenance, hold_id: str, returned: Allocation, debt_repaid: int
+    ) -> None:
         self._close_hold(hold_id)
-        self._give_back(returned, from_hold=True)
+        self._return_from_hold(returned, debt_repaid)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("PointsAdjusted")
@@ -542,6 +562,16 @@ class MemberAccount(Aggregate):
                 self.open_lot_ids.discard(lot_id)
             self.available -= pts
 
+    def _return_from_hold(self, returned: Allocation, debt_repaid: int) -> None:
+        """Held points come back: the first `debt_repaid` of them (in the hold's order) repay
+        debt, like any credit; the rest go back into their lots."""
+        repaid, back = split_allocation(returned, debt_repaid)
+        for lot_id, pts in repaid.items():
+            self.lots[lot_id].held -= pts
+            self.held -= pts
+        self.debt -= debt_repaid
+        self._give_back(back, from_hold=True)
+
     def _give_back(self, allocation: Allocation, from_hold: bool) -> None:
         """Put points back into their lots: released from a hold, or restored by a reversal."""
         for lot_id, pts in allocation.items():
@@ -559,8 +589,8 @@ class MemberAccount(Aggregate):
         self.closed_hold_ids.add(hold_id)
 
 
-def _split(taken: Allocation, points: int) -> tuple[Allocation, Allocation]:
-    """Split a hold's allocation into the first `points` (captured) and the rest."""
+def split_allocation(taken: Allocation, points: int) -> tuple[Allocation, Allocation]:
+    """Split an allocation into its first `points` and the rest, keeping the order."""
     consumed: Allocation = {}
     released: Allocation = {}
     for lot_id, pts in taken.items():

@@ -33,3 +33,20 @@ def max_position(db: Database) -> int:
         cur.execute(sql)
         row = cur.fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
+    """Which of these aggregates have events at all (one indexed query)."""
+    if not originator_ids:
+        return set()
+    marks = ",".join("?" * len(originator_ids))
+    if db.config.kind == "sqlite":
+        sql = f"SELECT DISTINCT originator_id FROM stored_events WHERE originator_id IN ({marks})"
+        keys: list[object] = [i.hex for i in originator_ids]
+    else:
+        sql = f"SELECT DISTINCT originator_id FROM ledger_events WHERE originator_id IN ({marks})"
+        keys = list(originator_ids)
+    with db.read() as cur:
+        cur.execute(sql, keys)
+        rows = cur.fetchall()
+    return {r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows}
