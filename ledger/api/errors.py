@@ -49,7 +49,7 @@ def domain_status(error: errors.DomainError) -> status_pb2.Status:
         code = code_pb2.NOT_FOUND
     elif isinstance(error, errors.AlreadyExists):
         code = code_pb2.ALREADY_EXISTS
-    elif isinstance(error, errors.WriteConflict):
+    elif isinstance(error, (errors.WriteConflict, errors.AtomicBatchAborted)):
         code = code_pb2.ABORTED
     else:
         code = code_pb2.FAILED_PRECONDITION

@@ -191,9 +191,55 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "stored value is not available yet")
         raise AssertionError("unreachable")
 
+    @rpc
     async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExecuteBatch is not available yet")
-        raise AssertionError("unreachable")
+        """Many commands in one call: each idempotent, validated and decided like a single
+        one. Not atomic: they go to their accounts' writers and commit in groups. Atomic:
+        one transaction, all or nothing."""
+        parsed = parse.batch(request, self.app.clock())
+        commands = [p for p in parsed if not isinstance(p, InvalidArgument)]
+        answers: list[Outcome | errors.DomainError]
+        if request.atomic:
+            if len(commands) < len(parsed):
+                answers = [
+                    errors.AtomicBatchAborted(
+                        "not applied: another command of this atomic batch was invalid"
+                    )
+                    for _ in commands
+                ]
+            else:
+                answers = await self._run(self.app.execute_atomic, commands)
+        else:
+            answers = await self._commands(commands)
+        results: list[pb.BatchResult] = []
+        position = 0
+        outcomes = iter(answers)
+        for item in parsed:
+            if isinstance(item, InvalidArgument):
+                results.append(pb.BatchResult(error=invalid_argument_status(item)))
+                continue
+            answer = next(outcomes)
+            if isinstance(answer, errors.DomainError):
+                results.append(pb.BatchResult(error=domain_status(answer)))
+            else:
+                position = max(position, answer.position)
+                results.append(present.batch_result(item, answer))
+        return pb.ExecuteBatchResponse(results=results, position=position)
+
+    async def _commands(self, cmds: list[AccountCommand]) -> list[Outcome | errors.DomainError]:
+        futures = []
+        for cmd in cmds:
+            try:
+                futures.append(asyncio.wrap_future(self.tally.writer.submit(cmd)))
+            except Overloaded as e:
+                raise Unavailable(str(e)) from None
+        settled = await asyncio.gather(*futures, return_exceptions=True)
+        answers: list[Outcome | errors.DomainError] = []
+        for result in settled:
+            if isinstance(result, BaseException) and not isinstance(result, errors.DomainError):
+                raise result
+            answers.append(result)
+        return answers
 
     # ------------------------------------------------------------------ queries
 

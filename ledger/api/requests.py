@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ledger.api.errors import InvalidArgument
 from ledger.api.validation import Violations
 from ledger.application import commands as c
 from ledger.domain.program import (
@@ -343,3 +344,49 @@ def _decode_token(v: Violations, token: str, fingerprint: str) -> int:
         v.add("page_token", "belongs to a different query (member or time range changed)")
         return 0
     return after
+
+
+MAX_BATCH = 1000
+_BATCH_PARSERS: dict[str, Any] = {
+    "earn": earn,
+    "redeem": redeem,
+    "adjust": adjust,
+    "reverse": reverse,
+}
+
+
+def batch(r: pb.ExecuteBatchRequest, now: datetime) -> list[c.AccountCommand | InvalidArgument]:
+    """Each command of a batch parsed on its own: a bad one is answered with its own
+    INVALID_ARGUMENT and does not spoil the others. Its program_id may be left empty (the
+    batch's is used) but may not name another program."""
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    if not r.commands:
+        v.add("commands", "at least one command")
+    elif len(r.commands) > MAX_BATCH:
+        v.add("commands", f"at most {MAX_BATCH} commands per batch")
+    v.raise_if_any()
+    parsed: list[c.AccountCommand | InvalidArgument] = []
+    for i, item in enumerate(r.commands):
+        kind = item.WhichOneof("command")
+        if kind not in _BATCH_PARSERS:
+            what = kind or "nothing"
+            parsed.append(
+                InvalidArgument([(f"commands[{i}]", f"{what}: not available in a batch yet")])
+            )
+            continue
+        request = getattr(item, kind)
+        if not request.program_id:
+            request.program_id = r.program_id
+        if request.program_id != r.program_id:
+            parsed.append(
+                InvalidArgument([(f"commands[{i}].{kind}.program_id", "must be the batch's")])
+            )
+            continue
+        try:
+            parsed.append(_BATCH_PARSERS[kind](request, now))
+        except InvalidArgument as e:
+            parsed.append(
+                InvalidArgument([(f"commands[{i}].{kind}.{f}", d) for f, d in e.violations])
+            )
+    return parsed

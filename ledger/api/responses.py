@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -194,3 +195,16 @@ def lot(row: LotRow) -> pb.Lot:
     if row.expires_at is not None:
         message.expires_at.CopyFrom(timestamp(from_micros(row.expires_at)))
     return message
+
+
+_BATCH_RESPONSES: dict[str, Any] = {
+    "EarnPoints": ("earn", earn),
+    "RedeemPoints": ("redeem", redeem),
+    "AdjustPoints": ("adjust", adjust),
+    "ReverseTransaction": ("reverse", reverse),
+}
+
+
+def batch_result(command: object, outcome: Outcome) -> pb.BatchResult:
+    field, present = _BATCH_RESPONSES[type(command).__name__]
+    return pb.BatchResult(**{field: present(outcome)})

@@ -181,7 +181,10 @@ class LedgerApplication(Application[UUID]):
         return self._idempotent(cmd, attempt)
 
     def execute_group(
-        self, cmds: Sequence[c.AccountCommand], cache: MutableMapping[UUID, MemberAccount]
+        self,
+        cmds: Sequence[c.AccountCommand],
+        cache: MutableMapping[UUID, MemberAccount],
+        atomic: bool = False,
     ) -> list[Outcome | errors.DomainError]:
         """Group commit: decide every command against its account, in order, and save all
         their events and request records in ONE transaction.
@@ -191,6 +194,9 @@ class LedgerApplication(Application[UUID]):
         conflicting group is then re-run in halves against fresh state, down to single
         commands, so no innocent command fails). A refused command is answered with its
         DomainError and changes nothing (aggregates decide before they mutate).
+
+        `atomic`: all or nothing. If any command is refused, nothing is saved and the others
+        are answered with AtomicBatchAborted; a conflict re-runs the whole group.
         """
         record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
         recorded = existing_originators(self.database, record_ids)
@@ -223,6 +229,17 @@ class LedgerApplication(Application[UUID]):
                 results[i] = outcome
                 records.append(self._request_record(cmd, cmd.member_id, outcome))
             positions: dict[UUID, int] = {}
+            if atomic and any(isinstance(r, errors.DomainError) for r in results):
+                for account_id in touched:
+                    cache.pop(account_id, None)
+                return [
+                    r
+                    if isinstance(r, errors.DomainError)
+                    else errors.AtomicBatchAborted(
+                        "not applied: another command of this atomic batch was refused"
+                    )
+                    for r in results
+                ]
             if records:
                 recordings = self.save(*touched.values(), *records)
                 positions = {
@@ -234,6 +251,8 @@ class LedgerApplication(Application[UUID]):
         except IntegrityError:
             for account_id in touched:
                 cache.pop(account_id, None)
+            if atomic:
+                raise  # execute_atomic starts the whole group again
             if len(cmds) == 1:
                 return [self._answer(lambda: self.execute(cmds[0]))]
             half = len(cmds) // 2
@@ -255,6 +274,17 @@ class LedgerApplication(Application[UUID]):
                 result = self._answer(lambda cmd=cmd: self.execute(cmd))  # type: ignore[misc]
             answers.append(result)
         return answers
+
+    def execute_atomic(
+        self, cmds: Sequence[c.AccountCommand]
+    ) -> list[Outcome | errors.DomainError]:
+        """All or nothing, in one transaction, against freshly loaded accounts."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return self.execute_group(cmds, {}, atomic=True)
+            except IntegrityError:
+                _backoff()
+        raise errors.WriteConflict("the atomic batch kept conflicting with concurrent writers")
 
     @staticmethod
     def _answer(run: Callable[[], Outcome]) -> Outcome | errors.DomainError:

@@ -92,6 +92,12 @@ class ExpiryInFuture(RuleViolation):
     reason = "EXPIRY_IN_FUTURE"
 
 
+class AtomicBatchAborted(DomainError):
+    """Not applied because another command of the same atomic batch was refused."""
+
+    reason = "ATOMIC_BATCH_ABORTED"
+
+
 class WriteConflict(DomainError):
     """Concurrent writers kept conflicting after every retry (maps to ABORTED)."""
 

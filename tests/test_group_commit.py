@@ -1,0 +1,116 @@
+"""Group commit against the application directly: conflicts fall back without failing an
+innocent command, and a crash before the commit leaves nothing half-applied."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.application import commands as c
+from ledger.application.group_commit import AccountCache
+from ledger.application.views import Outcome
+from ledger.domain import errors
+from ledger.domain.program import ProgramSettings
+from ledger.runtime import Tally
+from tests.support import scratch_postgres
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
+    if request.param == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            t = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}")
+            yield t
+            t.close()
+    else:
+        with scratch_postgres() as url:
+            t = Tally.from_url(url)
+            yield t
+            t.close()
+
+
+def _setup(tally: Tally, members: list[str]) -> None:
+    app = tally.app
+    app.create_program(
+        c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
+    )
+    for m in members:
+        app.enroll_member(c.EnrollMember(program_id="p", member_id=m, request_id=f"enroll-{m}"))
+
+
+def earn(member: str, points: int, rid: str) -> c.EarnPoints:
+    return c.EarnPoints(
+        program_id="p", member_id=member, points=points, request_id=rid, store_id="s"
+    )
+
+
+def redeem(member: str, points: int, rid: str) -> c.RedeemPoints:
+    return c.RedeemPoints(
+        program_id="p", member_id=member, points=points, request_id=rid, store_id="s"
+    )
+
+
+def test_a_group_that_conflicts_falls_back_and_every_command_lands(tally: Tally) -> None:
+    _setup(tally, ["a", "b"])
+    app, cache = tally.app, AccountCache(100)
+    first = app.execute_group([earn("a", 100, "a1"), earn("b", 100, "b1")], cache)
+    assert all(isinstance(r, Outcome) for r in first)
+    # Another writer (as another process would) moves "a" on: the cached "a" is now stale.
+    app.execute(redeem("a", 40, "elsewhere"))
+
+    results = app.execute_group(
+        [redeem("a", 50, "a2"), earn("b", 5, "b2"), redeem("a", 20, "a3"), earn("a", 1, "a4")],
+        cache,
+    )
+
+    assert [type(r).__name__ for r in results] == [
+        "Outcome",
+        "Outcome",
+        "InsufficientPoints",
+        "Outcome",
+    ]
+    outcomes: list[Any] = results
+    assert outcomes[0].account.points_available == 10
+    assert outcomes[3].account.points_available == 11
+    assert app.get_account("p", "a").available == 11
+    assert app.get_account("p", "b").available == 105
+
+
+def test_a_crash_before_the_commit_acknowledges_nothing_and_applies_nothing(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _setup(tally, ["a"])
+    app, cache = tally.app, AccountCache(100)
+    app.execute_group([earn("a", 100, "a1")], cache)
+    version = app.get_account("p", "a").version
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("the database went away mid-group")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app, "save", crash)
+        with pytest.raises(ConnectionError):
+            app.execute_group([redeem("a", 30, "a2"), earn("a", 5, "a3")], cache)
+
+    assert "a" not in {acc.member_id for acc in cache.values()}  # the stale copy is dropped
+    account = app.get_account("p", "a")
+    assert (account.available, account.version) == (100, version)
+    # Retried after the crash, the same requests apply once.
+    results = app.execute_group([redeem("a", 30, "a2"), earn("a", 5, "a3")], cache)
+    outcomes: list[Any] = results
+    assert outcomes[1].account.points_available == 75
+    again = app.execute_group([redeem("a", 30, "a2")], cache)
+    assert again[0] == results[0]
+
+
+def test_duplicates_within_one_group_get_the_same_answer(tally: Tally) -> None:
+    _setup(tally, ["a"])
+    app, cache = tally.app, AccountCache(100)
+    results = app.execute_group([earn("a", 10, "x"), earn("a", 10, "x"), earn("a", 11, "x")], cache)
+    assert results[0] == results[1]
+    assert isinstance(results[2], errors.IdempotencyKeyReused)
+    assert app.get_account("p", "a").available == 10
