@@ -33,7 +33,7 @@ class Tally:
         config: DatabaseConfig,
         apply_migrations: bool = True,
         clock: Callable[[], datetime] = utc_now,
-        cache_size: int = 10_000,
+        cache_size: int = 50_000,
         writers: int | None = None,
         max_group: int = 256,
     ) -> None:
@@ -51,7 +51,9 @@ class Tally:
                     "run `ledger migrate` first"
                 )
         self.database: PostgresDatabase | SqliteDatabase = open_database(config)
-        env = {**config.eventsourcing_env(), "AGGREGATE_CACHE_MAXSIZE": str(cache_size)}
+        # No library-wide aggregate cache: each group-commit writer caches the accounts it
+        # owns (and may mutate them without copying); programs are cached by the application.
+        env = config.eventsourcing_env()
         self.app = LedgerApplication(env, self.database, clock=clock)
         self.queries = LedgerQueries(self.database)
         self.points = ProjectionRunner(
@@ -65,7 +67,9 @@ class Tally:
         # events table, so a few writers suffice to keep it busy.
         if writers is None:
             writers = int(os.environ.get("TALLY_WRITERS", "1" if config.kind == "sqlite" else "4"))
-        self.writer = GroupCommitWriter(self.app, writers=writers, max_group=max_group)
+        self.writer = GroupCommitWriter(
+            self.app, writers=writers, max_group=max_group, cache_per_writer=cache_size
+        )
         self.sweeper = Sweeper(self)
 
     @classmethod

@@ -11,6 +11,7 @@ account's new state. A refused command raises before anything is saved.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,8 @@ class LedgerApplication(Application[UUID]):
         super().__init__(env)
         self.database = database
         self.clock = clock
+        self._programs: dict[UUID, Program] = {}
+        self._programs_lock = threading.Lock()
         self.on_saved = on_saved
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
@@ -90,7 +93,12 @@ class LedgerApplication(Application[UUID]):
 
     def update_program(self, cmd: c.UpdateProgram) -> Outcome:
         def attempt() -> Outcome:
-            program = self.get_program(cmd.program_id)
+            try:
+                program: Program = self.repository.get(program_id_key(cmd.program_id))
+            except AggregateNotFoundError:
+                raise errors.ProgramNotFound(
+                    f"program {cmd.program_id} does not exist", program_id=cmd.program_id
+                ) from None
             transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
             program.update(cmd.changes, transaction_id)
             return self._commit(
@@ -100,12 +108,26 @@ class LedgerApplication(Application[UUID]):
         return self._idempotent(cmd, attempt)
 
     def get_program(self, program_id: str) -> Program:
-        try:
-            program: Program = self.repository.get(program_id_key(program_id))
-        except AggregateNotFoundError:
-            raise errors.ProgramNotFound(
-                f"program {program_id} does not exist", program_id=program_id
-            ) from None
+        """The program as recorded now. Kept in memory and brought forward by its new events
+        (one indexed read), so an update by any process applies to commands after it.
+        Callers read it; only update_program changes a program, on its own fresh copy."""
+        key = program_id_key(program_id)
+        with self._programs_lock:
+            program = self._programs.get(key)
+            if program is None:
+                try:
+                    program = self.repository.get(key)
+                except AggregateNotFoundError:
+                    raise errors.ProgramNotFound(
+                        f"program {program_id} does not exist", program_id=program_id
+                    ) from None
+                self._programs[key] = program
+            else:
+                newer = list(self.events.get(key, gt=program.version))
+                if newer:
+                    updated: Program | None = project_aggregate(program, newer)
+                    assert updated is not None
+                    program = self._programs[key] = updated
         return program
 
     # ------------------------------------------------------------------ members

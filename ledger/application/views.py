@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -79,7 +79,7 @@ class Outcome:
     def to_record(self) -> dict[str, Any]:
         return {
             "transaction_id": self.transaction_id,
-            "account": asdict(self.account) if self.account else None,
+            "account": dict(vars(self.account)) if self.account else None,
             # Not asdict(): it would flatten the settings, which have a transcoding of their own.
             "program": (
                 {f.name: getattr(self.program, f.name) for f in fields(ProgramView)}

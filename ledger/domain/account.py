@@ -104,6 +104,9 @@ class MemberAccount(Aggregate):
         self.redemptions: dict[str, RedemptionRecord] = {}
         # Transactions that exist but cannot be reversed (holds, adjustments, expiries...).
         self.other_transaction_ids: set[str] = {provenance.transaction_id}
+        # No open lot expires before this (a lower bound; None: none expires): lets a command
+        # skip the expiry scan when nothing can be due.
+        self.earliest_expiry: datetime | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -133,9 +136,10 @@ class MemberAccount(Aggregate):
             repaid, back = split_allocation(hold.taken, min(debt, hold.points))
             debt -= sum(repaid.values())
             available += sum(p for lot_id, p in back.items() if not self.lots[lot_id].is_due(now))
-        available -= sum(
-            self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
-        )
+        if self.earliest_expiry is not None and self.earliest_expiry <= now:
+            available -= sum(
+                self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
+            )
         return available, debt
 
     def _holds_due(self, now: datetime) -> list[ActiveHold]:
@@ -169,6 +173,8 @@ class MemberAccount(Aggregate):
 
     def expire_lots(self, as_of: datetime, provenance: Provenance) -> Allocation:
         """Expire what remains of every lot due at `as_of`. Idempotent per instant."""
+        if self.earliest_expiry is None or self.earliest_expiry > as_of:
+            return {}
         due = {
             lot.lot_id: lot.remaining
             for lot in self.open_lots()
@@ -176,6 +182,10 @@ class MemberAccount(Aggregate):
         }
         if due:
             self._lots_expired(provenance=provenance, as_of=as_of, lots=due)
+        self.earliest_expiry = min(
+            (e for i in self.open_lot_ids if (e := self.lots[i].expires_at) is not None),
+            default=None,
+        )
         return due
 
     def earn(
@@ -552,6 +562,7 @@ class MemberAccount(Aggregate):
         self.lots[lot_id] = Lot(lot_id, points, points, earned_at, expires_at)
         if points > 0:
             self.open_lot_ids.add(lot_id)
+            self._may_expire(expires_at)
         self.available += points
 
     def _take(self, allocation: Allocation) -> None:
@@ -582,7 +593,14 @@ class MemberAccount(Aggregate):
             lot.remaining += pts
             if lot.remaining > 0:
                 self.open_lot_ids.add(lot_id)
+                self._may_expire(lot.expires_at)
             self.available += pts
+
+    def _may_expire(self, expires_at: datetime | None) -> None:
+        if expires_at is not None and (
+            self.earliest_expiry is None or expires_at < self.earliest_expiry
+        ):
+            self.earliest_expiry = expires_at
 
     def _close_hold(self, hold_id: str) -> None:
         del self.holds[hold_id]

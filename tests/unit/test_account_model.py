@@ -432,6 +432,15 @@ def state_of(account: MemberAccount) -> dict[str, Any]:
     """Everything the aggregate knows, for before/after and replay comparisons."""
     state = {k: v for k, v in vars(account).items() if not k.startswith("_")}
     state["version"] = account.version
+    # A cache, not a fact: a lower bound of the open lots' expiries, tightened by scans.
+    earliest = state.pop("earliest_expiry")
+    expiries = [
+        lot.expires_at
+        for lot in account.lots.values()
+        if lot.remaining > 0 and lot.expires_at is not None
+    ]
+    assert earliest is None or not expiries or earliest <= min(expiries)
+    assert expiries == [] or earliest is not None
     return state
 
 
