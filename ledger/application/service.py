@@ -10,6 +10,7 @@ account's new state. A refused command raises before anything is saved.
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
@@ -112,22 +113,31 @@ class LedgerApplication(Application[UUID]):
         (one indexed read), so an update by any process applies to commands after it.
         Callers read it; only update_program changes a program, on its own fresh copy."""
         key = program_id_key(program_id)
+        program = self._programs.get(key)
+        if program is None:
+            try:
+                program = self.repository.get(key)
+            except AggregateNotFoundError:
+                raise errors.ProgramNotFound(
+                    f"program {program_id} does not exist", program_id=program_id
+                ) from None
+        else:
+            # Read outside the lock: writers must not queue behind each other's SELECT.
+            newer = list(self.events.get(key, gt=program.version))
+            if not newer:
+                return program
+            with self._programs_lock:
+                current = self._programs.get(key, program)
+                newer = [e for e in newer if e.originator_version > current.version]
+                updated: Program | None = project_aggregate(copy.copy(current), newer)
+                assert updated is not None
+                program = updated
         with self._programs_lock:
-            program = self._programs.get(key)
-            if program is None:
-                try:
-                    program = self.repository.get(key)
-                except AggregateNotFoundError:
-                    raise errors.ProgramNotFound(
-                        f"program {program_id} does not exist", program_id=program_id
-                    ) from None
+            cached = self._programs.get(key)
+            if cached is None or cached.version < program.version:
                 self._programs[key] = program
             else:
-                newer = list(self.events.get(key, gt=program.version))
-                if newer:
-                    updated: Program | None = project_aggregate(program, newer)
-                    assert updated is not None
-                    program = self._programs[key] = updated
+                program = cached
         return program
 
     # ------------------------------------------------------------------ members

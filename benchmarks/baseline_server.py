@@ -1,0 +1,437 @@
+"""The hand-written baseline: the yardstick Tally is measured against.
+
+The same ledger.v1 contract, only CreateProgram, EnrollMember, Earn and Redeem, written the
+way one would write them by hand on PostgreSQL with no event-sourcing library: one command =
+one transaction on a psycopg_pool connection.
+
+    Earn:   UPDATE the account's balance row (takes its row lock)
+            INSERT the transaction row (ON CONFLICT (program_id, request_id) DO NOTHING)
+            COMMIT
+    Redeem: SELECT the balance row ... FOR UPDATE, check the balance
+            INSERT the transaction row (idempotency as above)
+            UPDATE the balance row
+            COMMIT
+
+A request_id seen before (the unique (program_id, request_id) constraint) rolls the
+transaction back and answers with the recorded outcome; the same request_id for a different
+request is refused (ALREADY_EXISTS), as Tally does. Transaction rows are the event history
+(kind, delta, balance after); there is no read-model machinery beyond the balance row, no
+lots, tiers or expiry. Honest, not a strawman: prepared statements (psycopg's default), a
+warm pool, async I/O on the server's event loop, fsync'd commits (the server's defaults).
+
+    python -m benchmarks.baseline_server --listen 127.0.0.1:50060 \
+        --database postgresql://postgres@127.0.0.1:5432/baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg import AsyncConnection, errors
+from psycopg_pool import AsyncConnectionPool
+
+from benchmarks.serving import listen_arg, serve_until_signalled
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+NAMESPACE = uuid.UUID("7d8f3c1e-2b6a-4f0e-9a51-0c3e8d2f4b10")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bl_programs (
+    program_id text PRIMARY KEY,
+    display_name text NOT NULL,
+    currency text NOT NULL,
+    request_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS bl_accounts (
+    program_id text NOT NULL REFERENCES bl_programs,
+    member_id text NOT NULL,
+    points_available bigint NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 1,
+    enrolled_at timestamptz NOT NULL,
+    PRIMARY KEY (program_id, member_id)
+);
+CREATE TABLE IF NOT EXISTS bl_transactions (
+    position bigserial PRIMARY KEY,
+    program_id text NOT NULL,
+    request_id text NOT NULL,
+    transaction_id uuid NOT NULL,
+    member_id text NOT NULL,
+    kind text NOT NULL,
+    points_delta bigint NOT NULL,
+    balance_after bigint NOT NULL,
+    version bigint NOT NULL,
+    store_id text NOT NULL,
+    order_ref text NOT NULL,
+    reason text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (program_id, request_id)
+);
+"""
+
+INSERT_TRANSACTION = """
+INSERT INTO bl_transactions (program_id, request_id, transaction_id, member_id, kind,
+    points_delta, balance_after, version, store_id, order_ref, reason, occurred_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (program_id, request_id) DO NOTHING
+RETURNING position
+"""
+
+FIND_TRANSACTION = """
+SELECT t.kind, t.member_id, t.points_delta, t.position, t.transaction_id, t.balance_after,
+       t.version, a.enrolled_at
+FROM bl_transactions t JOIN bl_accounts a USING (program_id, member_id)
+WHERE t.program_id = %s AND t.request_id = %s
+"""
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Duplicate(Exception):
+    """The request_id is recorded already: roll back and answer from the record."""
+
+
+def _ts(moment: datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(moment)
+    return t
+
+
+def _occurred(request: Any) -> datetime:
+    if request.HasField("occurred_at"):
+        moment: datetime = request.occurred_at.ToDatetime(tzinfo=UTC)
+        return moment
+    return datetime.now(UTC)
+
+
+def _check(request: Any, *, points: bool = True) -> None:
+    missing = [f for f in ("program_id", "member_id", "request_id") if not getattr(request, f)]
+    if missing:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"required: {', '.join(missing)}")
+    if points and request.points <= 0:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "points must be greater than 0")
+
+
+def _transaction_id(program_id: str, request_id: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{program_id}/{request_id}"))
+
+
+def _account(
+    program_id: str, member_id: str, balance: int, version: int, enrolled_at: datetime
+) -> pb.Account:
+    return pb.Account(
+        program_id=program_id,
+        member_id=member_id,
+        points_available=balance,
+        enrolled_at=_ts(enrolled_at),
+        version=version,
+    )
+
+
+class BaselineServicer(pb_grpc.LedgerServiceServicer):
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+        self.pool = pool
+
+    async def _refuse(self, context: Any, error: Refused) -> None:
+        await context.abort(error.code, error.message)
+
+    # ------------------------------------------------------------------ programs
+
+    async def CreateProgram(self, request: Any, context: Any) -> pb.CreateProgramResponse:
+        try:
+            if not request.program_id or not request.request_id or not request.currency:
+                raise Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "program_id, currency and request_id are required",
+                )
+            async with self.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    "INSERT INTO bl_programs (program_id, display_name, currency, request_id) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (program_id) DO NOTHING "
+                    "RETURNING created_at",
+                    (
+                        request.program_id,
+                        request.display_name,
+                        request.currency,
+                        request.request_id,
+                    ),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    cur = await conn.execute(
+                        "SELECT request_id, created_at FROM bl_programs WHERE program_id = %s",
+                        (request.program_id,),
+                    )
+                    existing = await cur.fetchone()
+                    if existing is None or existing[0] != request.request_id:
+                        raise Refused(
+                            grpc.StatusCode.ALREADY_EXISTS, f"program {request.program_id} exists"
+                        )
+                    row = (existing[1],)
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        created = _ts(row[0])
+        return pb.CreateProgramResponse(
+            program=pb.Program(
+                program_id=request.program_id,
+                display_name=request.display_name,
+                currency=request.currency,
+                time_zone=request.time_zone or "UTC",
+                created_at=created,
+                updated_at=created,
+                version=1,
+            ),
+            transaction_id=_transaction_id(request.program_id, request.request_id),
+        )
+
+    # ------------------------------------------------------------------ members
+
+    async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
+        try:
+            _check(request, points=False)
+            enrolled_at = _occurred(request)
+            transaction_id = _transaction_id(request.program_id, request.request_id)
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "INSERT INTO bl_accounts (program_id, member_id, enrolled_at) "
+                        "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING version",
+                        (request.program_id, request.member_id, enrolled_at),
+                    )
+                    if await cur.fetchone() is None:
+                        raise Duplicate
+                    cur = await conn.execute(
+                        INSERT_TRANSACTION,
+                        (
+                            request.program_id,
+                            request.request_id,
+                            transaction_id,
+                            request.member_id,
+                            "enroll",
+                            0,
+                            0,
+                            1,
+                            request.store_id,
+                            "",
+                            "",
+                            enrolled_at,
+                        ),
+                    )
+                    row = await cur.fetchone()
+                    if row is None:
+                        raise Duplicate
+            except errors.ForeignKeyViolation:
+                raise Refused(
+                    grpc.StatusCode.NOT_FOUND, f"program {request.program_id} does not exist"
+                ) from None
+            except Duplicate:
+                replay = await self._replay(request, "enroll", 0)
+                if replay is None:
+                    raise Refused(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"member {request.member_id} is already enrolled",
+                    ) from None
+                position, transaction_id, account = replay
+                return pb.EnrollMemberResponse(
+                    account=account, transaction_id=transaction_id, position=position
+                )
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        return pb.EnrollMemberResponse(
+            account=_account(request.program_id, request.member_id, 0, 1, enrolled_at),
+            transaction_id=transaction_id,
+            position=row[0],
+        )
+
+    # ------------------------------------------------------------------ points
+
+    async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
+        try:
+            _check(request)
+            transaction_id = _transaction_id(request.program_id, request.request_id)
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "UPDATE bl_accounts SET points_available = points_available + %s, "
+                        "version = version + 1 WHERE program_id = %s AND member_id = %s "
+                        "RETURNING points_available, version, enrolled_at",
+                        (request.points, request.program_id, request.member_id),
+                    )
+                    account = await cur.fetchone()
+                    if account is None:
+                        raise Duplicate  # or not enrolled: _replay tells which
+                    balance, version, enrolled_at = account
+                    position = await self._record(
+                        conn, request, transaction_id, "earn", request.points, balance, version
+                    )
+            except Duplicate:
+                replay = await self._replay(request, "earn", request.points)
+                if replay is None:
+                    raise Refused(
+                        grpc.StatusCode.NOT_FOUND, f"member {request.member_id} is not enrolled"
+                    ) from None
+                position, transaction_id, acct = replay
+                return pb.EarnResponse(
+                    transaction_id=transaction_id,
+                    position=position,
+                    account=acct,
+                    lot_id=transaction_id,
+                )
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        return pb.EarnResponse(
+            transaction_id=transaction_id,
+            position=position,
+            account=_account(request.program_id, request.member_id, balance, version, enrolled_at),
+            lot_id=transaction_id,
+        )
+
+    async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
+        try:
+            _check(request)
+            transaction_id = _transaction_id(request.program_id, request.request_id)
+            account: tuple[Any, ...] | None = None
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT points_available, version, enrolled_at FROM bl_accounts "
+                        "WHERE program_id = %s AND member_id = %s FOR UPDATE",
+                        (request.program_id, request.member_id),
+                    )
+                    account = await cur.fetchone()
+                    if account is None or account[0] < request.points:
+                        raise Duplicate  # or refused: _replay tells which
+                    balance = account[0] - request.points
+                    version = account[1] + 1
+                    enrolled_at = account[2]
+                    position = await self._record(
+                        conn, request, transaction_id, "redeem", -request.points, balance, version
+                    )
+                    await conn.execute(
+                        "UPDATE bl_accounts SET points_available = %s, version = %s "
+                        "WHERE program_id = %s AND member_id = %s",
+                        (balance, version, request.program_id, request.member_id),
+                    )
+            except Duplicate:
+                replay = await self._replay(request, "redeem", -request.points)
+                if replay is None:
+                    if account is None:
+                        raise Refused(
+                            grpc.StatusCode.NOT_FOUND, f"member {request.member_id} is not enrolled"
+                        ) from None
+                    raise Refused(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"insufficient points: {account[0]} available",
+                    ) from None
+                position, transaction_id, acct = replay
+                return pb.RedeemResponse(
+                    transaction_id=transaction_id, position=position, account=acct
+                )
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        return pb.RedeemResponse(
+            transaction_id=transaction_id,
+            position=position,
+            account=_account(request.program_id, request.member_id, balance, version, enrolled_at),
+        )
+
+    # ------------------------------------------------------------------ machinery
+
+    async def _record(
+        self,
+        conn: AsyncConnection[Any],
+        request: Any,
+        transaction_id: str,
+        kind: str,
+        delta: int,
+        balance: int,
+        version: int,
+    ) -> int:
+        cur = await conn.execute(
+            INSERT_TRANSACTION,
+            (
+                request.program_id,
+                request.request_id,
+                transaction_id,
+                request.member_id,
+                kind,
+                delta,
+                balance,
+                version,
+                request.store_id,
+                request.order_ref,
+                request.reason,
+                _occurred(request),
+            ),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise Duplicate
+        position: int = row[0]
+        return position
+
+    async def _replay(
+        self, request: Any, kind: str, delta: int
+    ) -> tuple[int, str, pb.Account] | None:
+        """The recorded outcome of this request_id, or None if there is none."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(FIND_TRANSACTION, (request.program_id, request.request_id))
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        r_kind, member_id, r_delta, position, transaction_id, balance, version, enrolled = row
+        if (r_kind, member_id, r_delta) != (kind, request.member_id, delta):
+            raise Refused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {request.request_id!r} was used for a different request",
+            )
+        account = _account(request.program_id, member_id, balance, version, enrolled)
+        return position, str(transaction_id), account
+
+
+async def main_async(database: str, listen: str, pool_size: int) -> None:
+    async with await AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(SCHEMA)
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        database,
+        min_size=pool_size,
+        max_size=pool_size,
+        open=False,
+        kwargs={"autocommit": True},
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        # The RPCs not written here answer UNIMPLEMENTED (the generated base class).
+        await serve_until_signalled(BaselineServicer(pool), listen)  # type: ignore[abstract]
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="hand-written PostgreSQL baseline server")
+    listen_arg(parser)
+    parser.add_argument("--database", required=True, help="postgresql://USER@HOST:PORT/DB")
+    parser.add_argument("--pool-size", type=int, default=10)
+    args = parser.parse_args(argv)
+    asyncio.run(main_async(args.database, args.listen, args.pool_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""An asyncio gRPC load generator for LedgerService.
+
+N concurrent callers share one channel and issue one kind of call (an `Operation`) back to
+back, for a fixed duration or a fixed number of calls each. Every call has a unique
+request_id. Callers are spread over the given members (caller i uses member i mod M), so one
+member per caller is the default and a single member is the "hot account" case.
+
+The result holds throughput (successful calls per second of wall time), latency percentiles
+of every call (errors included: a refusal costs time too) and the error count by status code.
+
+New kinds of calls (queries, holds, ...) slot in as new `Operation`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+CALL_TIMEOUT = 30.0
+SEED_POINTS = 10**12
+
+Stub = Any  # ledger.v1 LedgerServiceAsyncStub (generated stubs are not typed for aio here)
+
+
+class Operation(Protocol):
+    """One kind of call. `prepare` runs before the clock starts (e.g. seeding points) and
+    returns the highest event-log position it produced (0 if none)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def prepare(
+        self, stub: Stub, program_id: str, member_ids: list[str], tag: str
+    ) -> int: ...
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        """Make one call; return the event-log position it reported (0 if none)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Earn:
+    points: int = 10
+    name: str = "earn"
+
+    async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
+        return 0
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        response: pb.EarnResponse = await stub.Earn(
+            pb.EarnRequest(
+                program_id=program_id,
+                member_id=member_id,
+                points=self.points,
+                purchase_minor=self.points * 10,
+                store_id="bench-store",
+                order_ref=request_id,
+                request_id=request_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return response.position
+
+
+@dataclass(frozen=True)
+class Redeem:
+    """Redeems a few points; `prepare` seeds every member with one large Earn first."""
+
+    points: int = 1
+    seed_points: int = SEED_POINTS
+    name: str = "redeem"
+
+    async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
+        positions = await gather_limited(
+            [
+                Earn(self.seed_points).call(stub, program_id, m, f"{tag}-seed-{m}")
+                for m in member_ids
+            ],
+            limit=16,
+        )
+        return max(positions, default=0)
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        response: pb.RedeemResponse = await stub.Redeem(
+            pb.RedeemRequest(
+                program_id=program_id,
+                member_id=member_id,
+                points=self.points,
+                store_id="bench-store",
+                order_ref=request_id,
+                request_id=request_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return response.position
+
+
+async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
+    """Run awaitables with at most `limit` in flight; the first failure propagates."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> Any:
+        async with semaphore:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 for an empty list)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class LoadResult:
+    operation: str
+    callers: int
+    members: int
+    wall_s: float
+    calls: int
+    ok: int
+    errors: dict[str, int]
+    error_samples: dict[str, str]
+    throughput: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    # Successful calls/s in the first and second half of the run: a drop flags slow-down
+    # as the accounts grow.
+    throughput_first_half: float
+    throughput_second_half: float
+    max_position: int
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the raw latencies: what goes into the JSON report."""
+        return {k: v for k, v in self.__dict__.items() if k != "latencies_ms"}
+
+
+async def run_load(
+    target: str,
+    operation: Operation,
+    program_id: str,
+    member_ids: list[str],
+    callers: int,
+    duration: float | None = None,
+    count: int | None = None,
+    tag: str = "load",
+) -> LoadResult:
+    """Drive `target` with `callers` concurrent callers for `duration` seconds or `count`
+    calls per caller (exactly one of the two)."""
+    if (duration is None) == (count is None):
+        raise ValueError("give exactly one of duration and count")
+    if not member_ids:
+        raise ValueError("need at least one member")
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stub = pb_grpc.LedgerServiceStub(channel)
+        latencies: list[float] = []
+        finished_at: list[float] = []
+        errors: Counter[str] = Counter()
+        samples: dict[str, str] = {}
+        max_position = 0
+
+        start = time.perf_counter()
+        deadline = start + duration if duration is not None else math.inf
+
+        async def caller(index: int) -> None:
+            nonlocal max_position
+            member_id = member_ids[index % len(member_ids)]
+            seq = 0
+            while time.perf_counter() < deadline and (count is None or seq < count):
+                request_id = f"{tag}-c{index}-{seq}"
+                seq += 1
+                began = time.perf_counter()
+                try:
+                    position = await operation.call(stub, program_id, member_id, request_id)
+                except grpc.aio.AioRpcError as e:
+                    code = e.code().name
+                    errors[code] += 1
+                    samples.setdefault(code, e.details() or "")
+                else:
+                    max_position = max(max_position, position)
+                    finished_at.append(time.perf_counter() - start)
+                finally:
+                    latencies.append((time.perf_counter() - began) * 1000.0)
+
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+        wall = time.perf_counter() - start
+
+    latencies.sort()
+    ok = len(finished_at)
+    half = (duration if duration is not None else wall) / 2
+    first = sum(1 for t in finished_at if t < half)
+    return LoadResult(
+        operation=operation.name,
+        callers=callers,
+        members=min(len(member_ids), callers),
+        wall_s=round(wall, 3),
+        calls=len(latencies),
+        ok=ok,
+        errors=dict(errors),
+        error_samples=samples,
+        throughput=ok / wall if wall > 0 else 0.0,
+        p50_ms=percentile(latencies, 0.50),
+        p90_ms=percentile(latencies, 0.90),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=latencies[-1] if latencies else 0.0,
+        mean_ms=sum(latencies) / len(latencies) if latencies else 0.0,
+        throughput_first_half=first / half if half > 0 else 0.0,
+        throughput_second_half=(ok - first) / (wall - half) if wall > half else 0.0,
+        max_position=max_position,
+        latencies_ms=latencies,
+    )

@@ -1,0 +1,804 @@
+"""One command: Tally against the hand-written baseline and the in-memory server.
+
+    python -m benchmarks.run            # full: ~5 s per case per server, 3 rounds, medians
+    python -m benchmarks.run --quick    # ~1 s per case, 1 round (CI)
+    python -m benchmarks.run --smoke    # 0.5 s, three small cases (the test suite)
+    python -m benchmarks.run --json out.json --cases earn-16,earn-hot-64 --servers tally
+
+It creates scratch PostgreSQL databases, starts each server as a subprocess on a free
+loopback port (Tally as `python -m ledger.cli serve`), waits for gRPC health SERVING, then
+runs rounds that alternate between the servers (the order rotates every case and round, so
+no server always runs first or right after another's load). Every run uses fresh members:
+runs never inherit each other's accounts. After each run against Tally the harness waits
+until its projections have caught up (GetAccount min_position) so that catch-up work never
+bleeds into the next server's measurement; the wait is reported as `settle_s`.
+
+It prints a table (case, server, calls/s, p50, p99, errors, CPU per call) and the ratios
+Tally/baseline and Tally/in-memory, and writes everything (every run, medians, machine) as
+JSON to benchmarks/results/<timestamp>.json (gitignored) or --json PATH. Subprocesses and
+databases are cleaned up on failure, Ctrl-C and SIGTERM too.
+
+New cases (queries, holds) slot in as `Case(name, operation, callers)` with a new
+`loadgen.Operation`; new servers as a `ServerSpec`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks.loadgen import CALL_TIMEOUT, Earn, Operation, Redeem, gather_limited, run_load
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+PG_HOST = os.environ.get("TALLY_BENCH_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TALLY_BENCH_PG_PORT", "5432"))
+PG_USER = os.environ.get("TALLY_BENCH_PG_USER", "postgres")
+STARTUP_TIMEOUT = 120.0
+SETTLE_TIMEOUT = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+# ---------------------------------------------------------------------- cases and servers
+
+
+@dataclass(frozen=True)
+class Case:
+    """One workload: an operation, how many concurrent callers, and on how many members."""
+
+    name: str
+    operation: Operation
+    callers: int
+    hot: bool = False  # all callers on one member
+
+    @property
+    def members(self) -> int:
+        return 1 if self.hot else self.callers
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "operation": self.operation.name,
+            "callers": self.callers,
+            "members": self.members,
+            "hot": self.hot,
+        }
+
+
+CASES: list[Case] = [
+    Case("earn-1", Earn(), 1),
+    Case("earn-16", Earn(), 16),
+    Case("earn-64", Earn(), 64),
+    Case("redeem-1", Redeem(), 1),
+    Case("redeem-16", Redeem(), 16),
+    Case("redeem-64", Redeem(), 64),
+    Case("earn-hot-64", Earn(), 64, hot=True),
+    Case("redeem-hot-64", Redeem(), 64, hot=True),
+]
+SMOKE_CASES: list[Case] = [
+    Case("earn-1", Earn(), 1),
+    Case("earn-16", Earn(), 16),
+    Case("redeem-16", Redeem(), 16),
+]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    argv: tuple[str, ...]  # after `python -m`; --listen (and --database) are appended
+    database: bool
+    # Tally answers commands before its projections have caught up: wait for them after a
+    # run so their work is not billed to the next server measured.
+    settles: bool = False
+
+    def command(self, listen: str, database_url: str | None) -> list[str]:
+        cmd = [sys.executable, "-m", *self.argv, "--listen", listen]
+        if database_url is not None:
+            cmd += ["--database", database_url]
+        return cmd
+
+
+SERVERS: list[ServerSpec] = [
+    ServerSpec("tally", ("ledger.cli", "serve"), database=True, settles=True),
+    ServerSpec("baseline", ("benchmarks.baseline_server",), database=True),
+    ServerSpec("memory", ("benchmarks.memory_server",), database=False),
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    duration: float
+    rounds: int
+    cases: list[Case]
+
+
+MODES = {
+    "full": Mode("full", 5.0, 3, CASES),
+    "quick": Mode("quick", 1.0, 1, CASES),
+    "smoke": Mode("smoke", 0.5, 1, SMOKE_CASES),
+}
+
+
+# ---------------------------------------------------------------------- processes, databases
+
+
+def admin_conninfo() -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres connect_timeout=10"
+
+
+def create_database(name: str) -> str:
+    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def postgres_version() -> str:
+    with psycopg.connect(admin_conninfo()) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc; 0 if unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+_PG_AUXILIARY = ("checkpointer", "background writer", "walwriter", "wal writer")
+
+
+def postgres_cpu_snapshot(dbname: str | None) -> dict[int, float]:
+    """CPU seconds of the local PostgreSQL processes working for us: the backends connected
+    to `dbname` and the shared auxiliary processes (WAL writer, checkpointer, ...). Backends
+    of other databases (anyone else's work on this machine) are left out."""
+    snapshot: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ours = dbname is not None and f" {dbname} " in title
+        if ours or any(a in title for a in _PG_AUXILIARY):
+            snapshot[int(entry.name)] = process_cpu_seconds(int(entry.name))
+    return snapshot
+
+
+def postgres_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds (all cores) the whole machine has been busy, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+class ServerProcess:
+    """A server under test: a subprocess in its own session, its output in a log file."""
+
+    def __init__(self, spec: ServerSpec, database_url: str | None, log_dir: Path) -> None:
+        self.spec = spec
+        self.dbname = database_url.rsplit("/", 1)[1] if database_url else None
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{spec.name}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.spec.command(self.target, database_url),
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def returncode_if_dead(self) -> int | None:
+        return self.proc.poll()
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait_serving(self, timeout: float = STARTUP_TIMEOUT) -> float:
+        """Poll gRPC health until SERVING; returns the seconds it took."""
+        started = time.monotonic()
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if not self.alive():
+                    raise RuntimeError(
+                        f"{self.spec.name} exited with {self.proc.returncode} while starting:\n"
+                        f"{self.log_tail()}"
+                    )
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return time.monotonic() - started
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() - started > timeout:
+                    raise RuntimeError(
+                        f"{self.spec.name} not SERVING after {timeout:.0f} s:\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(0.2)
+
+    def stop(self, grace: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+# ---------------------------------------------------------------------- the rounds
+
+
+@dataclass
+class Session:
+    """One server during the benchmark: its process and a channel for setup calls."""
+
+    process: ServerProcess
+    channel: grpc.aio.Channel
+    stub: Any
+    program_id: str
+
+
+async def open_session(process: ServerProcess, program_id: str, tag: str) -> Session:
+    channel = grpc.aio.insecure_channel(process.target)
+    stub = pb_grpc.LedgerServiceStub(channel)
+    await stub.CreateProgram(
+        pb.CreateProgramRequest(
+            program_id=program_id,
+            display_name="Benchmark programme",
+            currency="EUR",
+            request_id=f"{tag}-program",
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    return Session(process, channel, stub, program_id)
+
+
+async def enroll(session: Session, member_id: str, request_id: str) -> int:
+    response = await session.stub.EnrollMember(
+        pb.EnrollMemberRequest(
+            program_id=session.program_id, member_id=member_id, request_id=request_id
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    position: int = response.position
+    return position
+
+
+async def settle(session: Session, member_id: str, position: int) -> float:
+    """Wait until Tally's projections reached `position`; returns the seconds waited."""
+    if not session.process.spec.settles or position <= 0:
+        return 0.0
+    started = time.perf_counter()
+    await session.stub.GetAccount(
+        pb.GetAccountRequest(
+            program_id=session.program_id, member_id=member_id, min_position=position
+        ),
+        timeout=SETTLE_TIMEOUT,
+    )
+    return time.perf_counter() - started
+
+
+async def wait_for_quiet(limit: float, threshold: float = 0.25) -> float:
+    """On a shared machine: wait (at most `limit` seconds) until the machine is quiet, i.e.
+    fewer than `threshold` cores were busy over the last second (our servers are idle then).
+    Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = machine_busy_seconds()
+        await asyncio.sleep(1.0)
+        if machine_busy_seconds() - before < threshold:
+            break
+    return time.monotonic() - started
+
+
+async def one_run(
+    session: Session, case: Case, round_no: int, duration: float, tag: str, quiet_wait: float = 0.0
+) -> dict[str, Any]:
+    prefix = f"{tag}-{case.name}-r{round_no}"
+    members = [f"{case.name}.r{round_no}.m{i}" for i in range(case.members)]
+    positions = await gather_limited(
+        [enroll(session, m, f"{prefix}-enroll-{m}") for m in members], limit=16
+    )
+    seeded = await case.operation.prepare(session.stub, session.program_id, members, prefix)
+    await settle(session, members[0], max([*positions, seeded]))
+    waited = await wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+
+    process = session.process
+    server_cpu, client_cpu = process.cpu_seconds(), time.process_time()
+    pg_before, busy = postgres_cpu_snapshot(process.dbname), machine_busy_seconds()
+    result = await run_load(
+        process.target,
+        case.operation,
+        session.program_id,
+        members,
+        case.callers,
+        duration=duration,
+        tag=prefix,
+    )
+    busy = machine_busy_seconds() - busy
+    server_cpu = process.cpu_seconds() - server_cpu
+    pg_cpu = postgres_cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
+    client_cpu = time.process_time() - client_cpu
+
+    settle_error = ""
+    try:
+        settle_s = await settle(session, members[0], result.max_position)
+    except grpc.aio.AioRpcError as e:
+        settle_s, settle_error = SETTLE_TIMEOUT, f"{e.code().name}: {e.details()}"
+    calls = max(result.calls, 1)
+    wall = max(result.wall_s, 1e-9)
+    return {
+        "round": round_no,
+        "case": case.name,
+        "server": process.spec.name,
+        **result.summary(),
+        "settle_s": round(settle_s, 3),
+        "settle_error": settle_error,
+        "waited_for_quiet_s": round(waited, 1),
+        "cpu": {
+            # CPU milliseconds per call, and cores busy on average during the run.
+            "server_ms_per_call": 1000 * server_cpu / calls,
+            "postgres_ms_per_call": 1000 * pg_cpu / calls,
+            "client_ms_per_call": 1000 * client_cpu / calls,
+            "server_cores": server_cpu / wall,
+            "postgres_cores": pg_cpu / wall,
+            "client_cores": client_cpu / wall,
+            # Everything else the machine did meanwhile (other people's processes): the
+            # noise this run was measured under.
+            "foreign_cores": max(0.0, busy - server_cpu - pg_cpu - client_cpu) / wall,
+        },
+    }
+
+
+def _progress(run: dict[str, Any], rounds: int) -> None:
+    errors = sum(run["errors"].values())
+    note = f"  errors {run['errors']}" if errors else ""
+    if run["cpu"]["foreign_cores"] >= 0.25:
+        note += f"  (noise: {run['cpu']['foreign_cores']:.1f} cores busy elsewhere)"
+    if run["settle_s"] >= 0.05:
+        note += f"  (projections caught up {run['settle_s']:.2f} s later)"
+    if run["settle_error"]:
+        note += f"  SETTLE FAILED: {run['settle_error']}"
+    print(
+        f"[round {run['round'] + 1}/{rounds}] {run['case']:<14} {run['server']:<9}"
+        f"{run['throughput']:9.1f} calls/s  p50 {run['p50_ms']:7.2f} ms  "
+        f"p99 {run['p99_ms']:8.2f} ms{note}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def benchmark(
+    processes: list[ServerProcess],
+    cases: Sequence[Case],
+    rounds: int,
+    duration: float,
+    tag: str,
+    quiet_wait: float = 0.0,
+) -> list[dict[str, Any]]:
+    startup = await asyncio.gather(*(p.wait_serving() for p in processes))
+    for p, seconds in zip(processes, startup, strict=True):
+        print(
+            f"{p.spec.name} SERVING on {p.target} after {seconds:.1f} s (pid {p.pid})",
+            file=sys.stderr,
+            flush=True,
+        )
+    program_id = f"bench-{tag}"[:64]
+    sessions = [await open_session(p, program_id, tag) for p in processes]
+    runs: list[dict[str, Any]] = []
+    try:
+        for round_no in range(rounds):
+            for index, case in enumerate(cases):
+                shift = (round_no + index) % len(sessions)
+                for session in sessions[shift:] + sessions[:shift]:
+                    if not session.process.alive():
+                        raise RuntimeError(
+                            f"{session.process.spec.name} died (exit "
+                            f"{session.process.proc.returncode}):\n"
+                            f"{session.process.log_tail()}"
+                        )
+                    run = await one_run(session, case, round_no, duration, tag, quiet_wait)
+                    _progress(run, rounds)
+                    runs.append(run)
+    finally:
+        for session in sessions:
+            await session.channel.close()
+    return runs
+
+
+# ---------------------------------------------------------------------- the report
+
+
+def summarise(
+    runs: list[dict[str, Any]], cases: Sequence[Case], servers: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per case and server: medians over rounds (each metric on its own), errors summed."""
+    rows = []
+    for case in cases:
+        for server in servers:
+            mine = [r for r in runs if r["case"] == case.name and r["server"] == server]
+            if not mine:
+                continue
+            errors: dict[str, int] = {}
+            for r in mine:
+                for code, n in r["errors"].items():
+                    errors[code] = errors.get(code, 0) + n
+
+            def med(key: str, runs_: list[dict[str, Any]] = mine) -> float:
+                return float(statistics.median(r[key] for r in runs_))
+
+            def med_cpu(key: str, runs_: list[dict[str, Any]] = mine) -> float:
+                return float(statistics.median(r["cpu"][key] for r in runs_))
+
+            rows.append(
+                {
+                    "case": case.name,
+                    "server": server,
+                    "rounds": len(mine),
+                    "calls": sum(r["calls"] for r in mine),
+                    "throughput": med("throughput"),
+                    "throughput_min": min(r["throughput"] for r in mine),
+                    "throughput_max": max(r["throughput"] for r in mine),
+                    "p50_ms": med("p50_ms"),
+                    "p90_ms": med("p90_ms"),
+                    "p99_ms": med("p99_ms"),
+                    "max_ms": max(r["max_ms"] for r in mine),
+                    "errors": errors,
+                    "error_count": sum(errors.values()),
+                    "settle_s": med("settle_s"),
+                    "server_ms_per_call": med_cpu("server_ms_per_call"),
+                    "postgres_ms_per_call": med_cpu("postgres_ms_per_call"),
+                    "client_ms_per_call": med_cpu("client_ms_per_call"),
+                    "server_cores": med_cpu("server_cores"),
+                    "postgres_cores": med_cpu("postgres_cores"),
+                    "client_cores": med_cpu("client_cores"),
+                    "foreign_cores": med_cpu("foreign_cores"),
+                }
+            )
+    return rows
+
+
+def ratios(rows: list[dict[str, Any]], cases: Sequence[Case]) -> list[dict[str, Any]]:
+    out = []
+    by = {(r["case"], r["server"]): r for r in rows}
+    for case in cases:
+        tally = by.get((case.name, "tally"))
+        if tally is None:
+            continue
+        entry: dict[str, Any] = {"case": case.name}
+        for other in ("baseline", "memory"):
+            o = by.get((case.name, other))
+            if o is None:
+                continue
+            entry[f"throughput_tally_over_{other}"] = (
+                tally["throughput"] / o["throughput"] if o["throughput"] else None
+            )
+            entry[f"p99_tally_over_{other}"] = (
+                tally["p99_ms"] / o["p99_ms"] if o["p99_ms"] else None
+            )
+        if len(entry) > 1:
+            out.append(entry)
+    return out
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], rounds: int) -> str:
+    head = (
+        f"{'case':<14} {'server':<9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6}  {'cpu ms/call: server':>19} {'postgres':>8} {'client':>6} "
+        f"{'other cores':>11}"
+    )
+    lines = [f"medians of {rounds} round(s)", head, "-" * len(head)]
+    previous = ""
+    for r in rows:
+        case = r["case"] if r["case"] != previous else ""
+        previous = r["case"]
+        lines.append(
+            f"{case:<14} {r['server']:<9} {r['throughput']:9.1f} {r['p50_ms']:8.2f} "
+            f"{r['p99_ms']:8.2f} {r['error_count']:6d}  {r['server_ms_per_call']:19.2f} "
+            f"{r['postgres_ms_per_call']:8.2f} {r['client_ms_per_call']:6.2f} "
+            f"{r['foreign_cores']:11.2f}"
+        )
+    if ratio_rows:
+        lines += [
+            "",
+            f"{'case':<14} {'calls/s tally/baseline':>22} {'tally/memory':>13} "
+            f"{'p99 tally/baseline':>19} {'tally/memory':>13}",
+        ]
+        for e in ratio_rows:
+            lines.append(
+                f"{e['case']:<14} {_fmt_ratio(e.get('throughput_tally_over_baseline')):>22} "
+                f"{_fmt_ratio(e.get('throughput_tally_over_memory')):>13} "
+                f"{_fmt_ratio(e.get('p99_tally_over_baseline')):>19} "
+                f"{_fmt_ratio(e.get('p99_tally_over_memory')):>13}"
+            )
+    errors = [r for r in rows if r["error_count"]]
+    for r in errors:
+        lines.append(f"ERRORS {r['case']} {r['server']}: {r['errors']}")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    def version(package: str) -> str:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as v
+
+        try:
+            return v(package)
+        except PackageNotFoundError:
+            return "?"
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        # Tracked files changed since the commit: the server measured is not that commit.
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                check=False,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", False
+    # A snapshot outside git (e.g. `git archive` of the commit under test) names its commit.
+    commit = commit or os.environ.get("TALLY_BENCH_COMMIT", "?")
+    try:
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        loadavg = []
+    return {
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgresql": postgres_version(),
+        "grpcio": version("grpcio"),
+        "protobuf": version("protobuf"),
+        "eventsourcing": version("eventsourcing"),
+        "psycopg": version("psycopg"),
+        "commit": commit,
+        "dirty": dirty,
+        "loadavg_at_start": loadavg,
+    }
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="~1 s per case, 1 round (CI)")
+    which.add_argument(
+        "--smoke",
+        action="store_true",
+        help="0.5 s per case, 3 small cases, 1 round (the test suite)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write results here (default benchmarks/results/<timestamp>.json)"
+    )
+    parser.add_argument("--duration", type=float, help="seconds per case per server")
+    parser.add_argument("--rounds", type=int, help="rounds (medians are reported)")
+    parser.add_argument(
+        "--cases", help=f"comma-separated case names (of: {', '.join(c.name for c in CASES)})"
+    )
+    parser.add_argument(
+        "--servers", help=f"comma-separated servers (of: {', '.join(s.name for s in SERVERS)})"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="on a shared machine: before each run wait up to SECONDS until "
+        "other processes leave the cores idle (default 0: don't wait)",
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
+    args = parser.parse_args(argv)
+    if args.duration is not None and not 0.1 <= args.duration <= 600:
+        parser.error("--duration must be between 0.1 and 600 seconds")
+    if not 0 <= args.quiet_wait <= 600:
+        parser.error("--quiet-wait must be between 0 and 600 seconds")
+    if args.rounds is not None and not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be between 1 and 20")
+    return args
+
+
+def _select(names: str | None, items: Sequence[Any], what: str) -> list[Any]:
+    if not names:
+        return list(items)
+    known = {i.name: i for i in items}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [known[n] for n in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    all_cases = CASES if args.cases else mode.cases
+    cases: list[Case] = _select(args.cases, all_cases, "cases")
+    specs: list[ServerSpec] = _select(args.servers, SERVERS, "servers")
+    duration = args.duration if args.duration is not None else mode.duration
+    rounds = args.rounds if args.rounds is not None else mode.rounds
+    tag = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+    info = machine()
+    print(
+        f"Tally benchmark ({mode.name}: {duration:g} s x {len(cases)} cases x "
+        f"{len(specs)} servers x {rounds} round(s)); {info['nproc']} cores, "
+        f"PostgreSQL {info['postgresql']}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    log_dir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
+    databases: list[str] = []
+    processes: list[ServerProcess] = []
+    failed = True
+    started = time.time()
+    try:
+        for spec in specs:
+            url = None
+            if spec.database:
+                name = f"tally_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}_{spec.name}"
+                url = create_database(name)
+                databases.append(name)
+            processes.append(ServerProcess(spec, url, log_dir))
+        runs = asyncio.run(benchmark(processes, cases, rounds, duration, tag, args.quiet_wait))
+        exits = {p.spec.name: p.returncode_if_dead() for p in processes}
+        failed = False
+    except KeyboardInterrupt:
+        print("interrupted: stopping servers, dropping databases", file=sys.stderr)
+        failed = False
+        return 130
+    finally:
+        for p in processes:
+            code = p.stop()
+            if code not in (0, None, -signal.SIGTERM):
+                failed = True
+                print(
+                    f"{p.spec.name} exited with {code}; log tail:\n{p.log_tail()}", file=sys.stderr
+                )
+        for name in databases:
+            try:
+                drop_database(name)
+            except psycopg.Error as e:
+                print(f"could not drop database {name}: {e}", file=sys.stderr)
+        if failed or args.keep_logs:
+            print(f"server logs kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+    rows = summarise(runs, cases, [s.name for s in specs])
+    ratio_rows = ratios(rows, cases)
+    print(render(rows, ratio_rows, rounds))
+    report = {
+        "tag": tag,
+        "mode": mode.name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "elapsed_s": round(time.time() - started, 1),
+        "duration_s": duration,
+        "rounds": rounds,
+        "quiet_wait_s": args.quiet_wait,
+        "machine": info,
+        "cases": [c.describe() for c in cases],
+        "servers": [s.name for s in specs],
+        "server_exits_during_run": exits,
+        "summary": rows,
+        "ratios": ratio_rows,
+        "runs": runs,
+    }
+    path = args.json or RESULTS / f"{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

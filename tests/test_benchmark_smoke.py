@@ -1,0 +1,45 @@
+"""The benchmark harness runs (so it never rots): `python -m benchmarks.run --smoke` against
+all three servers. No thresholds: only that it ran, measured every case on every server, and
+saw no errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import SERVERS, SMOKE_CASES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(180)
+def test_benchmark_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    report = json.loads(out.read_text())
+
+    servers = {s.name for s in SERVERS}
+    cases = {c.name for c in SMOKE_CASES}
+    measured = {(row["case"], row["server"]) for row in report["summary"]}
+    assert measured == {(c, s) for c in cases for s in servers}
+    for row in report["summary"]:
+        assert row["error_count"] == 0, (row["case"], row["server"], row["errors"])
+        assert row["calls"] > 0, row
+        assert row["throughput"] > 0, row
+    for run in report["runs"]:
+        assert run["settle_error"] == "", run
+    assert {r["case"] for r in report["ratios"]} == cases
+    assert all(code in (0, None) for code in report["server_exits_during_run"].values())
+    assert "calls/s" in done.stdout
