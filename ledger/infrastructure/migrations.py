@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,19 @@ def _migrate_postgres(config: DatabaseConfig) -> list[Migration]:
 
 
 def _migrate_sqlite(config: DatabaseConfig) -> list[Migration]:
+    # Switching a new file to WAL needs a moment alone with it, and SQLite answers a second
+    # process doing the same with "database is locked" at once (no busy wait): try again.
+    for _ in range(100):
+        try:
+            return _migrate_sqlite_once(config)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            time.sleep(0.05)
+    return _migrate_sqlite_once(config)
+
+
+def _migrate_sqlite_once(config: DatabaseConfig) -> list[Migration]:
     migrations = available_migrations("sqlite")
     conn = sqlite3.connect(config.sqlite_path, timeout=30, isolation_level=None)
     try:
