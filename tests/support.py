@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -232,3 +236,60 @@ class Client:
             timeout=30,
         )
         return list(response.lots)
+
+
+POLL_LIMIT_SECONDS = 10.0
+POLL_INTERVAL_SECONDS = 0.05
+
+
+def refused(call: Callable[[], object]) -> Refusal:
+    """Run a call that must fail, and decode its rich status."""
+    with pytest.raises(grpc.RpcError) as failure:
+        call()
+    return refusal(failure.value)
+
+
+def wait_past(moment: datetime) -> None:
+    """Bounded wait until the wall clock (the server's too: same host) is past `moment`."""
+    deadline = time.monotonic() + POLL_LIMIT_SECONDS
+    while datetime.now(UTC) <= moment:
+        assert time.monotonic() < deadline, f"the clock did not pass {moment} in time"
+        time.sleep(POLL_INTERVAL_SECONDS)
+
+
+def log_head(server: ServerThread) -> int:
+    """The position of the newest event in the log (what a query must wait for)."""
+    return int(server.tally.app.recorder.max_notification_id() or 0)
+
+
+@dataclass(frozen=True)
+class AccountState:
+    account: pb.Account
+    transaction_ids: list[str]
+
+
+def account_state(client: Client, server: ServerThread, program: str, member: str) -> AccountState:
+    """The account and its full history, once the projections caught up with the whole log."""
+    head = log_head(server)
+    account = client.account(program, member, min_position=head)
+    history = client.transactions(program, member, min_position=head, page_size=1000)
+    return AccountState(account, [t.transaction_id for t in history.transactions])
+
+
+@contextmanager
+def open_tally(backend: str, **options: Any) -> Iterator[Tally]:
+    """A Tally (no server) on a scratch database of `backend`, closed afterwards."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="tally-test-") as folder:
+            tally = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}", **options)
+            try:
+                yield tally
+            finally:
+                tally.close()
+    else:
+        with scratch_postgres() as url:
+            tally = Tally.from_url(url, **options)
+            try:
+                yield tally
+            finally:
+                tally.close()

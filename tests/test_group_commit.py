@@ -3,9 +3,7 @@ innocent command, and a crash before the commit leaves nothing half-applied."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,21 +14,13 @@ from ledger.application.views import Outcome
 from ledger.domain import errors
 from ledger.domain.program import ProgramSettings
 from ledger.runtime import Tally
-from tests.support import scratch_postgres
+from tests.support import open_tally
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            t = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}")
-            yield t
-            t.close()
-    else:
-        with scratch_postgres() as url:
-            t = Tally.from_url(url)
-            yield t
-            t.close()
+    with open_tally(request.param) as t:
+        yield t
 
 
 def _setup(tally: Tally, members: list[str]) -> None:

@@ -3,10 +3,8 @@ its read models equal a rebuild from zero."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ from ledger.infrastructure.database import Cursor
 from ledger.runtime import Tally
 from projections.points import PointsProjection
 from projections.runner import ProjectionRunner
-from tests.support import scratch_postgres
+from tests.support import open_tally
 
 READ_MODELS = ("rm_accounts", "rm_transactions", "rm_lots", "rm_holds", "rm_programs")
 
@@ -40,16 +38,8 @@ class CrashingProjection(PointsProjection):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            t = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}")
-            yield t
-            t.close()
-    else:
-        with scratch_postgres() as url:
-            t = Tally.from_url(url)
-            yield t
-            t.close()
+    with open_tally(request.param) as t:
+        yield t
 
 
 def _write_history(tally: Tally) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from ledger.application import commands as c
 from ledger.domain.program import ProgramSettings
 from ledger.runtime import Tally
+from tests.support import open_tally
 
 
 class Clock:
@@ -29,10 +28,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def tally(clock: Clock) -> Iterator[Tally]:
-    with tempfile.TemporaryDirectory() as folder:
-        t = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}", clock=clock)
+    with open_tally("sqlite", clock=clock) as t:
         yield t
-        t.close()
 
 
 def test_scheduled_sweep_expires_due_lots_once(tally: Tally, clock: Clock) -> None:

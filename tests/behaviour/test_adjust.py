@@ -5,7 +5,6 @@ Every scenario runs end to end over gRPC against a real server on each backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,16 +12,9 @@ import grpc
 import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, refusal
+from tests.support import Client, refused
 
 # ---------------------------------------------------------------------- local helpers
-
-
-def refused(call: Callable[[], object]) -> Refusal:
-    """Run a call that must fail, and decode its rich status."""
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    return refusal(failure.value)
 
 
 # ---------------------------------------------------------------------- scenarios

@@ -7,8 +7,6 @@ Every scenario runs end to end over gRPC against a real server on each backend.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
@@ -16,29 +14,18 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, new_id, refusal, ts
+from tests.support import (
+    Client,
+    new_id,
+    refused,
+    ts,
+    wait_past,
+)
 
-POLL_LIMIT_SECONDS = 10.0
-POLL_INTERVAL_SECONDS = 0.05
 ROLLING_30_DAYS = pb.ExpiryPolicy(kind=pb.EXPIRY_KIND_ROLLING_DAYS, days=30)
 
 
 # ---------------------------------------------------------------------- local helpers
-
-
-def refused(call: Callable[[], object]) -> Refusal:
-    """Run a call that must fail, and decode its rich status."""
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    return refusal(failure.value)
-
-
-def wait_past(moment: datetime) -> None:
-    """Bounded wait until the wall clock (the server's too: same host) is past `moment`."""
-    deadline = time.monotonic() + POLL_LIMIT_SECONDS
-    while datetime.now(UTC) <= moment:
-        assert time.monotonic() < deadline, f"the clock did not pass {moment} in time"
-        time.sleep(POLL_INTERVAL_SECONDS)
 
 
 def utc(moment: Timestamp) -> datetime:

@@ -17,28 +17,16 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, refusal, ts
-
-POLL_LIMIT_SECONDS = 10.0
-POLL_INTERVAL_SECONDS = 0.05
-
+from tests.support import (
+    POLL_INTERVAL_SECONDS,
+    POLL_LIMIT_SECONDS,
+    Client,
+    refused,
+    ts,
+    wait_past,
+)
 
 # ---------------------------------------------------------------------- local helpers
-
-
-def refused(call: Callable[[], object]) -> Refusal:
-    """Run a call that must fail, and decode its rich status."""
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    return refusal(failure.value)
-
-
-def wait_past(moment: datetime) -> None:
-    """Bounded wait until the wall clock (the server's too: same host) is past `moment`."""
-    deadline = time.monotonic() + POLL_LIMIT_SECONDS
-    while datetime.now(UTC) <= moment:
-        assert time.monotonic() < deadline, f"the clock did not pass {moment} in time"
-        time.sleep(POLL_INTERVAL_SECONDS)
 
 
 def poll_account(

@@ -13,28 +13,15 @@ import pytest
 
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
-from tests.support import Client, ServerThread, new_id, refusal
+from tests.support import (
+    Client,
+    ServerThread,
+    account_state,
+    new_id,
+    refusal,
+)
 
 # ---------------------------------------------------------------------- helpers
-
-
-def log_head(server: ServerThread) -> int:
-    """The position of the newest event in the log (what a query must wait for)."""
-    return int(server.tally.app.recorder.max_notification_id() or 0)
-
-
-@dataclass(frozen=True)
-class AccountState:
-    account: pb.Account
-    transaction_ids: list[str]
-
-
-def account_state(client: Client, server: ServerThread, program: str, member: str) -> AccountState:
-    """The account and its full history, once the projections caught up with the whole log."""
-    head = log_head(server)
-    account = client.account(program, member, min_position=head)
-    history = client.transactions(program, member, min_position=head, page_size=1000)
-    return AccountState(account, [t.transaction_id for t in history.transactions])
 
 
 def program_state(client: Client, program: str) -> pb.Program:

@@ -10,11 +10,7 @@ import grpc
 import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, ServerThread, new_id, refusal, ts
-
-
-def log_head(server: ServerThread) -> int:
-    return int(server.tally.app.recorder.max_notification_id() or 0)
+from tests.support import Client, ServerThread, log_head, new_id, refusal, ts
 
 
 def enroll(client: Client, program: str, **fields: Any) -> pb.EnrollMemberResponse:

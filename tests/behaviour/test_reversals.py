@@ -5,42 +5,26 @@ Every scenario runs end to end over gRPC against a real server on each backend.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import grpc
-import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, refusal, ts
-
-POLL_LIMIT_SECONDS = 10.0
-POLL_INTERVAL_SECONDS = 0.05
-
+from tests.support import (
+    Client,
+    Refusal,
+    refused,
+    ts,
+    wait_past,
+)
 
 # ---------------------------------------------------------------------- local helpers
 
 
-def refused(call: Callable[[], object]) -> Refusal:
-    """Run a call that must fail, and decode its rich status."""
-    with pytest.raises(grpc.RpcError) as failure:
-        call()
-    return refusal(failure.value)
-
-
 def assert_refused(problem: Refusal, code: grpc.StatusCode, reason: str) -> None:
     assert (problem.code, problem.reason) == (code, reason), problem.message
-
-
-def wait_past(moment: datetime) -> None:
-    """Bounded wait until the wall clock (the server's too: same host) is past `moment`."""
-    deadline = time.monotonic() + POLL_LIMIT_SECONDS
-    while datetime.now(UTC) <= moment:
-        assert time.monotonic() < deadline, f"the clock did not pass {moment} in time"
-        time.sleep(POLL_INTERVAL_SECONDS)
 
 
 def remaining(lots: list[pb.Lot]) -> dict[str, int]:

@@ -17,7 +17,15 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, ServerThread, new_id, refusal, ts
+from tests.support import (
+    Client,
+    Refusal,
+    ServerThread,
+    account_state,
+    new_id,
+    refusal,
+    ts,
+)
 
 MAX_AMOUNT = 10**15
 
@@ -38,23 +46,6 @@ def assert_invalid(problem: Refusal, *fields: str) -> None:
 
 def assert_refused(problem: Refusal, code: grpc.StatusCode, reason: str) -> None:
     assert (problem.code, problem.reason) == (code, reason), problem
-
-
-def log_head(server: ServerThread) -> int:
-    return int(server.tally.app.recorder.max_notification_id() or 0)
-
-
-@dataclass(frozen=True)
-class AccountState:
-    account: pb.Account
-    transaction_ids: list[str]
-
-
-def account_state(client: Client, server: ServerThread, program: str, member: str) -> AccountState:
-    head = log_head(server)
-    account = client.account(program, member, min_position=head)
-    history = client.transactions(program, member, min_position=head, page_size=1000)
-    return AccountState(account, [t.transaction_id for t in history.transactions])
 
 
 def get_program(client: Client, program: str) -> pb.Program:
