@@ -11,7 +11,6 @@ from dataclasses import astuple, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ledger.domain.account import split_allocation
 from ledger.infrastructure.database import Cursor
 
 NAME = "points"
@@ -195,7 +194,7 @@ class PointsProjection:
     ) -> None:
         for lot_id, pts in event.consumed.items():
             batch.lot(account, lot_id).held -= pts
-        back = self._return_from_hold(batch, account, event.released, event.debt_repaid)
+        back = self._return_from_hold(batch, account, event.released, event.credited)
         self._close_hold(batch, account, event.hold_id, "CAPTURED")
         row = self._record(
             batch,
@@ -279,7 +278,7 @@ class PointsProjection:
     def _end_hold(
         self, batch: Batch, position: int, event: Any, account: AccountRow, status: str, kind: str
     ) -> None:
-        back = self._return_from_hold(batch, account, event.returned, event.debt_repaid)
+        back = self._return_from_hold(batch, account, event.returned, event.credited)
         self._close_hold(batch, account, event.hold_id, status)
         row = self._record(
             batch,
@@ -320,15 +319,15 @@ class PointsProjection:
                 lot.held += pts
 
     def _return_from_hold(
-        self, batch: Batch, account: AccountRow, returned: dict[str, int], debt_repaid: int
+        self, batch: Batch, account: AccountRow, returned: dict[str, int], credited: dict[str, int]
     ) -> int:
-        """Held points come back; the first `debt_repaid` repay debt (as the aggregate does).
-        Returns the points that went back into lots."""
-        repaid, back = split_allocation(returned, debt_repaid)
-        for lot_id, pts in repaid.items():
+        """Held points come back: they leave `held` in the lots they were taken from and are
+        credited where the event says (debt first, see MemberAccount._coming_back).
+        Returns the points credited to lots."""
+        for lot_id, pts in returned.items():
             batch.lot(account, lot_id).held -= pts
-        self._give_back(batch, account, back, from_hold=True)
-        return _sum(back)
+        self._give_back(batch, account, credited, from_hold=False)
+        return _sum(credited)
 
     def _give_back(
         self, batch: Batch, account: AccountRow, allocation: dict[str, int], from_hold: bool

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -41,6 +42,9 @@ class Lot:
     expired: int = 0
     # Expired points of this lot whose earn was later reversed (nothing left to claw back).
     expired_reversed: int = 0
+    # Points other lots gave in place of this lot's when its earn was reversed while its
+    # points were away (held or redeemed). Points coming back to this lot return them first.
+    in_lieu: dict[str, int] = field(default_factory=dict)
 
     def is_due(self, as_of: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= as_of
@@ -135,7 +139,9 @@ class MemberAccount(Aggregate):
         for hold in self._holds_due(now):
             repaid, back = split_allocation(hold.taken, min(debt, hold.points))
             debt -= sum(repaid.values())
-            available += sum(p for lot_id, p in back.items() if not self.lots[lot_id].is_due(now))
+            available += sum(
+                p for lot_id, p in self._routed(back).items() if not self.lots[lot_id].is_due(now)
+            )
         if self.earliest_expiry is not None and self.earliest_expiry <= now:
             available -= sum(
                 self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
@@ -160,7 +166,7 @@ class MemberAccount(Aggregate):
                 ),
                 hold_id=hold.hold_id,
                 returned=dict(hold.taken),
-                debt_repaid=min(self.debt, hold.points),
+                **self._coming_back(hold.taken),
             )
         self.expire_lots(
             now,
@@ -248,7 +254,7 @@ class MemberAccount(Aggregate):
             hold_id=hold_id,
             consumed=consumed,
             released=released,
-            debt_repaid=min(self.debt, sum(released.values())),
+            **self._coming_back(released),
         )
         self.bring_up_to(now, provenance)
         return consumed, released
@@ -261,7 +267,7 @@ class MemberAccount(Aggregate):
             provenance=provenance,
             hold_id=hold_id,
             returned=returned,
-            debt_repaid=min(self.debt, hold.points),
+            **self._coming_back(returned),
         )
         self.bring_up_to(now, provenance)
         return returned
@@ -371,11 +377,38 @@ class MemberAccount(Aggregate):
                 restored[lot_id] = give
                 left -= give
         self._redemption_reversed(
-            provenance=provenance, points=points, restored=restored, debt_repaid=debt_repaid
+            provenance=provenance,
+            points=points,
+            reversed_from=restored,
+            restored=self._routed(restored),
+            debt_repaid=debt_repaid,
         )
         # Points restored to a lot that expired meanwhile expire at once.
         self.bring_up_to(now, provenance)
         return points
+
+    def _coming_back(self, returned: Allocation) -> dict[str, Any]:
+        """How held points coming back are booked: the first repay debt, the rest go to
+        their lots (or, for a reversed earn's lot, back to the lots that stood in for it)."""
+        debt_repaid = min(self.debt, sum(returned.values()))
+        back = split_allocation(returned, debt_repaid)[1]
+        return {"debt_repaid": debt_repaid, "credited": self._routed(back)}
+
+    def _routed(self, allocation: Allocation) -> Allocation:
+        """Where points coming back to these lots are credited: a lot whose earn reversal
+        took other lots' points in its place gives those back first, then keeps the rest.
+        (So the order of "reverse the earn" and "release / un-redeem" does not matter.)"""
+        credited: Allocation = {}
+        for lot_id, points in allocation.items():
+            left = points
+            for other, owed in self.lots[lot_id].in_lieu.items():
+                give = min(owed, left)
+                if give:
+                    credited[other] = credited.get(other, 0) + give
+                    left -= give
+            if left:
+                credited[lot_id] = credited.get(lot_id, 0) + left
+        return credited
 
     # ------------------------------------------------------------------ checks
 
@@ -465,28 +498,39 @@ class MemberAccount(Aggregate):
         consumed: Allocation,
         released: Allocation,
         debt_repaid: int,
+        credited: Allocation,
     ) -> None:
         self._close_hold(hold_id)
         for lot_id, pts in consumed.items():
             self.lots[lot_id].held -= pts
             self.held -= pts
-        self._return_from_hold(released, debt_repaid)
+        self._return_from_hold(released, debt_repaid, credited)
         self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
 
     @event("HoldReleased")
     def _hold_released(
-        self, provenance: Provenance, hold_id: str, returned: Allocation, debt_repaid: int
+        self,
+        provenance: Provenance,
+        hold_id: str,
+        returned: Allocation,
+        debt_repaid: int,
+        credited: Allocation,
     ) -> None:
         self._close_hold(hold_id)
-        self._return_from_hold(returned, debt_repaid)
+        self._return_from_hold(returned, debt_repaid, credited)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("HoldExpired")
     def _hold_expired(
-        self, provenance: Provenance, hold_id: str, returned: Allocation, debt_repaid: int
+        self,
+        provenance: Provenance,
+        hold_id: str,
+        returned: Allocation,
+        debt_repaid: int,
+        credited: Allocation,
     ) -> None:
         self._close_hold(hold_id)
-        self._return_from_hold(returned, debt_repaid)
+        self._return_from_hold(returned, debt_repaid, credited)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("PointsAdjusted")
@@ -522,6 +566,10 @@ class MemberAccount(Aggregate):
         reversed_id = provenance.reverses_transaction_id
         self.earns[reversed_id].reversed += points
         self._take(taken)
+        own = self.lots[reversed_id]
+        for lot_id, pts in taken.items():
+            if lot_id != reversed_id:
+                own.in_lieu[lot_id] = own.in_lieu.get(lot_id, 0) + pts
         if from_expired:
             self.lots[reversed_id].expired_reversed += from_expired
         self.debt += debt_added
@@ -529,10 +577,17 @@ class MemberAccount(Aggregate):
 
     @event("RedemptionReversed")
     def _redemption_reversed(
-        self, provenance: Provenance, points: int, restored: Allocation, debt_repaid: int
+        self,
+        provenance: Provenance,
+        points: int,
+        reversed_from: Allocation,
+        restored: Allocation,
+        debt_repaid: int,
     ) -> None:
+        """`reversed_from`: per consumed lot, what this reversal undoes; `restored`: where
+        those points are credited (see _routed)."""
         record = self.redemptions[provenance.reverses_transaction_id]
-        for lot_id, pts in restored.items():
+        for lot_id, pts in reversed_from.items():
             record.reversed[lot_id] = record.reversed.get(lot_id, 0) + pts
         # Points that repaid debt are counted against the last-consumed lots too, so the
         # total reversed never exceeds the original.
@@ -544,7 +599,8 @@ class MemberAccount(Aggregate):
             record.reversed[lot_id] = record.reversed.get(lot_id, 0) + give
             left -= give
         self.debt -= debt_repaid
-        self._give_back(restored, from_hold=False)
+        self._settle_in_lieu(reversed_from)
+        self._credit(restored)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("LotsExpired")
@@ -573,23 +629,32 @@ class MemberAccount(Aggregate):
                 self.open_lot_ids.discard(lot_id)
             self.available -= pts
 
-    def _return_from_hold(self, returned: Allocation, debt_repaid: int) -> None:
-        """Held points come back: the first `debt_repaid` of them (in the hold's order) repay
-        debt, like any credit; the rest go back into their lots."""
-        repaid, back = split_allocation(returned, debt_repaid)
-        for lot_id, pts in repaid.items():
+    def _return_from_hold(
+        self, returned: Allocation, debt_repaid: int, credited: Allocation
+    ) -> None:
+        """Held points come back (see _coming_back for where they are credited)."""
+        for lot_id, pts in returned.items():
             self.lots[lot_id].held -= pts
             self.held -= pts
         self.debt -= debt_repaid
-        self._give_back(back, from_hold=True)
+        self._settle_in_lieu(split_allocation(returned, debt_repaid)[1])
+        self._credit(credited)
 
-    def _give_back(self, allocation: Allocation, from_hold: bool) -> None:
-        """Put points back into their lots: released from a hold, or restored by a reversal."""
+    def _settle_in_lieu(self, allocation: Allocation) -> None:
+        """Points coming back to a reversed earn's lot repay the lots that stood in for it."""
+        for lot_id, points in allocation.items():
+            in_lieu, left = self.lots[lot_id].in_lieu, points
+            for other in list(in_lieu):
+                give = min(in_lieu[other], left)
+                left -= give
+                in_lieu[other] -= give
+                if in_lieu[other] == 0:
+                    del in_lieu[other]
+
+    def _credit(self, allocation: Allocation) -> None:
+        """Put points (back) into lots."""
         for lot_id, pts in allocation.items():
             lot = self.lots[lot_id]
-            if from_hold:
-                lot.held -= pts
-                self.held -= pts
             lot.remaining += pts
             if lot.remaining > 0:
                 self.open_lot_ids.add(lot_id)

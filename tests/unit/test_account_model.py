@@ -54,6 +54,9 @@ class MLot:
     held: int = 0  # taken by active holds
     expired: int = 0  # gone by expiry
     expired_reversed: int = 0  # expired points already set against a reversal of the earn
+    # Other lots' points taken in place of this lot's when its earn was reversed while its
+    # points were away; points coming back to this lot go back to those lots first.
+    stood_in: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,7 +174,19 @@ class Model:
             r = min(repay, n)
             repay -= r
             self.lots[lot_id].held -= n
-            self.lots[lot_id].remaining += n - r
+            self.credit(lot_id, n - r)
+
+    def credit(self, lot_id: str, n: int) -> None:
+        """Points coming back to a lot: first to the lots that stood in for it, then to it."""
+        stood_in = self.lots[lot_id].stood_in
+        for other in list(stood_in):
+            give = min(stood_in[other], n)
+            self.lots[other].remaining += give
+            stood_in[other] -= give
+            n -= give
+            if stood_in[other] == 0:
+                del stood_in[other]
+        self.lots[lot_id].remaining += n
 
     def active_hold(self, hold_id: str) -> MHold:
         if hold_id in self.holds:
@@ -330,6 +345,8 @@ class Model:
             n = min(self.lots[lot_id].remaining, owed)
             self.lots[lot_id].remaining -= n
             owed -= n
+            if n and lot_id != target:
+                own.stood_in[lot_id] = own.stood_in.get(lot_id, 0) + n
         self.debt += owed
         return points, owed
 
@@ -349,7 +366,7 @@ class Model:
             entry = redemption.unreversed[-1]
             n = min(entry[1], points)
             if restore:
-                self.lots[entry[0]].remaining += n
+                self.credit(entry[0], n)
             entry[1] -= n
             points -= n
             if entry[1] == 0:

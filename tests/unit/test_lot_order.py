@@ -386,28 +386,36 @@ def test_reversing_a_redemption_then_its_expired_earn_keeps_the_other_lot() -> N
     assert m.balances() == (100, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: an Earn reversed while its points are redeemed takes other lots in "
-    "their place, and reversing the redemption later does not give those back "
-    "(docs/decisions/0002, 'Known limitation')",
-)
 def test_reversing_an_earn_then_its_redemption_keeps_the_other_lot() -> None:
     """The same facts as the test above, both reversals at the same instant, other order.
 
-    The spent earn's points were redeemed, then the redemption was reversed and they expired:
-    the member keeps the other lot either way. Here the earn reversal takes 100 from the other
-    lot (the earn's own points were spent at that moment), then the redemption reversal puts
-    100 back into the expired lot, where they expire: the same 100 points are clawed back and
-    expired as well, and the member loses the other lot.
+    The spent earn's points were redeemed, then the redemption was reversed: the member keeps
+    the other lot either way. Here the earn reversal takes 100 from the other lot in place of
+    the earn's own points (away in the redemption); the redemption reversal then gives those
+    100 back to the other lot instead of putting them into the reversed, expired lot.
     """
     m = Member()
     spent = m.earn(100, expires_in=DAY)
     other = m.earn(100)
     redemption, _ = m.redeem(100)
     m.now += 2 * DAY
-    m.reverse(spent)
+    assert m.reverse(spent) == (100, 0)
+    assert m.remaining(other) == 0
     m.reverse(redemption)
-    assert m.account.lots[spent].expired == 100
+    assert m.account.lots[spent].remaining == 0
     assert m.balances() == (100, 0, 0)
     assert m.remaining(other) == 100
+
+
+def test_points_held_when_their_earn_is_reversed_give_back_the_lot_that_stood_in() -> None:
+    """Hold, reverse the earn (another lot stands in), release: the stand-in is repaid, the
+    same end as release-then-reverse."""
+    m = Member()
+    spent = m.earn(100, expires_in=DAY)
+    other = m.earn(100)
+    hold_id, _ = m.hold(100)  # all from the expiring lot
+    assert m.reverse(spent) == (100, 0)
+    assert m.remaining(other) == 0
+    m.release(hold_id)
+    assert m.balances() == (100, 0, 0)
+    assert (m.remaining(spent), m.remaining(other)) == (0, 100)
