@@ -217,6 +217,7 @@ class LedgerApplication(Application[UUID]):
         cmds: Sequence[c.AccountCommand],
         cache: MutableMapping[UUID, MemberAccount],
         atomic: bool = False,
+        look_for_duplicates: bool = False,
     ) -> list[Outcome | errors.DomainError]:
         """Group commit: decide every command against its account, in order, and save all
         their events and request records in ONE transaction.
@@ -229,9 +230,17 @@ class LedgerApplication(Application[UUID]):
 
         `atomic`: all or nothing. If any command is refused, nothing is saved and the others
         are answered with AtomicBatchAborted; a conflict re-runs the whole group.
+
+        Requests already recorded are not looked up first: a retried request is rare, and its
+        record's id makes the save fail like any conflict. The group is then run again with
+        `look_for_duplicates`, which answers those from their records, before it is split.
         """
         record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
-        recorded = existing_originators(self.database, record_ids)
+        recorded = (
+            existing_originators(self.database, record_ids)
+            if look_for_duplicates or atomic
+            else set()
+        )
         results: list[Outcome | errors.DomainError | None] = [None] * len(cmds)
         first_of: dict[UUID, int] = {}
         touched: dict[UUID, MemberAccount] = {}
@@ -285,18 +294,30 @@ class LedgerApplication(Application[UUID]):
                 cache.pop(account_id, None)
             if atomic:
                 raise  # execute_atomic starts the whole group again
+            if not look_for_duplicates:
+                return self.execute_group(cmds, cache, look_for_duplicates=True)
             if len(cmds) == 1:
                 return [self._answer(lambda: self.execute(cmds[0]))]
             half = len(cmds) // 2
             return [
-                *self.execute_group(cmds[:half], cache),
-                *self.execute_group(cmds[half:], cache),
+                *self.execute_group(cmds[:half], cache, look_for_duplicates=True),
+                *self.execute_group(cmds[half:], cache, look_for_duplicates=True),
             ]
         except BaseException:
             for account_id in touched:
                 cache.pop(account_id, None)
             raise
         cache.update(touched)
+        if not look_for_duplicates:
+            # A refusal may be a replay of a request recorded earlier: answer those from
+            # their records (one query, only when something was refused).
+            refused = [
+                record_ids[i] for i, r in enumerate(results) if isinstance(r, errors.DomainError)
+            ]
+            for record_id in existing_originators(self.database, refused) if refused else ():
+                for i, other in enumerate(record_ids):
+                    if other == record_id:
+                        results[i] = None
         answers: list[Outcome | errors.DomainError] = []
         for i, cmd in enumerate(cmds):
             result = results[i]
