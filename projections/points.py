@@ -256,7 +256,7 @@ class PointsProjection:
     def _on_RedemptionReversed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
-        self._give_back(batch, account, event.restored, from_hold=False)
+        self._credit(batch, account, event.restored)
         self._record(
             batch,
             position,
@@ -326,17 +326,12 @@ class PointsProjection:
         Returns the points credited to lots."""
         for lot_id, pts in returned.items():
             batch.lot(account, lot_id).held -= pts
-        self._give_back(batch, account, credited, from_hold=False)
+        self._credit(batch, account, credited)
         return _sum(credited)
 
-    def _give_back(
-        self, batch: Batch, account: AccountRow, allocation: dict[str, int], from_hold: bool
-    ) -> None:
+    def _credit(self, batch: Batch, account: AccountRow, allocation: dict[str, int]) -> None:
         for lot_id, pts in allocation.items():
-            lot = batch.lot(account, lot_id)
-            lot.remaining += pts
-            if from_hold:
-                lot.held -= pts
+            batch.lot(account, lot_id).remaining += pts
 
     def _close_hold(self, batch: Batch, account: AccountRow, hold_id: str, status: str) -> None:
         batch.holds_closed.append((status, account.program_id, account.member_id, hold_id))

@@ -173,11 +173,6 @@ class LedgerApplication(Application[UUID]):
             ) from None
         return account
 
-    def account_view(self, program_id: str, member_id: str) -> AccountView:
-        program = self.get_program(program_id)
-        account = self.get_account(program_id, member_id)
-        return AccountView.of(account, program.settings, self.clock())
-
     # ------------------------------------------------------------------ points
 
     def earn(self, cmd: c.EarnPoints) -> Outcome:

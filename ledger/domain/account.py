@@ -14,7 +14,6 @@ the order they gave it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -708,7 +707,3 @@ def _insufficient(points: int, available: int) -> errors.InsufficientPoints:
         requested=str(points),
         available=str(available),
     )
-
-
-def total(allocations: Iterable[Allocation]) -> int:
-    return sum(sum(a.values()) for a in allocations)

@@ -24,17 +24,6 @@ def position_of(db: Database, originator_id: UUID, version: int) -> int:
     return int(row[0]) if row else 0
 
 
-def max_position(db: Database) -> int:
-    if db.config.kind == "sqlite":
-        sql = "SELECT MAX(rowid) FROM stored_events"
-    else:
-        sql = "SELECT MAX(notification_id) FROM ledger_events"
-    with db.read() as cur:
-        cur.execute(sql)
-        row = cur.fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
 def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
     """Which of these aggregates have events at all (one indexed query)."""
     if not originator_ids:
