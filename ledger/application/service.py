@@ -517,7 +517,7 @@ class LedgerApplication(Application[UUID]):
         return record
 
     def _exists(self, aggregate_id: UUID) -> bool:
-        return bool(list(self.events.get(aggregate_id, limit=1)))
+        return aggregate_id in existing_originators(self.database, [aggregate_id])
 
     def _provenance(self, cmd: c.AccountCommand, now: datetime) -> Provenance:
         return Provenance(
