@@ -187,12 +187,18 @@ class _WriterLock:
         self.database = database
         self.key = zlib.crc32(f"tally-projection:{name}".encode())
         self._conn: psycopg.Connection[Any] | None = None
+        self._last_try = -1.0
 
     def acquire(self) -> bool:
         if self.database.config.kind == "sqlite":
             return True
         if self._conn is not None and not self._conn.closed:
             return True
+        # A follower polls every few ms for the position; trying for the lock (a new
+        # connection) once a second is enough to take over from a writer that went away.
+        if time.monotonic() - self._last_try < 1.0:
+            return False
+        self._last_try = time.monotonic()
         conn = psycopg.connect(self.database.config.conninfo(), autocommit=True)
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         if row and row[0]:
