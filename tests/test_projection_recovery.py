@@ -116,7 +116,7 @@ def test_crashes_mid_batch_leave_read_models_equal_to_a_rebuild(tally: Tally) ->
         tally.app.recorder,
         tally.app.mapper.to_domain_event,
         crashing,
-        batch_size=37,
+        batch_size=17,
     )
     runner.start()
     try:

@@ -7,6 +7,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import Migration, available_migrations, migrate
 from tests.support import ServerThread, scratch_postgres
 
-LEDGER = str(Path("/work/venv/bin/ledger"))
+# The `ledger` script installed beside the interpreter running the tests.
+LEDGER = str(Path(sys.executable).parent / "ledger")
 SERVICE = "ledger.v1.LedgerService"
 HEALTH = "grpc.health.v1.Health"
 

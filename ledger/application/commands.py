@@ -16,8 +16,12 @@ from typing import Any, ClassVar
 
 from ledger.domain.program import ExpiryPolicy, ProgramSettings, TierRule
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
 
 def _canonical(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Enum):
@@ -38,14 +42,24 @@ class Command:
     request_id: str
 
     def fingerprint(self) -> str:
+        # Keys in sorted order (the names are sorted once per class), as sort_keys would.
         payload = {
-            f.name: _canonical(getattr(self, f.name))
-            for f in fields(self)
-            if f.name != "request_id"
+            name: self.name if name == "command" else _canonical(getattr(self, name))
+            for name in _fingerprint_keys(type(self))
         }
-        payload["command"] = self.name
-        encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        encoded = json.dumps(payload, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+_KEYS: dict[type[Command], tuple[str, ...]] = {}
+
+
+def _fingerprint_keys(cls: type[Command]) -> tuple[str, ...]:
+    keys = _KEYS.get(cls)
+    if keys is None:
+        names = [f.name for f in fields(cls) if f.name != "request_id"]
+        keys = _KEYS[cls] = tuple(sorted([*names, "command"]))
+    return keys
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,8 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    project_aggregate,
+)
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
 from ledger.application import commands as c
 from ledger.application.views import AccountView, Outcome, ProgramView
@@ -32,7 +38,8 @@ from ledger.domain.program import Program, ProgramSettingsAsDict
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
 from ledger.domain.request import RequestRecord
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import existing_originators, position_of
+from ledger.infrastructure.eventlog import existing_originators
+from ledger.infrastructure.requests import StoredRequest, existing_requests, find_request
 
 MAX_ATTEMPTS = 20
 T = TypeVar("T")
@@ -68,6 +75,19 @@ class LedgerApplication(Application[UUID]):
         self._programs: dict[UUID, Program] = {}
         self._programs_lock = threading.Lock()
         self.on_saved = on_saved
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """The library's save() without its per-object runtime Protocol checks (about 18 µs
+        an aggregate, an eighth of a group commit): everything we save is an aggregate."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            processing_event.events.extend(obj.collect_events())
+            processing_event.aggregates[obj.id] = obj
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -232,14 +252,13 @@ class LedgerApplication(Application[UUID]):
         """
         record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
         recorded = (
-            existing_originators(self.database, record_ids)
-            if look_for_duplicates or atomic
-            else set()
+            existing_requests(self.database, record_ids) if look_for_duplicates or atomic else set()
         )
         results: list[Outcome | errors.DomainError | None] = [None] * len(cmds)
         first_of: dict[UUID, int] = {}
         touched: dict[UUID, MemberAccount] = {}
-        records: list[RequestRecord] = []
+        records: list[StoredRequest] = []
+        answered_by: dict[UUID, tuple[UUID, int]] = {}  # record id -> its account event
         programs: dict[str, Program] = {}
         try:
             for i, cmd in enumerate(cmds):
@@ -257,14 +276,16 @@ class LedgerApplication(Application[UUID]):
                             if cached is not None
                             else (self.get_account(cmd.program_id, cmd.member_id))
                         )
-                    outcome = self.decide(cmd, programs[cmd.program_id], touched[account_id])
+                    account = touched[account_id]
+                    outcome = self.decide(cmd, programs[cmd.program_id], account)
                 except errors.DomainError as refusal:
                     results[i] = refusal
                     continue
                 first_of[record_id] = i
                 results[i] = outcome
-                records.append(self._request_record(cmd, cmd.member_id, outcome))
-            positions: dict[UUID, int] = {}
+                answered_by[record_id] = (account.id, account.version)
+                records.append(self._stored(cmd, cmd.member_id, outcome, account))
+            positions: dict[tuple[UUID, int], int] = {}
             if atomic and any(isinstance(r, errors.DomainError) for r in results):
                 for account_id in touched:
                     cache.pop(account_id, None)
@@ -277,11 +298,12 @@ class LedgerApplication(Application[UUID]):
                     for r in results
                 ]
             if records:
-                recordings = self.save(*touched.values(), *records)
+                recordings = self.save(*touched.values(), requests=records)
                 positions = {
-                    r.domain_event.originator_id: r.notification.id
+                    (r.domain_event.originator_id, r.domain_event.originator_version): (
+                        r.notification.id
+                    )
                     for r in recordings
-                    if r.domain_event.originator_id in first_of
                 }
                 self._saved(max(positions.values()))
         except IntegrityError:
@@ -309,7 +331,7 @@ class LedgerApplication(Application[UUID]):
             refused = [
                 record_ids[i] for i, r in enumerate(results) if isinstance(r, errors.DomainError)
             ]
-            for record_id in existing_originators(self.database, refused) if refused else ():
+            for record_id in existing_requests(self.database, refused) if refused else ():
                 for i, other in enumerate(record_ids):
                     if other == record_id:
                         results[i] = None
@@ -317,7 +339,7 @@ class LedgerApplication(Application[UUID]):
         for i, cmd in enumerate(cmds):
             result = results[i]
             if isinstance(result, Outcome):
-                result = replace(result, position=positions[record_ids[i]])
+                result = replace(result, position=positions[answered_by[record_ids[i]]])
             elif result is None:  # recorded before, or earlier in this group
                 result = self._answer(lambda cmd=cmd: self.execute(cmd))  # type: ignore[misc]
             answers.append(result)
@@ -375,27 +397,31 @@ class LedgerApplication(Application[UUID]):
                 occurred_at=as_of,
                 reason="points expired",
             )
-            expired_points = lots = accounts = 0
-            position = 0
+            expired_points = lots = accounts = position = 0
+            last: MemberAccount | None = None  # the newest event written answers for us
             for chunk in _chunks(member_ids(as_of), 200):
-                points, count, touched, position = self._expire_chunk(
+                points, count, touched, saved = self._expire_chunk(
                     cmd.program_id, chunk, as_of, provenance
                 )
                 expired_points += points
                 lots += count
-                accounts += touched
+                accounts += len(touched)
+                if touched:
+                    last, position = touched[-1], saved
             details = {
                 "expired_points": expired_points,
                 "lots_expired": lots,
                 "accounts_touched": accounts,
             }
-            return self._commit(cmd, "", [], Outcome(transaction_id, position, details=details))
+            outcome = Outcome(transaction_id, position, details=details)
+            return self._commit(cmd, "", [], outcome, answered_by=last)
 
         return self._idempotent(cmd, attempt)
 
     def _expire_chunk(
         self, program_id: str, member_ids: list[str], as_of: datetime, provenance: Provenance
-    ) -> tuple[int, int, int, int]:
+    ) -> tuple[int, int, list[MemberAccount], int]:
+        """(points expired, lots expired, accounts saved, position of the newest event)."""
         for _ in range(MAX_ATTEMPTS):
             touched: list[MemberAccount] = []
             points = lots = 0
@@ -407,7 +433,7 @@ class LedgerApplication(Application[UUID]):
                     points += sum(due.values())
                     lots += len(due)
             if not touched:
-                return 0, 0, 0, 0
+                return 0, 0, [], 0
             try:
                 recordings = self.save(*touched)
             except IntegrityError:
@@ -415,7 +441,7 @@ class LedgerApplication(Application[UUID]):
                 continue
             position = max(r.notification.id for r in recordings)
             self._saved(position)
-            return points, lots, len(touched), position
+            return points, lots, touched, position
         raise errors.WriteConflict("expiry kept conflicting with other writers")
 
     def sweep_expired_lots(self, program_id: str, as_of: datetime, member_ids: list[str]) -> int:
@@ -464,7 +490,7 @@ class LedgerApplication(Application[UUID]):
         for _ in range(MAX_ATTEMPTS):
             previous = self._find_request(record_id)
             if previous is not None:
-                return self._replay(previous, cmd)
+                return self._replay(*previous, cmd)
             try:
                 return attempt()
             except IntegrityError:
@@ -476,45 +502,71 @@ class LedgerApplication(Application[UUID]):
                 # outcome is the answer, not a refusal decided against the state it made.
                 previous = self._find_request(record_id)
                 if previous is not None:
-                    return self._replay(previous, cmd)
+                    return self._replay(*previous, cmd)
                 raise
         raise errors.WriteConflict("the command kept conflicting with concurrent writers")
 
-    def _request_record(self, cmd: c.Command, member_id: str, outcome: Outcome) -> RequestRecord:
-        return RequestRecord(
+    def _stored(
+        self, cmd: c.Command, member_id: str, outcome: Outcome, answered_by: Aggregate | None
+    ) -> StoredRequest:
+        """The request's idempotency record, encoded for the requests table."""
+        return StoredRequest(
+            record_id=RequestRecord.create_id(cmd.program_id, cmd.request_id),
             program_id=cmd.program_id,
             request_id=cmd.request_id,
             command=cmd.name,
             request_hash=cmd.fingerprint(),
             member_id=member_id,
-            response=outcome.to_record(),
+            response=self.mapper.transcoder.encode(outcome.to_record()),
+            originator_id=answered_by.id if answered_by else None,
+            originator_version=answered_by.version if answered_by else None,
         )
 
     def _commit(
-        self, cmd: c.Command, member_id: str, aggregates: list[Any], outcome: Outcome
+        self,
+        cmd: c.Command,
+        member_id: str,
+        aggregates: Sequence[Aggregate],
+        outcome: Outcome,
+        answered_by: Aggregate | None = None,
     ) -> Outcome:
-        record = self._request_record(cmd, member_id, outcome)
-        recordings = self.save(*aggregates, record)
+        """Save the aggregates' new events and the request's record in one transaction.
+        `answered_by`: the aggregate whose newest event's position the answer reports
+        (default: the last of `aggregates`)."""
+        if answered_by is None and aggregates:
+            answered_by = aggregates[-1]
+        record = self._stored(cmd, member_id, outcome, answered_by)
+        recordings = self.save(*aggregates, requests=[record])
+        if not recordings:
+            return outcome
         position = max(r.notification.id for r in recordings)
         self._saved(position)
         return replace(outcome, position=position)
 
-    def _replay(self, record: RequestRecord, cmd: c.Command) -> Outcome:
+    def _replay(self, record: RequestRecord, position: int, cmd: c.Command) -> Outcome:
         if record.request_hash != cmd.fingerprint() or record.command != cmd.name:
             raise errors.IdempotencyKeyReused(
                 f"request_id {cmd.request_id!r} was used for a different request",
                 request_id=cmd.request_id,
             )
-        position = position_of(self.database, record.id, record.version)
         return Outcome.from_record(record.response, position)
 
-    def _find_request(self, record_id: UUID) -> RequestRecord | None:
-        # Straight from the store: request records are read once, never worth caching.
-        events = list(self.events.get(record_id, limit=1))
-        if not events:
+    def _find_request(self, record_id: UUID) -> tuple[RequestRecord, int] | None:
+        found = find_request(self.database, record_id)
+        if found is None:
             return None
-        record: RequestRecord | None = project_aggregate(None, events)
-        return record
+        row, position = found
+        record = RequestRecord(
+            program_id=row.program_id,
+            request_id=row.request_id,
+            command=row.command,
+            request_hash=row.request_hash,
+            member_id=row.member_id,
+            response=self.mapper.transcoder.decode(row.response),
+            originator_id=row.originator_id,
+            originator_version=row.originator_version,
+        )
+        return record, position
 
     def _exists(self, aggregate_id: UUID) -> bool:
         return aggregate_id in existing_originators(self.database, [aggregate_id])

@@ -167,6 +167,8 @@ class MemberAccount(Aggregate):
                 returned=dict(hold.taken),
                 **self._coming_back(hold.taken),
             )
+        if self.earliest_expiry is None or self.earliest_expiry > now:
+            return  # nothing due: skip deriving the expiry's transaction id
         self.expire_lots(
             now,
             provenance.derived(

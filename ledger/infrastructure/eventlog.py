@@ -7,24 +7,24 @@ from uuid import UUID
 from ledger.infrastructure.database import Database
 
 
-def _events_table(db: Database) -> tuple[str, str]:
+def events_table(db: Database) -> tuple[str, str]:
     """(table, position column) of the library's event store on this backend."""
     if db.config.kind == "sqlite":
         return "stored_events", "rowid"
     return "ledger_events", "notification_id"
 
 
-def _key(db: Database, originator_id: UUID) -> object:
+def stored_id(db: Database, originator_id: UUID) -> object:
     # The SQLite recorder stores ids as hex text; PostgreSQL as uuid.
     return originator_id.hex if db.config.kind == "sqlite" else originator_id
 
 
 def position_of(db: Database, originator_id: UUID, version: int) -> int:
     """The notification id (global position) of one stored event, or 0 if absent."""
-    table, position = _events_table(db)
+    table, position = events_table(db)
     sql = f"SELECT {position} FROM {table} WHERE originator_id = ? AND originator_version = ?"
     with db.read() as cur:
-        cur.execute(sql, (_key(db, originator_id), version))
+        cur.execute(sql, (stored_id(db, originator_id), version))
         row = cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -33,10 +33,10 @@ def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
     """Which of these aggregates have events at all (one indexed query)."""
     if not originator_ids:
         return set()
-    table, _ = _events_table(db)
+    table, _ = events_table(db)
     marks = ",".join("?" * len(originator_ids))
     sql = f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id IN ({marks})"
     with db.read() as cur:
-        cur.execute(sql, [_key(db, i) for i in originator_ids])
+        cur.execute(sql, [stored_id(db, i) for i in originator_ids])
         rows = cur.fetchall()
     return {r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows}

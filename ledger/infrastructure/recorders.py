@@ -1,0 +1,123 @@
+"""Our event-store recorders: the library's, with a cheaper insert and the idempotency
+records written in the same transaction as the events.
+
+`app.save(*aggregates, requests=[StoredRequest, ...])` reaches `insert_events(...,
+requests=...)` here: the rows go into the requests table inside the events' transaction, so a
+command is recorded with its answer or not at all, and a second writer of the same request_id
+fails on the primary key (IntegrityError) exactly as a conflicting event would.
+
+On PostgreSQL, eventsourcing passes a batch of events as one array of a composite type, which
+psycopg renders to text value by value (about 40 µs an event here, a quarter of a group
+commit's time). Plain arrays (uuid[], bigint[], text[], bytea[]) go over in psycopg's binary
+format and unnest to the same rows. Everything else — the table lock that keeps positions in
+commit order, NOTIFY, RETURNING the positions — is the library's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from ledger.infrastructure.requests import COLUMNS, StoredRequest, sqlite_row
+
+
+class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.insert_events_statement = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
+            " RETURNING notification_id"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+        )
+        self.insert_requests_statement = SQL(
+            "INSERT INTO {schema}.ledger_requests ({columns}) SELECT * FROM unnest("
+            "%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
+            " %b::bytea[], %b::uuid[], %b::bigint[])"
+        ).format(schema=Identifier(self.datastore.schema), columns=SQL(COLUMNS))
+
+    # The library runs _insert_events, then (if there are events) _insert_stored_events, in
+    # one pipelined transaction. The request rows go after the events: the library prepares
+    # its LOCK statement, and a statement prepared in a pipeline after a failed one (a
+    # duplicate request_id) is skipped by the server while psycopg believes it prepared.
+    # For the same reason our statements are never prepared (prepare=False also stops
+    # psycopg's automatic preparing after five runs).
+
+    def _insert_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        requests: Sequence[StoredRequest] = (),
+        **kwargs: Any,
+    ) -> None:
+        if requests and not stored_events:
+            self._insert_requests(curs, requests)
+
+    def _insert_stored_events(
+        self,
+        curs: Cursor[DictRow],
+        stored_events: Sequence[StoredEvent],
+        *,
+        requests: Sequence[StoredRequest] = (),
+        **kwargs: Any,
+    ) -> None:
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self.insert_events_statement,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+            prepare=False,
+        )
+        if requests:
+            # The RETURNING rows of the events insert are fetched from this cursor next.
+            with curs.connection.cursor() as other:
+                self._insert_requests(other, requests)
+
+    def _insert_requests(self, curs: Cursor[Any], requests: Sequence[StoredRequest]) -> None:
+        columns = [list(column) for column in zip(*requests, strict=True)]
+        curs.execute(self.insert_requests_statement, columns, prepare=False)
+
+
+class TallySqliteApplicationRecorder(SQLiteApplicationRecorder):
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        requests: Sequence[StoredRequest] = (),
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        if requests:
+            marks = ",".join("?" * len(StoredRequest._fields))
+            c.executemany(
+                f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})",
+                [sqlite_row(r) for r in requests],
+            )
+        return super()._insert_events(c, stored_events, **kwargs)
+
+
+class TallyPostgresFactory(PostgresFactory):
+    """PERSISTENCE_MODULE=ledger.infrastructure.recorders:TallyPostgresFactory"""
+
+    application_recorder_class = TallyPostgresApplicationRecorder
+
+
+class TallySqliteFactory(SQLiteFactory):
+    """PERSISTENCE_MODULE=ledger.infrastructure.recorders:TallySqliteFactory"""
+
+    application_recorder_class = TallySqliteApplicationRecorder
