@@ -140,7 +140,9 @@ class ProjectionRunner:
             return False
         events = [(n.id, self.decode(n)) for n in notifications]
         last = notifications[-1].id
-        with self.database.transaction() as cur:
+        # Not durable (decision 8): read models and their position are rebuilt from the
+        # durable log; a crash loses the batch and its position together, never one alone.
+        with self.database.transaction(durable=False) as cur:
             self.projection.process(cur, events)
             cur.execute(
                 "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",

@@ -120,7 +120,10 @@ class Database(Protocol):
     config: DatabaseConfig
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]: ...
+    def transaction(self, durable: bool = True) -> Iterator[Cursor]:
+        """`durable=False`: the commit returns before its WAL is flushed. Only for data that
+        can be rebuilt from durable data (read models and their tracking position)."""
+        ...
 
     @contextmanager
     def read(self) -> Iterator[Cursor]: ...
@@ -163,8 +166,10 @@ class PostgresDatabase:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self, durable: bool = True) -> Iterator[Cursor]:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if not durable:
+                cur.execute("SET LOCAL synchronous_commit = off")
             yield _PgCursor(cur)
 
     @contextmanager
@@ -206,7 +211,8 @@ class SqliteDatabase:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self, durable: bool = True) -> Iterator[Cursor]:
+        # SQLite's durability is per connection (PRAGMA synchronous), not per transaction.
         conn = self._connection()
         cur = conn.cursor()
         # IMMEDIATE takes the write lock up front: no deadlock upgrading a read lock later.
