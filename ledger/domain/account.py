@@ -14,6 +14,7 @@ the order they gave it.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -84,6 +85,53 @@ class RedemptionRecord:
         return self.points - sum(self.reversed.values())
 
 
+class QualifyingWindow:
+    """Qualifying points earned at or after a moving instant, without re-summing history.
+
+    The tier window's start only moves forward between commands, so the net points earned
+    before it are kept and brought forward over the earns passed since the last question:
+    O(earns passed) instead of O(all earns) a command. Earns are kept in occurred_at order
+    (an import may bring them in any order); an earlier instant is summed from scratch."""
+
+    def __init__(self) -> None:
+        self._order: list[tuple[datetime, str]] = []  # (occurred_at, earn id), qualifying only
+        self._total = 0  # net qualifying points of every earn
+        self._since: datetime | None = None
+        self._before = 0  # net qualifying points of earns before _since
+
+    def earned(self, earn_id: str, occurred_at: datetime, points: int) -> None:
+        insort(self._order, (occurred_at, earn_id))
+        self._changed(occurred_at, points)
+
+    def _changed(self, occurred_at: datetime, points: int) -> None:
+        self._total += points
+        if self._since is not None and occurred_at < self._since:
+            self._before += points
+
+    def reversed(self, occurred_at: datetime, points: int) -> None:
+        self._changed(occurred_at, -points)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal when they hold the same earns; where the last question left off is a cache.
+        if not isinstance(other, QualifyingWindow):
+            return NotImplemented
+        return (self._order, self._total) == (other._order, other._total)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def since(self, when: datetime, earns: dict[str, EarnRecord]) -> int:
+        start = bisect_left(self._order, (when, ""))
+        if self._since is None or when < self._since:
+            passed, self._before = self._order[:start], 0
+        else:
+            passed = self._order[bisect_left(self._order, (self._since, "")) : start]
+        for _, earn_id in passed:
+            earn = earns[earn_id]
+            self._before += earn.points - earn.reversed
+        self._since = when
+        return self._total - self._before
+
+
 class MemberAccount(Aggregate):
     @staticmethod
     def create_id(program_id: str, member_id: str) -> UUID:
@@ -104,6 +152,7 @@ class MemberAccount(Aggregate):
         self.holds: dict[str, ActiveHold] = {}
         self.closed_hold_ids: set[str] = set()
         self.earns: dict[str, EarnRecord] = {}
+        self.qualifying = QualifyingWindow()
         self.redemptions: dict[str, RedemptionRecord] = {}
         # Transactions that exist but cannot be reversed (holds, adjustments, expiries...).
         self.other_transaction_ids: set[str] = {provenance.transaction_id}
@@ -122,11 +171,7 @@ class MemberAccount(Aggregate):
 
     def qualifying_points(self, since: datetime) -> int:
         """Qualifying points earned at or after `since`, net of reversals."""
-        return sum(
-            e.points - e.reversed
-            for e in self.earns.values()
-            if e.qualifying and e.occurred_at >= since
-        )
+        return self.qualifying.since(since, self.earns)
 
     def open_lots(self) -> list[Lot]:
         return sorted((self.lots[i] for i in self.open_lot_ids), key=Lot.spend_order)
@@ -471,6 +516,8 @@ class MemberAccount(Aggregate):
         lot_id = provenance.transaction_id
         self.debt -= debt_repaid
         self.earns[lot_id] = EarnRecord(points, provenance.occurred_at, qualifying)
+        if qualifying:
+            self.qualifying.earned(lot_id, provenance.occurred_at, points)
         self._open_lot(lot_id, points - debt_repaid, provenance.occurred_at, expires_at)
 
     @event("PointsRedeemed")
@@ -565,7 +612,10 @@ class MemberAccount(Aggregate):
         debt_added: int,
     ) -> None:
         reversed_id = provenance.reverses_transaction_id
-        self.earns[reversed_id].reversed += points
+        earn = self.earns[reversed_id]
+        earn.reversed += points
+        if earn.qualifying:
+            self.qualifying.reversed(earn.occurred_at, points)
         self._take(taken)
         own = self.lots[reversed_id]
         for lot_id, pts in taken.items():
