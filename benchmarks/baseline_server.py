@@ -1,8 +1,9 @@
 """The hand-written baseline: the yardstick Tally is measured against.
 
-The same ledger.v1 contract, only CreateProgram, EnrollMember, Earn and Redeem, written the
-way one would write them by hand on PostgreSQL with no event-sourcing library: one command =
-one transaction on a psycopg_pool connection.
+The same ledger.v1 contract, only CreateProgram, EnrollMember, Earn, Redeem and ExecuteBatch
+(of Earns, not atomic), written the way one would write them by hand on PostgreSQL with no
+event-sourcing library: one command (one batch) = one transaction on a psycopg_pool
+connection.
 
     Earn:   UPDATE the account's balance row (takes its row lock)
             INSERT the transaction row (ON CONFLICT (program_id, request_id) DO NOTHING)
@@ -11,6 +12,18 @@ one transaction on a psycopg_pool connection.
             INSERT the transaction row (idempotency as above)
             UPDATE the balance row
             COMMIT
+    Batch:  one set-based statement for all its valid items (EARN_BATCH): unnest the
+            items' fields WITH ORDINALITY, drop the request_ids already recorded, lock
+            the accounts in key order (concurrent batches cannot deadlock), UPDATE each
+            by its items' sum, INSERT the transaction rows (balance_after and version by
+            window functions over the member's items in batch order; idempotency as
+            above) RETURNING them, and read the records of the request_ids seen before
+            COMMIT
+
+In a batch, an invalid item is answered INVALID_ARGUMENT without reaching SQL, and a
+request_id repeated in the batch is answered from its first occurrence. If a concurrent
+transaction recorded one of its request_ids after the statement's snapshot (its points were
+added, its row not inserted), the batch is rolled back and run again.
 
 A request_id seen before (the unique (program_id, request_id) constraint) rolls the
 transaction back and answers with the recorded outcome; the same request_id for a different
@@ -28,11 +41,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
 
@@ -104,6 +119,79 @@ class Duplicate(Exception):
     """The request_id is recorded already: roll back and answer from the record."""
 
 
+class Raced(Exception):
+    """A batch item's request_id was recorded by a concurrent transaction after the batch's
+    snapshot: its points were added but its row not inserted. Roll back and run again."""
+
+
+BATCH_ATTEMPTS = 5
+
+# One statement for a batch of Earns (parameters: one array per field, an item per index).
+# Per item, in batch order: the new row's position, balance_after, version and the account's
+# enrolled_at if it was written (or NULLs), then the FIND_TRANSACTION columns of the record
+# its request_id already has (or NULLs). Neither, and the member's account was updated: a
+# concurrent transaction recorded the request_id (Raced). Neither, and not updated: the
+# member is not enrolled.
+EARN_BATCH = """
+WITH item AS MATERIALIZED (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::uuid[],
+                         %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+        WITH ORDINALITY AS i(program_id, request_id, member_id, points, transaction_id,
+                             store_id, order_ref, reason, occurred_at, ord)
+),
+recorded AS (
+    SELECT i.ord, t.kind, t.member_id, t.points_delta, t.position, t.transaction_id,
+           t.balance_after, t.version, a.enrolled_at
+    FROM item i
+    JOIN bl_transactions t USING (program_id, request_id)
+    JOIN bl_accounts a ON a.program_id = t.program_id AND a.member_id = t.member_id
+),
+fresh AS (
+    SELECT i.* FROM item i
+    WHERE NOT EXISTS (SELECT FROM bl_transactions t
+                      WHERE t.program_id = i.program_id AND t.request_id = i.request_id)
+),
+totals AS (
+    SELECT program_id, member_id, sum(points)::bigint AS points, count(*) AS n
+    FROM fresh GROUP BY program_id, member_id
+),
+locked AS MATERIALIZED (
+    SELECT a.program_id, a.member_id
+    FROM bl_accounts a JOIN totals t USING (program_id, member_id)
+    ORDER BY a.program_id, a.member_id
+    FOR NO KEY UPDATE OF a
+),
+updated AS (
+    UPDATE bl_accounts a
+    SET points_available = a.points_available + t.points, version = a.version + t.n
+    FROM locked l JOIN totals t USING (program_id, member_id)
+    WHERE a.program_id = l.program_id AND a.member_id = l.member_id
+    RETURNING a.program_id, a.member_id, a.points_available - t.points AS balance_before,
+              a.version - t.n AS version_before, a.enrolled_at
+),
+written AS (
+    INSERT INTO bl_transactions (program_id, request_id, transaction_id, member_id, kind,
+        points_delta, balance_after, version, store_id, order_ref, reason, occurred_at)
+    SELECT f.program_id, f.request_id, f.transaction_id, f.member_id, 'earn', f.points,
+           u.balance_before + sum(f.points) OVER w, u.version_before + row_number() OVER w,
+           f.store_id, f.order_ref, f.reason, f.occurred_at
+    FROM fresh f JOIN updated u USING (program_id, member_id)
+    WINDOW w AS (PARTITION BY f.program_id, f.member_id ORDER BY f.ord)
+    ORDER BY f.ord
+    ON CONFLICT (program_id, request_id) DO NOTHING
+    RETURNING program_id, request_id, position, balance_after, version
+)
+SELECT w.position, w.balance_after, w.version, u.enrolled_at,
+       r.kind, r.member_id, r.points_delta, r.position, r.transaction_id, r.balance_after,
+       r.version, r.enrolled_at
+FROM item i
+LEFT JOIN written w USING (program_id, request_id)
+LEFT JOIN updated u ON u.program_id = i.program_id AND u.member_id = i.member_id
+LEFT JOIN recorded r ON r.ord = i.ord
+ORDER BY i.ord
+"""
+
+
 def _ts(moment: datetime) -> Timestamp:
     t = Timestamp()
     t.FromDatetime(moment)
@@ -125,6 +213,10 @@ def _check(request: Any, *, points: bool = True) -> None:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "points must be greater than 0")
 
 
+def _error(code: grpc.StatusCode, message: str) -> pb.BatchResult:
+    return pb.BatchResult(error=status_pb2.Status(code=code.value[0], message=message))
+
+
 def _transaction_id(program_id: str, request_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{program_id}/{request_id}"))
 
@@ -138,6 +230,42 @@ def _account(
         points_available=balance,
         enrolled_at=_ts(enrolled_at),
         version=version,
+    )
+
+
+def _replayed(
+    row: Sequence[Any], request: Any, kind: str, delta: int
+) -> tuple[int, str, pb.Account]:
+    """The recorded outcome (a FIND_TRANSACTION row) of this request's request_id."""
+    r_kind, member_id, r_delta, position, transaction_id, balance, version, enrolled = row
+    if (r_kind, member_id, r_delta) != (kind, request.member_id, delta):
+        raise Refused(
+            grpc.StatusCode.ALREADY_EXISTS,
+            f"request_id {request.request_id!r} was used for a different request",
+        )
+    account = _account(request.program_id, member_id, balance, version, enrolled)
+    return position, str(transaction_id), account
+
+
+def _batch_earn(request: Any, transaction_id: str, row: Sequence[Any]) -> pb.BatchResult:
+    """One item's answer from its EARN_BATCH row."""
+    position, balance, version, enrolled_at = row[:4]
+    if position is None:
+        if row[4] is None:
+            return _error(grpc.StatusCode.NOT_FOUND, f"member {request.member_id} is not enrolled")
+        try:
+            position, transaction_id, account = _replayed(row[4:], request, "earn", request.points)
+        except Refused as e:
+            return _error(e.code, e.message)
+    else:
+        account = _account(request.program_id, request.member_id, balance, version, enrolled_at)
+    return pb.BatchResult(
+        earn=pb.EarnResponse(
+            transaction_id=transaction_id,
+            position=position,
+            account=account,
+            lot_id=transaction_id,
+        )
     )
 
 
@@ -352,6 +480,93 @@ class BaselineServicer(pb_grpc.LedgerServiceServicer):
             account=_account(request.program_id, request.member_id, balance, version, enrolled_at),
         )
 
+    # ------------------------------------------------------------------ batches
+
+    async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
+        """Earns only, not atomic: see the module's docstring."""
+        if request.atomic:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "atomic batches are not implemented here"
+            )
+        commands = request.commands
+        results: list[pb.BatchResult | None] = [None] * len(commands)
+        first: dict[tuple[str, str], int] = {}  # (program_id, request_id) -> its first item
+        repeats: list[tuple[int, int]] = []  # (item, the first with its request_id)
+        for i, item in enumerate(commands):
+            kind = item.WhichOneof("command")
+            if kind != "earn":
+                results[i] = _error(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{kind or 'nothing'}: not implemented in a batch here",
+                )
+                continue
+            earn = item.earn
+            if not earn.program_id:
+                earn.program_id = request.program_id
+            try:
+                _check(earn)
+            except Refused as e:
+                results[i] = _error(e.code, e.message)
+                continue
+            j = first.setdefault((earn.program_id, earn.request_id), i)
+            if j != i:
+                repeats.append((i, j))
+        if first:
+            items = list(first.values())
+            earns = [commands[i].earn for i in items]
+            transaction_ids = [_transaction_id(e.program_id, e.request_id) for e in earns]
+            try:
+                rows = await self._earn_batch(earns, transaction_ids)
+            except Refused as e:
+                await self._refuse(context, e)
+                raise AssertionError("unreachable") from e
+            for i, earn, transaction_id, row in zip(
+                items, earns, transaction_ids, rows, strict=True
+            ):
+                results[i] = _batch_earn(earn, transaction_id, row)
+        for i, j in repeats:
+            earn, earlier = commands[i].earn, commands[j].earn
+            if (earn.member_id, earn.points) == (earlier.member_id, earlier.points):
+                results[i] = results[j]
+            else:
+                results[i] = _error(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request_id {earn.request_id!r} was used for a different request",
+                )
+        answered = [r for r in results if r is not None]
+        position = max((r.earn.position for r in answered if r.HasField("earn")), default=0)
+        return pb.ExecuteBatchResponse(results=answered, position=position)
+
+    async def _earn_batch(
+        self, earns: list[Any], transaction_ids: list[str]
+    ) -> list[tuple[Any, ...]]:
+        """EARN_BATCH for these (valid, distinct) Earns in one transaction: a row each."""
+        params = (
+            [e.program_id for e in earns],
+            [e.request_id for e in earns],
+            [e.member_id for e in earns],
+            [e.points for e in earns],
+            transaction_ids,
+            [e.store_id for e in earns],
+            [e.order_ref for e in earns],
+            [e.reason for e in earns],
+            [_occurred(e) for e in earns],
+        )
+        for _ in range(BATCH_ATTEMPTS):
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(EARN_BATCH, params)
+                    rows = await cur.fetchall()
+                    if any(r[0] is None and r[4] is None and r[3] is not None for r in rows):
+                        raise Raced
+                return rows
+            except (Raced, errors.DeadlockDetected):
+                continue
+        raise Refused(
+            grpc.StatusCode.ABORTED,
+            "the batch kept colliding with concurrent writers of its request_ids",
+        )
+
     # ------------------------------------------------------------------ machinery
 
     async def _record(
@@ -396,14 +611,7 @@ class BaselineServicer(pb_grpc.LedgerServiceServicer):
             row = await cur.fetchone()
         if row is None:
             return None
-        r_kind, member_id, r_delta, position, transaction_id, balance, version, enrolled = row
-        if (r_kind, member_id, r_delta) != (kind, request.member_id, delta):
-            raise Refused(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"request_id {request.request_id!r} was used for a different request",
-            )
-        account = _account(request.program_id, member_id, balance, version, enrolled)
-        return position, str(transaction_id), account
+        return _replayed(row, request, kind, delta)
 
 
 async def main_async(database: str, listen: str, pool_size: int) -> None:

@@ -38,6 +38,9 @@ class Operation(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def commands_per_call(self) -> int: ...
+
     async def prepare(
         self, stub: Stub, program_id: str, member_ids: list[str], tag: str
     ) -> int: ...
@@ -51,6 +54,7 @@ class Operation(Protocol):
 class Earn:
     points: int = 10
     name: str = "earn"
+    commands_per_call: int = 1
 
     async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
         return 0
@@ -78,6 +82,7 @@ class Redeem:
     points: int = 1
     seed_points: int = SEED_POINTS
     name: str = "redeem"
+    commands_per_call: int = 1
 
     async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
         positions = await gather_limited(
@@ -102,6 +107,60 @@ class Redeem:
             timeout=CALL_TIMEOUT,
         )
         return response.position
+
+
+@dataclass(frozen=True)
+class Batch:
+    """ExecuteBatch of `size` Earns (not atomic), spread over all the case's members: what an
+    offline store uploading its day looks like. Each caller starts at its own member."""
+
+    size: int = 100
+    points: int = 10
+    members: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def name(self) -> str:
+        return f"batch-{self.size}"
+
+    @property
+    def commands_per_call(self) -> int:
+        return self.size
+
+    async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
+        self.members[:] = member_ids
+        return 0
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        start = self.members.index(member_id) if member_id in self.members else 0
+        count = len(self.members)
+        response: pb.ExecuteBatchResponse = await stub.ExecuteBatch(
+            pb.ExecuteBatchRequest(
+                program_id=program_id,
+                commands=[
+                    pb.BatchCommand(
+                        earn=pb.EarnRequest(
+                            program_id=program_id,
+                            member_id=self.members[(start + k) % count],
+                            points=self.points,
+                            purchase_minor=self.points * 10,
+                            store_id="bench-store",
+                            order_ref=f"{request_id}.{k}",
+                            request_id=f"{request_id}.{k}",
+                        )
+                    )
+                    for k in range(self.size)
+                ],
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        failed = [r.error for r in response.results if r.WhichOneof("result") == "error"]
+        if failed:
+            raise BatchItemFailed(f"{len(failed)} of {self.size} items failed: {failed[0]}")
+        return response.position
+
+
+class BatchItemFailed(Exception):
+    """Some items of a batch were answered with an error (counted as a failed call)."""
 
 
 async def gather_limited(coros: list[Any], limit: int) -> list[Any]:
@@ -134,6 +193,7 @@ class LoadResult:
     errors: dict[str, int]
     error_samples: dict[str, str]
     throughput: float
+    commands_per_s: float  # throughput x commands per call (batches)
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -197,6 +257,9 @@ async def run_load(
                     code = e.code().name
                     errors[code] += 1
                     samples.setdefault(code, e.details() or "")
+                except BatchItemFailed as e:
+                    errors["ITEM_ERROR"] += 1
+                    samples.setdefault("ITEM_ERROR", str(e))
                 else:
                     max_position = max(max_position, position)
                     finished_at.append(time.perf_counter() - start)
@@ -220,6 +283,7 @@ async def run_load(
         errors=dict(errors),
         error_samples=samples,
         throughput=ok / wall if wall > 0 else 0.0,
+        commands_per_s=ok * operation.commands_per_call / wall if wall > 0 else 0.0,
         p50_ms=percentile(latencies, 0.50),
         p90_ms=percentile(latencies, 0.90),
         p99_ms=percentile(latencies, 0.99),

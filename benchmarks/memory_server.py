@@ -1,9 +1,12 @@
-"""The in-memory server: the same contract (CreateProgram, EnrollMember, Earn, Redeem) over
-dicts, with no persistence. What is left is the cost of gRPC and protobuf in Python (and of
-the load generator beside it): the upper bound for any server of this contract in this stack.
+"""The in-memory server: the same contract (CreateProgram, EnrollMember, Earn, Redeem, and
+ExecuteBatch of Earns, not atomic) over dicts, with no persistence. What is left is the cost
+of gRPC and protobuf in Python (and of the load generator beside it): the upper bound for
+any server of this contract in this stack.
 
 Everything runs on the event loop, so no locks are needed. Idempotent by request_id like
-the others: a repeated request gets the recorded response.
+the others: a repeated request gets the recorded response. A batch applies its items one
+after the other exactly as Earn does (an item without program_id takes the batch's), each
+refusal becoming that item's error instead of failing the call.
 
     python -m benchmarks.memory_server --listen 127.0.0.1:50061
 """
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from benchmarks.serving import listen_arg, serve_until_signalled
 from ledger.v1 import ledger_pb2 as pb
@@ -27,6 +31,18 @@ from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
 R = TypeVar("R", bound=Message)
 NAMESPACE = uuid.UUID("7d8f3c1e-2b6a-4f0e-9a51-0c3e8d2f4b10")
+
+
+class Refused(Exception):
+    """A command refused: the RPC aborts with it, a batch item answers with it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def status(self) -> status_pb2.Status:
+        return status_pb2.Status(code=self.code.value[0], message=self.message)
 
 
 @dataclass
@@ -59,24 +75,24 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             version=b.version,
         )
 
-    async def _replayed(self, request: Any, context: Any) -> Message | None:
+    def _replayed(self, request: Any) -> Message | None:
         previous = self.requests.get((request.program_id, request.request_id))
         if previous is None:
             return None
         if previous[0] != request:
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.ALREADY_EXISTS, "request_id was used for a different request"
             )
         return previous[1]
 
-    async def _check(self, request: Any, context: Any, points: bool = True) -> None:
+    def _check(self, request: Any, points: bool = True) -> None:
         if not (request.program_id and request.member_id and request.request_id):
-            await context.abort(
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "program_id, member_id and request_id are required",
             )
         if points and request.points <= 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "points must be > 0")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "points must be > 0")
 
     def _record(self, request: Any, response: R) -> R:
         self.requests[(request.program_id, request.request_id)] = (request, response)
@@ -86,11 +102,70 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
         return str(uuid.uuid5(NAMESPACE, f"{request.program_id}/{request.request_id}"))
 
     async def CreateProgram(self, request: Any, context: Any) -> pb.CreateProgramResponse:
-        replay = await self._replayed(request, context)
+        try:
+            return self._create_program(request)
+        except Refused as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable") from e
+
+    async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
+        try:
+            return self._enroll(request)
+        except Refused as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable") from e
+
+    async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
+        try:
+            return self._earn(request)
+        except Refused as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable") from e
+
+    async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
+        try:
+            return self._redeem(request)
+        except Refused as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable") from e
+
+    async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
+        """Earns only, not atomic: each item as Earn would do it, its refusal its error."""
+        if request.atomic:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "atomic batches are not implemented here"
+            )
+        results: list[pb.BatchResult] = []
+        position = 0
+        for item in request.commands:
+            kind = item.WhichOneof("command")
+            if kind != "earn":
+                refused = Refused(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{kind or 'nothing'}: not implemented in a batch here",
+                )
+                results.append(pb.BatchResult(error=refused.status()))
+                continue
+            earn = item.earn
+            if not earn.program_id:
+                earn.program_id = request.program_id
+            try:
+                response = self._earn(earn)
+            except Refused as e:
+                results.append(pb.BatchResult(error=e.status()))
+                continue
+            position = max(position, response.position)
+            results.append(pb.BatchResult(earn=response))
+        return pb.ExecuteBatchResponse(results=results, position=position)
+
+    # ------------------------------------------------------------------ the commands
+
+    def _create_program(self, request: Any) -> pb.CreateProgramResponse:
+        replay = self._replayed(request)
         if replay is not None:
             return replay  # type: ignore[return-value]
         if request.program_id in self.programs:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "program exists")
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "program exists")
         now = _now()
         program = pb.Program(
             program_id=request.program_id,
@@ -112,16 +187,16 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             ),
         )
 
-    async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
-        await self._check(request, context, points=False)
-        replay = await self._replayed(request, context)
+    def _enroll(self, request: Any) -> pb.EnrollMemberResponse:
+        self._check(request, points=False)
+        replay = self._replayed(request)
         if replay is not None:
             return replay  # type: ignore[return-value]
         if request.program_id not in self.programs:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "program does not exist")
+            raise Refused(grpc.StatusCode.NOT_FOUND, "program does not exist")
         key = (request.program_id, request.member_id)
         if key in self.accounts:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "member is already enrolled")
+            raise Refused(grpc.StatusCode.ALREADY_EXISTS, "member is already enrolled")
         balance = self.accounts[key] = Balance(0, 1, _now())
         self.position += 1
         return self._record(
@@ -133,19 +208,18 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             ),
         )
 
-    async def _balance(self, request: Any, context: Any) -> Balance:
+    def _balance(self, request: Any) -> Balance:
         balance = self.accounts.get((request.program_id, request.member_id))
         if balance is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "member is not enrolled")
-            raise AssertionError("unreachable")
+            raise Refused(grpc.StatusCode.NOT_FOUND, "member is not enrolled")
         return balance
 
-    async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
-        await self._check(request, context)
-        replay = await self._replayed(request, context)
+    def _earn(self, request: Any) -> pb.EarnResponse:
+        self._check(request)
+        replay = self._replayed(request)
         if replay is not None:
             return replay  # type: ignore[return-value]
-        balance = await self._balance(request, context)
+        balance = self._balance(request)
         balance.points += request.points
         balance.version += 1
         self.position += 1
@@ -160,14 +234,14 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             ),
         )
 
-    async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
-        await self._check(request, context)
-        replay = await self._replayed(request, context)
+    def _redeem(self, request: Any) -> pb.RedeemResponse:
+        self._check(request)
+        replay = self._replayed(request)
         if replay is not None:
             return replay  # type: ignore[return-value]
-        balance = await self._balance(request, context)
+        balance = self._balance(request)
         if balance.points < request.points:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "insufficient points")
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "insufficient points")
         balance.points -= request.points
         balance.version += 1
         self.position += 1

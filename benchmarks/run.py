@@ -49,7 +49,15 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.loadgen import CALL_TIMEOUT, Earn, Operation, Redeem, gather_limited, run_load
+from benchmarks.loadgen import (
+    CALL_TIMEOUT,
+    Batch,
+    Earn,
+    Operation,
+    Redeem,
+    gather_limited,
+    run_load,
+)
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -74,10 +82,11 @@ class Case:
     operation: Operation
     callers: int
     hot: bool = False  # all callers on one member
+    member_count: int = 0  # members to spread over (default: one per caller)
 
     @property
     def members(self) -> int:
-        return 1 if self.hot else self.callers
+        return 1 if self.hot else (self.member_count or self.callers)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,11 +107,14 @@ CASES: list[Case] = [
     Case("redeem-64", Redeem(), 64),
     Case("earn-hot-64", Earn(), 64, hot=True),
     Case("redeem-hot-64", Redeem(), 64, hot=True),
+    Case("batch-100", Batch(100), 8, member_count=2_000),
+    Case("batch-1000", Batch(1000), 4, member_count=4_000),
 ]
 SMOKE_CASES: list[Case] = [
     Case("earn-1", Earn(), 1),
     Case("earn-16", Earn(), 16),
     Case("redeem-16", Redeem(), 16),
+    Case("batch-100", Batch(100), 2, member_count=200),
 ]
 
 
@@ -441,7 +453,8 @@ def _progress(run: dict[str, Any], rounds: int) -> None:
         note += f"  SETTLE FAILED: {run['settle_error']}"
     print(
         f"[round {run['round'] + 1}/{rounds}] {run['case']:<14} {run['server']:<9}"
-        f"{run['throughput']:9.1f} calls/s  p50 {run['p50_ms']:7.2f} ms  "
+        f"{run['throughput']:9.1f} calls/s {run['commands_per_s']:8.0f} cmds/s  "
+        f"p50 {run['p50_ms']:7.2f} ms  "
         f"p99 {run['p99_ms']:8.2f} ms{note}",
         file=sys.stderr,
         flush=True,
@@ -517,6 +530,7 @@ def summarise(
                     "rounds": len(mine),
                     "calls": sum(r["calls"] for r in mine),
                     "throughput": med("throughput"),
+                    "commands_per_s": med("commands_per_s"),
                     "throughput_min": min(r["throughput"] for r in mine),
                     "throughput_max": max(r["throughput"] for r in mine),
                     "p50_ms": med("p50_ms"),
@@ -567,7 +581,7 @@ def _fmt_ratio(value: float | None) -> str:
 
 def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], rounds: int) -> str:
     head = (
-        f"{'case':<14} {'server':<9} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'case':<14} {'server':<9} {'calls/s':>9} {'cmds/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>6}  {'cpu ms/call: server':>19} {'postgres':>8} {'client':>6} "
         f"{'other cores':>11}"
     )
@@ -577,7 +591,8 @@ def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], rounds:
         case = r["case"] if r["case"] != previous else ""
         previous = r["case"]
         lines.append(
-            f"{case:<14} {r['server']:<9} {r['throughput']:9.1f} {r['p50_ms']:8.2f} "
+            f"{case:<14} {r['server']:<9} {r['throughput']:9.1f} {r['commands_per_s']:9.0f} "
+            f"{r['p50_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['error_count']:6d}  {r['server_ms_per_call']:19.2f} "
             f"{r['postgres_ms_per_call']:8.2f} {r['client_ms_per_call']:6.2f} "
             f"{r['foreign_cores']:11.2f}"

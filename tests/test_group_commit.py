@@ -104,3 +104,63 @@ def test_duplicates_within_one_group_get_the_same_answer(tally: Tally) -> None:
     assert results[0] == results[1]
     assert isinstance(results[2], errors.IdempotencyKeyReused)
     assert app.get_account("p", "a").available == 10
+
+
+def enroll(member: str, rid: str) -> c.EnrollMember:
+    return c.EnrollMember(program_id="p", member_id=member, request_id=rid)
+
+
+def test_a_group_can_enroll_members_and_use_them_at_once(tally: Tally) -> None:
+    _setup(tally, ["old"])
+    app, cache = tally.app, AccountCache(100)
+    group = [
+        enroll("new", "n1"),
+        earn("new", 30, "n2"),
+        enroll("new", "n3"),  # enrolled a moment ago, in this very group
+        enroll("old", "n4"),  # enrolled before
+        redeem("new", 10, "n5"),
+    ]
+
+    results = app.execute_group(group, cache)
+
+    assert [type(r).__name__ for r in results] == [
+        "Outcome",
+        "Outcome",
+        "MemberAlreadyEnrolled",
+        "MemberAlreadyEnrolled",
+        "Outcome",
+    ]
+    outcomes: list[Any] = results
+    assert outcomes[4].account.points_available == 20
+    assert app.get_account("p", "new").available == 20
+    # The same group again, on a fresh writer: every applied command replays its answer.
+    again = app.execute_group(group, AccountCache(100))
+    assert [type(r).__name__ for r in again] == [type(r).__name__ for r in results]
+    for before, after in zip(results, again, strict=True):
+        if isinstance(before, Outcome):
+            assert after == before
+    assert app.get_account("p", "new").available == 20
+
+
+def test_an_enrolment_racing_another_writer_is_answered_as_already_enrolled(
+    tally: Tally,
+) -> None:
+    _setup(tally, [])
+    app, cache = tally.app, AccountCache(100)
+    app.execute_group([earn("x", 1, "warm")], cache)  # "x" not enrolled: refused, not cached
+    # Another process enrols "x" after our group looked (simulated: we look, then it saves).
+    real = app._enroll
+    raced: list[bool] = []
+
+    def enroll_after_the_other(cmd: c.EnrollMember, program: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            app.enroll_member(enroll("x", "other-process"))
+        return real(cmd, program)
+
+    app._enroll = enroll_after_the_other  # type: ignore[method-assign]
+    results = app.execute_group([enroll("x", "mine"), earn("x", 5, "e")], cache)
+
+    assert isinstance(results[0], errors.MemberAlreadyEnrolled)
+    assert isinstance(results[1], Outcome)
+    assert app.get_account("p", "x").available == 5

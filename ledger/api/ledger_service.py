@@ -227,19 +227,11 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         return pb.ExecuteBatchResponse(results=results, position=position)
 
     async def _commands(self, cmds: list[AccountCommand]) -> list[Outcome | errors.DomainError]:
-        futures = []
-        for cmd in cmds:
-            try:
-                futures.append(asyncio.wrap_future(self.tally.writer.submit(cmd)))
-            except Overloaded as e:
-                raise Unavailable(str(e)) from None
-        settled = await asyncio.gather(*futures, return_exceptions=True)
-        answers: list[Outcome | errors.DomainError] = []
-        for result in settled:
-            if isinstance(result, BaseException) and not isinstance(result, errors.DomainError):
-                raise result
-            answers.append(result)
-        return answers
+        try:
+            future = self.tally.writer.submit_batch(cmds)
+        except Overloaded as e:
+            raise Unavailable(str(e)) from None
+        return await asyncio.wrap_future(future)
 
     # ------------------------------------------------------------------ queries
 

@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 from uuid import UUID
 
 from ledger.application import commands as c
@@ -60,10 +62,18 @@ class AccountCache(MutableMapping[UUID, MemberAccount]):
         return len(self._items)
 
 
+Answer = Outcome | errors.DomainError
+
+
 @dataclass
 class _Pending:
-    command: c.AccountCommand
-    future: Future[Outcome]
+    """Commands queued together: one command (its future gets the Outcome, or the refusal as
+    its exception) or part of a batch (its future gets every command's answer, in order)."""
+
+    commands: list[c.AccountCommand]
+    future: Future[Any]
+    batch: bool
+    at_occurred: bool = False  # decide as of each command's occurred_at (imports)
 
 
 _STOP = object()
@@ -106,13 +116,58 @@ class GroupCommitWriter:
 
     def submit(self, command: c.AccountCommand) -> Future[Outcome]:
         future: Future[Outcome] = Future()
+        self._put(self._partition(command), _Pending([command], future, batch=False))
+        return future
+
+    def submit_batch(
+        self, commands: list[c.AccountCommand], at_occurred: bool = False
+    ) -> Future[list[Answer]]:
+        """Many commands as one queue item per writer: no future and no thread hop per
+        command. The answers come back in the order of `commands`. `at_occurred`: decide
+        each as of its occurred_at (see LedgerApplication.execute_group)."""
+        parts: dict[int, list[int]] = {}
+        for i, command in enumerate(commands):
+            parts.setdefault(self._partition(command), []).append(i)
+        combined: Future[list[Answer]] = Future()
+        answers: list[Answer | None] = [None] * len(commands)
+        remaining = [len(parts)]
+        lock = threading.Lock()
+
+        def settle(indices: list[int], part: Future[list[Answer]]) -> None:
+            error = part.exception()
+            with lock:
+                if combined.done():
+                    return
+                if error is not None:
+                    combined.set_exception(error)
+                    return
+                for i, answer in zip(indices, part.result(), strict=True):
+                    answers[i] = answer
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    combined.set_result([a for a in answers if a is not None])
+
+        if not parts:
+            combined.set_result([])
+        for partition, indices in parts.items():
+            future: Future[list[Answer]] = Future()
+            future.add_done_callback(partial(settle, indices))
+            # Overloaded after some parts were queued: those parts still run. That is the
+            # non-atomic batch's contract: every item is idempotent, so the caller retries
+            # the whole batch with the same request_ids.
+            pending = _Pending([commands[i] for i in indices], future, True, at_occurred)
+            self._put(partition, pending)
+        return combined
+
+    def _partition(self, command: c.AccountCommand) -> int:
         key = f"{command.program_id}\x1f{command.member_id}".encode()
-        partition = zlib.crc32(key) % len(self.queues)
+        return zlib.crc32(key) % len(self.queues)
+
+    def _put(self, partition: int, pending: _Pending) -> None:
         try:
-            self.queues[partition].put_nowait(_Pending(command, future))
+            self.queues[partition].put_nowait(pending)
         except queue.Full:
             raise Overloaded("too many commands waiting; retry shortly") from None
-        return future
 
     def _run(self, index: int) -> None:
         q, cache = self.queues[index], self.caches[index]
@@ -120,30 +175,41 @@ class GroupCommitWriter:
             first = q.get()
             if first is _STOP:
                 return
-            group = [first]
-            while len(group) < self.max_group:
+            assert isinstance(first, _Pending)
+            group, size = [first], len(first.commands)
+            while size < self.max_group:  # a batch larger than max_group is still one group
                 try:
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if not isinstance(item, _Pending):  # _STOP: finish this group first
                     q.put(_STOP)
                     break
+                if item.at_occurred != first.at_occurred:  # its own group, next
+                    self._execute(group, cache)
+                    group, size, first = [], 0, item
                 group.append(item)
-            self._execute([p for p in group if isinstance(p, _Pending)], cache)
+                size += len(item.commands)
+            self._execute(group, cache)
 
     def _execute(self, group: list[_Pending], cache: AccountCache) -> None:
+        commands = [command for p in group for command in p.commands]
         try:
-            results = self.app.execute_group([p.command for p in group], cache)
+            results = self.app.execute_group(commands, cache, at_occurred=group[0].at_occurred)
         except Exception as e:
-            log.exception("a group of %d commands failed", len(group))
+            log.exception("a group of %d commands failed", len(commands))
             for p in group:
                 p.future.set_exception(e)
             return
         self.groups += 1
-        self.commands += len(group)
-        for p, result in zip(group, results, strict=True):
-            if isinstance(result, errors.DomainError):
-                p.future.set_exception(result)
+        self.commands += len(commands)
+        start = 0
+        for p in group:
+            answers = results[start : start + len(p.commands)]
+            start += len(p.commands)
+            if p.batch:
+                p.future.set_result(answers)
+            elif isinstance(answers[0], errors.DomainError):
+                p.future.set_exception(answers[0])
             else:
-                p.future.set_result(result)
+                p.future.set_result(answers[0])

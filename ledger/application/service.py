@@ -169,19 +169,23 @@ class LedgerApplication(Application[UUID]):
                 raise errors.MemberAlreadyEnrolled(
                     f"member {cmd.member_id} is already enrolled", member_id=cmd.member_id
                 )
-            now = self.clock()
-            provenance = self._provenance(cmd, now)
-            account = MemberAccount(
-                program_id=cmd.program_id,
-                member_id=cmd.member_id,
-                referrer_member_id=cmd.referrer_member_id,
-                provenance=provenance,
-            )
-            view = AccountView.of(account, program.settings, now)
-            outcome = Outcome(provenance.transaction_id, 0, account=view)
+            outcome, account = self._enroll(cmd, program)
             return self._commit(cmd, cmd.member_id, [account], outcome)
 
         return self._idempotent(cmd, attempt)
+
+    def _enroll(self, cmd: c.EnrollMember, program: Program) -> tuple[Outcome, MemberAccount]:
+        """A new account (unsaved); the caller has checked that the member is not enrolled."""
+        now = self.clock()
+        provenance = self._provenance(cmd, now)
+        account = MemberAccount(
+            program_id=cmd.program_id,
+            member_id=cmd.member_id,
+            referrer_member_id=cmd.referrer_member_id,
+            provenance=provenance,
+        )
+        view = AccountView.of(account, program.settings, now)
+        return Outcome(provenance.transaction_id, 0, account=view), account
 
     def get_account(self, program_id: str, member_id: str) -> MemberAccount:
         try:
@@ -216,13 +220,15 @@ class LedgerApplication(Application[UUID]):
     def reverse(self, cmd: c.ReverseTransaction) -> Outcome:
         return self.execute(cmd)
 
-    def execute(self, cmd: c.AccountCommand) -> Outcome:
+    def execute(self, cmd: c.AccountCommand, at_occurred: bool = False) -> Outcome:
         """Run one account command on its own (the group-commit writer runs many at once)."""
+        if isinstance(cmd, c.EnrollMember):
+            return self.enroll_member(cmd)
 
         def attempt() -> Outcome:
             program = self.get_program(cmd.program_id)
             account = self.get_account(cmd.program_id, cmd.member_id)
-            outcome = self.decide(cmd, program, account)
+            outcome = self.decide(cmd, program, account, at_occurred)
             return self._commit(cmd, cmd.member_id, [account], outcome)
 
         return self._idempotent(cmd, attempt)
@@ -233,6 +239,7 @@ class LedgerApplication(Application[UUID]):
         cache: MutableMapping[UUID, MemberAccount],
         atomic: bool = False,
         look_for_duplicates: bool = False,
+        at_occurred: bool = False,
     ) -> list[Outcome | errors.DomainError]:
         """Group commit: decide every command against its account, in order, and save all
         their events and request records in ONE transaction.
@@ -249,8 +256,18 @@ class LedgerApplication(Application[UUID]):
         Requests already recorded are not looked up first: a retried request is rare, and its
         record's id makes the save fail like any conflict. The group is then run again with
         `look_for_duplicates`, which answers those from their records, before it is split.
+
+        EnrollMember may be one of the commands (an import enrolls its members this way): it
+        creates the account, which later commands of the group then use.
+
+        `at_occurred` (imports of history): each command is decided as of its occurred_at
+        when that is in the past, so expiry and holds are judged as they stood then.
         """
         record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
+        enrolling = [
+            account_id_key(x.program_id, x.member_id) for x in cmds if isinstance(x, c.EnrollMember)
+        ]
+        enrolled = existing_originators(self.database, enrolling) if enrolling else set()
         recorded = (
             existing_requests(self.database, record_ids) if look_for_duplicates or atomic else set()
         )
@@ -269,6 +286,20 @@ class LedgerApplication(Application[UUID]):
                     if cmd.program_id not in programs:
                         programs[cmd.program_id] = self.get_program(cmd.program_id)
                     account_id = account_id_key(cmd.program_id, cmd.member_id)
+                    if isinstance(cmd, c.EnrollMember):
+                        if account_id in touched or account_id in cache or account_id in enrolled:
+                            raise errors.MemberAlreadyEnrolled(
+                                f"member {cmd.member_id} is already enrolled",
+                                member_id=cmd.member_id,
+                            )
+                        outcome, touched[account_id] = self._enroll(cmd, programs[cmd.program_id])
+                        first_of[record_id] = i
+                        results[i] = outcome
+                        answered_by[record_id] = (account_id, 1)
+                        records.append(
+                            self._stored(cmd, cmd.member_id, outcome, touched[account_id])
+                        )
+                        continue
                     if account_id not in touched:
                         cached = cache.get(account_id)
                         touched[account_id] = (
@@ -277,7 +308,7 @@ class LedgerApplication(Application[UUID]):
                             else (self.get_account(cmd.program_id, cmd.member_id))
                         )
                     account = touched[account_id]
-                    outcome = self.decide(cmd, programs[cmd.program_id], account)
+                    outcome = self.decide(cmd, programs[cmd.program_id], account, at_occurred)
                 except errors.DomainError as refusal:
                     results[i] = refusal
                     continue
@@ -312,13 +343,19 @@ class LedgerApplication(Application[UUID]):
             if atomic:
                 raise  # execute_atomic starts the whole group again
             if not look_for_duplicates:
-                return self.execute_group(cmds, cache, look_for_duplicates=True)
+                return self.execute_group(
+                    cmds, cache, look_for_duplicates=True, at_occurred=at_occurred
+                )
             if len(cmds) == 1:
-                return [self._answer(lambda: self.execute(cmds[0]))]
+                return [self._answer(lambda: self.execute(cmds[0], at_occurred))]
             half = len(cmds) // 2
             return [
-                *self.execute_group(cmds[:half], cache, look_for_duplicates=True),
-                *self.execute_group(cmds[half:], cache, look_for_duplicates=True),
+                *self.execute_group(
+                    cmds[:half], cache, look_for_duplicates=True, at_occurred=at_occurred
+                ),
+                *self.execute_group(
+                    cmds[half:], cache, look_for_duplicates=True, at_occurred=at_occurred
+                ),
             ]
         except BaseException:
             for account_id in touched:
@@ -363,9 +400,17 @@ class LedgerApplication(Application[UUID]):
         except errors.DomainError as e:
             return e
 
-    def decide(self, cmd: c.AccountCommand, program: Program, account: MemberAccount) -> Outcome:
+    def decide(
+        self,
+        cmd: c.AccountCommand,
+        program: Program,
+        account: MemberAccount,
+        at_occurred: bool = False,
+    ) -> Outcome:
         """Let the account decide `cmd` (raising a DomainError to refuse); nothing is saved."""
         now = self.clock()
+        if at_occurred and cmd.occurred_at is not None and cmd.occurred_at < now:
+            now = cmd.occurred_at
         provenance = self._provenance(cmd, now)
         details = decide(cmd, CommandContext(program, account, provenance, now))
         view = AccountView.of(account, program.settings, now)
@@ -549,7 +594,7 @@ class LedgerApplication(Application[UUID]):
                 f"request_id {cmd.request_id!r} was used for a different request",
                 request_id=cmd.request_id,
             )
-        return Outcome.from_record(record.response, position)
+        return replace(Outcome.from_record(record.response, position), replayed=True)
 
     def _find_request(self, record_id: UUID) -> tuple[RequestRecord, int] | None:
         found = find_request(self.database, record_id)

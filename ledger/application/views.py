@@ -75,6 +75,8 @@ class Outcome:
     account: AccountView | None = None
     program: ProgramView | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Answered from the idempotency record of an earlier call (not part of the answer itself).
+    replayed: bool = field(default=False, compare=False)
 
     def to_record(self) -> dict[str, Any]:
         return {

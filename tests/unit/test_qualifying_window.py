@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,20 +25,20 @@ steps = st.lists(
 
 @settings(max_examples=300)
 @given(steps)
-def test_running_sum_equals_a_full_sum(script: list[tuple[object, ...]]) -> None:
+def test_running_sum_equals_a_full_sum(script: list[tuple[Any, ...]]) -> None:
     window = QualifyingWindow()
     earns: dict[str, EarnRecord] = {}
     for step in script:
         if step[0] == "earn":
             _, when, points, qualifying = step
             earn_id = f"e{len(earns)}"
-            earns[earn_id] = EarnRecord(points, when, qualifying)  # type: ignore[arg-type]
+            earns[earn_id] = EarnRecord(points, when, qualifying)
             if qualifying:
-                window.earned(earn_id, when, points)  # type: ignore[arg-type]
+                window.earned(earn_id, when, points)
         elif step[0] == "reverse" and earns:
             _, index, points = step
-            earn = earns[f"e{index % len(earns)}"]  # type: ignore[operator]
-            amount = min(points, earn.points - earn.reversed)  # type: ignore[type-var]
+            earn = earns[f"e{index % len(earns)}"]
+            amount = min(points, earn.points - earn.reversed)
             earn.reversed += amount
             if earn.qualifying:
                 window.reversed(earn.occurred_at, amount)
@@ -46,9 +47,9 @@ def test_running_sum_equals_a_full_sum(script: list[tuple[object, ...]]) -> None
             expected = sum(
                 e.points - e.reversed
                 for e in earns.values()
-                if e.qualifying and e.occurred_at >= since  # type: ignore[operator]
+                if e.qualifying and e.occurred_at >= since
             )
-            assert window.since(since, earns) == expected  # type: ignore[arg-type]
+            assert window.since(since, earns) == expected
 
 
 def test_an_earn_before_the_window_does_not_count_and_one_inside_does() -> None:

@@ -1,0 +1,344 @@
+"""`ledger import`: load a retailer's existing history through the batch path.
+
+Records (CSV with a header row, or JSON lines), one per line, in time order:
+
+    type       member | earn | redeem | adjust | reverse | top_up
+    member_id  required
+    points     earn, redeem, reverse (0 = all that is left); adjust: signed, not 0
+    occurred_at  ISO 8601 with an offset (2024-03-01T10:15:00+01:00); default: now
+    request_id   optional; default "import:<source>:<line>"
+    store_id, order_ref, purchase_minor, expires_at, qualifying (earn), reason,
+    operator_id (adjust), reverses (reverse: the request_id of the record it reverses)
+
+Every record becomes the same command an RPC would make and goes through the group-commit
+writer in batches, with the same rules as the single path. Each command is decided as of
+its `occurred_at` (so points that were valid then can be spent then, in history order).
+
+Resumable without duplicates: every record's request_id is fixed by its source name and
+line, so a record applied before is answered from its idempotency record, never applied
+twice. A small state file (`<file>.import-state.json`) remembers how many lines are done,
+so a resumed import skips them without even asking. Records that are invalid or refused
+are written, with the reason, to `<file>.rejects.jsonl` and do not stop the import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from ledger.api.validation import Violations
+from ledger.application import commands as c
+from ledger.application.group_commit import Answer
+from ledger.domain import errors
+from ledger.domain.ids import request_id_key
+from ledger.runtime import Tally
+
+KINDS = ("member", "earn", "redeem", "adjust", "reverse", "top_up")
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a command; the message says which field and why."""
+
+
+@dataclass
+class ImportReport:
+    lines: int = 0
+    skipped: int = 0  # done by an earlier run (state file)
+    applied: int = 0
+    replayed: int = 0  # applied by an earlier run, answered from the idempotency record
+    rejected: int = 0
+    seconds: float = 0.0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        done = self.applied + self.replayed + self.rejected
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every record; a line that is not a record yields a dict
+    with only "_error"."""
+    with path.open(newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+        else:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield number, {"_error": f"not JSON: {e.msg}"}
+                    continue
+                yield number, record if isinstance(record, dict) else {"_error": "not an object"}
+
+
+def detect_format(path: Path) -> str:
+    return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+
+
+def _timestamp(record: dict[str, Any], name: str, v: Violations) -> datetime | None:
+    value = record.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        v.add(name, "must be an ISO 8601 timestamp")
+        return None
+    if moment.tzinfo is None:
+        v.add(name, "must carry a UTC offset (e.g. 2024-03-01T10:15:00+01:00)")
+        return None
+    return moment.astimezone(UTC)
+
+
+def _integer(record: dict[str, Any], name: str, v: Violations, default: int | None = None) -> int:
+    value = record.get(name, default)
+    if value is None:
+        v.add(name, "required")
+        return 0
+    if isinstance(value, bool):
+        v.add(name, "must be an integer")
+        return 0
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        v.add(name, "must be an integer")
+        return 0
+    if isinstance(value, float) and value != number:
+        v.add(name, "must be an integer")
+    return number
+
+
+def to_command(
+    record: dict[str, Any], program_id: str, source: str, line: int, now: datetime
+) -> c.AccountCommand:
+    """The command a record asks for, validated as the API validates it (BadRecord if not)."""
+    if "_error" in record:
+        raise BadRecord(record["_error"])
+    kind = str(record.get("type", "")).strip().lower()
+    if kind not in KINDS:
+        raise BadRecord(f"type: must be one of {', '.join(KINDS)}")
+    if kind == "top_up":
+        raise BadRecord("type: stored value (top_up) is not available in this version")
+    v = Violations()
+    common: dict[str, Any] = {
+        "program_id": program_id,
+        "member_id": v.identifier("member_id", str(record.get("member_id", ""))),
+        "request_id": v.request_id(str(record.get("request_id") or f"import:{source}:{line}")),
+        "occurred_at": _timestamp(record, "occurred_at", v),
+        "store_id": v.identifier("store_id", str(record.get("store_id", "")), required=False),
+    }
+    occurred = common["occurred_at"]
+    if occurred is not None and occurred > now:
+        v.add("occurred_at", "must not be in the future")
+    order_ref = v.text("order_ref", str(record.get("order_ref", "")))
+    reason = v.text("reason", str(record.get("reason", "")))
+    command: c.AccountCommand
+    if kind == "member":
+        command = c.EnrollMember(**common)
+    elif kind == "earn":
+        command = c.EarnPoints(
+            **common,
+            points=v.positive("points", _integer(record, "points", v)),
+            purchase_minor=v.non_negative(
+                "purchase_minor", _integer(record, "purchase_minor", v, 0)
+            ),
+            order_ref=order_ref,
+            reason=reason,
+            qualifying=str(record.get("qualifying", "true")).lower() not in ("false", "0", "no"),
+            expires_at=_timestamp(record, "expires_at", v),
+        )
+    elif kind == "redeem":
+        command = c.RedeemPoints(
+            **common,
+            points=v.positive("points", _integer(record, "points", v)),
+            order_ref=order_ref,
+            reason=reason,
+        )
+    elif kind == "adjust":
+        points = _integer(record, "points", v)
+        if points == 0:
+            v.add("points", "must not be 0")
+        command = c.AdjustPoints(
+            **common,
+            points=points,
+            reason=v.text("reason", reason, required=True),
+            operator_id=v.identifier("operator_id", str(record.get("operator_id", ""))),
+        )
+    else:
+        reverses = v.request_id(str(record.get("reverses", "")), "reverses")
+        command = c.ReverseTransaction(
+            **common,
+            transaction_id=str(request_id_key(program_id, reverses)),
+            points=v.non_negative("points", _integer(record, "points", v, 0)),
+            reason=reason,
+        )
+    if v.items:
+        raise BadRecord("; ".join(f"{name}: {why}" for name, why in v.items))
+    return command
+
+
+# ---------------------------------------------------------------------- running
+
+
+@dataclass
+class _Batch:
+    lines: list[int]
+    records: list[dict[str, Any]]
+    commands: list[c.AccountCommand]
+    future: Future[list[Answer]]
+    last_line: int
+
+
+class Importer:
+    def __init__(
+        self,
+        tally: Tally,
+        program_id: str,
+        path: Path,
+        fmt: str | None = None,
+        source: str | None = None,
+        batch_size: int = 1000,
+        progress: bool = True,
+    ) -> None:
+        self.tally = tally
+        self.program_id = program_id
+        self.path = path
+        self.fmt = fmt or detect_format(path)
+        self.source = source or path.name
+        self.batch_size = batch_size
+        self.progress = progress
+        self.state_path = path.with_name(path.name + ".import-state.json")
+        self.rejects_path = path.with_name(path.name + ".rejects.jsonl")
+
+    def run(self) -> ImportReport:
+        self.tally.app.get_program(self.program_id)  # ProgramNotFound before any work
+        report = ImportReport()
+        done_through = self._load_state()
+        total = self._count_lines()
+        started = time.perf_counter()
+        bar = self._bar(total, done_through)
+        in_flight: list[_Batch] = []
+        # A fresh start rewrites the rejects; a resumed one adds to the earlier run's.
+        mode = "a" if done_through else "w"
+        with self.rejects_path.open(mode, encoding="utf-8") as rejects:
+            lines: list[int] = []
+            records: list[dict[str, Any]] = []
+            commands: list[c.AccountCommand] = []
+            now = datetime.now(UTC)
+            last_line = done_through
+            for line, record in read_records(self.path, self.fmt):
+                report.lines += 1
+                last_line = line
+                if line <= done_through:
+                    report.skipped += 1
+                    continue
+                try:
+                    command = to_command(record, self.program_id, self.source, line, now)
+                except BadRecord as e:
+                    self._reject(rejects, report, line, record, "INVALID_ARGUMENT", str(e))
+                    bar.update(1)
+                    continue
+                lines.append(line)
+                records.append(record)
+                commands.append(command)
+                if len(commands) >= self.batch_size:
+                    in_flight.append(self._submit(lines, records, commands, line))
+                    lines, records, commands = [], [], []
+                    # Two batches in flight: the next one is parsed while one commits.
+                    while len(in_flight) > 1:
+                        self._settle(in_flight.pop(0), rejects, report, bar)
+            if commands:
+                in_flight.append(self._submit(lines, records, commands, last_line))
+            for batch in in_flight:
+                self._settle(batch, rejects, report, bar)
+            self._save_state(last_line)
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _submit(
+        self,
+        lines: list[int],
+        records: list[dict[str, Any]],
+        commands: list[c.AccountCommand],
+        last_line: int,
+    ) -> _Batch:
+        future = self.tally.writer.submit_batch(commands, at_occurred=True)
+        return _Batch(lines, records, commands, future, last_line)
+
+    def _settle(self, batch: _Batch, rejects: IO[str], report: ImportReport, bar: Any) -> None:
+        answers = batch.future.result()
+        for line, record, answer in zip(batch.lines, batch.records, answers, strict=True):
+            if isinstance(answer, errors.DomainError):
+                self._reject(rejects, report, line, record, answer.reason, str(answer))
+            elif answer.replayed:
+                report.replayed += 1
+            else:
+                report.applied += 1
+        rejects.flush()
+        self._save_state(batch.last_line)
+        bar.update(len(batch.commands))
+        bar.set_postfix(rejected=report.rejected, refresh=False)
+
+    def _reject(
+        self,
+        rejects: IO[str],
+        report: ImportReport,
+        line: int,
+        record: dict[str, Any],
+        reason: str,
+        message: str,
+    ) -> None:
+        report.rejected += 1
+        report.by_reason[reason] = report.by_reason.get(reason, 0) + 1
+        entry = {"line": line, "reason": reason, "message": message, "record": record}
+        rejects.write(json.dumps(entry, default=str) + "\n")
+
+    # The state file only saves time: correctness comes from the request_ids.
+
+    def _load_state(self) -> int:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+        if state.get("source") != self.source or state.get("program_id") != self.program_id:
+            return 0
+        return int(state.get("done_through_line", 0))
+
+    def _save_state(self, line: int) -> None:
+        state = {"source": self.source, "program_id": self.program_id, "done_through_line": line}
+        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
+        temporary.write_text(json.dumps(state))
+        temporary.replace(self.state_path)
+
+    def _count_lines(self) -> int:
+        with self.path.open("rb") as f:
+            count = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        return max(0, count - 1) if self.fmt == "csv" else count
+
+    def _bar(self, total: int, done: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total,
+            initial=min(done, total),
+            unit="rec",
+            unit_scale=True,
+            disable=not self.progress,
+            desc=f"import {self.path.name}",
+        )

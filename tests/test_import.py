@@ -1,0 +1,220 @@
+"""`ledger import`: history through the batch path, decided as of each record's time,
+invalid records set aside, and an import killed midway resumes without duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.application import commands as c
+from ledger.domain.program import ExpiryKind, ExpiryPolicy, ProgramSettings
+from ledger.importer import Importer
+from ledger.runtime import Tally
+from projections.points import micros
+from tests.support import open_tally, scratch_postgres
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+NOW = datetime.now(UTC).replace(microsecond=0)
+THIRTY_DAYS = ExpiryPolicy(ExpiryKind.ROLLING_DAYS, days=30)
+
+
+def _program(tally: Tally, expiry: ExpiryPolicy = THIRTY_DAYS) -> None:
+    settings = ProgramSettings("Shop", "EUR", expiry_policy=expiry)
+    tally.app.create_program(c.CreateProgram(program_id="p", request_id="p", settings=settings))
+
+
+def _write(path: Path, records: list[dict[str, Any] | str]) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _at(days_ago: float) -> str:
+    return (NOW - timedelta(days=days_ago)).isoformat()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
+    with open_tally(request.param) as t:
+        _program(t)
+        t.start(sweep=False)
+        yield t
+
+
+def test_history_is_applied_as_it_stood_at_each_record(tally: Tally, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "history.jsonl",
+        [
+            {"type": "member", "member_id": "ann", "occurred_at": _at(100)},
+            {"type": "earn", "member_id": "ann", "points": 500, "occurred_at": _at(95),
+             "store_id": "s1", "order_ref": "o1"},
+            # 10 days after the earn: its 30-day lot was still valid then (not now).
+            {"type": "redeem", "member_id": "ann", "points": 200, "occurred_at": _at(85),
+             "store_id": "s2"},
+            {"type": "earn", "member_id": "ann", "points": 70, "occurred_at": _at(1),
+             "store_id": "s1", "request_id": "till-7-4411"},
+            {"type": "adjust", "member_id": "ann", "points": -20, "reason": "goodwill fix",
+             "operator_id": "ops-1", "occurred_at": _at(1)},
+            {"type": "reverse", "member_id": "ann", "reverses": "till-7-4411", "points": 10,
+             "store_id": "s1", "occurred_at": _at(0.5)},
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected, report.replayed) == (6, 0, 0)
+    account = tally.app.get_account("p", "ann")
+    # 500 - 200 redeemed; the remaining 300 expired 65 days ago (at the next command);
+    # 70 - 20 - 10 left.
+    assert account.available == 40
+    assert account.enrolled_at == NOW - timedelta(days=100)
+    tally.points.wait_for(tally.app.recorder.max_notification_id() or 0, timeout=30)
+    rows = tally.queries.transactions("p", "ann", 50, 0, None, None).rows
+    assert "EXPIRE" in [row.kind for row in rows]
+    earned = [row.occurred_at for row in rows if row.kind == "EARN"]
+    assert earned == [micros(NOW - timedelta(days=95)), micros(NOW - timedelta(days=1))]
+
+
+def test_bad_and_refused_records_are_set_aside_and_the_rest_applied(
+    tally: Tally, tmp_path: Path
+) -> None:
+    path = _write(
+        tmp_path / "mixed.jsonl",
+        [
+            {"type": "member", "member_id": "bob"},
+            {"type": "redeem", "member_id": "bob", "points": 5, "store_id": "s"},  # refused
+            "this is not json",
+            {"type": "earn", "member_id": "bob", "points": 0, "store_id": "s"},  # invalid
+            {"type": "earn", "member_id": "nobody", "points": 5, "store_id": "s"},  # unknown
+            {"type": "top_up", "member_id": "bob", "amount_minor": 100},  # not available
+            {"type": "earn", "member_id": "bob", "points": 9, "store_id": "s",
+             "occurred_at": "2024-01-01T00:00:00"},  # no UTC offset
+            {"type": "earn", "member_id": "bob", "points": 9, "store_id": "s"},
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (2, 6)
+    rejects = sorted(
+        (json.loads(line) for line in path.with_name("mixed.jsonl.rejects.jsonl").open()),
+        key=lambda r: r["line"],
+    )
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (2, "INSUFFICIENT_POINTS"),
+        (3, "INVALID_ARGUMENT"),
+        (4, "INVALID_ARGUMENT"),
+        (5, "MEMBER_NOT_FOUND"),
+        (6, "INVALID_ARGUMENT"),
+        (7, "INVALID_ARGUMENT"),
+    ]
+    assert "points: must be greater than 0" in rejects[2]["message"]
+    assert "UTC offset" in rejects[5]["message"]
+    assert tally.app.get_account("p", "bob").available == 9
+
+
+def test_csv_records_import_like_json_lines(tally: Tally, tmp_path: Path) -> None:
+    path = tmp_path / "history.csv"
+    path.write_text(
+        "type,member_id,points,store_id,occurred_at,purchase_minor\n"
+        f"member,cat,,,{_at(3)},\n"
+        f"earn,cat,120,s1,{_at(2)},1200\n"
+        f"redeem,cat,20,s1,{_at(1)},\n"
+    )
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (3, 0)
+    assert tally.app.get_account("p", "cat").available == 100
+
+
+def test_running_an_import_again_applies_nothing_twice(tally: Tally, tmp_path: Path) -> None:
+    records: list[dict[str, Any] | str] = [{"type": "member", "member_id": "dan"}]
+    records += [{"type": "earn", "member_id": "dan", "points": 1, "store_id": "s"}] * 30
+    path = _write(tmp_path / "again.jsonl", records)
+    Importer(tally, "p", path, batch_size=7, progress=False).run()
+    path.with_name("again.jsonl.import-state.json").unlink()  # forget where it got to
+
+    report = Importer(tally, "p", path, batch_size=7, progress=False).run()
+
+    assert (report.applied, report.replayed, report.rejected) == (0, 31, 0)
+    assert tally.app.get_account("p", "dan").available == 30
+
+
+# ---------------------------------------------------------------------- killed midway
+
+
+def _history(path: Path, members: int, earns: int) -> Path:
+    records: list[dict[str, Any] | str] = [
+        {"type": "member", "member_id": f"m{i}"} for i in range(members)
+    ]
+    records += [
+        {"type": "earn", "member_id": f"m{i % members}", "points": i % 7 + 1, "store_id": "s"}
+        for i in range(earns)
+    ]
+    return _write(path, records)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        with scratch_postgres() as url:
+            yield url
+
+
+def test_an_import_killed_midway_resumes_without_duplicates(
+    database_url: str, tmp_path: Path
+) -> None:
+    members, earns = 300, 30_000
+    path = _history(tmp_path / "big.jsonl", members, earns)
+    state = path.with_name("big.jsonl.import-state.json")
+    tally = Tally.from_url(database_url)
+    _program(tally, ExpiryPolicy())
+    tally.close()
+    command = [LEDGER, "import", "--database", database_url, "--program", "p", str(path)]
+
+    first = subprocess.Popen(
+        [*command, "--batch-size", "500", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    done = json.loads(state.read_text())["done_through_line"]
+    assert 0 < done < members + earns, "the import must be killed midway"
+
+    # Forget part of the progress too, as a kill between commit and state write would.
+    state.write_text(json.dumps({"source": "big.jsonl", "program_id": "p",
+                                 "done_through_line": max(0, done - 700)}))  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--no-progress"], capture_output=True, text=True, timeout=600, check=False
+    )
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    tally = Tally.from_url(database_url)
+    try:
+        expected: dict[str, int] = {}
+        for i in range(earns):
+            member = f"m{i % members}"
+            expected[member] = expected.get(member, 0) + i % 7 + 1
+        for member, points in expected.items():
+            account = tally.app.get_account("p", member)
+            assert account.available == points, member
+            assert account.version == 1 + earns // members  # enrolled once, each earn once
+    finally:
+        tally.close()
