@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.loadgen import Earn, Operation, Redeem, run_load
+from benchmarks.loadgen import Batch, Earn, Operation, Redeem, run_load
 from benchmarks.run import (
     RESULTS,
     SERVERS,
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--operation", choices=("earn", "redeem"), default="earn")
+    parser.add_argument("--operation", choices=("earn", "redeem", "batch"), default="earn")
+    parser.add_argument("--batch-size", type=int, default=100, help="commands per batch call")
     parser.add_argument("--callers", type=int, default=16)
     parser.add_argument("--hot", action="store_true", help="all callers on one member")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds sampled (<= 120)")
@@ -256,12 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 120 or not 1 <= args.callers <= 256:
         parser.error("--duration must be 1..120 s and --callers 1..256")
-    operation: Operation = Earn() if args.operation == "earn" else Redeem()
+    operations: dict[str, Operation] = {
+        "earn": Earn(),
+        "redeem": Redeem(),
+        "batch": Batch(args.batch_size),
+    }
     case = Case(
         f"{args.operation}-{'hot-' if args.hot else ''}{args.callers}",
-        operation,
+        operations[args.operation],
         args.callers,
         hot=args.hot,
+        member_count=2_000 if args.operation == "batch" else 0,
     )
     prefix: Path = args.out or RESULTS / f"profile-{time.strftime('%Y%m%dT%H%M%S')}"
     prefix.parent.mkdir(parents=True, exist_ok=True)

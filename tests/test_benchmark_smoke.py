@@ -43,3 +43,30 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert {r["case"] for r in report["ratios"]} == cases
     assert all(code in (0, None) for code in report["server_exits_during_run"].values())
     assert "calls/s" in done.stdout
+
+
+@pytest.mark.timeout(240)
+def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
+    out = tmp_path / "offline.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.offline", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {
+        "import",
+        "rebuild",
+        "list-first-page",
+        "list-deep-page",
+        "list-all-pages",
+        "accounts-rss",
+    }
+    assert rows["import"]["rate"] > 0
+    assert rows["rebuild"]["rate"] > 0
+    assert rows["list-first-page"]["p50"] > 0
+    assert rows["accounts-rss"]["rss_mib"] > 0

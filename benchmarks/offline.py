@@ -1,0 +1,394 @@
+"""The bulk cases, each beside a reference measured in the same run on the same data:
+
+    import     `ledger import` of members, earns and redemptions (JSON lines) into a scratch
+               PostgreSQL database  | reference: COPY of the same lines into a plain table
+    rebuild    the points projection rebuilt from zero over that log (read models emptied)
+               | reference: reading and decoding the same events, writing nothing
+    list-10k   ListTransactions over gRPC for a member with 10,000 transactions: the first
+               page, a page deep in the history, and paging through all of it
+               | reference: GetAccount of the same member (one row)
+    accounts   RSS of a Tally server process with N accounts in its database after every
+               one of them was read or written once (the writer cache is bounded)
+               | reference: RSS of the same server with an empty database
+
+    python -m benchmarks.offline            # full: 200k records, 1M accounts (~10 min)
+    python -m benchmarks.offline --quick    # 20k records, 50k accounts
+    python -m benchmarks.offline --smoke    # tiny (the test suite)
+    python -m benchmarks.offline --cases import,rebuild --json out.json
+
+Prints a table and writes JSON to benchmarks/results/offline-<timestamp>.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+
+from benchmarks.run import (
+    RESULTS,
+    SERVERS,
+    ServerProcess,
+    create_database,
+    drop_database,
+    machine,
+)
+from ledger.application import commands as c
+from ledger.domain.program import ProgramSettings
+from ledger.runtime import Tally
+from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import ledger_pb2_grpc as pb_grpc
+from projections.points import PointsProjection
+from projections.runner import ProjectionRunner
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+READ_MODELS = ("rm_accounts", "rm_transactions", "rm_lots", "rm_holds", "rm_programs")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    records: int  # import and rebuild
+    members: int  # of the import
+    history: int  # transactions of the list-10k member
+    accounts: int  # the RSS case
+
+
+MODES = {
+    "full": Sizes(records=200_000, members=20_000, history=10_000, accounts=1_000_000),
+    "quick": Sizes(records=20_000, members=2_000, history=10_000, accounts=50_000),
+    "smoke": Sizes(records=2_000, members=200, history=300, accounts=1_000),
+}
+
+
+def history_lines(members: int, records: int, member_prefix: str = "m") -> Iterator[str]:
+    """Members first, then earns with a redemption after every fourth, in time order."""
+    start = datetime.now(UTC) - timedelta(days=30)
+    for i in range(members):
+        yield json.dumps(
+            {"type": "member", "member_id": f"{member_prefix}{i}", "occurred_at": start.isoformat()}
+        )
+    step = timedelta(days=29) / max(1, records)
+    for i in range(records - members):
+        kind = "redeem" if i % 5 == 4 else "earn"
+        # A redemption follows an earn of the same member.
+        member = f"{member_prefix}{(i - 1 if kind == 'redeem' else i) % members}"
+        at = (start + step * i).isoformat()
+        points = 10 if kind == "redeem" else 100
+        yield json.dumps(
+            {"type": kind, "member_id": member, "points": points, "store_id": "s1",
+             "order_ref": f"o{i}", "occurred_at": at}
+        )  # fmt: skip
+
+
+@contextmanager
+def scratch(tag: str) -> Iterator[str]:
+    name = f"tally_offline_{os.getpid()}_{uuid.uuid4().hex[:6]}_{tag}"
+    url = create_database(name)
+    try:
+        yield url
+    finally:
+        drop_database(name)
+
+
+def new_program(url: str, program_id: str = "p") -> None:
+    tally = Tally.from_url(url)
+    try:
+        settings = ProgramSettings("Offline benchmark", "EUR")
+        tally.app.create_program(
+            c.CreateProgram(program_id=program_id, request_id=program_id, settings=settings)
+        )
+    finally:
+        tally.close()
+
+
+def run_import(url: str, path: Path, program: str = "p") -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [LEDGER, "import", "--database", url, "--program", program, "--no-progress", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"ledger import failed ({done.returncode}): {done.stdout[-1000:]}{done.stderr[-2000:]}"
+        )
+    return seconds, done.stdout.strip()
+
+
+def copy_reference(url: str, path: Path) -> float:
+    """COPY the same lines into a plain one-column table: the database's own ceiling."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE copy_reference (line jsonb)")
+        started = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY copy_reference (line) FROM STDIN") as copy,
+            path.open() as f,
+        ):
+            for line in f:
+                copy.write_row((line.strip(),))
+        seconds = time.perf_counter() - started
+        conn.execute("DROP TABLE copy_reference")
+    return seconds
+
+
+def case_import_and_rebuild(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    path = folder / "history.jsonl"
+    path.write_text("\n".join(history_lines(sizes.members, sizes.records)) + "\n")
+    rows = []
+    with scratch("import") as url:
+        new_program(url)
+        seconds, summary = run_import(url, path)
+        copy_s = copy_reference(url, path)
+        rows.append(
+            {
+                "case": "import",
+                "what": f"ledger import, {sizes.records:,} records ({sizes.members:,} members)",
+                "rate": sizes.records / seconds,
+                "unit": "records/s",
+                "seconds": seconds,
+                "reference": "COPY of the same lines into a plain table",
+                "reference_rate": sizes.records / copy_s,
+                "detail": summary,
+            }
+        )
+        rows.append(rebuild(url))
+    return rows
+
+
+def rebuild(url: str) -> dict[str, Any]:
+    tally = Tally.from_url(url)
+    try:
+        with tally.database.transaction() as cur:
+            for table in READ_MODELS:
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("DELETE FROM projection_tracking")
+        events = tally.app.recorder.max_notification_id() or 0
+        decode = tally.app.mapper.to_domain_event
+        started = time.perf_counter()
+        position = 0
+        while True:
+            batch = tally.app.recorder.select_notifications(start=position + 1, limit=500)
+            if not batch:
+                break
+            for n in batch:
+                decode(n)
+            position = batch[-1].id
+        read_s = time.perf_counter() - started
+        runner = ProjectionRunner(tally.database, tally.app.recorder, decode, PointsProjection())
+        started = time.perf_counter()
+        runner.run_until_caught_up()
+        seconds = time.perf_counter() - started
+    finally:
+        tally.close()
+    return {
+        "case": "rebuild",
+        "what": f"points projection from zero, {events:,} events",
+        "rate": events / seconds,
+        "unit": "events/s",
+        "seconds": seconds,
+        "reference": "read and decode the same events, write nothing",
+        "reference_rate": events / read_s,
+    }
+
+
+def _latencies(call: Callable[[], Any], count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - started) * 1000)
+    return sorted(out)
+
+
+def _p(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def case_list(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    path = folder / "one-member.jsonl"
+    path.write_text("\n".join(history_lines(1, sizes.history + 1, member_prefix="solo")) + "\n")
+    with scratch("list") as url:
+        new_program(url)
+        run_import(url, path)
+        server = ServerProcess(SERVERS[0], url, folder)
+        try:
+            asyncio.run(server.wait_serving())
+            with grpc.insecure_channel(server.target) as channel:
+                stub = pb_grpc.LedgerServiceStub(channel)
+                member = {"program_id": "p", "member_id": "solo0"}
+                first = _latencies(
+                    lambda: stub.ListTransactions(
+                        pb.ListTransactionsRequest(**member, page_size=100)
+                    ),
+                    200,
+                )
+                pages: list[str] = []
+                token, started = "", time.perf_counter()
+                while True:
+                    response = stub.ListTransactions(
+                        pb.ListTransactionsRequest(**member, page_size=100, page_token=token)
+                    )
+                    token = response.next_page_token
+                    if not token:
+                        break
+                    pages.append(token)
+                walk_s = time.perf_counter() - started
+                deep_token = pages[len(pages) * 9 // 10] if pages else ""
+                deep = _latencies(
+                    lambda: stub.ListTransactions(
+                        pb.ListTransactionsRequest(**member, page_size=100, page_token=deep_token)
+                    ),
+                    200,
+                )
+                account = _latencies(lambda: stub.GetAccount(pb.GetAccountRequest(**member)), 200)
+        finally:
+            server.stop()
+    common = {"unit": "ms", "reference": "GetAccount of the same member"}
+    return [
+        {"case": "list-first-page", "what": f"first 100 of {sizes.history:,}",
+         "p50": _p(first, 0.5), "p99": _p(first, 0.99),
+         "reference_p50": _p(account, 0.5), "reference_p99": _p(account, 0.99), **common},
+        {"case": "list-deep-page", "what": "a page 90% into the history",
+         "p50": _p(deep, 0.5), "p99": _p(deep, 0.99),
+         "reference_p50": _p(account, 0.5), "reference_p99": _p(account, 0.99), **common},
+        {"case": "list-all-pages", "what": f"{len(pages) + 1} pages of 100, one after another",
+         "seconds": walk_s, "unit": "s"},
+    ]  # fmt: skip
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    path = folder / "members.jsonl"
+    path.write_text("\n".join(history_lines(sizes.accounts, sizes.accounts)) + "\n")
+    results: dict[str, float] = {}
+    with scratch("accounts") as url:
+        new_program(url)
+        for label in ("empty", "full"):
+            if label == "full":
+                run_import(url, path)
+            server = ServerProcess(SERVERS[0], url, folder)
+            try:
+                asyncio.run(server.wait_serving())
+                with grpc.insecure_channel(server.target) as channel:
+                    stub = pb_grpc.LedgerServiceStub(channel)
+                    count = sizes.accounts if label == "full" else 0
+                    # Touch every account once through the writer (the cached path).
+                    for start in range(0, count, 1000):
+                        stub.ExecuteBatch(
+                            pb.ExecuteBatchRequest(
+                                program_id="p",
+                                commands=[
+                                    pb.BatchCommand(
+                                        earn=pb.EarnRequest(
+                                            member_id=f"m{i}",
+                                            points=1,
+                                            store_id="s",
+                                            request_id=f"touch-{i}",
+                                        )
+                                    )
+                                    for i in range(start, min(count, start + 1000))
+                                ],
+                            ),
+                            timeout=600,
+                        )
+                results[label] = rss_mib(server.pid)
+            finally:
+                server.stop()
+    return [
+        {
+            "case": "accounts-rss",
+            "what": f"server RSS with {sizes.accounts:,} accounts, each written once",
+            "rss_mib": results["full"],
+            "unit": "MiB",
+            "reference": "the same server, empty database",
+            "reference_rss_mib": results["empty"],
+        }
+    ]
+
+
+CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
+    "import": case_import_and_rebuild,  # also measures the rebuild, over the imported log
+    "list": case_list,
+    "accounts": case_accounts,
+}
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        if "rate" in r:
+            ratio = r["rate"] / r["reference_rate"] if r.get("reference_rate") else 0
+            lines.append(
+                f"{r['case']:<16} {r['rate']:>10,.0f} {r['unit']:<10} reference "
+                f"{r['reference_rate']:>10,.0f} ({ratio:.2f}x)  {r['what']}; "
+                f"reference: {r['reference']}"
+            )
+        elif "p50" in r:
+            lines.append(
+                f"{r['case']:<16} p50 {r['p50']:6.2f} ms p99 {r['p99']:6.2f} ms  reference p50 "
+                f"{r['reference_p50']:5.2f} ms p99 {r['reference_p99']:5.2f} ms  {r['what']}"
+            )
+        elif "rss_mib" in r:
+            lines.append(
+                f"{r['case']:<16} {r['rss_mib']:8.0f} MiB  reference {r['reference_rss_mib']:.0f}"
+                f" MiB  {r['what']}"
+            )
+        else:
+            lines.append(f"{r['case']:<16} {r['seconds']:8.2f} s  {r['what']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true")
+    which.add_argument("--smoke", action="store_true")
+    parser.add_argument("--cases", help=f"comma-separated, of {','.join(CASES)}")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    sizes = MODES[mode]
+    names = args.cases.split(",") if args.cases else list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tally-offline-") as folder:
+        for name in names:
+            print(f"[{name}] ...", file=sys.stderr, flush=True)
+            rows += CASES[name](sizes, Path(folder))
+    print(f"Tally bulk cases ({mode}); {sizes}")
+    print(render(rows))
+    out = args.json or RESULTS / f"offline-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"mode": mode, "machine": machine(), "rows": rows}, indent=2))
+    print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
