@@ -1,4 +1,4 @@
-"""The `ledger` command: serve, migrate, import, demo."""
+"""The `ledger` command: serve, migrate, import, audit, export, demo."""
 
 from __future__ import annotations
 
@@ -83,6 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--batch-size", type=int, default=1000, help="records per batch")
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    audit = sub.add_parser("audit", help="auditors' tools: verify the log, replay projections")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="recompute every hash chain and checkpoint; non-zero exit on findings"
+    )
+    _database_arg(verify)
+    verify.add_argument("--program", default="", help="only this program's accounts")
+    verify.add_argument(
+        "--public-key", help="the trusted Ed25519 key (PEM) the checkpoints must be signed with"
+    )
+    replay = audit_sub.add_parser(
+        "replay", help="rebuild the read models from the log elsewhere and compare them"
+    )
+    _database_arg(replay)
+    checkpoint = audit_sub.add_parser("checkpoint", help="write a checkpoint now")
+    _database_arg(checkpoint)
+
+    export = sub.add_parser("export", help="export data for auditors")
+    export_sub = export.add_subparsers(dest="export_command", required=True)
+    events = export_sub.add_parser("events", help="every event as JSON lines, in log order")
+    _database_arg(events)
+    events.add_argument("--since-position", type=int, default=0, help="after this position")
+
     demo = sub.add_parser("demo", help="earn and redeem points against a running server")
     demo.add_argument("--target", default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN))
 
@@ -111,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import":
         return _import(args)
+    if args.command == "audit":
+        from ledger.audit.commands import run_audit
+
+        return run_audit(args)
+    if args.command == "export":
+        from ledger.audit.commands import export_events
+
+        return export_events(args.database, args.since_position)
     if args.command == "demo":
         return _demo(args.target)
     return 2

@@ -15,12 +15,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ledger.api.audit_service import AuditServicer
 from ledger.api.ledger_service import LedgerServicer
 from ledger.runtime import Tally
-from ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger(__name__)
-SERVICE_NAMES = (ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,)
+SERVICE_NAMES = (
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
 
 
 class InsecureListenAddress(ValueError):
@@ -68,6 +72,7 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
         ]
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(tally, executor), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):

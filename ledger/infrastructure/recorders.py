@@ -1,5 +1,6 @@
-"""Our event-store recorders: the library's, with a cheaper insert and the idempotency
-records written in the same transaction as the events.
+"""Our event-store recorders: the library's, with a cheaper insert, the idempotency
+records written in the same transaction as the events, and each event's place in its
+account's hash chain (prev_hash, hash: ledger/infrastructure/chain.py) stored with it.
 
 `app.save(*aggregates, requests=[StoredRequest, ...])` reaches `insert_events(...,
 requests=...)` here: the rows go into the requests table inside the events' transaction, so a
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
@@ -25,16 +27,21 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from ledger.infrastructure.chain import ChainHeads
 from ledger.infrastructure.requests import COLUMNS, StoredRequest, sqlite_row
+
+Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
 
 
 class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.heads = ChainHeads()
         self.insert_events_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
+            "INSERT INTO {schema}.{table}"
+            " (originator_id, originator_version, topic, state, prev_hash, hash)"
+            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[],"
+            " %b::bytea[], %b::bytea[]) RETURNING notification_id"
         ).format(
             schema=Identifier(self.datastore.schema),
             table=Identifier(self.events_table_name),
@@ -44,6 +51,30 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
             "%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
             " %b::bytea[], %b::uuid[], %b::bigint[])"
         ).format(schema=Identifier(self.datastore.schema), columns=SQL(COLUMNS))
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        links = self.heads.link(stored_events, self._chain_heads)
+        ids: Sequence[int] | None = super().insert_events(stored_events, links=links, **kwargs)
+        self.heads.remember(stored_events, links)
+        return ids
+
+    def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
+        # Committed events never change: reading them outside the insert's transaction is safe.
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "SELECT originator_id, hash FROM {schema}.{table}"
+                    " WHERE (originator_id, originator_version) IN"
+                    " (SELECT * FROM unnest(%b::uuid[], %b::bigint[])) AND hash IS NOT NULL"
+                ).format(
+                    schema=Identifier(self.datastore.schema),
+                    table=Identifier(self.events_table_name),
+                ),
+                ([k[0] for k in keys], [k[1] for k in keys]),
+            )
+            return {row["originator_id"]: bytes(row["hash"]) for row in curs.fetchall()}
 
     # The library runs _insert_events, then (if there are events) _insert_stored_events, in
     # one pipelined transaction. The request rows go after the events: the library prepares
@@ -68,6 +99,7 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
         curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         *,
+        links: Links = (),
         requests: Sequence[StoredRequest] = (),
         **kwargs: Any,
     ) -> None:
@@ -80,6 +112,8 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
                 [e.originator_version for e in stored_events],
                 [e.topic for e in stored_events],
                 [e.state for e in stored_events],
+                [link[0] for link in links],
+                [link[1] for link in links],
             ),
             prepare=False,
         )
@@ -94,11 +128,38 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
 
 
 class TallySqliteApplicationRecorder(SQLiteApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heads = ChainHeads()
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        links = self.heads.link(stored_events, self._chain_heads)
+        ids: Sequence[int] | None = super().insert_events(stored_events, links=links, **kwargs)
+        self.heads.remember(stored_events, links)
+        return ids
+
+    def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
+        found: dict[UUID, bytes] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(keys), 400):
+                chunk = keys[start : start + 400]
+                c.execute(
+                    f"SELECT originator_id, hash FROM {self.events_table_name}"
+                    " WHERE (originator_id, originator_version) IN"
+                    f" (VALUES {','.join(['(?,?)'] * len(chunk))}) AND hash IS NOT NULL",
+                    [value for oid, version in chunk for value in (oid.hex, version)],
+                )
+                found.update({UUID(row[0]): bytes(row[1]) for row in c.fetchall()})
+        return found
+
     def _insert_events(
         self,
         c: SQLiteCursor,
         stored_events: Sequence[StoredEvent],
         *,
+        links: Links = (),
         requests: Sequence[StoredRequest] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
@@ -108,7 +169,19 @@ class TallySqliteApplicationRecorder(SQLiteApplicationRecorder):
                 f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})",
                 [sqlite_row(r) for r in requests],
             )
-        return super()._insert_events(c, stored_events, **kwargs)
+        positions = []
+        for e, (prev_hash, digest) in zip(stored_events, links, strict=True):
+            c.execute(
+                f"INSERT INTO {self.events_table_name} (originator_id, originator_version,"
+                " topic, state, prev_hash, hash) VALUES (?,?,?,?,?,?)",
+                (_hex(e.originator_id), e.originator_version, e.topic, e.state, prev_hash, digest),
+            )
+            positions.append(c.lastrowid)
+        return positions
+
+
+def _hex(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
 class TallyPostgresFactory(PostgresFactory):

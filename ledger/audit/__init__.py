@@ -1,0 +1,1 @@
+"""Auditors' tools: checkpoints, verification of the hash chains, replay, the event stream."""

@@ -1,0 +1,154 @@
+"""The log as auditors read it: every stored event with its position, account, type, times,
+full JSON content and hashes, read straight from the events table (no read model involved).
+Used by StreamEvents, GetAccountHistory and `ledger export events`."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ledger.audit.verify import Row, read_rows
+from ledger.domain.ids import account_id_key
+from ledger.infrastructure.database import Database
+from ledger.infrastructure.eventlog import events_table, stored_id
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    position: int
+    aggregate_id: str
+    version: int
+    program_id: str
+    member_id: str  # "" for program events
+    event_type: str
+    transaction_id: str
+    occurred_at: datetime | None
+    recorded_at: datetime | None
+    payload_json: str  # the stored state, exactly
+    hash: str  # hex
+    prev_hash: str  # hex
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for key in ("occurred_at", "recorded_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        data["payload"] = json.loads(data.pop("payload_json") or "null")
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _unwrap(value: Any) -> Any:
+    """The library's transcoding wraps custom types as {"_type_": ..., "_data_": ...}."""
+    if isinstance(value, dict) and "_type_" in value and "_data_" in value:
+        return value["_data_"]
+    return value
+
+
+def _moment(value: Any) -> datetime | None:
+    value = _unwrap(value)
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+class EventReader:
+    def __init__(self, db: Database, names: int = 100_000) -> None:
+        self.db = db
+        # aggregate id -> (program_id, member_id), from its first event
+        self._names: OrderedDict[UUID, tuple[str, str]] = OrderedDict()
+        self._capacity = names
+
+    def scan(self, position: int, limit: int) -> tuple[list[AuditEvent], int]:
+        """One batch of `limit` rows after `position`: (their events, last position read)."""
+        rows = []
+        for row in read_rows(self.db, after=position, batch=limit):
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+        return [self.record(r) for r in rows], (rows[-1].position if rows else position)
+
+    def history(self, program_id: str, member_id: str) -> list[AuditEvent]:
+        table, position = events_table(self.db)
+        oid = account_id_key(program_id, member_id)
+        with self.db.read() as cur:
+            cur.execute(
+                f"SELECT {position}, originator_id, originator_version, topic, state, prev_hash,"
+                f" hash FROM {table} WHERE originator_id = ? ORDER BY originator_version",
+                (stored_id(self.db, oid),),
+            )
+            rows = cur.fetchall()
+        return [
+            self.record(
+                Row(
+                    int(r[0]),
+                    oid,
+                    int(r[2]),
+                    str(r[3]),
+                    bytes(r[4]),
+                    bytes(r[5]) if r[5] is not None else None,
+                    bytes(r[6]) if r[6] is not None else None,
+                )
+            )
+            for r in rows
+        ]
+
+    def record(self, row: Row) -> AuditEvent:
+        text = row.state.decode("utf-8", errors="replace")
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if row.version == 1:
+            self._remember(
+                row.originator_id,
+                str(payload.get("program_id", "")),
+                str(payload.get("member_id", "")),
+            )
+        program_id, member_id = self._name(row.originator_id)
+        provenance = _unwrap(payload.get("provenance")) or {}
+        transaction_id = provenance.get("transaction_id") or payload.get("transaction_id", "")
+        return AuditEvent(
+            position=row.position,
+            aggregate_id=str(row.originator_id),
+            version=row.version,
+            program_id=program_id,
+            member_id=member_id,
+            event_type=row.topic.rsplit(".", 1)[-1],
+            transaction_id=str(transaction_id or ""),
+            occurred_at=_moment(provenance.get("occurred_at")) or _moment(payload.get("timestamp")),
+            recorded_at=_moment(payload.get("timestamp")),
+            payload_json=text,
+            hash=row.hash.hex() if row.hash else "",
+            prev_hash=row.prev_hash.hex() if row.prev_hash else "",
+        )
+
+    def _remember(self, oid: UUID, program_id: str, member_id: str) -> None:
+        self._names[oid] = (program_id, member_id)
+        self._names.move_to_end(oid)
+        while len(self._names) > self._capacity:
+            self._names.popitem(last=False)
+
+    def _name(self, oid: UUID) -> tuple[str, str]:
+        names = self._names.get(oid)
+        if names is None:
+            table, _ = events_table(self.db)
+            with self.db.read() as cur:
+                cur.execute(
+                    f"SELECT state FROM {table} WHERE originator_id = ? AND originator_version = 1",
+                    (stored_id(self.db, oid),),
+                )
+                found = cur.fetchone()
+            try:
+                first = json.loads(bytes(found[0])) if found else {}
+            except ValueError:
+                first = {}
+            first = first if isinstance(first, dict) else {}
+            names = (str(first.get("program_id", "")), str(first.get("member_id", "")))
+            self._remember(oid, *names)
+        return names
