@@ -233,7 +233,7 @@ def case_list(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             asyncio.run(server.wait_serving())
             with grpc.insecure_channel(server.target) as channel:
                 stub = pb_grpc.LedgerServiceStub(channel)
-                member = {"program_id": "p", "member_id": "solo0"}
+                member: dict[str, Any] = {"program_id": "p", "member_id": "solo0"}
                 first = _latencies(
                     lambda: stub.ListTransactions(
                         pb.ListTransactionsRequest(**member, page_size=100)
