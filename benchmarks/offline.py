@@ -318,6 +318,7 @@ def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
                 results[label] = rss_mib(server.pid)
             finally:
                 server.stop()
+        verified = verify_rate(url)
     return [
         {
             "case": "accounts-rss",
@@ -326,8 +327,36 @@ def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             "unit": "MiB",
             "reference": "the same server, empty database",
             "reference_rss_mib": results["empty"],
-        }
+        },
+        verified,
     ]
+
+
+def verify_rate(url: str) -> dict[str, Any]:
+    """`ledger audit verify` over the whole log (hash chains and checkpoints)."""
+    subprocess.run([LEDGER, "audit", "checkpoint", "--database", url], check=True, text=True,
+                   capture_output=True)  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(
+        [LEDGER, "audit", "verify", "--database", url], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"verify failed: {done.stdout[-1000:]}{done.stderr[-1000:]}")
+    events = int(done.stdout.split("ok: ", 1)[1].split(" events", 1)[0])
+    with psycopg.connect(url) as conn:
+        started = time.perf_counter()
+        conn.execute("SELECT sum(length(state)) FROM ledger_events").fetchone()
+        scan_s = time.perf_counter() - started
+    return {
+        "case": "verify",
+        "what": f"ledger audit verify, {events:,} events (process start included)",
+        "rate": events / seconds,
+        "unit": "events/s",
+        "seconds": seconds,
+        "reference": "PostgreSQL scanning the same states (sum of lengths)",
+        "reference_rate": events / scan_s,
+    }
 
 
 CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {

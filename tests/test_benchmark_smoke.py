@@ -65,8 +65,10 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "list-deep-page",
         "list-all-pages",
         "accounts-rss",
+        "verify",
     }
     assert rows["import"]["rate"] > 0
     assert rows["rebuild"]["rate"] > 0
     assert rows["list-first-page"]["p50"] > 0
     assert rows["accounts-rss"]["rss_mib"] > 0
+    assert rows["verify"]["rate"] > 0

@@ -12,6 +12,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ import pytest
 from ledger.v1 import audit_pb2 as apb
 from ledger.v1 import audit_pb2_grpc as apb_grpc
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, Refusal, ServerThread, log_head, new_id, refusal, refused
+from tests.support import Client, Refusal, ServerThread, log_head, new_id, refused
 
 Event = apb.StreamEventsResponse
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -77,7 +78,7 @@ def positions(events: list[Event]) -> list[int]:
 
 def assert_strictly_increasing(events: list[Event]) -> None:
     at = positions(events)
-    assert all(a < b for a, b in zip(at, at[1:], strict=False)), at
+    assert all(a < b for a, b in pairwise(at)), at
 
 
 def assert_well_formed(event: Event) -> None:
@@ -108,7 +109,7 @@ def assert_chained(events: list[Event]) -> None:
         (e.position, e.version) for e in events
     ]
     assert events[0].prev_hash == GENESIS
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in pairwise(events):
         assert after.prev_hash == before.hash, (before, after)
         assert after.position > before.position
     assert len({e.hash for e in events}) == len(events), "every event has a hash of its own"
