@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from psycopg import Cursor
@@ -33,7 +33,30 @@ from ledger.infrastructure.requests import COLUMNS, StoredRequest, sqlite_row
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
 
 
-class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
+class ChainedInserts(ApplicationRecorder):
+    """Links each batch of events into their accounts' chains before the backend's insert
+    (which receives them as `links`), and remembers the new heads once it has committed."""
+
+    heads: ChainHeads
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        links = self.heads.link(stored_events, self._chain_heads)
+        # super() is the backend's recorder, which follows this mixin in the MRO.
+        ids: Sequence[int] | None = super().insert_events(  # type: ignore[safe-super]
+            stored_events, links=links, **kwargs
+        )
+        self.heads.remember(stored_events, links)
+        return ids
+
+    def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
+        """The stored hash of each (aggregate, version); committed events never change, so
+        this may read outside the insert's transaction."""
+        raise NotImplementedError
+
+
+class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
@@ -52,16 +75,7 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
             " %b::bytea[], %b::uuid[], %b::bigint[])"
         ).format(schema=Identifier(self.datastore.schema), columns=SQL(COLUMNS))
 
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        links = self.heads.link(stored_events, self._chain_heads)
-        ids: Sequence[int] | None = super().insert_events(stored_events, links=links, **kwargs)
-        self.heads.remember(stored_events, links)
-        return ids
-
     def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
-        # Committed events never change: reading them outside the insert's transaction is safe.
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
                 SQL(
@@ -127,18 +141,10 @@ class TallyPostgresApplicationRecorder(PostgresApplicationRecorder):
         curs.execute(self.insert_requests_statement, columns, prepare=False)
 
 
-class TallySqliteApplicationRecorder(SQLiteApplicationRecorder):
+class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
-
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        links = self.heads.link(stored_events, self._chain_heads)
-        ids: Sequence[int] | None = super().insert_events(stored_events, links=links, **kwargs)
-        self.heads.remember(stored_events, links)
-        return ids
 
     def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
         found: dict[UUID, bytes] = {}
