@@ -29,6 +29,7 @@ GENESIS = "0" * 64
 FOLLOW_TIMEOUT_SECONDS = 60.0
 WRITER_THREADS = 4
 EARNS_PER_WRITER = 50
+CAUGHT_UP = 600  # earns written before a following stream starts
 
 
 @pytest.fixture
@@ -63,6 +64,26 @@ def enroll(client: Client, program: str, member: str | None = None) -> pb.Enroll
         timeout=30,
     )
     return response
+
+
+def earn_in_batch(client: Client, program: str, members: list[str]) -> set[str]:
+    """One earn of a point for each of `members` (repeats allowed), in one ExecuteBatch."""
+    response: pb.ExecuteBatchResponse = client.stub.ExecuteBatch(
+        pb.ExecuteBatchRequest(
+            program_id=program,
+            commands=[
+                pb.BatchCommand(
+                    earn=pb.EarnRequest(
+                        member_id=m, points=1, store_id="store-1", request_id=new_id("req")
+                    )
+                )
+                for m in members
+            ],
+        ),
+        timeout=120,
+    )
+    assert all(r.HasField("earn") for r in response.results), response
+    return {r.earn.transaction_id for r in response.results}
 
 
 def stream(
@@ -207,16 +228,22 @@ def test_follow_delivers_every_event_once_across_catch_up_and_live(
     client: Client, audit: apb_grpc.AuditServiceStub, server: ServerThread
 ) -> None:
     start = log_head(server)
-    program = create_program(client).program.program_id
+    created = create_program(client)
+    program = created.program.program_id
     elsewhere = create_program(client).program.program_id
     outsider = enroll(client, elsewhere).account.member_id
-    members = [enroll(client, program).account.member_id for _ in range(WRITER_THREADS)]
-    # Events already in the log when the stream starts: it must catch up on these.
-    earned = {client.earn(program, m, 1).transaction_id for m in members for _ in range(3)}
+    enrolled = [enroll(client, program) for _ in range(WRITER_THREADS)]
+    members = [e.account.member_id for e in enrolled]
+    # Events already in the log when the stream starts: it must catch up on these, over
+    # more than one of the server's reads (500 events each).
+    earned = earn_in_batch(client, program, members * (CAUGHT_UP // WRITER_THREADS))
+    # Every transaction of the programme, whatever its kind: these must all stream, once.
+    written = {created.transaction_id} | {e.transaction_id for e in enrolled} | earned
 
     received: list[Event] = []
     failures: list[grpc.RpcError] = []
     arrived = threading.Condition()
+    ended = threading.Event()
     call = audit.StreamEvents(
         apb.StreamEventsRequest(from_position=start, program_id=program, follow=True)
     )
@@ -230,6 +257,10 @@ def test_follow_delivers_every_event_once_across_catch_up_and_live(
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 failures.append(e)
+        finally:
+            with arrived:
+                ended.set()
+                arrived.notify_all()
 
     def write(member: str) -> list[str]:
         return [client.earn(program, member, 2).transaction_id for _ in range(EARNS_PER_WRITER)]
@@ -237,25 +268,41 @@ def test_follow_delivers_every_event_once_across_catch_up_and_live(
     def write_elsewhere() -> list[str]:
         return [client.earn(elsewhere, outsider, 3).transaction_id for _ in range(20)]
 
+    def enroll_more() -> list[str]:
+        """Other kinds of writes of the programme meanwhile: new accounts, the programme."""
+        done = []
+        for n in range(10):
+            done.append(enroll(client, program).transaction_id)
+            renamed: pb.UpdateProgramResponse = client.stub.UpdateProgram(
+                pb.UpdateProgramRequest(
+                    program_id=program, display_name=f"Renamed {n}", request_id=new_id("req")
+                ),
+                timeout=30,
+            )
+            done.append(renamed.transaction_id)
+        return done
+
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
     try:
-        with ThreadPoolExecutor(WRITER_THREADS + 1) as pool:
+        with ThreadPoolExecutor(WRITER_THREADS + 2) as pool:
             writers = [pool.submit(write, m) for m in members]
+            others = pool.submit(enroll_more)
             noise = pool.submit(write_elsewhere)
             for writer in writers:
                 earned.update(writer.result(timeout=120))
+            written |= earned | set(others.result(timeout=120))
             foreign = set(noise.result(timeout=120))
-        assert len(earned) == WRITER_THREADS * (EARNS_PER_WRITER + 3)
+        assert len(earned) == CAUGHT_UP + WRITER_THREADS * EARNS_PER_WRITER
+        assert len(written) == 1 + WRITER_THREADS + len(earned) + 20
 
         def complete() -> bool:
-            got = {e.transaction_id for e in received if e.event_type == "PointsEarned"}
-            return bool(failures) or earned <= got
+            return ended.is_set() or written <= {e.transaction_id for e in received}
 
         with arrived:
             arrived.wait_for(complete, timeout=FOLLOW_TIMEOUT_SECONDS)
         assert not failures, failures
-        assert reader.is_alive(), "a following stream does not end by itself"
+        assert not ended.is_set(), "a following stream does not end by itself"
     finally:
         call.cancel()
         reader.join(timeout=10)
@@ -269,6 +316,7 @@ def test_follow_delivers_every_event_once_across_catch_up_and_live(
     assert not missing, f"{len(missing)} earns never streamed"
     assert len(streamed) == len(set(streamed)), "an earn was streamed twice"
     assert set(streamed) == earned
+    assert sorted(e.transaction_id for e in events) == sorted(written)
     assert not foreign & {e.transaction_id for e in events}
     assert {e.program_id for e in events} == {program}
     assert all(e.position > start for e in events)
