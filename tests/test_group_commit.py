@@ -164,3 +164,24 @@ def test_an_enrolment_racing_another_writer_is_answered_as_already_enrolled(
     assert isinstance(results[0], errors.MemberAlreadyEnrolled)
     assert isinstance(results[1], Outcome)
     assert app.get_account("p", "x").available == 5
+
+
+def test_accounts_a_writer_has_not_cached_are_read_together_and_decide_correctly(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _setup(tally, ["a", "b", "c"])
+    app = tally.app
+    app.execute_group([earn(m, 50, f"{m}-1") for m in "abc"], AccountCache(100))
+    app.execute_group([redeem("b", 20, "b-2")], AccountCache(100))
+    one_by_one: list[str] = []
+    monkeypatch.setattr(app, "get_account", lambda p, m: one_by_one.append(m))
+
+    results = app.execute_group(
+        [redeem("a", 50, "a-3"), redeem("b", 31, "b-3"), earn("c", 1, "c-3")], AccountCache(100)
+    )
+
+    assert one_by_one == []  # all three came from the one query
+    assert [type(r).__name__ for r in results] == ["Outcome", "InsufficientPoints", "Outcome"]
+    outcomes: list[Any] = results
+    assert outcomes[0].account.points_available == 0
+    assert outcomes[2].account.points_available == 51

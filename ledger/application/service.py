@@ -38,7 +38,7 @@ from ledger.domain.program import Program, ProgramSettingsAsDict
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
 from ledger.domain.request import RequestRecord
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import existing_originators
+from ledger.infrastructure.eventlog import existing_originators, stored_events_of
 from ledger.infrastructure.requests import StoredRequest, existing_requests, find_request
 
 MAX_ATTEMPTS = 20
@@ -268,6 +268,14 @@ class LedgerApplication(Application[UUID]):
             account_id_key(x.program_id, x.member_id) for x in cmds if isinstance(x, c.EnrollMember)
         ]
         enrolled = existing_originators(self.database, enrolling) if enrolling else set()
+        # Accounts this writer has not cached: read them all in one query, not one each.
+        cold = {
+            key
+            for x in cmds
+            if not isinstance(x, c.EnrollMember)
+            and (key := account_id_key(x.program_id, x.member_id)) not in cache
+        }
+        loaded = self._load_accounts(list(cold)) if len(cold) > 1 else {}
         recorded = (
             existing_requests(self.database, record_ids) if look_for_duplicates or atomic else set()
         )
@@ -301,10 +309,12 @@ class LedgerApplication(Application[UUID]):
                         )
                         continue
                     if account_id not in touched:
-                        cached = cache.get(account_id)
+                        known = cache.get(account_id)
+                        if known is None:
+                            known = loaded.get(account_id)
                         touched[account_id] = (
-                            cached
-                            if cached is not None
+                            known
+                            if known is not None
                             else (self.get_account(cmd.program_id, cmd.member_id))
                         )
                     account = touched[account_id]
@@ -612,6 +622,16 @@ class LedgerApplication(Application[UUID]):
             originator_version=row.originator_version,
         )
         return record, position
+
+    def _load_accounts(self, account_ids: list[UUID]) -> dict[UUID, MemberAccount]:
+        """The current state of these accounts from their stored events (absent: no events)."""
+        accounts: dict[UUID, MemberAccount] = {}
+        for account_id, stored in stored_events_of(self.database, account_ids).items():
+            events = [self.mapper.to_domain_event(e) for e in stored]
+            account: MemberAccount | None = project_aggregate(None, events)
+            if account is not None:
+                accounts[account_id] = account
+        return accounts
 
     def _exists(self, aggregate_id: UUID) -> bool:
         return aggregate_id in existing_originators(self.database, [aggregate_id])

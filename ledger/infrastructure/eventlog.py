@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
+
 from ledger.infrastructure.database import Database
 
 
@@ -40,3 +42,23 @@ def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
         cur.execute(sql, [stored_id(db, i) for i in originator_ids])
         rows = cur.fetchall()
     return {r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows}
+
+
+def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
+    """Every stored event of these aggregates, in version order (one query)."""
+    if not originator_ids:
+        return {}
+    table, _ = events_table(db)
+    marks = ",".join("?" * len(originator_ids))
+    sql = (
+        f"SELECT originator_id, originator_version, topic, state FROM {table}"
+        f" WHERE originator_id IN ({marks}) ORDER BY originator_id, originator_version"
+    )
+    with db.read() as cur:
+        cur.execute(sql, [stored_id(db, i) for i in originator_ids])
+        rows = cur.fetchall()
+    found: dict[UUID, list[StoredEvent]] = {}
+    for oid, version, topic, state in rows:
+        key = oid if isinstance(oid, UUID) else UUID(str(oid))
+        found.setdefault(key, []).append(StoredEvent(key, int(version), str(topic), bytes(state)))
+    return found
