@@ -224,16 +224,24 @@ async def run_load(
     duration: float | None = None,
     count: int | None = None,
     tag: str = "load",
+    channels: int = 1,
 ) -> LoadResult:
     """Drive `target` with `callers` concurrent callers for `duration` seconds or `count`
-    calls per caller (exactly one of the two)."""
+    calls per caller (exactly one of the two), spread over `channels` connections (a server
+    of several processes on one port gets connections, not calls, spread over them)."""
     if (duration is None) == (count is None):
         raise ValueError("give exactly one of duration and count")
     if not member_ids:
         raise ValueError("need at least one member")
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        stub = pb_grpc.LedgerServiceStub(channel)
+    # A local subchannel pool per channel: otherwise gRPC shares one connection among them.
+    opened = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, channels))
+    ]
+    try:
+        for channel in opened:
+            await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        stubs = [pb_grpc.LedgerServiceStub(channel) for channel in opened]
         latencies: list[float] = []
         finished_at: list[float] = []
         errors: Counter[str] = Counter()
@@ -245,6 +253,7 @@ async def run_load(
 
         async def caller(index: int) -> None:
             nonlocal max_position
+            stub = stubs[index % len(stubs)]
             member_id = member_ids[index % len(member_ids)]
             seq = 0
             while time.perf_counter() < deadline and (count is None or seq < count):
@@ -268,6 +277,9 @@ async def run_load(
 
         await asyncio.gather(*(caller(i) for i in range(callers)))
         wall = time.perf_counter() - start
+    finally:
+        for channel in opened:
+            await channel.close()
 
     latencies.sort()
     ok = len(finished_at)

@@ -384,7 +384,13 @@ async def wait_for_quiet(limit: float, threshold: float = 0.25) -> float:
 
 
 async def one_run(
-    session: Session, case: Case, round_no: int, duration: float, tag: str, quiet_wait: float = 0.0
+    session: Session,
+    case: Case,
+    round_no: int,
+    duration: float,
+    tag: str,
+    quiet_wait: float = 0.0,
+    channels: int = 1,
 ) -> dict[str, Any]:
     prefix = f"{tag}-{case.name}-r{round_no}"
     members = [f"{case.name}.r{round_no}.m{i}" for i in range(case.members)]
@@ -406,6 +412,7 @@ async def one_run(
         case.callers,
         duration=duration,
         tag=prefix,
+        channels=channels,
     )
     busy = machine_busy_seconds() - busy
     server_cpu = process.cpu_seconds() - server_cpu
@@ -468,6 +475,7 @@ async def benchmark(
     duration: float,
     tag: str,
     quiet_wait: float = 0.0,
+    channels: int = 1,
 ) -> list[dict[str, Any]]:
     startup = await asyncio.gather(*(p.wait_serving() for p in processes))
     for p, seconds in zip(processes, startup, strict=True):
@@ -490,7 +498,9 @@ async def benchmark(
                             f"{session.process.proc.returncode}):\n"
                             f"{session.process.log_tail()}"
                         )
-                    run = await one_run(session, case, round_no, duration, tag, quiet_wait)
+                    run = await one_run(
+                        session, case, round_no, duration, tag, quiet_wait, channels
+                    )
                     _progress(run, rounds)
                     runs.append(run)
     finally:
@@ -701,6 +711,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--servers", help=f"comma-separated servers (of: {', '.join(s.name for s in SERVERS)})"
     )
     parser.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="connections the callers are spread over (default 1; a server of several "
+        "processes sharing a port, TALLY_PROCESSES=2, needs several)",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=0.0,
@@ -764,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
                 url = create_database(name)
                 databases.append(name)
             processes.append(ServerProcess(spec, url, log_dir))
-        runs = asyncio.run(benchmark(processes, cases, rounds, duration, tag, args.quiet_wait))
+        runs = asyncio.run(
+            benchmark(processes, cases, rounds, duration, tag, args.quiet_wait, args.channels)
+        )
         exits = {p.spec.name: p.returncode_if_dead() for p in processes}
         failed = False
     except KeyboardInterrupt:
@@ -800,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": duration,
         "rounds": rounds,
         "quiet_wait_s": args.quiet_wait,
+        "channels": args.channels,
+        "tally_processes": int(os.environ.get("TALLY_PROCESSES", "1")),
         "machine": info,
         "cases": [c.describe() for c in cases],
         "servers": [s.name for s in specs],

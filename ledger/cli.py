@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=os.environ.get("TALLY_LOG_LEVEL", "INFO"), handlers=[handler])
@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"HOST:PORT (env TALLY_LISTEN; default {DEFAULT_LISTEN})",
     )
     _database_arg(serve)
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("TALLY_PROCESSES", "1")),
+        help="server processes sharing the port, one per core (PostgreSQL only; "
+        "env TALLY_PROCESSES; default 1)",
+    )
     serve.add_argument(
         "--no-migrate",
         action="store_true",
@@ -110,16 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--target", default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN))
 
     args = parser.parse_args(argv)
-    _configure_logging()
+    configure_logging()
     if args.command == "serve":
-        from ledger.api.server import InsecureListenAddress
+        from ledger.api.server import InsecureListenAddress, serve_processes
         from ledger.api.server import serve as run_server
         from ledger.infrastructure.database import DatabaseUrlError
         from ledger.infrastructure.migrations import MigrationError
 
         try:
+            if args.processes > 1:
+                return serve_processes(
+                    args.database, args.listen, args.processes, not args.no_migrate
+                )
             asyncio.run(run_server(args.database, args.listen, not args.no_migrate))
-        except (InsecureListenAddress, DatabaseUrlError, MigrationError) as e:
+        except (InsecureListenAddress, DatabaseUrlError, MigrationError, ValueError) as e:
             print(f"ledger serve: {e}", file=sys.stderr)
             return 2
         return 0

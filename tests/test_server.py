@@ -290,3 +290,51 @@ def test_serve_answers_health_and_stops_gracefully_on_sigterm(backend: str, tmp_
     assert process.returncode == 0, stderr
     assert "shutting down" in stderr
     assert '"stopped"' in stderr
+
+
+def test_several_processes_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
+    with fresh_database("postgres", tmp_path) as url:
+        target = f"127.0.0.1:{free_port()}"
+        process = subprocess.Popen(
+            [LEDGER, "serve", "--listen", target, "--database", url, "--processes", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        try:
+            assert _wait_serving(target, process) == health_pb2.HealthCheckResponse.SERVING
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the second process may still be starting
+                listening = subprocess.run(
+                    ["ss", "-Hltnp", f"sport = :{target.rsplit(':', 1)[1]}"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                if len(listening.splitlines()) == 2:
+                    break
+                time.sleep(0.2)
+            assert len(listening.splitlines()) == 2, listening
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    assert process.returncode == 0, stderr
+    assert stderr.count('"stopped"') == 2
+
+
+def test_several_processes_are_refused_on_sqlite(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [LEDGER, "serve", "--database", f"sqlite:///{tmp_path / 'l.db'}", "--processes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "needs a PostgreSQL database" in done.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import multiprocessing
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 
 from ledger.api.audit_service import AuditServicer
 from ledger.api.ledger_service import LedgerServicer
+from ledger.infrastructure.database import parse_database_url
+from ledger.infrastructure.migrations import migrate
 from ledger.runtime import Tally
 from ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
@@ -69,6 +73,9 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.max_concurrent_streams", 1000),
+            # Several server processes may listen on one port (`ledger serve --processes`);
+            # the kernel spreads connections between them.
+            ("grpc.so_reuseport", 1),
         ]
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(tally, executor), server)
@@ -114,3 +121,48 @@ async def serve(database_url: str, listen: str, apply_migrations: bool = True) -
     log.info("shutting down: draining in-flight calls")
     await running.stop()
     log.info("stopped")
+
+
+class ProcessesNeedPostgres(ValueError):
+    """Several server processes need PostgreSQL: SQLite has one writing process."""
+
+
+def serve_processes(database_url: str, listen: str, processes: int, apply_migrations: bool) -> int:
+    """One server process per core, all on one port (SO_REUSEPORT): each has its own Python
+    core, writer and caches. A command for an account another process has cached makes that
+    process's next save of it conflict, and the group is re-run on fresh state (correct, at
+    the cost of a round). Projections: one process writes them (the advisory lock), the
+    others follow."""
+    config = parse_database_url(database_url)
+    if config.kind != "postgres":
+        raise ProcessesNeedPostgres("--processes above 1 needs a PostgreSQL database")
+    if listen.rsplit(":", 1)[-1] == "0":
+        raise ValueError("--processes above 1 needs a fixed port, not 0")
+    check_listen_address(listen)
+    if apply_migrations:
+        migrate(config)
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_serve_child, args=(database_url, listen), name=f"server-{i}")
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
+def _serve_child(database_url: str, listen: str) -> None:
+    from ledger.cli import configure_logging  # a spawned process starts unconfigured
+
+    configure_logging()
+    asyncio.run(serve(database_url, listen, apply_migrations=False))
