@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -101,33 +102,24 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
     def _transaction_id(self, request: Any) -> str:
         return str(uuid.uuid5(NAMESPACE, f"{request.program_id}/{request.request_id}"))
 
-    async def CreateProgram(self, request: Any, context: Any) -> pb.CreateProgramResponse:
+    async def _answer(self, handle: Callable[[Any], R], request: Any, context: Any) -> R:
         try:
-            return self._create_program(request)
+            return handle(request)
         except Refused as e:
             await context.abort(e.code, e.message)
             raise AssertionError("unreachable") from e
+
+    async def CreateProgram(self, request: Any, context: Any) -> pb.CreateProgramResponse:
+        return await self._answer(self._create_program, request, context)
 
     async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
-        try:
-            return self._enroll(request)
-        except Refused as e:
-            await context.abort(e.code, e.message)
-            raise AssertionError("unreachable") from e
+        return await self._answer(self._enroll, request, context)
 
     async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
-        try:
-            return self._earn(request)
-        except Refused as e:
-            await context.abort(e.code, e.message)
-            raise AssertionError("unreachable") from e
+        return await self._answer(self._earn, request, context)
 
     async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
-        try:
-            return self._redeem(request)
-        except Refused as e:
-            await context.abort(e.code, e.message)
-            raise AssertionError("unreachable") from e
+        return await self._answer(self._redeem, request, context)
 
     async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
         """Earns only, not atomic: each item as Earn would do it, its refusal its error."""
