@@ -185,3 +185,33 @@ def test_accounts_a_writer_has_not_cached_are_read_together_and_decide_correctly
     outcomes: list[Any] = results
     assert outcomes[0].account.points_available == 0
     assert outcomes[2].account.points_available == 51
+
+
+def test_a_long_lived_account_is_snapshotted_and_loads_from_its_snapshot(tally: Tally) -> None:
+    from eventsourcing.application import project_aggregate
+
+    from ledger.application.service import SNAPSHOT_EVERY
+    from ledger.domain.ids import account_id_key
+    from ledger.infrastructure.eventlog import stored_events_of
+    from tests.unit.test_account_model import state_of
+
+    _setup(tally, ["long"])
+    app, cache = tally.app, AccountCache(100)
+    for n in range(0, SNAPSHOT_EVERY + 30, 50):
+        group = [earn("long", 1 + k % 3, f"e{n + k}") for k in range(50)]
+        group[7] = redeem("long", 2, f"r{n}")
+        app.execute_group(group, cache)
+    account_id = account_id_key("p", "long")
+    assert app.snapshots is not None
+    snapshots = list(app.snapshots.get(account_id))
+    assert [s.originator_version for s in snapshots] == [SNAPSHOT_EVERY]
+
+    # What a writer that has not cached the account reads: the snapshot, then 51 events.
+    stored = stored_events_of(tally.database, [account_id])[account_id]
+    assert [e.originator_version for e in stored][:2] == [SNAPSHOT_EVERY, SNAPSHOT_EVERY + 1]
+    assert len(stored) == 1 + cache[account_id].version - SNAPSHOT_EVERY
+    from_snapshot = app._load_accounts([account_id])[account_id]
+    everything = project_aggregate(None, list(app.events.get(account_id)))
+    assert isinstance(everything, type(from_snapshot))
+    assert state_of(from_snapshot) == state_of(everything) == state_of(cache[account_id])
+    assert state_of(app.repository.get(account_id)) == state_of(everything)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -26,10 +26,11 @@ from eventsourcing.application import (
     ProcessingEvent,
     project_aggregate,
 )
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
 from ledger.application import commands as c
+from ledger.application.transcodings import account_transcodings
 from ledger.application.views import AccountView, Outcome, ProgramView
 from ledger.domain import errors
 from ledger.domain.account import MemberAccount
@@ -59,8 +60,12 @@ class CommandContext:
     now: datetime
 
 
+SNAPSHOT_EVERY = 200  # events of an account between snapshots (decision 10)
+
+
 class LedgerApplication(Application[UUID]):
     name = "Ledger"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {MemberAccount: SNAPSHOT_EVERY}
 
     def __init__(
         self,
@@ -93,6 +98,27 @@ class LedgerApplication(Application[UUID]):
         super().register_transcodings(transcoder)
         transcoder.register(ProvenanceAsDict())
         transcoder.register(ProgramSettingsAsDict())
+        for transcoding in account_transcodings():
+            transcoder.register(transcoding)
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot an account that just reached a multiple of SNAPSHOT_EVERY from the copy in
+        hand (the library would load it again from the store)."""
+        if self.snapshots is None:
+            return
+        snapshots = []
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if (
+                isinstance(aggregate, MemberAccount)
+                and event.originator_version % SNAPSHOT_EVERY == 0
+            ):
+                if aggregate.version == event.originator_version:
+                    snapshots.append(Snapshot.take(aggregate))
+                else:  # moved on within this save: take that version from the store
+                    self.take_snapshot(event.originator_id, event.originator_version)
+        if snapshots:
+            self.snapshots.put(snapshots)
 
     # ------------------------------------------------------------------ programs
 
@@ -627,6 +653,7 @@ class LedgerApplication(Application[UUID]):
         """The current state of these accounts from their stored events (absent: no events)."""
         accounts: dict[UUID, MemberAccount] = {}
         for account_id, stored in stored_events_of(self.database, account_ids).items():
+            # From the newest snapshot, if there is one, then the events after it.
             events = [self.mapper.to_domain_event(e) for e in stored]
             account: MemberAccount | None = project_aggregate(None, events)
             if account is not None:

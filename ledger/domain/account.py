@@ -99,6 +99,21 @@ class QualifyingWindow:
         self._since: datetime | None = None
         self._before = 0  # net qualifying points of earns before _since
 
+    @property
+    def order(self) -> list[tuple[datetime, str]]:
+        return self._order
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @classmethod
+    def restore(cls, order: list[tuple[datetime, str]], total: int) -> QualifyingWindow:
+        """From a snapshot: the earns in order and their net total."""
+        window = cls()
+        window._order, window._total = order, total
+        return window
+
     def earned(self, earn_id: str, occurred_at: datetime, points: int) -> None:
         insort(self._order, (occurred_at, earn_id))
         self._changed(occurred_at, points)

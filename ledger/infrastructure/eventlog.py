@@ -45,19 +45,33 @@ def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
 
 
 def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
-    """Every stored event of these aggregates, in version order (one query)."""
+    """For each of these aggregates: its newest snapshot (if any) followed by its events
+    after that snapshot, in version order. Two queries for all of them."""
     if not originator_ids:
         return {}
     table, _ = events_table(db)
+    snapshots = "stored_snapshots" if db.config.kind == "sqlite" else "ledger_snapshots"
     marks = ",".join("?" * len(originator_ids))
-    sql = (
-        f"SELECT originator_id, originator_version, topic, state FROM {table}"
-        f" WHERE originator_id IN ({marks}) ORDER BY originator_id, originator_version"
-    )
-    with db.read() as cur:
-        cur.execute(sql, [stored_id(db, i) for i in originator_ids])
-        rows = cur.fetchall()
+    keys = [stored_id(db, i) for i in originator_ids]
     found: dict[UUID, list[StoredEvent]] = {}
+    with db.read() as cur:
+        cur.execute(
+            f"SELECT s.originator_id, s.originator_version, s.topic, s.state FROM {snapshots} s"
+            f" JOIN (SELECT originator_id, MAX(originator_version) AS v FROM {snapshots}"
+            f" WHERE originator_id IN ({marks}) GROUP BY originator_id) m"
+            " ON s.originator_id = m.originator_id AND s.originator_version = m.v",
+            keys,
+        )
+        rows = cur.fetchall()
+        cur.execute(
+            f"SELECT originator_id, originator_version, topic, state FROM {table} e"
+            f" WHERE originator_id IN ({marks}) AND originator_version > COALESCE("
+            f"(SELECT MAX(originator_version) FROM {snapshots} s"
+            " WHERE s.originator_id = e.originator_id), 0)"
+            " ORDER BY originator_id, originator_version",
+            keys,
+        )
+        rows += cur.fetchall()
     for oid, version, topic, state in rows:
         key = oid if isinstance(oid, UUID) else UUID(str(oid))
         found.setdefault(key, []).append(StoredEvent(key, int(version), str(topic), bytes(state)))

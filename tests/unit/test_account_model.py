@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import project_aggregate
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from ledger.application.transcodings import account_transcodings
 from ledger.domain import errors
 from ledger.domain.account import MemberAccount
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
@@ -384,6 +385,8 @@ def make_mapper() -> Mapper[UUID]:
     transcoder.register(DecimalAsStr())
     transcoder.register(DatetimeAsISO())
     transcoder.register(ProvenanceAsDict())
+    for transcoding in account_transcodings():
+        transcoder.register(transcoding)
     return Mapper(transcoder=transcoder)
 
 
@@ -866,6 +869,14 @@ class AccountMachine(RuleBasedStateMachine):
     def rebuilt_from_events(self) -> None:
         assert self.replayed is not None
         assert state_of(self.replayed) == state_of(self.account)
+
+    @invariant()
+    def restored_from_a_snapshot(self) -> None:
+        # A snapshot through the JSON transcoder, then the account rebuilt from it alone.
+        stored = self.mapper.to_stored_event(Snapshot.take(self.account))
+        restored = project_aggregate(None, [self.mapper.to_domain_event(stored)])
+        assert isinstance(restored, MemberAccount)
+        assert state_of(restored) == state_of(self.account)
 
     def teardown(self) -> None:
         # And once more from nothing, from the stored events alone.
