@@ -198,7 +198,7 @@ def test_a_long_lived_account_is_snapshotted_and_loads_from_its_snapshot(tally: 
     _setup(tally, ["long"])
     app, cache = tally.app, AccountCache(100)
     for n in range(0, SNAPSHOT_EVERY + 30, 50):
-        group = [earn("long", 1 + k % 3, f"e{n + k}") for k in range(50)]
+        group: list[c.AccountCommand] = [earn("long", 1 + k % 3, f"e{n + k}") for k in range(50)]
         group[7] = redeem("long", 2, f"r{n}")
         app.execute_group(group, cache)
     account_id = account_id_key("p", "long")
