@@ -187,31 +187,35 @@ def test_accounts_a_writer_has_not_cached_are_read_together_and_decide_correctly
     assert outcomes[2].account.points_available == 51
 
 
-def test_a_long_lived_account_is_snapshotted_and_loads_from_its_snapshot(tally: Tally) -> None:
+def test_a_long_cold_load_leaves_a_snapshot_and_the_next_load_starts_from_it(
+    tally: Tally,
+) -> None:
     from eventsourcing.application import project_aggregate
 
-    from ledger.application.service import SNAPSHOT_EVERY
+    from ledger.application.service import SNAPSHOT_AFTER_REPLAYING
     from ledger.domain.ids import account_id_key
     from ledger.infrastructure.eventlog import stored_events_of
     from tests.unit.test_account_model import state_of
 
     _setup(tally, ["long"])
     app, cache = tally.app, AccountCache(100)
-    for n in range(0, SNAPSHOT_EVERY + 30, 50):
+    for n in range(0, SNAPSHOT_AFTER_REPLAYING + 30, 50):
         group: list[c.AccountCommand] = [earn("long", 1 + k % 3, f"e{n + k}") for k in range(50)]
         group[7] = redeem("long", 2, f"r{n}")
         app.execute_group(group, cache)
     account_id = account_id_key("p", "long")
+    version = cache[account_id].version
     assert app.snapshots is not None
-    snapshots = list(app.snapshots.get(account_id))
-    assert [s.originator_version for s in snapshots] == [SNAPSHOT_EVERY]
+    assert list(app.snapshots.get(account_id)) == []  # the write path never snapshots
 
-    # What a writer that has not cached the account reads: the snapshot, then 51 events.
+    first = app.get_account("p", "long")  # a cold load: replays everything, then snapshots
+    assert [s.originator_version for s in app.snapshots.get(account_id)] == [version]
+    app.execute_group([earn("long", 5, "after")], cache)
     stored = stored_events_of(tally.database, [account_id])[account_id]
-    assert [e.originator_version for e in stored][:2] == [SNAPSHOT_EVERY, SNAPSHOT_EVERY + 1]
-    assert len(stored) == 1 + cache[account_id].version - SNAPSHOT_EVERY
-    from_snapshot = app._load_accounts([account_id])[account_id]
+    assert [e.originator_version for e in stored] == [version, version + 1]
+
+    again = app._load_accounts([account_id])[account_id]
     everything = project_aggregate(None, list(app.events.get(account_id)))
-    assert isinstance(everything, type(from_snapshot))
-    assert state_of(from_snapshot) == state_of(everything) == state_of(cache[account_id])
-    assert state_of(app.repository.get(account_id)) == state_of(everything)
+    assert isinstance(everything, type(again))
+    assert state_of(again) == state_of(everything) == state_of(cache[account_id])
+    assert first.version == version

@@ -10,6 +10,7 @@ account's new state. A refused command raises before anything is saved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import threading
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -60,12 +61,13 @@ class CommandContext:
     now: datetime
 
 
-SNAPSHOT_EVERY = 200  # events of an account between snapshots (decision 10)
+# A load that had to replay this many events leaves a snapshot behind (decision 10).
+SNAPSHOT_AFTER_REPLAYING = 200
 
 
 class LedgerApplication(Application[UUID]):
     name = "Ledger"
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {MemberAccount: SNAPSHOT_EVERY}
+    is_snapshotting_enabled = True
 
     def __init__(
         self,
@@ -100,25 +102,6 @@ class LedgerApplication(Application[UUID]):
         transcoder.register(ProgramSettingsAsDict())
         for transcoding in account_transcodings():
             transcoder.register(transcoding)
-
-    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
-        """Snapshot an account that just reached a multiple of SNAPSHOT_EVERY from the copy in
-        hand (the library would load it again from the store)."""
-        if self.snapshots is None:
-            return
-        snapshots = []
-        for event in processing_event.events:
-            aggregate = processing_event.aggregates.get(event.originator_id)
-            if (
-                isinstance(aggregate, MemberAccount)
-                and event.originator_version % SNAPSHOT_EVERY == 0
-            ):
-                if aggregate.version == event.originator_version:
-                    snapshots.append(Snapshot.take(aggregate))
-                else:  # moved on within this save: take that version from the store
-                    self.take_snapshot(event.originator_id, event.originator_version)
-        if snapshots:
-            self.snapshots.put(snapshots)
 
     # ------------------------------------------------------------------ programs
 
@@ -214,13 +197,13 @@ class LedgerApplication(Application[UUID]):
         return Outcome(provenance.transaction_id, 0, account=view), account
 
     def get_account(self, program_id: str, member_id: str) -> MemberAccount:
-        try:
-            account: MemberAccount = self.repository.get(account_id_key(program_id, member_id))
-        except AggregateNotFoundError:
+        account_id = account_id_key(program_id, member_id)
+        account = self._load_accounts([account_id]).get(account_id)
+        if account is None:
             raise errors.MemberNotFound(
                 f"member {member_id} is not enrolled in program {program_id}",
                 member_id=member_id,
-            ) from None
+            )
         return account
 
     # ------------------------------------------------------------------ points
@@ -650,14 +633,24 @@ class LedgerApplication(Application[UUID]):
         return record, position
 
     def _load_accounts(self, account_ids: list[UUID]) -> dict[UUID, MemberAccount]:
-        """The current state of these accounts from their stored events (absent: no events)."""
+        """The current state of these accounts (absent: no events), from the newest snapshot
+        and the events after it. A load that replayed SNAPSHOT_AFTER_REPLAYING events or more
+        saves a snapshot, so the next one does not: the cost falls on cold loads, which are
+        slow anyway, never on the write path of an account a writer keeps in memory."""
         accounts: dict[UUID, MemberAccount] = {}
+        snapshots: list[Snapshot] = []
         for account_id, stored in stored_events_of(self.database, account_ids).items():
-            # From the newest snapshot, if there is one, then the events after it.
             events = [self.mapper.to_domain_event(e) for e in stored]
             account: MemberAccount | None = project_aggregate(None, events)
-            if account is not None:
-                accounts[account_id] = account
+            if account is None:
+                continue
+            accounts[account_id] = account
+            replayed = len(events) - (1 if isinstance(events[0], Snapshot) else 0)
+            if replayed >= SNAPSHOT_AFTER_REPLAYING:
+                snapshots.append(Snapshot.take(account))
+        if snapshots and self.snapshots is not None:
+            with contextlib.suppress(IntegrityError):  # another process took the same one
+                self.snapshots.put(snapshots)
         return accounts
 
     def _exists(self, aggregate_id: UUID) -> bool:
