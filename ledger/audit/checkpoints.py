@@ -20,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sqlite3
 import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -262,5 +264,7 @@ class Checkpointer:
             try:
                 if self.due():
                     write_checkpoint(self.db, self.key)
+            except (psycopg.IntegrityError, sqlite3.IntegrityError):
+                log.debug("another process wrote this checkpoint first")
             except Exception:
                 log.exception("checkpoint failed; trying again shortly")
