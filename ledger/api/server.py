@@ -4,6 +4,7 @@ projections are ready), server reflection, graceful shutdown on SIGTERM/SIGINT."
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import multiprocessing
@@ -25,6 +26,7 @@ from ledger.runtime import Tally
 from ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = logging.getLogger(__name__)
+FREEZE_INTERVAL_SECONDS = 10.0
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
@@ -114,13 +116,31 @@ async def serve(database_url: str, listen: str, apply_migrations: bool = True) -
         None, lambda: Tally.from_url(database_url, apply_migrations=apply_migrations)
     )
     running = await start_server(tally, listen)
+    survivors = asyncio.create_task(freeze_survivors())
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down: draining in-flight calls")
+    survivors.cancel()
     await running.stop()
     log.info("stopped")
+
+
+async def freeze_survivors(interval: float = FREEZE_INTERVAL_SECONDS) -> None:
+    """Keep the cyclic garbage collector off the cached accounts (decision 11).
+
+    The writer caches up to 50,000 accounts, millions of objects; each full collection walks
+    all of them, a pause that grows with the cache (measured: p99 150 ms with the collector,
+    105-113 ms without, at 64 callers). Every `interval` seconds the young generations are
+    collected and whatever survives is frozen: the collector no longer walks it. Frozen
+    objects are still freed by reference counting when dropped (an evicted account); only
+    a reference cycle among them would outlive its use, and the cached aggregates form none.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        gc.collect(1)
+        gc.freeze()
 
 
 class ProcessesNeedPostgres(ValueError):
