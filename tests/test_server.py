@@ -265,27 +265,41 @@ def _wait_serving(target: str, process: subprocess.Popen[str], limit: float = 60
     pytest.fail(f"ledger serve never answered health: {last}")
 
 
+def _serve(target: str, url: str, *options: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [LEDGER, "serve", "--listen", target, "--database", url, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+
+
+def _sigterm(process: subprocess.Popen[str], timeout: float) -> str:
+    """Ask the server to stop; its stderr once it has."""
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=timeout)
+    return stderr
+
+
+def _kill_if_running(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_serve_answers_health_and_stops_gracefully_on_sigterm(backend: str, tmp_path: Path) -> None:
     with fresh_database(backend, tmp_path) as url:
         target = f"127.0.0.1:{free_port()}"
-        process = subprocess.Popen(
-            [LEDGER, "serve", "--listen", target, "--database", url],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+        process = _serve(target, url)
         try:
             assert _wait_serving(target, process) == health_pb2.HealthCheckResponse.SERVING
             assert health_status(target, SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=20)
+            stderr = _sigterm(process, timeout=20)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+            _kill_if_running(process)
 
     assert process.returncode == 0, stderr
     assert "shutting down" in stderr
@@ -295,13 +309,7 @@ def test_serve_answers_health_and_stops_gracefully_on_sigterm(backend: str, tmp_
 def test_several_processes_share_one_port_and_all_stop_on_sigterm(tmp_path: Path) -> None:
     with fresh_database("postgres", tmp_path) as url:
         target = f"127.0.0.1:{free_port()}"
-        process = subprocess.Popen(
-            [LEDGER, "serve", "--listen", target, "--database", url, "--processes", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
+        process = _serve(target, url, "--processes", "2")
         try:
             assert _wait_serving(target, process) == health_pb2.HealthCheckResponse.SERVING
             deadline = time.monotonic() + 60
@@ -316,12 +324,9 @@ def test_several_processes_share_one_port_and_all_stop_on_sigterm(tmp_path: Path
                     break
                 time.sleep(0.2)
             assert len(listening.splitlines()) == 2, listening
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
+            stderr = _sigterm(process, timeout=30)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+            _kill_if_running(process)
 
     assert process.returncode == 0, stderr
     assert stderr.count('"stopped"') == 2
