@@ -100,7 +100,8 @@ class Model:
 
     def clone(self) -> Model:
         return Model(
-            lots={i: replace(lot) for i, lot in self.lots.items()},
+            # Deep enough: a refused trial must not touch the real model's stood_in dicts.
+            lots={i: replace(lot, stood_in=dict(lot.stood_in)) for i, lot in self.lots.items()},
             holds={i: MHold(list(h.taken), h.expires_at) for i, h in self.holds.items()},
             closed_holds=set(self.closed_holds),
             earns={i: replace(e) for i, e in self.earns.items()},
