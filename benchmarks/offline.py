@@ -120,6 +120,18 @@ def new_program(url: str, program_id: str = "p") -> None:
         tally.close()
 
 
+@contextmanager
+def serving(url: str, folder: Path) -> Iterator[tuple[Any, int]]:
+    """A Tally server on `url` until the block ends: (its LedgerService stub, its pid)."""
+    server = ServerProcess(SERVERS[0], url, folder)
+    try:
+        asyncio.run(server.wait_serving())
+        with grpc.insecure_channel(server.target) as channel:
+            yield pb_grpc.LedgerServiceStub(channel), server.pid
+    finally:
+        server.stop()
+
+
 def run_import(url: str, path: Path, program: str = "p") -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(
@@ -232,39 +244,31 @@ def case_list(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
     with scratch("list") as url:
         new_program(url)
         run_import(url, path)
-        server = ServerProcess(SERVERS[0], url, folder)
-        try:
-            asyncio.run(server.wait_serving())
-            with grpc.insecure_channel(server.target) as channel:
-                stub = pb_grpc.LedgerServiceStub(channel)
-                member: dict[str, Any] = {"program_id": "p", "member_id": "solo0"}
-                first = _latencies(
-                    lambda: stub.ListTransactions(
-                        pb.ListTransactionsRequest(**member, page_size=100)
-                    ),
-                    200,
+        with serving(url, folder) as (stub, _):
+            member: dict[str, Any] = {"program_id": "p", "member_id": "solo0"}
+            first = _latencies(
+                lambda: stub.ListTransactions(pb.ListTransactionsRequest(**member, page_size=100)),
+                200,
+            )
+            pages: list[str] = []
+            token, started = "", time.perf_counter()
+            while True:
+                response = stub.ListTransactions(
+                    pb.ListTransactionsRequest(**member, page_size=100, page_token=token)
                 )
-                pages: list[str] = []
-                token, started = "", time.perf_counter()
-                while True:
-                    response = stub.ListTransactions(
-                        pb.ListTransactionsRequest(**member, page_size=100, page_token=token)
-                    )
-                    token = response.next_page_token
-                    if not token:
-                        break
-                    pages.append(token)
-                walk_s = time.perf_counter() - started
-                deep_token = pages[len(pages) * 9 // 10] if pages else ""
-                deep = _latencies(
-                    lambda: stub.ListTransactions(
-                        pb.ListTransactionsRequest(**member, page_size=100, page_token=deep_token)
-                    ),
-                    200,
-                )
-                account = _latencies(lambda: stub.GetAccount(pb.GetAccountRequest(**member)), 200)
-        finally:
-            server.stop()
+                token = response.next_page_token
+                if not token:
+                    break
+                pages.append(token)
+            walk_s = time.perf_counter() - started
+            deep_token = pages[len(pages) * 9 // 10] if pages else ""
+            deep = _latencies(
+                lambda: stub.ListTransactions(
+                    pb.ListTransactionsRequest(**member, page_size=100, page_token=deep_token)
+                ),
+                200,
+            )
+            account = _latencies(lambda: stub.GetAccount(pb.GetAccountRequest(**member)), 200)
     common = {"unit": "ms", "reference": "GetAccount of the same member"}
     return [
         {"case": "list-first-page", "what": f"first 100 of {sizes.history:,}",
@@ -294,34 +298,28 @@ def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
         for label in ("empty", "full"):
             if label == "full":
                 run_import(url, path)
-            server = ServerProcess(SERVERS[0], url, folder)
-            try:
-                asyncio.run(server.wait_serving())
-                with grpc.insecure_channel(server.target) as channel:
-                    stub = pb_grpc.LedgerServiceStub(channel)
-                    count = sizes.accounts if label == "full" else 0
-                    # Touch every account once through the writer (the cached path).
-                    for start in range(0, count, 1000):
-                        stub.ExecuteBatch(
-                            pb.ExecuteBatchRequest(
-                                program_id="p",
-                                commands=[
-                                    pb.BatchCommand(
-                                        earn=pb.EarnRequest(
-                                            member_id=f"m{i}",
-                                            points=1,
-                                            store_id="s",
-                                            request_id=f"touch-{i}",
-                                        )
+            with serving(url, folder) as (stub, pid):
+                count = sizes.accounts if label == "full" else 0
+                # Touch every account once through the writer (the cached path).
+                for start in range(0, count, 1000):
+                    stub.ExecuteBatch(
+                        pb.ExecuteBatchRequest(
+                            program_id="p",
+                            commands=[
+                                pb.BatchCommand(
+                                    earn=pb.EarnRequest(
+                                        member_id=f"m{i}",
+                                        points=1,
+                                        store_id="s",
+                                        request_id=f"touch-{i}",
                                     )
-                                    for i in range(start, min(count, start + 1000))
-                                ],
-                            ),
-                            timeout=600,
-                        )
-                results[label] = rss_mib(server.pid)
-            finally:
-                server.stop()
+                                )
+                                for i in range(start, min(count, start + 1000))
+                            ],
+                        ),
+                        timeout=600,
+                    )
+                results[label] = rss_mib(pid)  # while it runs
     return [
         {
             "case": "accounts-rss",

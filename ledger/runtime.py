@@ -22,6 +22,7 @@ from ledger.infrastructure.database import (
     parse_database_url,
 )
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
+from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
 from projections.points import PointsProjection
 from projections.runner import ProjectionRunner
@@ -137,37 +138,25 @@ class CommitSignal:
                 loop.call_soon_threadsafe(event.set)
 
 
-class Sweeper:
+class Sweeper(Periodic):
     """Inside the server: holds whose TTL ran out are released within about a second, and
     lots past their expiry are expired every `lot_interval` seconds, with nobody calling."""
 
+    name = "sweeper"
+
     def __init__(self, tally: Tally, hold_interval: float = 0.5, lot_interval: float = 60.0):
+        super().__init__(hold_interval)
         self.tally = tally
         self.hold_interval = hold_interval
         self.lot_interval = lot_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._since_lots = lot_interval  # the first tick sweeps lots too
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        since_lots = self.lot_interval
-        while not self._stop.wait(self.hold_interval):
-            try:
-                self.sweep_holds()
-                since_lots += self.hold_interval
-                if since_lots >= self.lot_interval:
-                    since_lots = 0.0
-                    self.sweep_lots()
-            except Exception:
-                log.exception("sweep failed; trying again shortly")
+    def tick(self) -> None:
+        self.sweep_holds()
+        self._since_lots += self.hold_interval
+        if self._since_lots >= self.lot_interval:
+            self._since_lots = 0.0
+            self.sweep_lots()
 
     def sweep_holds(self) -> int:
         tally = self.tally

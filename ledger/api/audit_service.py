@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ledger.api.errors import InvalidArgument
-from ledger.api.ledger_service import rpc
+from ledger.api.ledger_service import abort_for, rpc
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
 from ledger.audit.checkpoints import write_checkpoint
@@ -74,7 +74,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             if request.program_id:
                 await self._known_program(request.program_id)
         except (InvalidArgument, errors.DomainError) as e:
-            await _abort(context, e)
+            await abort_for(e, context)
             return
         reader = EventReader(self.tally.database)
         position = request.from_position
@@ -155,12 +155,3 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             digest=made.digest.hex(),
             signed=made.signature is not None,
         )
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    from ledger.api.errors import domain_status, invalid_argument_status, to_grpc
-
-    if isinstance(error, InvalidArgument):
-        await context.abort_with_status(to_grpc(invalid_argument_status(error)))
-    elif isinstance(error, errors.DomainError):
-        await context.abort_with_status(to_grpc(domain_status(error)))

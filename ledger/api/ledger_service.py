@@ -44,14 +44,23 @@ def rpc(method: Handler) -> Handler:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except InvalidArgument as e:
-            await context.abort_with_status(to_grpc(invalid_argument_status(e)))
-        except errors.DomainError as e:
-            await context.abort_with_status(to_grpc(domain_status(e)))
-        except Unavailable as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except (InvalidArgument, errors.DomainError, Unavailable) as e:
+            await abort_for(e, context)
 
     return wrapper
+
+
+async def abort_for(
+    error: InvalidArgument | errors.DomainError | Unavailable, context: grpc.aio.ServicerContext
+) -> None:
+    """End the call with the status for one of our errors (a streaming RPC calls this itself:
+    `rpc` cannot wrap an async generator)."""
+    if isinstance(error, InvalidArgument):
+        await context.abort_with_status(to_grpc(invalid_argument_status(error)))
+    elif isinstance(error, errors.DomainError):
+        await context.abort_with_status(to_grpc(domain_status(error)))
+    else:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):

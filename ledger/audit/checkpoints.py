@@ -22,7 +22,6 @@ import logging
 import os
 import sqlite3
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -34,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ledger.infrastructure.chain import GENESIS
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, stored_id
+from ledger.infrastructure.eventlog import events_table, read_id, stored_id
+from ledger.periodic import Periodic
 
 log = logging.getLogger(__name__)
 _U64 = struct.Struct(">Q")
@@ -125,10 +125,6 @@ def _tables(db: Database) -> tuple[str, str]:
     return "ledger_checkpoints", "ledger_checkpoint_heads"
 
 
-def _uuid(value: object) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
-
-
 def load_checkpoints(db: Database) -> list[Checkpoint]:
     checkpoints, heads_table = _tables(db)
     with db.read() as cur:
@@ -144,7 +140,7 @@ def load_checkpoints(db: Database) -> list[Checkpoint]:
         heads: dict[int, list[Head]] = {}
         for cid, oid, version, position, digest in cur.fetchall():
             heads.setdefault(int(cid), []).append(
-                Head(_uuid(oid), int(version), int(position), bytes(digest))
+                Head(read_id(oid), int(version), int(position), bytes(digest))
             )
     return [
         Checkpoint(
@@ -198,7 +194,7 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
             (since, position),
         )
         heads = [
-            Head(_uuid(r[0]), int(r[1]), int(r[2]), bytes(r[3]) if r[3] is not None else b"")
+            Head(read_id(r[0]), int(r[1]), int(r[2]), bytes(r[3]) if r[3] is not None else b"")
             for r in cur.fetchall()
         ]
         checkpoint_id = last_id + 1
@@ -223,7 +219,8 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
     )
 
 
-class Checkpointer:
+class Checkpointer(Periodic):
+    name = "checkpointer"
     """In the server: a checkpoint whenever `every` events were written since the last one
     (looked at once a second). Another process writing the same checkpoint makes ours fail
     on its id, which is harmless: theirs covers the same events."""
@@ -231,18 +228,8 @@ class Checkpointer:
     def __init__(
         self, db: Database, key: Ed25519PrivateKey | None, every: int = 1000, interval: float = 1
     ) -> None:
-        self.db, self.key, self.every, self.interval = db, key, every, interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="checkpointer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        super().__init__(interval)
+        self.db, self.key, self.every = db, key, every
 
     def due(self) -> bool:
         checkpoints, _ = _tables(self.db)
@@ -259,12 +246,9 @@ class Checkpointer:
             found = cur.fetchone()
         return bool(found and int(found[0]) >= self.every)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if self.due():
-                    write_checkpoint(self.db, self.key)
-            except (psycopg.IntegrityError, sqlite3.IntegrityError):
-                log.debug("another process wrote this checkpoint first")
-            except Exception:
-                log.exception("checkpoint failed; trying again shortly")
+    def tick(self) -> None:
+        try:
+            if self.due():
+                write_checkpoint(self.db, self.key)
+        except (psycopg.IntegrityError, sqlite3.IntegrityError):
+            log.debug("another process wrote this checkpoint first")

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from ledger.audit.verify import Row, read_rows
+from ledger.audit.verify import Row, account_rows, read_rows
 from ledger.domain.ids import account_id_key
 from ledger.infrastructure.database import Database
 from ledger.infrastructure.eventlog import events_table, stored_id
@@ -72,29 +72,8 @@ class EventReader:
         return [self.record(r) for r in rows], (rows[-1].position if rows else position)
 
     def history(self, program_id: str, member_id: str) -> list[AuditEvent]:
-        table, position = events_table(self.db)
-        oid = account_id_key(program_id, member_id)
-        with self.db.read() as cur:
-            cur.execute(
-                f"SELECT {position}, originator_id, originator_version, topic, state, prev_hash,"
-                f" hash FROM {table} WHERE originator_id = ? ORDER BY originator_version",
-                (stored_id(self.db, oid),),
-            )
-            rows = cur.fetchall()
-        return [
-            self.record(
-                Row(
-                    int(r[0]),
-                    oid,
-                    int(r[2]),
-                    str(r[3]),
-                    bytes(r[4]),
-                    bytes(r[5]) if r[5] is not None else None,
-                    bytes(r[6]) if r[6] is not None else None,
-                )
-            )
-            for r in rows
-        ]
+        rows = account_rows(self.db, account_id_key(program_id, member_id))
+        return [self.record(row) for row in rows]
 
     def record(self, row: Row) -> AuditEvent:
         text = row.state.decode("utf-8", errors="replace")

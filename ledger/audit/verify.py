@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from ledger.audit.checkpoints import Checkpoint, checkpoint_digest, load_checkpoints, signature_ok
 from ledger.infrastructure.chain import GENESIS, event_hash
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table
+from ledger.infrastructure.eventlog import events_table, read_id, stored_id
 
 ALTERED = "ALTERED"  # the stored bytes do not give the stored hash
 BROKEN_LINK = "BROKEN_LINK"  # prev_hash is not the hash of the account's previous event
@@ -74,33 +75,54 @@ class Row:
     prev_hash: bytes | None
     hash: bytes | None
 
+    @classmethod
+    def of(cls, r: Any) -> Row:
+        """From a row of `_select(db)`."""
+        return cls(
+            int(r[0]),
+            read_id(r[1]),
+            int(r[2]),
+            str(r[3]),
+            bytes(r[4]) if r[4] is not None else b"",
+            bytes(r[5]) if r[5] is not None else None,
+            bytes(r[6]) if r[6] is not None else None,
+        )
+
+
+def _select(db: Database) -> tuple[str, str]:
+    """(SELECT ... FROM the events table, its position column)."""
+    table, position = events_table(db)
+    return (
+        f"SELECT {position}, originator_id, originator_version, topic, state, prev_hash, hash"
+        f" FROM {table}",
+        position,
+    )
+
 
 def read_rows(db: Database, after: int = 0, batch: int = 5000) -> Iterator[Row]:
     """The stored events, raw, in position order."""
-    table, position = events_table(db)
+    select, position = _select(db)
     while True:
         with db.read() as cur:
             cur.execute(
-                f"SELECT {position}, originator_id, originator_version, topic, state,"
-                f" prev_hash, hash FROM {table} WHERE {position} > ?"
-                f" ORDER BY {position} LIMIT ?",
-                (after, batch),
+                f"{select} WHERE {position} > ? ORDER BY {position} LIMIT ?", (after, batch)
             )
             rows = cur.fetchall()
         if not rows:
             return
-        for r in rows:
-            oid = r[1] if isinstance(r[1], UUID) else UUID(str(r[1]))
-            yield Row(
-                int(r[0]),
-                oid,
-                int(r[2]),
-                str(r[3]),
-                bytes(r[4]) if r[4] is not None else b"",
-                bytes(r[5]) if r[5] is not None else None,
-                bytes(r[6]) if r[6] is not None else None,
-            )
+        yield from (Row.of(r) for r in rows)
         after = int(rows[-1][0])
+
+
+def account_rows(db: Database, originator_id: UUID) -> list[Row]:
+    """One aggregate's stored events, raw, in version order."""
+    select, _ = _select(db)
+    with db.read() as cur:
+        cur.execute(
+            f"{select} WHERE originator_id = ? ORDER BY originator_version",
+            (stored_id(db, originator_id),),
+        )
+        return [Row.of(r) for r in cur.fetchall()]
 
 
 @dataclass

@@ -22,6 +22,8 @@ from uuid import UUID
 
 from eventsourcing.persistence import ProgrammingError, StoredEvent
 
+from ledger.infrastructure.eventlog import read_id
+
 GENESIS = bytes(32)
 _U64 = struct.Struct(">Q")
 
@@ -58,7 +60,7 @@ class ChainHeads:
         missing: list[tuple[UUID, int]] = []
         with self._lock:
             for e in events:
-                oid = _uuid(e.originator_id)
+                oid = read_id(e.originator_id)
                 if oid in running or e.originator_version == 1:
                     running.setdefault(oid, (0, GENESIS))
                     continue
@@ -78,7 +80,7 @@ class ChainHeads:
                 running[oid] = (version, found[oid])
         links = []
         for e in events:
-            oid = _uuid(e.originator_id)
+            oid = read_id(e.originator_id)
             prev = running[oid][1]
             digest = event_hash(prev, oid, e.originator_version, e.topic, e.state)
             running[oid] = (e.originator_version, digest)
@@ -89,12 +91,8 @@ class ChainHeads:
         """After the commit: these are now the newest events of their aggregates."""
         with self._lock:
             for e, (_, digest) in zip(events, links, strict=True):
-                oid = _uuid(e.originator_id)
+                oid = read_id(e.originator_id)
                 self._heads[oid] = (e.originator_version, digest)
                 self._heads.move_to_end(oid)
             while len(self._heads) > self.capacity:
                 self._heads.popitem(last=False)
-
-
-def _uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(value)

@@ -21,6 +21,23 @@ def stored_id(db: Database, originator_id: UUID) -> object:
     return originator_id.hex if db.config.kind == "sqlite" else originator_id
 
 
+def read_id(value: object) -> UUID:
+    """An aggregate id as read back: a uuid on PostgreSQL, hex text on SQLite."""
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def existing_ids(db: Database, table: str, column: str, ids: list[UUID]) -> set[UUID]:
+    """Which of these ids appear in `column` of `table` (one indexed query)."""
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    sql = f"SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({marks})"
+    with db.read() as cur:
+        cur.execute(sql, [stored_id(db, i) for i in ids])
+        rows = cur.fetchall()
+    return {read_id(r[0]) for r in rows}
+
+
 def position_of(db: Database, originator_id: UUID, version: int) -> int:
     """The notification id (global position) of one stored event, or 0 if absent."""
     table, position = events_table(db)
@@ -32,16 +49,8 @@ def position_of(db: Database, originator_id: UUID, version: int) -> int:
 
 
 def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
-    """Which of these aggregates have events at all (one indexed query)."""
-    if not originator_ids:
-        return set()
-    table, _ = events_table(db)
-    marks = ",".join("?" * len(originator_ids))
-    sql = f"SELECT DISTINCT originator_id FROM {table} WHERE originator_id IN ({marks})"
-    with db.read() as cur:
-        cur.execute(sql, [stored_id(db, i) for i in originator_ids])
-        rows = cur.fetchall()
-    return {r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows}
+    """Which of these aggregates have events at all."""
+    return existing_ids(db, events_table(db)[0], "originator_id", originator_ids)
 
 
 def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
@@ -73,6 +82,6 @@ def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, lis
         )
         rows += cur.fetchall()
     for oid, version, topic, state in rows:
-        key = oid if isinstance(oid, UUID) else UUID(str(oid))
+        key = read_id(oid)
         found.setdefault(key, []).append(StoredEvent(key, int(version), str(topic), bytes(state)))
     return found

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, stored_id
+from ledger.infrastructure.eventlog import events_table, existing_ids, read_id, stored_id
 
 
 class StoredRequest(NamedTuple):
@@ -55,19 +55,12 @@ def find_request(db: Database, record_id: UUID) -> tuple[StoredRequest, int] | N
         return None
     values = list(row)
     for i in (0, 7):
-        if values[i] is not None and not isinstance(values[i], UUID):
-            values[i] = UUID(str(values[i]))
+        if values[i] is not None:
+            values[i] = read_id(values[i])
     values[6] = bytes(values[6])
     return StoredRequest(*values[:9]), int(values[9] or 0)
 
 
 def existing_requests(db: Database, record_ids: list[UUID]) -> set[UUID]:
-    """Which of these requests are recorded (one indexed query)."""
-    if not record_ids:
-        return set()
-    marks = ",".join("?" * len(record_ids))
-    sql = f"SELECT record_id FROM {requests_table(db)} WHERE record_id IN ({marks})"
-    with db.read() as cur:
-        cur.execute(sql, [stored_id(db, i) for i in record_ids])
-        rows = cur.fetchall()
-    return {r[0] if isinstance(r[0], UUID) else UUID(str(r[0])) for r in rows}
+    """Which of these requests are recorded."""
+    return existing_ids(db, requests_table(db), "record_id", record_ids)
