@@ -220,10 +220,11 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
 
 
 class Checkpointer(Periodic):
-    name = "checkpointer"
     """In the server: a checkpoint whenever `every` events were written since the last one
     (looked at once a second). Another process writing the same checkpoint makes ours fail
     on its id, which is harmless: theirs covers the same events."""
+
+    name = "checkpointer"
 
     def __init__(
         self, db: Database, key: Ed25519PrivateKey | None, every: int = 1000, interval: float = 1
