@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support import Client, ServerThread, scratch_postgres
 
 BACKENDS = ["sqlite", "postgres"]
+
+# Property tests: CI runs a fixed set of examples (derandomized: the same seeds every run, so
+# a green CI is not luck); before stopping, run the random `hunt` profile with many examples:
+#   HYPOTHESIS_PROFILE=hunt TALLY_HUNT_EXAMPLES=20000 .venv/bin/pytest tests/unit
+settings.register_profile("ci", derandomize=True, max_examples=300, print_blob=True)
+settings.register_profile(
+    "hunt",
+    derandomize=False,
+    max_examples=int(os.environ.get("TALLY_HUNT_EXAMPLES", "5000")),
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.domain.account import EarnRecord, QualifyingWindow
@@ -23,7 +23,6 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=300)
 @given(steps)
 def test_running_sum_equals_a_full_sum(script: list[tuple[Any, ...]]) -> None:
     window = QualifyingWindow()
