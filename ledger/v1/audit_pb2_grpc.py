@@ -62,6 +62,10 @@ class AuditServiceServicer:
     def StreamEvents(self, request, context):
         """Every event from `from_position` (exclusive) in one global order; with `follow`, new
         events as they commit, without end. No event is skipped or repeated.
+        Errors (before the first event):
+        INVALID_ARGUMENT: from_position negative, or program_id malformed (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+        UNKNOWN: an unexpected server fault (also once streaming has begun)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +73,10 @@ class AuditServiceServicer:
 
     def GetAccountHistory(self, request, context):
         """Every event of one account, in version order, with its hashes.
+        Errors:
+        INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        UNKNOWN: an unexpected server fault
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,6 +84,10 @@ class AuditServiceServicer:
 
     def VerifyChain(self, request, context):
         """Recompute every chain and checkpoint; the first finding's position and why.
+        A broken chain is a finding in the response (ok = false), not an error. Errors:
+        INVALID_ARGUMENT: program_id malformed (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+        UNKNOWN: an unexpected server fault
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,6 +95,9 @@ class AuditServiceServicer:
 
     def CreateCheckpoint(self, request, context):
         """Write a checkpoint now (the server also writes one every 1,000 events).
+        Errors:
+        UNKNOWN: an unexpected server fault, e.g. another writer took the same
+        checkpoint id at the same moment (retry)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,13 +36,31 @@ class AuditServiceStub:
     StreamEvents: _grpc.UnaryStreamMultiCallable[_audit_pb2.StreamEventsRequest, _audit_pb2.StreamEventsResponse]
     """Every event from `from_position` (exclusive) in one global order; with `follow`, new
     events as they commit, without end. No event is skipped or repeated.
+    Errors (before the first event):
+      INVALID_ARGUMENT: from_position negative, or program_id malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+      UNKNOWN: an unexpected server fault (also once streaming has begun)
     """
     GetAccountHistory: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetAccountHistoryRequest, _audit_pb2.GetAccountHistoryResponse]
-    """Every event of one account, in version order, with its hashes."""
+    """Every event of one account, in version order, with its hashes.
+    Errors:
+      INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyChainRequest, _audit_pb2.VerifyChainResponse]
-    """Recompute every chain and checkpoint; the first finding's position and why."""
+    """Recompute every chain and checkpoint; the first finding's position and why.
+    A broken chain is a finding in the response (ok = false), not an error. Errors:
+      INVALID_ARGUMENT: program_id malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+      UNKNOWN: an unexpected server fault
+    """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.CreateCheckpointRequest, _audit_pb2.CreateCheckpointResponse]
-    """Write a checkpoint now (the server also writes one every 1,000 events)."""
+    """Write a checkpoint now (the server also writes one every 1,000 events).
+    Errors:
+      UNKNOWN: an unexpected server fault, e.g. another writer took the same
+        checkpoint id at the same moment (retry)
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -50,13 +68,31 @@ class AuditServiceAsyncStub(AuditServiceStub):
     StreamEvents: _aio.UnaryStreamMultiCallable[_audit_pb2.StreamEventsRequest, _audit_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Every event from `from_position` (exclusive) in one global order; with `follow`, new
     events as they commit, without end. No event is skipped or repeated.
+    Errors (before the first event):
+      INVALID_ARGUMENT: from_position negative, or program_id malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+      UNKNOWN: an unexpected server fault (also once streaming has begun)
     """
     GetAccountHistory: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetAccountHistoryRequest, _audit_pb2.GetAccountHistoryResponse]  # type: ignore[assignment]
-    """Every event of one account, in version order, with its hashes."""
+    """Every event of one account, in version order, with its hashes.
+    Errors:
+      INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     VerifyChain: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyChainRequest, _audit_pb2.VerifyChainResponse]  # type: ignore[assignment]
-    """Recompute every chain and checkpoint; the first finding's position and why."""
+    """Recompute every chain and checkpoint; the first finding's position and why.
+    A broken chain is a finding in the response (ok = false), not an error. Errors:
+      INVALID_ARGUMENT: program_id malformed (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+      UNKNOWN: an unexpected server fault
+    """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.CreateCheckpointRequest, _audit_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
-    """Write a checkpoint now (the server also writes one every 1,000 events)."""
+    """Write a checkpoint now (the server also writes one every 1,000 events).
+    Errors:
+      UNKNOWN: an unexpected server fault, e.g. another writer took the same
+        checkpoint id at the same moment (retry)
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -67,6 +103,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_audit_pb2.StreamEventsResponse], _abc.AsyncIterator[_audit_pb2.StreamEventsResponse]]:
         """Every event from `from_position` (exclusive) in one global order; with `follow`, new
         events as they commit, without end. No event is skipped or repeated.
+        Errors (before the first event):
+          INVALID_ARGUMENT: from_position negative, or program_id malformed (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+          UNKNOWN: an unexpected server fault (also once streaming has begun)
         """
 
     @_abc_1.abstractmethod
@@ -75,7 +115,12 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.GetAccountHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.GetAccountHistoryResponse, _abc.Awaitable[_audit_pb2.GetAccountHistoryResponse]]:
-        """Every event of one account, in version order, with its hashes."""
+        """Every event of one account, in version order, with its hashes.
+        Errors:
+          INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          UNKNOWN: an unexpected server fault
+        """
 
     @_abc_1.abstractmethod
     def VerifyChain(
@@ -83,7 +128,12 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.VerifyChainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.VerifyChainResponse, _abc.Awaitable[_audit_pb2.VerifyChainResponse]]:
-        """Recompute every chain and checkpoint; the first finding's position and why."""
+        """Recompute every chain and checkpoint; the first finding's position and why.
+        A broken chain is a finding in the response (ok = false), not an error. Errors:
+          INVALID_ARGUMENT: program_id malformed (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
+          UNKNOWN: an unexpected server fault
+        """
 
     @_abc_1.abstractmethod
     def CreateCheckpoint(
@@ -91,6 +141,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.CreateCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.CreateCheckpointResponse, _abc.Awaitable[_audit_pb2.CreateCheckpointResponse]]:
-        """Write a checkpoint now (the server also writes one every 1,000 events)."""
+        """Write a checkpoint now (the server also writes one every 1,000 events).
+        Errors:
+          UNKNOWN: an unexpected server fault, e.g. another writer took the same
+            checkpoint id at the same moment (retry)
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

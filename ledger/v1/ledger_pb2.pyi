@@ -3,7 +3,7 @@
 isort:skip_file
 Tally ledger: commands and account reads.
 
-The names of services, RPCs and the fields listed in shared/API.md are the
+The names of services, RPCs and the fields listed in docs/api.md are the
 contract; they are never renamed or dropped. Amounts are integers: points,
 and money in minor units of the program's ISO 4217 currency.
 """

@@ -26,7 +26,18 @@ if _version_not_supported:
 
 
 class LedgerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+    INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+    ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+    ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+    DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+    UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -127,115 +138,217 @@ class LedgerServiceStub:
 
 
 class LedgerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+    INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+    ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+    ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+    DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+    UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
 
     def CreateProgram(self, request, context):
         """Programs.
+
+        Errors (and those of every command):
+        ALREADY_EXISTS PROGRAM_ALREADY_EXISTS: program_id is taken
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProgram(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        INVALID_ARGUMENT: nothing to change, or tiers given without replace_tiers
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProgram(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors:
+        INVALID_ARGUMENT: program_id malformed
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        UNKNOWN: an unexpected server fault
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EnrollMember(self, request, context):
         """Member accounts: commands. Each is idempotent by request_id.
+
+        Errors (and those of every command):
+        INVALID_ARGUMENT: referrer_member_id is the member themselves
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        ALREADY_EXISTS MEMBER_ALREADY_ENROLLED: the member has an account in this program
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Earn(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Redeem(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+        FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Hold(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+        FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CaptureHold(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+        FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+        FAILED_PRECONDITION CAPTURE_EXCEEDS_HOLD: more points than the hold holds
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseHold(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+        FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Adjust(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION INSUFFICIENT_POINTS: a negative adjustment beyond available
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TopUp(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors:
+        UNIMPLEMENTED: stored value is not available yet
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Spend(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors:
+        UNIMPLEMENTED: stored value is not available yet
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Reverse(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
+        FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
+        FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
+        FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RunExpiry(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        FAILED_PRECONDITION EXPIRY_IN_FUTURE: as_of after the server's clock (a future
+        as_of is normally refused first, as INVALID_ARGUMENT)
+        DEADLINE_EXCEEDED / UNAVAILABLE: the lots read model did not catch up with the log
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteBatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors of the call:
+        INVALID_ARGUMENT: program_id malformed, no commands, or more than 1000
+        RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
+        retry the whole batch with the same request_ids
+        ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
+        UNKNOWN: an unexpected server fault
+        Errors of one command, in its result's `error`:
+        INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
+        the batch's, or a kind not available in a batch (top_up, spend)
+        the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
+        ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
+        ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
+        refused
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
         """Member accounts: queries, served from projections.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+        INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
+        (as_of reads are not available yet)
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        UNKNOWN: an unexpected server fault
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+        INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
+        page_token not issued for this query
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        UNKNOWN: an unexpected server fault
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLots(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+        INVALID_ARGUMENT: program_id, member_id or min_position malformed
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        UNKNOWN: an unexpected server fault
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -342,7 +455,18 @@ def add_LedgerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LedgerService:
-    """Missing associated documentation comment in .proto file."""
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+    INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+    ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+    ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+    DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+    UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
 
     @staticmethod
     def CreateProgram(request,

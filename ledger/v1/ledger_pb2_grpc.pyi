@@ -3,7 +3,7 @@
 isort:skip_file
 Tally ledger: commands and account reads.
 
-The names of services, RPCs and the fields listed in shared/API.md are the
+The names of services, RPCs and the fields listed in docs/api.md are the
 contract; they are never renamed or dropped. Amounts are integers: points,
 and money in minor units of the program's ISO 4217 currency.
 """
@@ -32,79 +32,349 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LedgerServiceStub:
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+      INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+      ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+      ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+      UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+      DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+      UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     CreateProgram: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateProgramRequest, _ledger_pb2.CreateProgramResponse]
-    """Programs."""
+    """Programs.
+
+    Errors (and those of every command):
+      ALREADY_EXISTS PROGRAM_ALREADY_EXISTS: program_id is taken
+    """
     UpdateProgram: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.UpdateProgramRequest, _ledger_pb2.UpdateProgramResponse]
+    """Errors (and those of every command):
+      INVALID_ARGUMENT: nothing to change, or tiers given without replace_tiers
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+    """
     GetProgram: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetProgramRequest, _ledger_pb2.GetProgramResponse]
+    """Errors:
+      INVALID_ARGUMENT: program_id malformed
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      UNKNOWN: an unexpected server fault
+    """
     EnrollMember: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.EnrollMemberRequest, _ledger_pb2.EnrollMemberResponse]
-    """Member accounts: commands. Each is idempotent by request_id."""
+    """Member accounts: commands. Each is idempotent by request_id.
+
+    Errors (and those of every command):
+      INVALID_ARGUMENT: referrer_member_id is the member themselves
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      ALREADY_EXISTS MEMBER_ALREADY_ENROLLED: the member has an account in this program
+    """
     Earn: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.EarnRequest, _ledger_pb2.EarnResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Redeem: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.RedeemRequest, _ledger_pb2.RedeemResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Hold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.HoldRequest, _ledger_pb2.HoldResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     CaptureHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CaptureHoldRequest, _ledger_pb2.CaptureHoldResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+      FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+      FAILED_PRECONDITION CAPTURE_EXCEEDS_HOLD: more points than the hold holds
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     ReleaseHold: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+      FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Adjust: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.AdjustRequest, _ledger_pb2.AdjustResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: a negative adjustment beyond available
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     TopUp: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.TopUpRequest, _ledger_pb2.TopUpResponse]
+    """Errors:
+      UNIMPLEMENTED: stored value is not available yet
+    """
     Spend: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SpendRequest, _ledger_pb2.SpendResponse]
+    """Errors:
+      UNIMPLEMENTED: stored value is not available yet
+    """
     Reverse: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReverseRequest, _ledger_pb2.ReverseResponse]
+    """Errors (and those of every command):
+      INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
+      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
+      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
+      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     RunExpiry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.RunExpiryRequest, _ledger_pb2.RunExpiryResponse]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      FAILED_PRECONDITION EXPIRY_IN_FUTURE: as_of after the server's clock (a future
+        as_of is normally refused first, as INVALID_ARGUMENT)
+      DEADLINE_EXCEEDED / UNAVAILABLE: the lots read model did not catch up with the log
+    """
     ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ExecuteBatchRequest, _ledger_pb2.ExecuteBatchResponse]
+    """Errors of the call:
+      INVALID_ARGUMENT: program_id malformed, no commands, or more than 1000
+      RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
+        retry the whole batch with the same request_ids
+      ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
+      UNKNOWN: an unexpected server fault
+    Errors of one command, in its result's `error`:
+      INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
+        the batch's, or a kind not available in a batch (top_up, spend)
+      the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
+        ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
+      ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
+        refused
+    """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]
-    """Member accounts: queries, served from projections."""
+    """Member accounts: queries, served from projections.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
+        (as_of reads are not available yet)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]
+    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
+        page_token not issued for this query
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     ListLots: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]
+    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+      INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+      ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+      ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+      UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+      DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+      UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateProgram: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateProgramRequest, _ledger_pb2.CreateProgramResponse]  # type: ignore[assignment]
-    """Programs."""
+    """Programs.
+
+    Errors (and those of every command):
+      ALREADY_EXISTS PROGRAM_ALREADY_EXISTS: program_id is taken
+    """
     UpdateProgram: _aio.UnaryUnaryMultiCallable[_ledger_pb2.UpdateProgramRequest, _ledger_pb2.UpdateProgramResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      INVALID_ARGUMENT: nothing to change, or tiers given without replace_tiers
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+    """
     GetProgram: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetProgramRequest, _ledger_pb2.GetProgramResponse]  # type: ignore[assignment]
+    """Errors:
+      INVALID_ARGUMENT: program_id malformed
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      UNKNOWN: an unexpected server fault
+    """
     EnrollMember: _aio.UnaryUnaryMultiCallable[_ledger_pb2.EnrollMemberRequest, _ledger_pb2.EnrollMemberResponse]  # type: ignore[assignment]
-    """Member accounts: commands. Each is idempotent by request_id."""
+    """Member accounts: commands. Each is idempotent by request_id.
+
+    Errors (and those of every command):
+      INVALID_ARGUMENT: referrer_member_id is the member themselves
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      ALREADY_EXISTS MEMBER_ALREADY_ENROLLED: the member has an account in this program
+    """
     Earn: _aio.UnaryUnaryMultiCallable[_ledger_pb2.EarnRequest, _ledger_pb2.EarnResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Redeem: _aio.UnaryUnaryMultiCallable[_ledger_pb2.RedeemRequest, _ledger_pb2.RedeemResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Hold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.HoldRequest, _ledger_pb2.HoldResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     CaptureHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CaptureHoldRequest, _ledger_pb2.CaptureHoldResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+      FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+      FAILED_PRECONDITION CAPTURE_EXCEEDS_HOLD: more points than the hold holds
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     ReleaseHold: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReleaseHoldRequest, _ledger_pb2.ReleaseHoldResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+      FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     Adjust: _aio.UnaryUnaryMultiCallable[_ledger_pb2.AdjustRequest, _ledger_pb2.AdjustResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION INSUFFICIENT_POINTS: a negative adjustment beyond available
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     TopUp: _aio.UnaryUnaryMultiCallable[_ledger_pb2.TopUpRequest, _ledger_pb2.TopUpResponse]  # type: ignore[assignment]
+    """Errors:
+      UNIMPLEMENTED: stored value is not available yet
+    """
     Spend: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SpendRequest, _ledger_pb2.SpendResponse]  # type: ignore[assignment]
+    """Errors:
+      UNIMPLEMENTED: stored value is not available yet
+    """
     Reverse: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReverseRequest, _ledger_pb2.ReverseResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
+      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
+      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
+      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
     RunExpiry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.RunExpiryRequest, _ledger_pb2.RunExpiryResponse]  # type: ignore[assignment]
+    """Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      FAILED_PRECONDITION EXPIRY_IN_FUTURE: as_of after the server's clock (a future
+        as_of is normally refused first, as INVALID_ARGUMENT)
+      DEADLINE_EXCEEDED / UNAVAILABLE: the lots read model did not catch up with the log
+    """
     ExecuteBatch: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ExecuteBatchRequest, _ledger_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
+    """Errors of the call:
+      INVALID_ARGUMENT: program_id malformed, no commands, or more than 1000
+      RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
+        retry the whole batch with the same request_ids
+      ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
+      UNKNOWN: an unexpected server fault
+    Errors of one command, in its result's `error`:
+      INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
+        the batch's, or a kind not available in a batch (top_up, spend)
+      the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
+        ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
+      ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
+        refused
+    """
     GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]  # type: ignore[assignment]
-    """Member accounts: queries, served from projections."""
+    """Member accounts: queries, served from projections.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
+        (as_of reads are not available yet)
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]  # type: ignore[assignment]
+    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
+        page_token not issued for this query
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
     ListLots: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]  # type: ignore[assignment]
+    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      UNKNOWN: an unexpected server fault
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Errors are google.rpc.Status. Refusals carry an ErrorInfo (domain "tally.ledger") with
+    the reason; INVALID_ARGUMENT carries a BadRequest naming every bad field. A refused or
+    invalid command writes nothing. Each RPC below whose errors say "and those of every
+    command" may also return:
+      INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
+      ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
+      ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
+      UNKNOWN: an unexpected server fault (no ErrorInfo)
+    Queries given a min_position the projections have not reached may also return:
+      DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
+      UNAVAILABLE: not reached within 30 s, the call having no deadline
+    """
+
     @_abc_1.abstractmethod
     def CreateProgram(
         self,
         request: _ledger_pb2.CreateProgramRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreateProgramResponse, _abc.Awaitable[_ledger_pb2.CreateProgramResponse]]:
-        """Programs."""
+        """Programs.
+
+        Errors (and those of every command):
+          ALREADY_EXISTS PROGRAM_ALREADY_EXISTS: program_id is taken
+        """
 
     @_abc_1.abstractmethod
     def UpdateProgram(
         self,
         request: _ledger_pb2.UpdateProgramRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.UpdateProgramResponse, _abc.Awaitable[_ledger_pb2.UpdateProgramResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.UpdateProgramResponse, _abc.Awaitable[_ledger_pb2.UpdateProgramResponse]]:
+        """Errors (and those of every command):
+          INVALID_ARGUMENT: nothing to change, or tiers given without replace_tiers
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        """
 
     @_abc_1.abstractmethod
     def GetProgram(
         self,
         request: _ledger_pb2.GetProgramRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.GetProgramResponse, _abc.Awaitable[_ledger_pb2.GetProgramResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.GetProgramResponse, _abc.Awaitable[_ledger_pb2.GetProgramResponse]]:
+        """Errors:
+          INVALID_ARGUMENT: program_id malformed
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          UNKNOWN: an unexpected server fault
+        """
 
     @_abc_1.abstractmethod
     def EnrollMember(
@@ -112,84 +382,162 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.EnrollMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.EnrollMemberResponse, _abc.Awaitable[_ledger_pb2.EnrollMemberResponse]]:
-        """Member accounts: commands. Each is idempotent by request_id."""
+        """Member accounts: commands. Each is idempotent by request_id.
+
+        Errors (and those of every command):
+          INVALID_ARGUMENT: referrer_member_id is the member themselves
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          ALREADY_EXISTS MEMBER_ALREADY_ENROLLED: the member has an account in this program
+        """
 
     @_abc_1.abstractmethod
     def Earn(
         self,
         request: _ledger_pb2.EarnRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.EarnResponse, _abc.Awaitable[_ledger_pb2.EarnResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.EarnResponse, _abc.Awaitable[_ledger_pb2.EarnResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def Redeem(
         self,
         request: _ledger_pb2.RedeemRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.RedeemResponse, _abc.Awaitable[_ledger_pb2.RedeemResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.RedeemResponse, _abc.Awaitable[_ledger_pb2.RedeemResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+          FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def Hold(
         self,
         request: _ledger_pb2.HoldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.HoldResponse, _abc.Awaitable[_ledger_pb2.HoldResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.HoldResponse, _abc.Awaitable[_ledger_pb2.HoldResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION ACCOUNT_IN_DEBT: the account owes points; repay first
+          FAILED_PRECONDITION INSUFFICIENT_POINTS: more points than available
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def CaptureHold(
         self,
         request: _ledger_pb2.CaptureHoldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.CaptureHoldResponse, _abc.Awaitable[_ledger_pb2.CaptureHoldResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.CaptureHoldResponse, _abc.Awaitable[_ledger_pb2.CaptureHoldResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+          FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+          FAILED_PRECONDITION CAPTURE_EXCEEDS_HOLD: more points than the hold holds
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def ReleaseHold(
         self,
         request: _ledger_pb2.ReleaseHoldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.ReleaseHoldResponse, _abc.Awaitable[_ledger_pb2.ReleaseHoldResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.ReleaseHoldResponse, _abc.Awaitable[_ledger_pb2.ReleaseHoldResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          NOT_FOUND HOLD_NOT_FOUND: no such hold on this account
+          FAILED_PRECONDITION HOLD_NOT_ACTIVE: already captured, released or past its TTL
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def Adjust(
         self,
         request: _ledger_pb2.AdjustRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.AdjustResponse, _abc.Awaitable[_ledger_pb2.AdjustResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.AdjustResponse, _abc.Awaitable[_ledger_pb2.AdjustResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION INSUFFICIENT_POINTS: a negative adjustment beyond available
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance would pass int64
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def TopUp(
         self,
         request: _ledger_pb2.TopUpRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.TopUpResponse, _abc.Awaitable[_ledger_pb2.TopUpResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.TopUpResponse, _abc.Awaitable[_ledger_pb2.TopUpResponse]]:
+        """Errors:
+          UNIMPLEMENTED: stored value is not available yet
+        """
 
     @_abc_1.abstractmethod
     def Spend(
         self,
         request: _ledger_pb2.SpendRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.SpendResponse, _abc.Awaitable[_ledger_pb2.SpendResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.SpendResponse, _abc.Awaitable[_ledger_pb2.SpendResponse]]:
+        """Errors:
+          UNIMPLEMENTED: stored value is not available yet
+        """
 
     @_abc_1.abstractmethod
     def Reverse(
         self,
         request: _ledger_pb2.ReverseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.ReverseResponse, _abc.Awaitable[_ledger_pb2.ReverseResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.ReverseResponse, _abc.Awaitable[_ledger_pb2.ReverseResponse]]:
+        """Errors (and those of every command):
+          INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
+          FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
+          FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
+          FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
 
     @_abc_1.abstractmethod
     def RunExpiry(
         self,
         request: _ledger_pb2.RunExpiryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.RunExpiryResponse, _abc.Awaitable[_ledger_pb2.RunExpiryResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.RunExpiryResponse, _abc.Awaitable[_ledger_pb2.RunExpiryResponse]]:
+        """Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          FAILED_PRECONDITION EXPIRY_IN_FUTURE: as_of after the server's clock (a future
+            as_of is normally refused first, as INVALID_ARGUMENT)
+          DEADLINE_EXCEEDED / UNAVAILABLE: the lots read model did not catch up with the log
+        """
 
     @_abc_1.abstractmethod
     def ExecuteBatch(
         self,
         request: _ledger_pb2.ExecuteBatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.ExecuteBatchResponse, _abc.Awaitable[_ledger_pb2.ExecuteBatchResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.ExecuteBatchResponse, _abc.Awaitable[_ledger_pb2.ExecuteBatchResponse]]:
+        """Errors of the call:
+          INVALID_ARGUMENT: program_id malformed, no commands, or more than 1000
+          RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
+            retry the whole batch with the same request_ids
+          ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
+          UNKNOWN: an unexpected server fault
+        Errors of one command, in its result's `error`:
+          INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
+            the batch's, or a kind not available in a batch (top_up, spend)
+          the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
+            ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
+          ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
+            refused
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(
@@ -197,20 +545,38 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetAccountResponse, _abc.Awaitable[_ledger_pb2.GetAccountResponse]]:
-        """Member accounts: queries, served from projections."""
+        """Member accounts: queries, served from projections.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+          INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
+            (as_of reads are not available yet)
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          UNKNOWN: an unexpected server fault
+        """
 
     @_abc_1.abstractmethod
     def ListTransactions(
         self,
         request: _ledger_pb2.ListTransactionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.ListTransactionsResponse, _abc.Awaitable[_ledger_pb2.ListTransactionsResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.ListTransactionsResponse, _abc.Awaitable[_ledger_pb2.ListTransactionsResponse]]:
+        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+          INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
+            page_token not issued for this query
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          UNKNOWN: an unexpected server fault
+        """
 
     @_abc_1.abstractmethod
     def ListLots(
         self,
         request: _ledger_pb2.ListLotsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_ledger_pb2.ListLotsResponse, _abc.Awaitable[_ledger_pb2.ListLotsResponse]]: ...
+    ) -> _typing.Union[_ledger_pb2.ListLotsResponse, _abc.Awaitable[_ledger_pb2.ListLotsResponse]]:
+        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+          INVALID_ARGUMENT: program_id, member_id or min_position malformed
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          UNKNOWN: an unexpected server fault
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
