@@ -14,9 +14,10 @@ the order they gave it.
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,11 @@ from ledger.domain.provenance import Provenance
 INT64_MAX = 2**63 - 1
 
 Allocation = dict[str, int]
+
+# The provenance of events that a dry run triggers on a copy and throws away.
+_DRY_RUN = Provenance(
+    transaction_id="dry-run", request_id="", occurred_at=datetime.min.replace(tzinfo=UTC)
+)
 
 
 @dataclass
@@ -193,19 +199,21 @@ class MemberAccount(Aggregate):
 
     def balances_at(self, now: datetime) -> tuple[int, int]:
         """(available, debt) once holds past their TTL are released and due lots expired,
-        computed without changing anything: refusals are decided before any event."""
-        available, debt = self.available, self.debt
-        for hold in self._holds_due(now):
-            repaid, back = split_allocation(hold.taken, min(debt, hold.points))
-            debt -= sum(repaid.values())
-            available += sum(
-                p for lot_id, p in self._routed(back).items() if not self.lots[lot_id].is_due(now)
-            )
-        if self.earliest_expiry is not None and self.earliest_expiry <= now:
-            available -= sum(
-                self.lots[i].remaining for i in self.open_lot_ids if self.lots[i].is_due(now)
-            )
-        return available, debt
+        without changing this account: refusals are decided before any event.
+
+        Computed by the code that applies those events, `bring_up_to`, run on a copy: a
+        second calculation of where returning points land would drift from the real one.
+        The copy is made only when something is due, which is rare."""
+        if not self._anything_due(now):
+            return self.available, self.debt
+        trial = copy.deepcopy(self)
+        trial.bring_up_to(now, _DRY_RUN)
+        return trial.available, trial.debt
+
+    def _anything_due(self, now: datetime) -> bool:
+        return any(h.expires_at <= now for h in self.holds.values()) or (
+            self.earliest_expiry is not None and self.earliest_expiry <= now
+        )
 
     def _holds_due(self, now: datetime) -> list[ActiveHold]:
         due = [h for h in self.holds.values() if h.expires_at <= now]

@@ -746,6 +746,34 @@ class AccountMachine(RuleBasedStateMachine):
             lambda a: a.reverse(prov, now, target, 0),
         )
 
+    @precondition(lambda self: bool(self.model.earns))
+    @rule(data=st.data(), holds=st.integers(2, 3))
+    def overdue_holds_on_a_reversed_lot(self, data: st.DataObject, holds: int) -> None:
+        """Several holds taken from one lot, its earn reversed while they are out, then all
+        of them overdue at once: they come back through the lots that stood in for it."""
+        for _ in range(holds):
+            available = self.peek().available
+            if not available:
+                break
+            points = data.draw(st.integers(1, max(1, available // holds)), label="held")
+            prov = self.provenance()
+            tx, now = prov.transaction_id, self.now
+            ttl = data.draw(st.sampled_from([timedelta(seconds=1), HOUR]), label="ttl")
+            self.execute(
+                prov,
+                lambda m: m.hold(tx, now, points, ttl),
+                lambda a: list(a.hold(prov, now, points, ttl).taken.items()),
+            )
+        target = data.draw(st.sampled_from(sorted(self.model.earns)), label="target")
+        prov = self.provenance(reverses=target)
+        tx, now = prov.transaction_id, self.now
+        self.execute(
+            prov,
+            lambda m: m.reverse(tx, now, target, 0),
+            lambda a: a.reverse(prov, now, target, 0),
+        )
+        self.now += data.draw(st.sampled_from([HOUR, 2 * HOUR, 2 * DAY]), label="later")
+
     def reverse(self, data: st.DataObject, likely: list[str]) -> None:
         target = self.draw_target(data, likely, [*sorted(self.model.others), "no-such-transaction"])
         if target in self.model.earns:

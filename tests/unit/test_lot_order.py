@@ -419,3 +419,46 @@ def test_points_held_when_their_earn_is_reversed_give_back_the_lot_that_stood_in
     m.release(hold_id)
     assert m.balances() == (100, 0, 0)
     assert (m.remaining(spent), m.remaining(other)) == (0, 100)
+
+
+# ------------------------------------------------------------------ checks made by the applying code
+
+
+def two_overdue_holds_on_a_reversed_lot(
+    r_expires: timedelta | None, x_expires: timedelta | None
+) -> Member:
+    """Earn R 10; hold 5 and 5 (both from R, TTL 1 day); earn X 3; reverse R in full (X
+    stands in for 3, debt 7); earn 7 (repays the debt); earn Z 10; two days later."""
+    m = Member()
+    r = m.earn(10, expires_in=r_expires)
+    m.hold(5, ttl=DAY)
+    m.hold(5, ttl=DAY)
+    m.earn(3, expires_in=x_expires)
+    assert m.reverse(r) == (10, 7)
+    m.earn(7)
+    m.earn(10)
+    m.now += 2 * DAY
+    return m
+
+
+@pytest.mark.parametrize(
+    ("r_expires", "x_expires"), [(None, HOUR), (HOUR, None)], ids=["x-expires", "r-expires"]
+)
+def test_what_a_redeem_may_take_is_what_bringing_the_account_up_to_now_leaves(
+    r_expires: timedelta | None, x_expires: timedelta | None
+) -> None:
+    """Regression: the pre-check counted the stand-in lot's share once per returning hold
+    (14 instead of 17 with X expiring; 16 instead of 13 with R expiring, and then redeeming
+    16 tripped the allocation's assert)."""
+    m = two_overdue_holds_on_a_reversed_lot(r_expires, x_expires)
+    probe = two_overdue_holds_on_a_reversed_lot(r_expires, x_expires)
+    probe.account.bring_up_to(probe.now, probe.prov())
+    available = probe.account.available
+
+    assert m.account.balances_at(m.now) == (available, 0)
+    m.account.collect_events()
+    with pytest.raises(errors.InsufficientPoints):
+        m.redeem(available + 1)
+    assert m.account.collect_events() == []  # refused before any event
+    assert m.redeem(available)[1]  # the whole of it, no AssertionError
+    assert m.balances() == (0, 0, 0)
