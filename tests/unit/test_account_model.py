@@ -756,14 +756,8 @@ class AccountMachine(RuleBasedStateMachine):
             if not available:
                 break
             points = data.draw(st.integers(1, max(1, available // holds)), label="held")
-            prov = self.provenance()
-            tx, now = prov.transaction_id, self.now
             ttl = data.draw(st.sampled_from([timedelta(seconds=1), HOUR]), label="ttl")
-            self.execute(
-                prov,
-                lambda m: m.hold(tx, now, points, ttl),
-                lambda a: list(a.hold(prov, now, points, ttl).taken.items()),
-            )
+            self.place_hold(points, ttl)
         target = data.draw(st.sampled_from(sorted(self.model.earns)), label="target")
         prov = self.provenance(reverses=target)
         tx, now = prov.transaction_id, self.now
@@ -773,6 +767,15 @@ class AccountMachine(RuleBasedStateMachine):
             lambda a: a.reverse(prov, now, target, 0),
         )
         self.now += data.draw(st.sampled_from([HOUR, 2 * HOUR, 2 * DAY]), label="later")
+
+    def place_hold(self, points: int, ttl: timedelta) -> None:
+        prov = self.provenance()
+        tx, now = prov.transaction_id, self.now
+        self.execute(
+            prov,
+            lambda m: m.hold(tx, now, points, ttl),
+            lambda a: list(a.hold(prov, now, points, ttl).taken.items()),
+        )
 
     def reverse(self, data: st.DataObject, likely: list[str]) -> None:
         target = self.draw_target(data, likely, [*sorted(self.model.others), "no-such-transaction"])

@@ -421,7 +421,7 @@ def test_points_held_when_their_earn_is_reversed_give_back_the_lot_that_stood_in
     assert (m.remaining(spent), m.remaining(other)) == (0, 100)
 
 
-# ------------------------------------------------------------------ checks made by the applying code
+# ------------------------------------------------------------------ checks by the applying code
 
 
 def two_overdue_holds_on_a_reversed_lot(
