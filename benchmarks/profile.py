@@ -52,7 +52,7 @@ FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("save: insert_events (LOCK TABLE, INSERT, COMMIT)", ("insert_events",)),
     ("save: the rest (mapping, serialising)", ("Application.save",)),
-    ("idempotency lookup", ("_find_request", "existing_originators")),
+    ("idempotency lookup", ("recorded", "existing_originators")),
     ("load account", ("get_account",)),
     ("load program", ("get_program",)),
     ("retry backoff", ("_backoff",)),

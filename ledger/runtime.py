@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ledger.application.commands import AccountCommand
+from ledger.application.group import Answer
 from ledger.application.group_commit import GroupCommitWriter
 from ledger.application.service import LedgerApplication, utc_now
 from ledger.audit.checkpoints import Checkpointer, load_signing_key, raw
@@ -87,6 +89,11 @@ class Tally:
     def from_url(cls, url: str, **kwargs: Any) -> Tally:
         return cls(parse_database_url(url), **kwargs)
 
+    def execute(self, commands: list[AccountCommand]) -> list[Answer]:
+        """Account commands through their writers, waiting for the answers (for callers
+        that are not the event loop: RunExpiry's worker thread, the sweeper)."""
+        return self.writer.submit_batch(commands).result()
+
     def _saved(self, position: int) -> None:
         self.points.wake(position)
         self.commits.notify()
@@ -160,13 +167,15 @@ class Sweeper(Periodic):
 
     def sweep_holds(self) -> int:
         tally = self.tally
-        swept = 0
+        by_program: dict[str, list[str]] = {}
         for program_id, member_id in tally.queries.accounts_with_expired_holds(
             tally.app.clock(), limit=500
         ):
-            if tally.app.expire_holds(program_id, member_id):
-                swept += 1
-        return swept
+            by_program.setdefault(program_id, []).append(member_id)
+        return sum(
+            tally.app.expire_holds(program_id, members, tally.execute)
+            for program_id, members in by_program.items()
+        )
 
     def sweep_lots(self) -> int:
         tally = self.tally
@@ -174,6 +183,6 @@ class Sweeper(Periodic):
         expired = 0
         for program_id in tally.queries.program_ids():
             expired += tally.app.sweep_expired_lots(
-                program_id, now, tally.queries.members_with_due_lots(program_id, now)
+                program_id, now, tally.queries.members_with_due_lots(program_id, now), tally.execute
             )
         return expired

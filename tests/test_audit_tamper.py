@@ -124,7 +124,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
                 )
             )
             for m in ("ann", "bob", "cat"):
-                app.enroll_member(c.EnrollMember(program_id="p", member_id=m, request_id=m))
+                app.execute(c.EnrollMember(program_id="p", member_id=m, request_id=m))
             for i in range(5):
                 app.execute_group([_earn(m, 10 + i, f"{m}{i}") for m in ("ann", "bob", "cat")], {})
             write_checkpoint(tally.database)

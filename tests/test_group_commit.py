@@ -10,6 +10,7 @@ import pytest
 
 from ledger.application import commands as c
 from ledger.application.group_commit import AccountCache
+from ledger.application.results import ExpiryResult
 from ledger.application.views import Outcome
 from ledger.domain import errors
 from ledger.domain.program import ProgramSettings
@@ -29,7 +30,7 @@ def _setup(tally: Tally, members: list[str]) -> None:
         c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
     )
     for m in members:
-        app.enroll_member(c.EnrollMember(program_id="p", member_id=m, request_id=f"enroll-{m}"))
+        app.execute(c.EnrollMember(program_id="p", member_id=m, request_id=f"enroll-{m}"))
 
 
 def earn(member: str, points: int, rid: str) -> c.EarnPoints:
@@ -149,16 +150,16 @@ def test_an_enrolment_racing_another_writer_is_answered_as_already_enrolled(
     app, cache = tally.app, AccountCache(100)
     app.execute_group([earn("x", 1, "warm")], cache)  # "x" not enrolled: refused, not cached
     # Another process enrols "x" after our group looked (simulated: we look, then it saves).
-    real = app._enroll
+    real = app.enroll
     raced: list[bool] = []
 
     def enroll_after_the_other(cmd: c.EnrollMember, program: Any) -> Any:
         if not raced:
             raced.append(True)
-            app.enroll_member(enroll("x", "other-process"))
+            app.execute(enroll("x", "other-process"))
         return real(cmd, program)
 
-    app._enroll = enroll_after_the_other  # type: ignore[method-assign]
+    app.enroll = enroll_after_the_other  # type: ignore[method-assign]
     results = app.execute_group([enroll("x", "mine"), earn("x", 5, "e")], cache)
 
     assert isinstance(results[0], errors.MemberAlreadyEnrolled)
@@ -214,8 +215,92 @@ def test_a_long_cold_load_leaves_a_snapshot_and_the_next_load_starts_from_it(
     stored = stored_events_of(tally.database, [account_id])[account_id]
     assert [e.originator_version for e in stored] == [version, version + 1]
 
-    again = app._load_accounts([account_id])[account_id]
+    again = app.load_accounts([account_id])[account_id]
     everything = project_aggregate(None, list(app.events.get(account_id)))
     assert isinstance(everything, type(again))
     assert state_of(again) == state_of(everything) == state_of(cache[account_id])
     assert first.version == version
+
+
+def test_a_command_whose_code_raises_costs_only_itself(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: any exception that is not a refusal failed every command of the group."""
+    from ledger.application import handlers
+
+    _setup(tally, ["a", "b", "c"])
+    app, cache = tally.app, AccountCache(100)
+    app.execute_group([earn(m, 50, f"{m}-1") for m in "abc"], cache)
+    real = handlers.handler_for(c.RedeemPoints)
+
+    def buggy(cmd: c.RedeemPoints, ctx: handlers.CommandContext) -> Any:
+        result = real(cmd, ctx)  # the account has its events by now
+        if cmd.member_id == "b":
+            raise AssertionError("a bug in the redeem path")
+        return result
+
+    monkeypatch.setitem(handlers._HANDLERS, c.RedeemPoints, buggy)
+    group = [
+        redeem("a", 10, "a-2"),
+        redeem("b", 10, "b-2"),
+        earn("b", 1, "b-3"),
+        earn("c", 5, "c-2"),
+    ]
+    results = app.execute_group(group, cache)
+
+    assert [type(r).__name__ for r in results] == ["Outcome", "InternalFault", "Outcome", "Outcome"]
+    assert "a bug in the redeem path" in caplog.text
+    assert [app.get_account("p", m).available for m in "abc"] == [40, 51, 55]
+    # The writer's cache holds what the database holds, not b's half-made redemption.
+    assert cache[app.get_account("p", "b").id].available == 51
+    atomic = app.execute_atomic([redeem("a", 1, "a-3"), redeem("b", 1, "b-4")])
+    assert [type(r).__name__ for r in atomic] == ["AtomicBatchAborted", "InternalFault"]
+    assert app.get_account("p", "a").available == 40
+
+
+def test_every_account_write_goes_through_the_owning_writer(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enrolments, atomic batches, RunExpiry and both sweeps keep the writer's cached copy
+    current: the commands after them never conflict with them."""
+    from datetime import UTC, datetime, timedelta
+
+    conflicts: list[int] = []
+    app = tally.app
+    real = app._after_conflict
+
+    def counted(*args: Any) -> Any:
+        conflicts.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(app, "_after_conflict", counted)
+    now = [datetime.now(UTC)]
+    monkeypatch.setattr(app, "clock", lambda: now[0])
+    tally.start(sweep=False)  # the writers and the projections; the test sweeps by hand
+    _setup(tally, [])
+
+    def one(cmd: c.AccountCommand) -> Any:
+        return tally.writer.submit(cmd).result(timeout=30)
+
+    one(c.EnrollMember(program_id="p", member_id="w", request_id="enroll-w"))
+    later = now[0] + timedelta(hours=2)
+    one(c.EarnPoints(program_id="p", member_id="w", points=30, request_id="e1", expires_at=later))
+    one(earn("w", 100, "e2"))
+    answers = tally.writer.submit_atomic([earn("w", 1, "e3"), redeem("w", 2, "r1")]).result(30)
+    assert all(isinstance(a, Outcome) for a in answers)
+    one(c.HoldPoints(program_id="p", member_id="w", points=5, ttl_seconds=60, request_id="h1"))
+    tally.points.wait_for(one(earn("w", 1, "e4")).position, timeout=30)
+    now[0] += timedelta(minutes=2)
+    assert tally.sweeper.sweep_holds() == 1
+    one(earn("w", 1, "e5"))
+    now[0] = later
+    expiry = app.run_expiry(
+        c.RunExpiry(program_id="p", request_id="x1"), lambda _: ["w"], tally.execute
+    )
+    assert isinstance(expiry.result, ExpiryResult)
+    assert expiry.result.expired_points == 28  # e1's 30 less the 2 redeemed
+    assert one(earn("w", 1, "e6")).account.points_available == 100 + 1 + 1 + 1 + 1
+    tally.points.wait_for(expiry.position, timeout=30)
+    assert tally.sweeper.sweep_lots() == 0
+
+    assert conflicts == []

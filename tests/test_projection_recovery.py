@@ -49,21 +49,21 @@ def _write_history(tally: Tally) -> None:
     )
     for m in range(12):
         member = f"m{m}"
-        app.enroll_member(c.EnrollMember(program_id="p", member_id=member, request_id=member))
+        app.execute(c.EnrollMember(program_id="p", member_id=member, request_id=member))
         for i in range(8):
-            earn = app.earn(
+            earn = app.execute(
                 c.EarnPoints(
                     program_id="p", member_id=member, points=10 + i, request_id=f"{member}-e{i}"
                 )
             )
             if i % 3 == 0:
-                app.redeem(
+                app.execute(
                     c.RedeemPoints(
                         program_id="p", member_id=member, points=5, request_id=f"{member}-r{i}"
                     )
                 )
             if i == 5:
-                app.reverse(
+                app.execute(
                     c.ReverseTransaction(
                         program_id="p",
                         member_id=member,
@@ -71,7 +71,7 @@ def _write_history(tally: Tally) -> None:
                         request_id=f"{member}-x{i}",
                     )
                 )
-        hold = app.hold(
+        hold = app.execute(
             c.HoldPoints(
                 program_id="p",
                 member_id=member,
@@ -80,12 +80,12 @@ def _write_history(tally: Tally) -> None:
                 request_id=f"{member}-h",
             )
         )
-        app.capture_hold(
+        app.execute(
             c.CaptureHold(
                 program_id="p",
                 member_id=member,
                 points=2,
-                hold_id=hold.details["hold_id"],
+                hold_id=hold.result.hold_id,  # type: ignore[union-attr]
                 request_id=f"{member}-c",
             )
         )

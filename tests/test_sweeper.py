@@ -29,6 +29,7 @@ def clock() -> Clock:
 @pytest.fixture
 def tally(clock: Clock) -> Iterator[Tally]:
     with open_tally("sqlite", clock=clock) as t:
+        t.writer.start()  # sweeps write through the accounts' writers
         yield t
 
 
@@ -38,8 +39,8 @@ def test_scheduled_sweep_expires_due_lots_once(tally: Tally, clock: Clock) -> No
         c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
     )
     for member in ("a", "b"):
-        app.enroll_member(c.EnrollMember(program_id="p", member_id=member, request_id=member))
-        app.earn(
+        app.execute(c.EnrollMember(program_id="p", member_id=member, request_id=member))
+        app.execute(
             c.EarnPoints(
                 program_id="p",
                 member_id=member,
@@ -48,7 +49,7 @@ def test_scheduled_sweep_expires_due_lots_once(tally: Tally, clock: Clock) -> No
                 expires_at=clock.now + timedelta(days=1),
             )
         )
-        app.earn(
+        app.execute(
             c.EarnPoints(
                 program_id="p",
                 member_id=member,
@@ -73,9 +74,11 @@ def test_sweep_ends_holds_whose_ttl_ran_out(tally: Tally, clock: Clock) -> None:
     app.create_program(
         c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
     )
-    app.enroll_member(c.EnrollMember(program_id="p", member_id="a", request_id="a"))
-    app.earn(c.EarnPoints(program_id="p", member_id="a", points=50, request_id="e"))
-    app.hold(c.HoldPoints(program_id="p", member_id="a", points=20, ttl_seconds=60, request_id="h"))
+    app.execute(c.EnrollMember(program_id="p", member_id="a", request_id="a"))
+    app.execute(c.EarnPoints(program_id="p", member_id="a", points=50, request_id="e"))
+    app.execute(
+        c.HoldPoints(program_id="p", member_id="a", points=20, ttl_seconds=60, request_id="h")
+    )
     tally.points.run_until_caught_up()
     assert tally.sweeper.sweep_holds() == 0
 

@@ -51,6 +51,8 @@ def domain_status(error: errors.DomainError) -> status_pb2.Status:
         code = code_pb2.ALREADY_EXISTS
     elif isinstance(error, (errors.WriteConflict, errors.AtomicBatchAborted)):
         code = code_pb2.ABORTED
+    elif isinstance(error, errors.InternalFault):
+        code = code_pb2.INTERNAL
     else:
         code = code_pb2.FAILED_PRECONDITION
     info = error_details_pb2.ErrorInfo(

@@ -46,6 +46,11 @@ def rpc(method: Handler) -> Handler:
             return await method(self, request, context)
         except (InvalidArgument, errors.DomainError, Unavailable) as e:
             await abort_for(e, context)
+        except grpc.aio.AbortError:
+            raise  # the method ended the call with its own status
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "the server failed on this request")
 
     return wrapper
 
@@ -130,7 +135,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     @rpc
     async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
         cmd = parse.enroll_member(request, self.app.clock())
-        outcome = await self._run(self.app.enroll_member, cmd)
+        outcome = await self._command(cmd)
         return pb.EnrollMemberResponse(
             account=present.account(outcome.account),
             transaction_id=outcome.transaction_id,
@@ -187,6 +192,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             self.app.run_expiry,
             cmd,
             lambda as_of: queries.members_with_due_lots(cmd.program_id, as_of),
+            self.tally.execute,
         )
         return present.run_expiry(outcome)
 
@@ -217,7 +223,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                     for _ in commands
                 ]
             else:
-                answers = await self._run(self.app.execute_atomic, commands)
+                answers = await self._atomic(commands)
         else:
             answers = await self._commands(commands)
         results: list[pb.BatchResult] = []
@@ -234,6 +240,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 position = max(position, answer.position)
                 results.append(present.batch_result(item, answer))
         return pb.ExecuteBatchResponse(results=results, position=position)
+
+    async def _atomic(self, cmds: list[AccountCommand]) -> list[Outcome | errors.DomainError]:
+        try:
+            future = self.tally.writer.submit_atomic(cmds)
+        except Overloaded as e:
+            raise Unavailable(str(e)) from None
+        return await asyncio.wrap_future(future)
 
     async def _commands(self, cmds: list[AccountCommand]) -> list[Outcome | errors.DomainError]:
         try:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.application.results import (
+    CaptureResult,
+    EarnResult,
+    ExpiryResult,
+    HoldResult,
+    RedeemResult,
+    ReleaseResult,
+    Result,
+    ReverseResult,
+)
 from ledger.application.views import AccountView, Outcome, ProgramView
 from ledger.domain.program import ExpiryKind, StoredValueSplit
 from ledger.queries import from_micros
@@ -76,56 +86,69 @@ def program(view: ProgramView | None) -> pb.Program:
     )
 
 
+R = TypeVar("R", bound=Result)
+
+
+def result(o: Outcome, kind: type[R]) -> R:
+    assert isinstance(o.result, kind), (o.result, kind)
+    return o.result
+
+
 def lot_points(allocation: dict[str, int]) -> list[pb.LotPoints]:
     return [pb.LotPoints(lot_id=k, points=v) for k, v in allocation.items()]
 
 
 def earn(o: Outcome) -> pb.EarnResponse:
+    r = result(o, EarnResult)
     return pb.EarnResponse(
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        lot_id=o.details["lot_id"],
-        debt_repaid=o.details["debt_repaid"],
+        lot_id=r.lot_id,
+        debt_repaid=r.debt_repaid,
     )
 
 
 def redeem(o: Outcome) -> pb.RedeemResponse:
+    r = result(o, RedeemResult)
     return pb.RedeemResponse(
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        consumed=lot_points(o.details["consumed"]),
+        consumed=lot_points(r.consumed),
     )
 
 
 def hold(o: Outcome) -> pb.HoldResponse:
+    r = result(o, HoldResult)
     return pb.HoldResponse(
-        hold_id=o.details["hold_id"],
+        hold_id=r.hold_id,
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        expires_at=timestamp(o.details["expires_at"]),
+        expires_at=timestamp(r.expires_at),
     )
 
 
 def capture_hold(o: Outcome) -> pb.CaptureHoldResponse:
+    r = result(o, CaptureResult)
     return pb.CaptureHoldResponse(
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        points_captured=o.details["points_captured"],
-        points_released=o.details["points_released"],
-        consumed=lot_points(o.details["consumed"]),
+        points_captured=r.points_captured,
+        points_released=r.points_released,
+        consumed=lot_points(r.consumed),
     )
 
 
 def release_hold(o: Outcome) -> pb.ReleaseHoldResponse:
+    r = result(o, ReleaseResult)
     return pb.ReleaseHoldResponse(
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        points_released=o.details["points_released"],
+        points_released=r.points_released,
     )
 
 
@@ -136,21 +159,23 @@ def adjust(o: Outcome) -> pb.AdjustResponse:
 
 
 def reverse(o: Outcome) -> pb.ReverseResponse:
+    r = result(o, ReverseResult)
     return pb.ReverseResponse(
         transaction_id=o.transaction_id,
         position=o.position,
         account=account(o.account),
-        points_reversed=o.details["points_reversed"],
-        debt_added=o.details["debt_added"],
-        reverses_transaction_id=o.details["reverses_transaction_id"],
+        points_reversed=r.points_reversed,
+        debt_added=r.debt_added,
+        reverses_transaction_id=r.reverses_transaction_id,
     )
 
 
 def run_expiry(o: Outcome) -> pb.RunExpiryResponse:
+    r = result(o, ExpiryResult)
     return pb.RunExpiryResponse(
-        expired_points=o.details["expired_points"],
-        lots_expired=o.details["lots_expired"],
-        accounts_touched=o.details["accounts_touched"],
+        expired_points=r.expired_points,
+        lots_expired=r.lots_expired,
+        accounts_touched=r.accounts_touched,
         position=o.position,
         transaction_id=o.transaction_id,
     )

@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar
 
+from ledger.application import results as r
+from ledger.domain.ids import request_id_key
 from ledger.domain.program import ExpiryPolicy, ProgramSettings, TierRule
 
 _PLAIN = frozenset({str, int, bool, type(None)})
@@ -38,6 +40,11 @@ def _canonical(value: Any) -> Any:
 @dataclass(frozen=True, kw_only=True)
 class Command:
     name: ClassVar[str] = "Command"
+    # Whether the command keeps an idempotency record. The server's own housekeeping
+    # (sweeps) does not: it is idempotent by state, and nobody retries it by request_id.
+    recorded: ClassVar[bool] = True
+    # The type of what the command answers besides the account (None: nothing more).
+    result_type: ClassVar[type[r.Result] | None] = None
     program_id: str
     request_id: str
 
@@ -62,11 +69,28 @@ def _fingerprint_keys(cls: type[Command]) -> tuple[str, ...]:
     return keys
 
 
+@dataclass(frozen=True)
+class Notes:
+    """What a command says about itself, carried into its events' provenance."""
+
+    order_ref: str = ""
+    reason: str = ""
+    operator_id: str = ""
+    reverses_transaction_id: str = ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AccountCommand(Command):
     member_id: str
     occurred_at: datetime | None = None
     store_id: str = ""
+
+    def notes(self) -> Notes:
+        return Notes()
+
+    def new_transaction_id(self) -> str:
+        """The id of the transaction this command makes: stable per (program, request_id)."""
+        return str(request_id_key(self.program_id, self.request_id))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +115,7 @@ class EnrollMember(AccountCommand):
 @dataclass(frozen=True, kw_only=True)
 class EarnPoints(AccountCommand):
     name: ClassVar[str] = "Earn"
+    result_type: ClassVar[type[r.Result] | None] = r.EarnResult
     points: int
     purchase_minor: int = 0
     order_ref: str = ""
@@ -98,26 +123,38 @@ class EarnPoints(AccountCommand):
     qualifying: bool = True
     expires_at: datetime | None = None
 
+    def notes(self) -> Notes:
+        return Notes(order_ref=self.order_ref, reason=self.reason)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RedeemPoints(AccountCommand):
     name: ClassVar[str] = "Redeem"
+    result_type: ClassVar[type[r.Result] | None] = r.RedeemResult
     points: int
     order_ref: str = ""
     reason: str = ""
+
+    def notes(self) -> Notes:
+        return Notes(order_ref=self.order_ref, reason=self.reason)
 
 
 @dataclass(frozen=True, kw_only=True)
 class HoldPoints(AccountCommand):
     name: ClassVar[str] = "Hold"
+    result_type: ClassVar[type[r.Result] | None] = r.HoldResult
     points: int
     ttl_seconds: int
     order_ref: str = ""
+
+    def notes(self) -> Notes:
+        return Notes(order_ref=self.order_ref)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CaptureHold(AccountCommand):
     name: ClassVar[str] = "CaptureHold"
+    result_type: ClassVar[type[r.Result] | None] = r.CaptureResult
     hold_id: str
     points: int = 0
 
@@ -125,6 +162,7 @@ class CaptureHold(AccountCommand):
 @dataclass(frozen=True, kw_only=True)
 class ReleaseHold(AccountCommand):
     name: ClassVar[str] = "ReleaseHold"
+    result_type: ClassVar[type[r.Result] | None] = r.ReleaseResult
     hold_id: str
 
 
@@ -135,17 +173,65 @@ class AdjustPoints(AccountCommand):
     reason: str
     operator_id: str
 
+    def notes(self) -> Notes:
+        return Notes(reason=self.reason, operator_id=self.operator_id)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ReverseTransaction(AccountCommand):
     name: ClassVar[str] = "Reverse"
+    result_type: ClassVar[type[r.Result] | None] = r.ReverseResult
     transaction_id: str
     points: int = 0
     amount_minor: int = 0
     reason: str = ""
 
+    def notes(self) -> Notes:
+        return Notes(reason=self.reason, reverses_transaction_id=self.transaction_id)
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunExpiry(Command):
     name: ClassVar[str] = "RunExpiry"
+    result_type: ClassVar[type[r.Result] | None] = r.ExpiryResult
     as_of: datetime | None = None
+
+
+# ---------------------------------------------------------------------- housekeeping
+# Commands the server gives itself. They go through the account's writer like any other,
+# so the writer's cached account never goes stale, but keep no idempotency record.
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpireLots(AccountCommand):
+    """Expire what remains of the account's lots due at `as_of` (RunExpiry, the sweep)."""
+
+    name: ClassVar[str] = "ExpireLots"
+    result_type: ClassVar[type[r.Result] | None] = r.ExpiryResult
+    recorded: ClassVar[bool] = False
+    request_id: str = ""
+    as_of: datetime
+    # The run's transaction: every account's LotsExpired of one RunExpiry shares it.
+    run_transaction_id: str
+
+    def notes(self) -> Notes:
+        return Notes(reason="points expired")
+
+    def new_transaction_id(self) -> str:
+        return self.run_transaction_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpireHolds(AccountCommand):
+    """Release the account's holds whose TTL has run out (the hold sweep)."""
+
+    name: ClassVar[str] = "ExpireHolds"
+    recorded: ClassVar[bool] = False
+    request_id: str = ""
+    sweep_transaction_id: str
+
+    def notes(self) -> Notes:
+        return Notes(reason="hold sweep")
+
+    def new_transaction_id(self) -> str:
+        return self.sweep_transaction_id

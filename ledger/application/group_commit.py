@@ -6,6 +6,13 @@ whatever has queued up while its previous transaction was committing (up to `max
 lets `LedgerApplication.execute_group` decide and save it, and answers every command when
 that transaction has committed: nothing is acknowledged before it is durable. The queues are
 bounded: when one is full the caller is told at once (RESOURCE_EXHAUSTED), not kept waiting.
+
+Every write of an account goes through its writer: commands, enrolments, atomic batches and
+the server's own sweeps. An atomic batch is one group of its own; when its accounts belong
+to several writers, each of them stops at the batch (a rendezvous: nobody is between
+groups with a cached copy) and the first runs it with all their caches. Rendezvous are
+queued under one lock, in the same order on every queue, so two of them never wait for
+each other.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from ledger.application.service import LedgerApplication
 from ledger.application.views import Outcome
 from ledger.domain import errors
 from ledger.domain.account import MemberAccount
+from ledger.domain.ids import account_id_key
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,38 @@ class _Pending:
     at_occurred: bool = False  # decide as of each command's occurred_at (imports)
 
 
+@dataclass
+class _Atomic:
+    """An all-or-nothing batch, queued on every writer that owns one of its accounts."""
+
+    commands: list[c.AccountCommand]
+    future: Future[list[Answer]]
+    partitions: list[int]
+    barrier: threading.Barrier
+
+
+class _Caches(MutableMapping[UUID, MemberAccount]):
+    """The caches of several writers seen as one, each account in its own writer's."""
+
+    def __init__(self, caches: dict[UUID, AccountCache]) -> None:
+        self._by_account = caches
+
+    def __getitem__(self, key: UUID) -> MemberAccount:
+        return self._by_account[key][key]
+
+    def __setitem__(self, key: UUID, value: MemberAccount) -> None:
+        self._by_account[key][key] = value
+
+    def __delitem__(self, key: UUID) -> None:
+        del self._by_account[key][key]
+
+    def __iter__(self) -> Iterator[UUID]:
+        return (k for k, cache in self._by_account.items() if k in cache)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 _STOP = object()
 
 
@@ -90,7 +130,7 @@ class GroupCommitWriter:
     ) -> None:
         self.app = app
         self.max_group = max_group
-        self.queues: list[queue.Queue[_Pending | object]] = [
+        self.queues: list[queue.Queue[_Pending | _Atomic | object]] = [
             queue.Queue(maxsize=queue_limit) for _ in range(writers)
         ]
         self.caches = [AccountCache(cache_per_writer) for _ in range(writers)]
@@ -98,8 +138,7 @@ class GroupCommitWriter:
             threading.Thread(target=self._run, args=(i,), name=f"writer-{i}", daemon=True)
             for i in range(writers)
         ]
-        self.groups = 0
-        self.commands = 0
+        self._rendezvous = threading.Lock()
 
     def start(self) -> None:
         for thread in self.threads:
@@ -159,11 +198,28 @@ class GroupCommitWriter:
             self._put(partition, pending)
         return combined
 
+    def submit_atomic(self, commands: list[c.AccountCommand]) -> Future[list[Answer]]:
+        """All or nothing, decided and saved by the writers that own its accounts."""
+        future: Future[list[Answer]] = Future()
+        partitions = sorted({self._partition(x) for x in commands})
+        atomic = _Atomic(commands, future, partitions, threading.Barrier(len(partitions)))
+        with self._rendezvous:
+            try:
+                for partition in partitions:
+                    self._put(partition, atomic)
+            except Overloaded:
+                # Writers that have it queued must not wait for the ones that do not.
+                atomic.barrier.abort()
+                raise
+        return future
+
     def _partition(self, command: c.AccountCommand) -> int:
         key = f"{command.program_id}\x1f{command.member_id}".encode()
         return zlib.crc32(key) % len(self.queues)
 
-    def _put(self, partition: int, pending: _Pending) -> None:
+    def _put(self, partition: int, pending: _Pending | _Atomic) -> None:
+        if not self.threads[partition].is_alive():
+            raise RuntimeError("the writers are not running: start() them first")
         try:
             self.queues[partition].put_nowait(pending)
         except queue.Full:
@@ -175,12 +231,20 @@ class GroupCommitWriter:
             first = q.get()
             if first is _STOP:
                 return
+            if isinstance(first, _Atomic):
+                self._atomic(index, first)
+                continue
             assert isinstance(first, _Pending)
             group, size = [first], len(first.commands)
             while size < self.max_group:  # a batch larger than max_group is still one group
                 try:
                     item = q.get_nowait()
                 except queue.Empty:
+                    break
+                if isinstance(item, _Atomic):  # after this group, as its own
+                    self._execute(group, cache)
+                    group = []
+                    self._atomic(index, item)
                     break
                 if not isinstance(item, _Pending):  # _STOP: finish this group first
                     q.put(_STOP)
@@ -190,7 +254,31 @@ class GroupCommitWriter:
                     group, size, first = [], 0, item
                 group.append(item)
                 size += len(item.commands)
-            self._execute(group, cache)
+            if group:
+                self._execute(group, cache)
+
+    def _atomic(self, index: int, atomic: _Atomic) -> None:
+        """Wait until every writer of the batch is here; the first of them runs it."""
+        if len(atomic.partitions) > 1:
+            try:
+                atomic.barrier.wait()
+            except threading.BrokenBarrierError:
+                return  # not queued everywhere (a full queue): the caller was told
+        try:
+            if index == atomic.partitions[0]:
+                caches = {
+                    account_id_key(x.program_id, x.member_id): self.caches[self._partition(x)]
+                    for x in atomic.commands
+                }
+                try:
+                    answers = self.app.execute_atomic(atomic.commands, _Caches(caches))
+                    atomic.future.set_result(answers)
+                except Exception as e:
+                    log.exception("an atomic batch of %d commands failed", len(atomic.commands))
+                    atomic.future.set_exception(e)
+        finally:
+            if len(atomic.partitions) > 1:
+                atomic.barrier.wait()  # the others wait until it is done with their caches
 
     def _execute(self, group: list[_Pending], cache: AccountCache) -> None:
         commands = [command for p in group for command in p.commands]
@@ -201,8 +289,6 @@ class GroupCommitWriter:
             for p in group:
                 p.future.set_exception(e)
             return
-        self.groups += 1
-        self.commands += len(commands)
         start = 0
         for p in group:
             answers = results[start : start + len(p.commands)]

@@ -1,24 +1,23 @@
-"""The ledger application: one method per use case.
+"""The ledger application: programs, account commands, expiry.
 
-Each command method loads the aggregates it needs, lets them decide, and saves their new
-events together with the request's idempotency record in ONE transaction (`save(a, record)`).
-A concurrent writer of the same account or the same request_id makes that save fail with
-IntegrityError; the method then starts again from the top, where it either finds the other
-writer's record (a duplicate: answer with the recorded response) or re-decides against the
-account's new state. A refused command raises before anything is saved.
+An account command is decided by its handler (handlers.py) against its account and saved
+with its idempotency record in ONE transaction, in a group with the commands that arrived
+with it (group.py; the server's writers, group_commit.py, form the groups). A concurrent
+writer of the same account or the same request_id makes the save fail with IntegrityError;
+the group is then run again, and a request recorded meanwhile is answered from its record
+(idempotency.py). A refused command writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import random
+import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -31,34 +30,30 @@ from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 
 from ledger.application import commands as c
+from ledger.application.group import Answer, CommandCrashed, CommandGroup
+from ledger.application.handlers import CommandContext, handler_for
+from ledger.application.idempotency import MAX_ATTEMPTS, EventKey, Idempotency, backoff
+from ledger.application.results import ExpiryResult
 from ledger.application.transcodings import account_transcodings
 from ledger.application.views import AccountView, Outcome, ProgramView
 from ledger.domain import errors
 from ledger.domain.account import MemberAccount
-from ledger.domain.ids import account_id_key, derived_transaction_id, program_id_key
+from ledger.domain.ids import (
+    account_id_key,
+    derived_transaction_id,
+    program_id_key,
+    request_id_key,
+)
 from ledger.domain.program import Program, ProgramSettingsAsDict
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
-from ledger.domain.request import RequestRecord
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import existing_originators, stored_events_of
-from ledger.infrastructure.requests import StoredRequest, existing_requests, find_request
+from ledger.infrastructure.eventlog import event_at, existing_originators, stored_events_of
 
-MAX_ATTEMPTS = 20
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class CommandContext:
-    """What a use case body works with, loaded fresh on every attempt."""
-
-    program: Program
-    account: MemberAccount
-    provenance: Provenance
-    now: datetime
 
 
 # A load that had to replay this many events leaves a snapshot behind (decision 10).
@@ -82,6 +77,7 @@ class LedgerApplication(Application[UUID]):
         self._programs: dict[UUID, Program] = {}
         self._programs_lock = threading.Lock()
         self.on_saved = on_saved
+        self.idempotency = Idempotency(database, self.mapper.transcoder)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """The library's save() without its per-object runtime Protocol checks (about 18 µs
@@ -111,7 +107,7 @@ class LedgerApplication(Application[UUID]):
                 raise errors.ProgramAlreadyExists(
                     f"program {cmd.program_id} exists", program_id=cmd.program_id
                 )
-            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
+            transaction_id = cmd_transaction_id(cmd)
             program = Program(
                 program_id=cmd.program_id, settings=cmd.settings, transaction_id=transaction_id
             )
@@ -119,7 +115,7 @@ class LedgerApplication(Application[UUID]):
                 cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
             )
 
-        return self._idempotent(cmd, attempt)
+        return self.idempotency.retrying(cmd, attempt)
 
     def update_program(self, cmd: c.UpdateProgram) -> Outcome:
         def attempt() -> Outcome:
@@ -129,13 +125,13 @@ class LedgerApplication(Application[UUID]):
                 raise errors.ProgramNotFound(
                     f"program {cmd.program_id} does not exist", program_id=cmd.program_id
                 ) from None
-            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
+            transaction_id = cmd_transaction_id(cmd)
             program.update(cmd.changes, transaction_id)
             return self._commit(
                 cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
             )
 
-        return self._idempotent(cmd, attempt)
+        return self.idempotency.retrying(cmd, attempt)
 
     def get_program(self, program_id: str) -> Program:
         """The program as recorded now. Kept in memory and brought forward by its new events
@@ -171,19 +167,7 @@ class LedgerApplication(Application[UUID]):
 
     # ------------------------------------------------------------------ members
 
-    def enroll_member(self, cmd: c.EnrollMember) -> Outcome:
-        def attempt() -> Outcome:
-            program = self.get_program(cmd.program_id)
-            if self._exists(account_id_key(cmd.program_id, cmd.member_id)):
-                raise errors.MemberAlreadyEnrolled(
-                    f"member {cmd.member_id} is already enrolled", member_id=cmd.member_id
-                )
-            outcome, account = self._enroll(cmd, program)
-            return self._commit(cmd, cmd.member_id, [account], outcome)
-
-        return self._idempotent(cmd, attempt)
-
-    def _enroll(self, cmd: c.EnrollMember, program: Program) -> tuple[Outcome, MemberAccount]:
+    def enroll(self, cmd: c.EnrollMember, program: Program) -> tuple[Outcome, MemberAccount]:
         """A new account (unsaved); the caller has checked that the member is not enrolled."""
         now = self.clock()
         provenance = self._provenance(cmd, now)
@@ -198,7 +182,7 @@ class LedgerApplication(Application[UUID]):
 
     def get_account(self, program_id: str, member_id: str) -> MemberAccount:
         account_id = account_id_key(program_id, member_id)
-        account = self._load_accounts([account_id]).get(account_id)
+        account = self.load_accounts([account_id]).get(account_id)
         if account is None:
             raise errors.MemberNotFound(
                 f"member {member_id} is not enrolled in program {program_id}",
@@ -206,41 +190,15 @@ class LedgerApplication(Application[UUID]):
             )
         return account
 
-    # ------------------------------------------------------------------ points
-
-    def earn(self, cmd: c.EarnPoints) -> Outcome:
-        return self.execute(cmd)
-
-    def redeem(self, cmd: c.RedeemPoints) -> Outcome:
-        return self.execute(cmd)
-
-    def hold(self, cmd: c.HoldPoints) -> Outcome:
-        return self.execute(cmd)
-
-    def capture_hold(self, cmd: c.CaptureHold) -> Outcome:
-        return self.execute(cmd)
-
-    def release_hold(self, cmd: c.ReleaseHold) -> Outcome:
-        return self.execute(cmd)
-
-    def adjust(self, cmd: c.AdjustPoints) -> Outcome:
-        return self.execute(cmd)
-
-    def reverse(self, cmd: c.ReverseTransaction) -> Outcome:
-        return self.execute(cmd)
+    # ------------------------------------------------------------------ account commands
 
     def execute(self, cmd: c.AccountCommand, at_occurred: bool = False) -> Outcome:
-        """Run one account command on its own (the group-commit writer runs many at once)."""
-        if isinstance(cmd, c.EnrollMember):
-            return self.enroll_member(cmd)
-
-        def attempt() -> Outcome:
-            program = self.get_program(cmd.program_id)
-            account = self.get_account(cmd.program_id, cmd.member_id)
-            outcome = self.decide(cmd, program, account, at_occurred)
-            return self._commit(cmd, cmd.member_id, [account], outcome)
-
-        return self._idempotent(cmd, attempt)
+        """One account command on its own, against freshly loaded state (tools and tests;
+        the server sends every account command through its account's writer)."""
+        answer = self.execute_group([cmd], {}, look_for_duplicates=True, at_occurred=at_occurred)
+        if isinstance(answer[0], errors.DomainError):
+            raise answer[0]
+        return answer[0]
 
     def execute_group(
         self,
@@ -249,175 +207,110 @@ class LedgerApplication(Application[UUID]):
         atomic: bool = False,
         look_for_duplicates: bool = False,
         at_occurred: bool = False,
-    ) -> list[Outcome | errors.DomainError]:
+        attempt: int = 1,
+    ) -> list[Answer]:
         """Group commit: decide every command against its account, in order, and save all
-        their events and request records in ONE transaction.
+        their events and request records in ONE transaction (the steps: group.py).
 
         `cache` holds the caller's accounts between groups (the caller is the only writer of
-        them in this process; another process writing one makes our save conflict, and the
-        conflicting group is then re-run in halves against fresh state, down to single
-        commands, so no innocent command fails). A refused command is answered with its
-        DomainError and changes nothing (aggregates decide before they mutate).
+        them in this process). Another process writing one of them makes our save conflict:
+        the group is then run again, looking for recorded requests first, and if it still
+        conflicts, in halves, down to single commands retried with a backoff, so no innocent
+        command fails. A refused command is answered with its DomainError and changes
+        nothing. A command whose own code raises (a bug) is answered INTERNAL and the group
+        is run again without it.
 
-        `atomic`: all or nothing. If any command is refused, nothing is saved and the others
-        are answered with AtomicBatchAborted; a conflict re-runs the whole group.
-
-        Requests already recorded are not looked up first: a retried request is rare, and its
-        record's id makes the save fail like any conflict. The group is then run again with
-        `look_for_duplicates`, which answers those from their records, before it is split.
-
-        EnrollMember may be one of the commands (an import enrolls its members this way): it
-        creates the account, which later commands of the group then use.
+        `atomic`: all or nothing. Recorded requests are looked up first; if any command is
+        refused (a reused request_id included), nothing is saved and the others are
+        answered with AtomicBatchAborted.
 
         `at_occurred` (imports of history): each command is decided as of its occurred_at
         when that is in the past, so expiry and holds are judged as they stood then.
         """
-        record_ids = [RequestRecord.create_id(x.program_id, x.request_id) for x in cmds]
-        enrolling = [
-            account_id_key(x.program_id, x.member_id) for x in cmds if isinstance(x, c.EnrollMember)
-        ]
-        enrolled = existing_originators(self.database, enrolling) if enrolling else set()
-        # Accounts this writer has not cached: read them all in one query, not one each.
-        cold = {
-            key
-            for x in cmds
-            if not isinstance(x, c.EnrollMember)
-            and (key := account_id_key(x.program_id, x.member_id)) not in cache
-        }
-        loaded = self._load_accounts(list(cold)) if len(cold) > 1 else {}
-        recorded = (
-            existing_requests(self.database, record_ids) if look_for_duplicates or atomic else set()
-        )
-        results: list[Outcome | errors.DomainError | None] = [None] * len(cmds)
-        first_of: dict[UUID, int] = {}
-        touched: dict[UUID, MemberAccount] = {}
-        records: list[StoredRequest] = []
-        answered_by: dict[UUID, tuple[UUID, int]] = {}  # record id -> its account event
-        programs: dict[str, Program] = {}
+        group = CommandGroup(self, cmds, cache, atomic, look_for_duplicates, at_occurred)
         try:
-            for i, cmd in enumerate(cmds):
-                record_id = record_ids[i]
-                if record_id in recorded or record_id in first_of:
-                    continue  # answered after the commit, from the recorded outcome
-                try:
-                    if cmd.program_id not in programs:
-                        programs[cmd.program_id] = self.get_program(cmd.program_id)
-                    account_id = account_id_key(cmd.program_id, cmd.member_id)
-                    if isinstance(cmd, c.EnrollMember):
-                        if account_id in touched or account_id in cache or account_id in enrolled:
-                            raise errors.MemberAlreadyEnrolled(
-                                f"member {cmd.member_id} is already enrolled",
-                                member_id=cmd.member_id,
-                            )
-                        outcome, touched[account_id] = self._enroll(cmd, programs[cmd.program_id])
-                        first_of[record_id] = i
-                        results[i] = outcome
-                        answered_by[record_id] = (account_id, 1)
-                        records.append(
-                            self._stored(cmd, cmd.member_id, outcome, touched[account_id])
-                        )
-                        continue
-                    if account_id not in touched:
-                        known = cache.get(account_id)
-                        if known is None:
-                            known = loaded.get(account_id)
-                        touched[account_id] = (
-                            known
-                            if known is not None
-                            else (self.get_account(cmd.program_id, cmd.member_id))
-                        )
-                    account = touched[account_id]
-                    outcome = self.decide(cmd, programs[cmd.program_id], account, at_occurred)
-                except errors.DomainError as refusal:
-                    results[i] = refusal
-                    continue
-                first_of[record_id] = i
-                results[i] = outcome
-                answered_by[record_id] = (account.id, account.version)
-                records.append(self._stored(cmd, cmd.member_id, outcome, account))
-            positions: dict[tuple[UUID, int], int] = {}
-            if atomic and any(isinstance(r, errors.DomainError) for r in results):
-                for account_id in touched:
-                    cache.pop(account_id, None)
-                return [
-                    r
-                    if isinstance(r, errors.DomainError)
-                    else errors.AtomicBatchAborted(
-                        "not applied: another command of this atomic batch was refused"
-                    )
-                    for r in results
-                ]
-            if records:
-                recordings = self.save(*touched.values(), requests=records)
-                positions = {
-                    (r.domain_event.originator_id, r.domain_event.originator_version): (
-                        r.notification.id
-                    )
-                    for r in recordings
-                }
-                self._saved(max(positions.values()))
+            return group.run()
         except IntegrityError:
-            for account_id in touched:
-                cache.pop(account_id, None)
+            group.forget()
             if atomic:
                 raise  # execute_atomic starts the whole group again
-            if not look_for_duplicates:
-                return self.execute_group(
-                    cmds, cache, look_for_duplicates=True, at_occurred=at_occurred
-                )
-            if len(cmds) == 1:
-                return [self._answer(lambda: self.execute(cmds[0], at_occurred))]
+            return self._after_conflict(cmds, cache, look_for_duplicates, at_occurred, attempt)
+        except CommandCrashed as crash:
+            group.forget()
+            return self._without(crash, cmds, cache, atomic, at_occurred)
+        except BaseException:
+            group.forget()
+            raise
+
+    def _after_conflict(
+        self,
+        cmds: Sequence[c.AccountCommand],
+        cache: MutableMapping[UUID, MemberAccount],
+        looked: bool,
+        at_occurred: bool,
+        attempt: int,
+    ) -> list[Answer]:
+        if not looked:  # perhaps a retried request: look for records first
+            return self.execute_group(
+                cmds, cache, look_for_duplicates=True, at_occurred=at_occurred
+            )
+        if len(cmds) > 1:
             half = len(cmds) // 2
             return [
-                *self.execute_group(
-                    cmds[:half], cache, look_for_duplicates=True, at_occurred=at_occurred
-                ),
-                *self.execute_group(
-                    cmds[half:], cache, look_for_duplicates=True, at_occurred=at_occurred
-                ),
+                *self.execute_group(cmds[:half], cache, False, True, at_occurred),
+                *self.execute_group(cmds[half:], cache, False, True, at_occurred),
             ]
-        except BaseException:
-            for account_id in touched:
-                cache.pop(account_id, None)
-            raise
-        cache.update(touched)
-        if not look_for_duplicates:
-            # A refusal may be a replay of a request recorded earlier: answer those from
-            # their records (one query, only when something was refused).
-            refused = [
-                record_ids[i] for i, r in enumerate(results) if isinstance(r, errors.DomainError)
+        if attempt >= MAX_ATTEMPTS:
+            return [errors.WriteConflict("the command kept conflicting with concurrent writers")]
+        backoff()
+        return self.execute_group(cmds, cache, False, True, at_occurred, attempt + 1)
+
+    def _without(
+        self,
+        crash: CommandCrashed,
+        cmds: Sequence[c.AccountCommand],
+        cache: MutableMapping[UUID, MemberAccount],
+        atomic: bool,
+        at_occurred: bool,
+    ) -> list[Answer]:
+        cmd = cmds[crash.index]
+        log.error(
+            "%s %s for member %s of program %s failed; the rest of its group goes on",
+            cmd.name,
+            cmd.request_id or "(housekeeping)",
+            cmd.member_id,
+            cmd.program_id,
+            exc_info=crash.error,
+        )
+        failed = errors.InternalFault(
+            f"the server could not apply this {cmd.name} command; it was not applied"
+        )
+        if atomic:
+            return [
+                failed
+                if i == crash.index
+                else errors.AtomicBatchAborted(
+                    "not applied: another command of this atomic batch failed"
+                )
+                for i in range(len(cmds))
             ]
-            for record_id in existing_requests(self.database, refused) if refused else ():
-                for i, other in enumerate(record_ids):
-                    if other == record_id:
-                        results[i] = None
-        answers: list[Outcome | errors.DomainError] = []
-        for i, cmd in enumerate(cmds):
-            result = results[i]
-            if isinstance(result, Outcome):
-                result = replace(result, position=positions[answered_by[record_ids[i]]])
-            elif result is None:  # recorded before, or earlier in this group
-                result = self._answer(lambda cmd=cmd: self.execute(cmd))  # type: ignore[misc]
-            answers.append(result)
+        rest = [x for i, x in enumerate(cmds) if i != crash.index]
+        answers = self.execute_group(rest, cache, at_occurred=at_occurred) if rest else []
+        answers.insert(crash.index, failed)
         return answers
 
     def execute_atomic(
-        self, cmds: Sequence[c.AccountCommand]
-    ) -> list[Outcome | errors.DomainError]:
-        """All or nothing, in one transaction, against freshly loaded accounts."""
+        self,
+        cmds: Sequence[c.AccountCommand],
+        cache: MutableMapping[UUID, MemberAccount] | None = None,
+    ) -> list[Answer]:
+        """All or nothing, in one transaction."""
         for _ in range(MAX_ATTEMPTS):
             try:
-                return self.execute_group(cmds, {}, atomic=True)
+                return self.execute_group(cmds, {} if cache is None else cache, atomic=True)
             except IntegrityError:
-                _backoff()
+                backoff()
         raise errors.WriteConflict("the atomic batch kept conflicting with concurrent writers")
-
-    @staticmethod
-    def _answer(run: Callable[[], Outcome]) -> Outcome | errors.DomainError:
-        try:
-            return run()
-        except errors.DomainError as e:
-            return e
 
     def decide(
         self,
@@ -431,21 +324,26 @@ class LedgerApplication(Application[UUID]):
         if at_occurred and cmd.occurred_at is not None and cmd.occurred_at < now:
             now = cmd.occurred_at
         provenance = self._provenance(cmd, now)
-        details = decide(cmd, CommandContext(program, account, provenance, now))
-        view = AccountView.of(account, program.settings, now)
-        return Outcome(provenance.transaction_id, 0, account=view, details=details)
+        result = handler_for(type(cmd))(cmd, CommandContext(program, account, provenance, now))
+        view = AccountView.of(account, program.settings, now) if cmd.recorded else None
+        return Outcome(provenance.transaction_id, 0, account=view, result=result)
 
-    # ------------------------------------------------------------------ expiry and holds
+    # ------------------------------------------------------------------ expiry
 
     def run_expiry(
-        self, cmd: c.RunExpiry, member_ids: Callable[[datetime], Iterable[str]]
+        self,
+        cmd: c.RunExpiry,
+        member_ids: Callable[[datetime], Iterable[str]],
+        execute: Callable[[list[c.AccountCommand]], list[Answer]],
     ) -> Outcome:
         """Expire every due lot of the program as of `cmd.as_of` (default now).
 
         `member_ids(as_of)` names the accounts that may have due lots (from the lots read
         model); each is checked against its aggregate, so a stale candidate does no harm.
-        Accounts are saved in chunks; the request record goes with the last chunk, so a
-        retried request after a crash simply expires what is left (expiry is idempotent).
+        `execute` runs the per-account ExpireLots commands (the server: through each
+        account's writer), 200 at a time. The request's record is saved after the last of
+        them, so a retried request after a crash expires what is left (expiry is
+        idempotent per instant) and then records its answer.
         """
 
         def attempt() -> Outcome:
@@ -453,138 +351,84 @@ class LedgerApplication(Application[UUID]):
             as_of = cmd.as_of or now
             if as_of > now:
                 raise errors.ExpiryInFuture("as_of is in the future; nothing can expire yet")
-            transaction_id = str(RequestRecord.create_id(cmd.program_id, cmd.request_id))
             self.get_program(cmd.program_id)
-            provenance = Provenance(
-                transaction_id=transaction_id,
-                request_id=cmd.request_id,
-                occurred_at=as_of,
-                reason="points expired",
-            )
-            expired_points = lots = accounts = position = 0
-            last: MemberAccount | None = None  # the newest event written answers for us
-            for chunk in _chunks(member_ids(as_of), 200):
-                points, count, touched, saved = self._expire_chunk(
-                    cmd.program_id, chunk, as_of, provenance
-                )
-                expired_points += points
-                lots += count
-                accounts += len(touched)
-                if touched:
-                    last, position = touched[-1], saved
-            details = {
-                "expired_points": expired_points,
-                "lots_expired": lots,
-                "accounts_touched": accounts,
-            }
-            outcome = Outcome(transaction_id, position, details=details)
-            return self._commit(cmd, "", [], outcome, answered_by=last)
+            transaction_id = cmd_transaction_id(cmd)
+            totals = self._expire(cmd.program_id, member_ids(as_of), as_of, transaction_id, execute)
+            result = ExpiryResult(*totals[:3])
+            outcome = Outcome(transaction_id, totals[3], result=result)
+            return self._commit(cmd, "", [], outcome, answered_by=totals[4])
 
-        return self._idempotent(cmd, attempt)
+        return self.idempotency.retrying(cmd, attempt)
 
-    def _expire_chunk(
-        self, program_id: str, member_ids: list[str], as_of: datetime, provenance: Provenance
-    ) -> tuple[int, int, list[MemberAccount], int]:
-        """(points expired, lots expired, accounts saved, position of the newest event)."""
-        for _ in range(MAX_ATTEMPTS):
-            touched: list[MemberAccount] = []
-            points = lots = 0
-            for member_id in member_ids:
-                account = self.get_account(program_id, member_id)
-                due = account.expire_lots(as_of, provenance)
-                if due:
-                    touched.append(account)
-                    points += sum(due.values())
-                    lots += len(due)
-            if not touched:
-                return 0, 0, [], 0
-            try:
-                recordings = self.save(*touched)
-            except IntegrityError:
-                _backoff()
-                continue
-            position = max(r.notification.id for r in recordings)
-            self._saved(position)
-            return points, lots, touched, position
-        raise errors.WriteConflict("expiry kept conflicting with other writers")
-
-    def sweep_expired_lots(self, program_id: str, as_of: datetime, member_ids: list[str]) -> int:
+    def sweep_expired_lots(
+        self,
+        program_id: str,
+        as_of: datetime,
+        member_ids: list[str],
+        execute: Callable[[list[c.AccountCommand]], list[Answer]],
+    ) -> int:
         """The scheduled sweep: expire due lots of the given accounts. Returns points expired."""
-        provenance = Provenance(
-            transaction_id=derived_transaction_id(f"{program_id}@{as_of.isoformat()}", "sweep"),
-            request_id="",
-            occurred_at=as_of,
-            reason="points expired",
-        )
-        expired = 0
+        transaction_id = derived_transaction_id(f"{program_id}@{as_of.isoformat()}", "sweep")
+        return self._expire(program_id, member_ids, as_of, transaction_id, execute)[0]
+
+    def _expire(
+        self,
+        program_id: str,
+        member_ids: Iterable[str],
+        as_of: datetime,
+        transaction_id: str,
+        execute: Callable[[list[c.AccountCommand]], list[Answer]],
+    ) -> tuple[int, int, int, int, EventKey | None]:
+        """(points, lots, accounts, position of the newest event, that event)."""
+        points = lots = accounts = position = 0
+        newest: EventKey | None = None
         for chunk in _chunks(member_ids, 200):
-            expired += self._expire_chunk(program_id, chunk, as_of, provenance)[0]
-        return expired
+            commands: list[c.AccountCommand] = [
+                c.ExpireLots(
+                    program_id=program_id,
+                    member_id=m,
+                    as_of=as_of,
+                    run_transaction_id=transaction_id,
+                    occurred_at=as_of,
+                )
+                for m in chunk
+            ]
+            for answer in execute(commands):
+                if isinstance(answer, errors.MemberNotFound):
+                    continue  # a stale candidate
+                if isinstance(answer, errors.DomainError):
+                    raise answer
+                assert isinstance(answer.result, ExpiryResult)
+                points += answer.result.expired_points
+                lots += answer.result.lots_expired
+                accounts += answer.result.accounts_touched
+                position = max(position, answer.position)
+        if position:
+            newest = self._event_at(position)
+        return points, lots, accounts, position, newest
 
-    def expire_holds(self, program_id: str, member_id: str) -> int:
-        """Release the holds of one account whose TTL has run out (the sweeper's command).
-
-        Idempotent by state: a hold already ended is left alone. Returns the position."""
-        for _ in range(MAX_ATTEMPTS):
-            account = self.get_account(program_id, member_id)
-            now = self.clock()
-            if not any(h.expires_at <= now for h in account.holds.values()):
-                return 0
-            sweep = Provenance(
-                transaction_id=derived_transaction_id(f"{account.id}@{now.isoformat()}", "sweep"),
-                request_id="",
-                occurred_at=now,
-                reason="hold sweep",
+    def expire_holds(
+        self,
+        program_id: str,
+        member_ids: list[str],
+        execute: Callable[[list[c.AccountCommand]], list[Answer]],
+    ) -> int:
+        """Release the holds of these accounts whose TTL has run out (the sweeper's command).
+        Idempotent by state: a hold already ended is left alone. Returns accounts changed."""
+        now = self.clock()
+        commands: list[c.AccountCommand] = [
+            c.ExpireHolds(
+                program_id=program_id,
+                member_id=m,
+                sweep_transaction_id=derived_transaction_id(
+                    f"{account_id_key(program_id, m)}@{now.isoformat()}", "sweep"
+                ),
             )
-            account.bring_up_to(now, sweep)
-            try:
-                recordings = self.save(account)
-            except IntegrityError:
-                _backoff()
-                continue
-            position = max(r.notification.id for r in recordings)
-            self._saved(position)
-            return position
-        raise errors.WriteConflict("hold expiry kept conflicting with other writers")
+            for m in member_ids
+        ]
+        return sum(1 for a in execute(commands) if isinstance(a, Outcome) and a.position)
 
     # ------------------------------------------------------------------ machinery
-
-    def _idempotent(self, cmd: c.Command, attempt: Callable[[], Outcome]) -> Outcome:
-        record_id = RequestRecord.create_id(cmd.program_id, cmd.request_id)
-        for _ in range(MAX_ATTEMPTS):
-            previous = self._find_request(record_id)
-            if previous is not None:
-                return self._replay(*previous, cmd)
-            try:
-                return attempt()
-            except IntegrityError:
-                # Another writer got there first: the account moved on, or the same
-                # request_id was recorded. Look again.
-                _backoff()
-            except errors.DomainError:
-                # A copy of this request may have committed after we looked: then its
-                # outcome is the answer, not a refusal decided against the state it made.
-                previous = self._find_request(record_id)
-                if previous is not None:
-                    return self._replay(*previous, cmd)
-                raise
-        raise errors.WriteConflict("the command kept conflicting with concurrent writers")
-
-    def _stored(
-        self, cmd: c.Command, member_id: str, outcome: Outcome, answered_by: Aggregate | None
-    ) -> StoredRequest:
-        """The request's idempotency record, encoded for the requests table."""
-        return StoredRequest(
-            record_id=RequestRecord.create_id(cmd.program_id, cmd.request_id),
-            program_id=cmd.program_id,
-            request_id=cmd.request_id,
-            command=cmd.name,
-            request_hash=cmd.fingerprint(),
-            member_id=member_id,
-            response=self.mapper.transcoder.encode(outcome.to_record()),
-            originator_id=answered_by.id if answered_by else None,
-            originator_version=answered_by.version if answered_by else None,
-        )
 
     def _commit(
         self,
@@ -592,47 +436,22 @@ class LedgerApplication(Application[UUID]):
         member_id: str,
         aggregates: Sequence[Aggregate],
         outcome: Outcome,
-        answered_by: Aggregate | None = None,
+        answered_by: EventKey | None = None,
     ) -> Outcome:
         """Save the aggregates' new events and the request's record in one transaction.
-        `answered_by`: the aggregate whose newest event's position the answer reports
-        (default: the last of `aggregates`)."""
+        `answered_by`: the event whose position the answer reports (default: the newest
+        event of the last of `aggregates`)."""
         if answered_by is None and aggregates:
-            answered_by = aggregates[-1]
-        record = self._stored(cmd, member_id, outcome, answered_by)
+            answered_by = (aggregates[-1].id, aggregates[-1].version)
+        record = self.idempotency.record(cmd, member_id, outcome, answered_by)
         recordings = self.save(*aggregates, requests=[record])
         if not recordings:
             return outcome
         position = max(r.notification.id for r in recordings)
-        self._saved(position)
+        self.saved(position)
         return replace(outcome, position=position)
 
-    def _replay(self, record: RequestRecord, position: int, cmd: c.Command) -> Outcome:
-        if record.request_hash != cmd.fingerprint() or record.command != cmd.name:
-            raise errors.IdempotencyKeyReused(
-                f"request_id {cmd.request_id!r} was used for a different request",
-                request_id=cmd.request_id,
-            )
-        return replace(Outcome.from_record(record.response, position), replayed=True)
-
-    def _find_request(self, record_id: UUID) -> tuple[RequestRecord, int] | None:
-        found = find_request(self.database, record_id)
-        if found is None:
-            return None
-        row, position = found
-        record = RequestRecord(
-            program_id=row.program_id,
-            request_id=row.request_id,
-            command=row.command,
-            request_hash=row.request_hash,
-            member_id=row.member_id,
-            response=self.mapper.transcoder.decode(row.response),
-            originator_id=row.originator_id,
-            originator_version=row.originator_version,
-        )
-        return record, position
-
-    def _load_accounts(self, account_ids: list[UUID]) -> dict[UUID, MemberAccount]:
+    def load_accounts(self, account_ids: list[UUID]) -> dict[UUID, MemberAccount]:
         """The current state of these accounts (absent: no events), from the newest snapshot
         and the events after it. A load that replayed SNAPSHOT_AFTER_REPLAYING events or more
         saves a snapshot, so the next one does not: the cost falls on cold loads, which are
@@ -656,71 +475,29 @@ class LedgerApplication(Application[UUID]):
     def _exists(self, aggregate_id: UUID) -> bool:
         return aggregate_id in existing_originators(self.database, [aggregate_id])
 
+    def _event_at(self, position: int) -> EventKey | None:
+        return event_at(self.database, position)
+
     def _provenance(self, cmd: c.AccountCommand, now: datetime) -> Provenance:
+        notes = cmd.notes()
         return Provenance(
-            transaction_id=str(RequestRecord.create_id(cmd.program_id, cmd.request_id)),
+            transaction_id=cmd.new_transaction_id(),
             request_id=cmd.request_id,
             occurred_at=cmd.occurred_at or now,
             store_id=cmd.store_id,
-            order_ref=getattr(cmd, "order_ref", ""),
-            reason=getattr(cmd, "reason", ""),
-            operator_id=getattr(cmd, "operator_id", ""),
-            reverses_transaction_id=(
-                cmd.transaction_id if isinstance(cmd, c.ReverseTransaction) else ""
-            ),
+            order_ref=notes.order_ref,
+            reason=notes.reason,
+            operator_id=notes.operator_id,
+            reverses_transaction_id=notes.reverses_transaction_id,
         )
 
-    def _saved(self, position: int) -> None:
+    def saved(self, position: int) -> None:
         if self.on_saved is not None:
             self.on_saved(position)
 
 
-# ---------------------------------------------------------------------- decisions
-
-
-def decide(cmd: c.AccountCommand, ctx: CommandContext) -> dict[str, Any]:
-    """Call the account's method for `cmd`; return the command-specific response fields."""
-    account, provenance, now = ctx.account, ctx.provenance, ctx.now
-    settings = ctx.program.settings
-    if isinstance(cmd, c.EarnPoints):
-        expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
-            provenance.occurred_at, settings.time_zone
-        )
-        repaid = account.earn(
-            provenance, now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
-        )
-        return {"lot_id": provenance.transaction_id, "debt_repaid": repaid}
-    if isinstance(cmd, c.RedeemPoints):
-        return {"consumed": account.redeem(provenance, now, cmd.points)}
-    if isinstance(cmd, c.HoldPoints):
-        hold = account.hold(provenance, now, cmd.points, timedelta(seconds=cmd.ttl_seconds))
-        return {"hold_id": hold.hold_id, "expires_at": hold.expires_at}
-    if isinstance(cmd, c.CaptureHold):
-        consumed, released = account.capture_hold(provenance, now, cmd.hold_id, cmd.points)
-        return {
-            "consumed": consumed,
-            "points_captured": sum(consumed.values()),
-            "points_released": sum(released.values()),
-        }
-    if isinstance(cmd, c.ReleaseHold):
-        returned = account.release_hold(provenance, now, cmd.hold_id)
-        return {"points_released": sum(returned.values())}
-    if isinstance(cmd, c.AdjustPoints):
-        expires_at = settings.expiry_policy.expires_at(provenance.occurred_at, settings.time_zone)
-        account.adjust(provenance, now, cmd.points, expires_at)
-        return {}
-    if isinstance(cmd, c.ReverseTransaction):
-        points, debt_added = account.reverse(provenance, now, cmd.transaction_id, cmd.points)
-        return {
-            "points_reversed": points,
-            "debt_added": debt_added,
-            "reverses_transaction_id": cmd.transaction_id,
-        }
-    raise TypeError(f"not an account command: {type(cmd).__name__}")
-
-
-def _backoff() -> None:
-    time.sleep(random.uniform(0.0005, 0.005))
+def cmd_transaction_id(cmd: c.Command) -> str:
+    return str(request_id_key(cmd.program_id, cmd.request_id))
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterable[list[str]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
+from ledger.application.results import Result
 from ledger.domain.account import MemberAccount
 from ledger.domain.program import Program, ProgramSettings
 
@@ -68,13 +69,14 @@ class ProgramView:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A command's answer. `details` holds the command-specific fields (JSON-able)."""
+    """A command's answer: the transaction, its position, the account or program as it
+    left them, and the command's own result (see results.py)."""
 
     transaction_id: str
     position: int
     account: AccountView | None = None
     program: ProgramView | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    result: Result | None = None
     # Answered from the idempotency record of an earlier call (not part of the answer itself).
     replayed: bool = field(default=False, compare=False)
 
@@ -88,13 +90,16 @@ class Outcome:
                 if self.program
                 else None
             ),
-            "details": self.details,
+            "result": self.result.to_record() if self.result else None,
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], position: int) -> Outcome:
+    def from_record(
+        cls, record: dict[str, Any], position: int, result_type: type[Result] | None
+    ) -> Outcome:
         account = AccountView(**record["account"]) if record["account"] else None
-        program = None
-        if record["program"]:
-            program = ProgramView(**record["program"])
-        return cls(record["transaction_id"], position, account, program, record["details"])
+        program = ProgramView(**record["program"]) if record["program"] else None
+        # Records written before results were typed keep the same fields under "details".
+        fields_ = record.get("result", record.get("details"))
+        result = result_type(**fields_) if result_type is not None and fields_ else None
+        return cls(record["transaction_id"], position, account, program, result)

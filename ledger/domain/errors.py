@@ -102,3 +102,10 @@ class WriteConflict(DomainError):
     """Concurrent writers kept conflicting after every retry (maps to ABORTED)."""
 
     reason = "WRITE_CONFLICT"
+
+
+class InternalFault(DomainError):
+    """The server's own code failed on this command (a bug, logged); nothing of it was
+    written (maps to INTERNAL)."""
+
+    reason = "INTERNAL"

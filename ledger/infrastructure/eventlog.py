@@ -38,14 +38,14 @@ def existing_ids(db: Database, table: str, column: str, ids: list[UUID]) -> set[
     return {read_id(r[0]) for r in rows}
 
 
-def position_of(db: Database, originator_id: UUID, version: int) -> int:
-    """The notification id (global position) of one stored event, or 0 if absent."""
-    table, position = events_table(db)
-    sql = f"SELECT {position} FROM {table} WHERE originator_id = ? AND originator_version = ?"
+def event_at(db: Database, position: int) -> tuple[UUID, int] | None:
+    """The (aggregate id, version) of the event stored at this position, if any."""
+    table, column = events_table(db)
+    sql = f"SELECT originator_id, originator_version FROM {table} WHERE {column} = ?"
     with db.read() as cur:
-        cur.execute(sql, (stored_id(db, originator_id), version))
+        cur.execute(sql, (position,))
         row = cur.fetchone()
-    return int(row[0]) if row else 0
+    return (read_id(row[0]), int(row[1])) if row else None
 
 
 def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:

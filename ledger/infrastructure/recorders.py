@@ -2,7 +2,7 @@
 records written in the same transaction as the events, and each event's place in its
 account's hash chain (prev_hash, hash: ledger/infrastructure/chain.py) stored with it.
 
-`app.save(*aggregates, requests=[StoredRequest, ...])` reaches `insert_events(...,
+`app.save(*aggregates, requests=[RequestRecord, ...])` reaches `insert_events(...,
 requests=...)` here: the rows go into the requests table inside the events' transaction, so a
 command is recorded with its answer or not at all, and a second writer of the same request_id
 fails on the primary key (IntegrityError) exactly as a conflicting event would.
@@ -28,7 +28,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger.infrastructure.chain import ChainHeads
-from ledger.infrastructure.requests import COLUMNS, StoredRequest, sqlite_row
+from ledger.infrastructure.requests import COLUMNS, RequestRecord, sqlite_row
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
 
@@ -102,7 +102,7 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
         curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         *,
-        requests: Sequence[StoredRequest] = (),
+        requests: Sequence[RequestRecord] = (),
         **kwargs: Any,
     ) -> None:
         if requests and not stored_events:
@@ -114,7 +114,7 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
         stored_events: Sequence[StoredEvent],
         *,
         links: Links = (),
-        requests: Sequence[StoredRequest] = (),
+        requests: Sequence[RequestRecord] = (),
         **kwargs: Any,
     ) -> None:
         self._lock_table(curs)
@@ -136,7 +136,7 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
             with curs.connection.cursor() as other:
                 self._insert_requests(other, requests)
 
-    def _insert_requests(self, curs: Cursor[Any], requests: Sequence[StoredRequest]) -> None:
+    def _insert_requests(self, curs: Cursor[Any], requests: Sequence[RequestRecord]) -> None:
         columns = [list(column) for column in zip(*requests, strict=True)]
         curs.execute(self.insert_requests_statement, columns, prepare=False)
 
@@ -166,11 +166,11 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         links: Links = (),
-        requests: Sequence[StoredRequest] = (),
+        requests: Sequence[RequestRecord] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if requests:
-            marks = ",".join("?" * len(StoredRequest._fields))
+            marks = ",".join("?" * len(RequestRecord._fields))
             c.executemany(
                 f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})",
                 [sqlite_row(r) for r in requests],

@@ -10,7 +10,10 @@ from ledger.infrastructure.database import Database
 from ledger.infrastructure.eventlog import events_table, existing_ids, read_id, stored_id
 
 
-class StoredRequest(NamedTuple):
+class RequestRecord(NamedTuple):
+    """The durable idempotency record of one applied command (docs/decisions/0007). Its id
+    is uuid5(program, request_id) and doubles as the command's transaction id."""
+
     record_id: UUID
     program_id: str
     request_id: str
@@ -22,14 +25,14 @@ class StoredRequest(NamedTuple):
     originator_version: int | None
 
 
-COLUMNS = ", ".join(StoredRequest._fields)
+COLUMNS = ", ".join(RequestRecord._fields)
 
 
 def requests_table(db: Database) -> str:
     return "requests" if db.config.kind == "sqlite" else "ledger_requests"
 
 
-def sqlite_row(r: StoredRequest) -> tuple[Any, ...]:
+def sqlite_row(r: RequestRecord) -> tuple[Any, ...]:
     """A row for the SQLite table, whose ids are hex text like the library's."""
     return (
         r.record_id.hex,
@@ -39,26 +42,32 @@ def sqlite_row(r: StoredRequest) -> tuple[Any, ...]:
     )
 
 
-def find_request(db: Database, record_id: UUID) -> tuple[StoredRequest, int] | None:
-    """The record of one request and the position of its answering event (0 if none)."""
+def find_requests(db: Database, record_ids: list[UUID]) -> dict[UUID, tuple[RequestRecord, int]]:
+    """The records of these requests that exist, each with the position of its answering
+    event (0 if it wrote none). One query."""
+    if not record_ids:
+        return {}
     table, position = events_table(db)
+    marks = ",".join("?" * len(record_ids))
     sql = (
-        f"SELECT {', '.join('r.' + c for c in StoredRequest._fields)}, e.{position}"
+        f"SELECT {', '.join('r.' + c for c in RequestRecord._fields)}, e.{position}"
         f" FROM {requests_table(db)} r LEFT JOIN {table} e"
         " ON e.originator_id = r.originator_id AND e.originator_version = r.originator_version"
-        " WHERE r.record_id = ?"
+        f" WHERE r.record_id IN ({marks})"
     )
     with db.read() as cur:
-        cur.execute(sql, (stored_id(db, record_id),))
-        row = cur.fetchone()
-    if row is None:
-        return None
-    values = list(row)
-    for i in (0, 7):
-        if values[i] is not None:
-            values[i] = read_id(values[i])
-    values[6] = bytes(values[6])
-    return StoredRequest(*values[:9]), int(values[9] or 0)
+        cur.execute(sql, [stored_id(db, i) for i in record_ids])
+        rows = cur.fetchall()
+    found: dict[UUID, tuple[RequestRecord, int]] = {}
+    for row in rows:
+        values = list(row)
+        for i in (0, 7):
+            if values[i] is not None:
+                values[i] = read_id(values[i])
+        values[6] = bytes(values[6])
+        record = RequestRecord(*values[:9])
+        found[record.record_id] = (record, int(values[9] or 0))
+    return found
 
 
 def existing_requests(db: Database, record_ids: list[UUID]) -> set[UUID]:

@@ -152,3 +152,54 @@ def test_a_command_for_another_program_is_refused_alone(client: Client) -> None:
     response = run(client, program, [earn(alice, 10), other])
     assert response.results[0].earn.account.points_available == 10
     assert response.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_an_atomic_batch_with_a_reused_request_id_applies_nothing(client: Client) -> None:
+    """Regression: the reused key was answered ALREADY_EXISTS and the rest committed."""
+    program, alice = client.member()
+    key = new_id("k1")
+    seeded = client.earn(program, alice, 10, request_id=key)
+
+    response = run(client, program, [earn(alice, 99, key), earn(alice, 5)], atomic=True)
+
+    assert [reason(r) for r in response.results] == [
+        "IDEMPOTENCY_KEY_REUSED",
+        "ATOMIC_BATCH_ABORTED",
+    ]
+    assert response.results[0].error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
+    account = client.account(program, alice, min_position=seeded.position)
+    assert (account.points_available, account.version) == (10, seeded.account.version)
+
+
+def test_an_atomic_batch_repeating_a_request_id_with_another_payload_applies_nothing(
+    client: Client,
+) -> None:
+    program, alice = client.member()
+    seeded = client.earn(program, alice, 10)
+    key = new_id("twice")
+
+    response = run(client, program, [earn(alice, 1, key), earn(alice, 2, key)], atomic=True)
+
+    assert [reason(r) for r in response.results] == [
+        "ATOMIC_BATCH_ABORTED",
+        "IDEMPOTENCY_KEY_REUSED",
+    ]
+    account = client.account(program, alice, min_position=seeded.position)
+    assert (account.points_available, account.version) == (10, seeded.account.version)
+
+
+def test_a_retried_atomic_batch_answers_from_its_records_and_writes_nothing(
+    client: Client,
+) -> None:
+    program, alice = client.member()
+    bob = client.enroll(program)
+    commands = [earn(alice, 100), redeem(alice, 60), earn(bob, 7)]
+    first = run(client, program, commands, atomic=True)
+
+    again = run(client, program, commands, atomic=True)
+
+    assert list(again.results) == list(first.results)
+    assert again.position == first.position
+    history = client.transactions(program, alice, min_position=first.position)
+    assert len(history.transactions) == 3  # enroll, earn, redeem: nothing twice
+    assert client.account(program, bob, min_position=first.position).version == 2

@@ -1,0 +1,273 @@
+"""One group commit: account commands decided in order and saved in ONE transaction.
+
+The steps, each a method of `CommandGroup`:
+1. `answer_known`: requests already answered: a request_id earlier in this group (the same
+   payload gets the same answer, another payload is refused), and, when asked to look,
+   requests recorded before (answered from their records).
+2. `prefetch`: the accounts the group needs and the writer has not cached, in one query.
+3. `decide`: each command against its account, in order; a refusal changes nothing.
+4. atomic only: any refusal aborts every command (`aborted`).
+5. `save`: the accounts' new events and the commands' idempotency records, in one
+   transaction.
+6. `answers`: each command's answer with its position; a refusal that is the replay of a
+   request recorded earlier is answered from that record.
+
+What goes wrong around a group (a conflict with another process, a command whose code
+raised) is handled by `LedgerApplication.execute_group`, which re-runs the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from ledger.application import commands as c
+from ledger.application.idempotency import EventKey, record_id, reused, same_request
+from ledger.application.views import Outcome
+from ledger.domain import errors
+from ledger.domain.account import MemberAccount
+from ledger.domain.ids import account_id_key
+from ledger.domain.program import Program
+from ledger.infrastructure.eventlog import existing_originators
+from ledger.infrastructure.requests import RequestRecord
+
+if TYPE_CHECKING:
+    from ledger.application.service import LedgerApplication
+
+Answer = Outcome | errors.DomainError
+T = TypeVar("T")
+
+
+class CommandCrashed(Exception):
+    """A command's own code raised something that is not a refusal (a bug): the group is
+    re-run without it, and it alone is answered INTERNAL."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"command {index} raised {error!r}")
+        self.index = index
+        self.error = error
+
+
+@dataclass
+class _Slot:
+    cmd: c.AccountCommand
+    account_id: UUID
+    record_id: UUID | None  # None: keeps no record (housekeeping)
+    answer: Answer | None = None
+    # The event whose position answers it; None: it wrote none, or it is a replay.
+    event: EventKey | None = None
+    same_as: int | None = None  # a repeat of the command at this index
+
+
+class CommandGroup:
+    def __init__(
+        self,
+        app: LedgerApplication,
+        cmds: Sequence[c.AccountCommand],
+        cache: MutableMapping[UUID, MemberAccount],
+        atomic: bool,
+        look_for_duplicates: bool,
+        at_occurred: bool,
+    ) -> None:
+        self.app = app
+        self.cache = cache
+        self.atomic = atomic
+        self.look_for_duplicates = look_for_duplicates or atomic
+        self.at_occurred = at_occurred
+        self.slots = [
+            _Slot(
+                x, account_id_key(x.program_id, x.member_id), record_id(x) if x.recorded else None
+            )
+            for x in cmds
+        ]
+        self.touched: dict[UUID, MemberAccount] = {}
+        self.records: list[RequestRecord] = []
+        self.positions: dict[EventKey, int] = {}
+
+    def run(self) -> list[Answer]:
+        self.answer_known()
+        self.prefetch()
+        self.decide()
+        if self.atomic and self.refused():
+            return self.aborted()
+        self.save()
+        return self.answers()
+
+    def forget(self) -> None:
+        """The accounts this group changed are no longer what the database has: drop them
+        from the writer's cache, so the next group reads them fresh."""
+        for account_id in self.touched:
+            self.cache.pop(account_id, None)
+
+    # ------------------------------------------------------------------ steps
+
+    def answer_known(self) -> None:
+        first: dict[UUID, int] = {}
+        for i, slot in enumerate(self.slots):
+            if slot.record_id is None:
+                continue
+            if slot.record_id in first:
+                earlier = self.slots[first[slot.record_id]].cmd
+                if same_request(slot.cmd, earlier.name, earlier.fingerprint()):
+                    slot.same_as = first[slot.record_id]
+                else:
+                    slot.answer = reused(slot.cmd)
+                continue
+            first[slot.record_id] = i
+        if self.look_for_duplicates:
+            recorded = self.app.idempotency.recorded([s.cmd for s in self.pending()])
+            for slot in self.pending():
+                assert slot.record_id is not None
+                slot.answer = recorded.get(slot.record_id)
+
+    def prefetch(self) -> None:
+        cold = {
+            s.account_id
+            for s in self.pending()
+            if not isinstance(s.cmd, c.EnrollMember) and s.account_id not in self.cache
+        }
+        if len(cold) > 1:  # one account is read by get_account below, as cheaply
+            self.touched.update(self.app.load_accounts(list(cold)))
+        enrolling = [s.account_id for s in self.pending() if isinstance(s.cmd, c.EnrollMember)]
+        self.enrolled = existing_originators(self.app.database, enrolling) if enrolling else set()
+
+    def decide(self) -> None:
+        programs: dict[str, Program] = {}
+        for slot in self.slots:
+            if slot.answer is not None or slot.same_as is not None:
+                continue
+            cmd = slot.cmd
+            if cmd.program_id not in programs:
+                try:
+                    programs[cmd.program_id] = self.app.get_program(cmd.program_id)
+                except errors.DomainError as refusal:
+                    slot.answer = refusal
+                    continue
+            try:
+                if isinstance(cmd, c.EnrollMember):
+                    self._check_not_enrolled(slot)
+                    outcome, account = self._guarded(slot, self._enroll, slot, programs)
+                else:
+                    account = self._account(slot)
+                    version = account.version
+                    program = programs[cmd.program_id]
+                    outcome = self._guarded(
+                        slot, self.app.decide, cmd, program, account, self.at_occurred
+                    )
+                    if account.version == version:  # wrote nothing (housekeeping only)
+                        slot.answer = outcome
+                        continue
+            except errors.DomainError as refusal:
+                slot.answer = refusal
+                continue
+            slot.answer = outcome
+            slot.event = (account.id, account.version)
+            if slot.record_id is not None:
+                self.records.append(
+                    self.app.idempotency.record(cmd, cmd.member_id, outcome, slot.event)
+                )
+
+    def _guarded(self, slot: _Slot, decide: Callable[..., T], *args: Any) -> T:
+        """Run one command's own code: a refusal passes through, anything else is a bug in
+        that command, which must not cost the others theirs."""
+        try:
+            return decide(*args)
+        except errors.DomainError:
+            raise
+        except Exception as crash:
+            raise CommandCrashed(self.slots.index(slot), crash) from crash
+
+    def refused(self) -> bool:
+        return any(isinstance(s.answer, errors.DomainError) for s in self.slots)
+
+    def aborted(self) -> list[Answer]:
+        self.forget()
+        return [
+            s.answer
+            if isinstance(s.answer, errors.DomainError)
+            else errors.AtomicBatchAborted(
+                "not applied: another command of this atomic batch was refused"
+            )
+            for s in self.slots
+        ]
+
+    def save(self) -> None:
+        if not any(s.event for s in self.slots):
+            return
+        recordings = self.app.save(*self.touched.values(), requests=self.records)
+        self.positions = {
+            (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+            for r in recordings
+        }
+        self.app.saved(max(self.positions.values()))
+        self.cache.update(self.touched)
+
+    def answers(self) -> list[Answer]:
+        refused_before = [
+            s
+            for s in self.slots
+            if isinstance(s.answer, errors.DomainError)
+            and s.record_id is not None
+            and not self.look_for_duplicates
+        ]
+        if refused_before:
+            # A refusal may be a retry of a request recorded earlier, refused now against
+            # the state it made: its answer is its record (one query, only on refusals).
+            recorded = self.app.idempotency.recorded([s.cmd for s in refused_before])
+            for slot in refused_before:
+                assert slot.record_id is not None
+                slot.answer = recorded.get(slot.record_id, slot.answer)
+        out: list[Answer] = []
+        for slot in self.slots:
+            if slot.same_as is not None:
+                first = self.slots[slot.same_as]
+                answer = self._final(first)
+                out.append(
+                    replace(answer, replayed=True) if isinstance(answer, Outcome) else answer
+                )
+            else:
+                out.append(self._final(slot))
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def pending(self) -> list[_Slot]:
+        return [
+            s
+            for s in self.slots
+            if s.answer is None and s.same_as is None and s.record_id is not None
+        ]
+
+    def _final(self, slot: _Slot) -> Answer:
+        assert slot.answer is not None
+        if isinstance(slot.answer, Outcome) and slot.event is not None:
+            return replace(slot.answer, position=self.positions[slot.event])
+        return slot.answer
+
+    def _account(self, slot: _Slot) -> MemberAccount:
+        account = self.touched.get(slot.account_id)
+        if account is None:
+            account = self.cache.get(slot.account_id)
+        if account is None:
+            account = self.app.get_account(slot.cmd.program_id, slot.cmd.member_id)
+        self.touched[slot.account_id] = account
+        return account
+
+    def _check_not_enrolled(self, slot: _Slot) -> None:
+        if (
+            slot.account_id in self.touched
+            or slot.account_id in self.cache
+            or slot.account_id in self.enrolled
+        ):
+            raise errors.MemberAlreadyEnrolled(
+                f"member {slot.cmd.member_id} is already enrolled", member_id=slot.cmd.member_id
+            )
+
+    def _enroll(self, slot: _Slot, programs: dict[str, Program]) -> tuple[Outcome, MemberAccount]:
+        cmd = slot.cmd
+        assert isinstance(cmd, c.EnrollMember)
+        outcome, account = self.app.enroll(cmd, programs[cmd.program_id])
+        self.touched[slot.account_id] = account
+        return outcome, account

@@ -1,0 +1,135 @@
+"""One handler per account command: how a command becomes calls on its account.
+
+A handler reads the command's fields, asks the program's settings what they decide (expiry,
+tier window), calls the account's method, and returns the command's typed result. It saves
+nothing and catches nothing: a DomainError raised by the account is the refusal. Handlers are
+registered by command type; `handler_for` finds one, and fails loudly for a type that has
+none, so a new command is one command class, one handler here and one descriptor in the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from ledger.application import commands as c
+from ledger.application.results import (
+    CaptureResult,
+    EarnResult,
+    ExpiryResult,
+    HoldResult,
+    RedeemResult,
+    ReleaseResult,
+    Result,
+    ReverseResult,
+)
+from ledger.domain.account import MemberAccount
+from ledger.domain.program import Program
+from ledger.domain.provenance import Provenance
+
+
+@dataclass
+class CommandContext:
+    """What a handler works with: loaded fresh on every attempt."""
+
+    program: Program
+    account: MemberAccount
+    provenance: Provenance
+    now: datetime
+
+
+Cmd = TypeVar("Cmd", bound=c.AccountCommand)
+Handler = Callable[[Any, CommandContext], Result | None]
+_HANDLERS: dict[type[c.AccountCommand], Handler] = {}
+
+
+def handles(command_type: type[Cmd]) -> Callable[[Callable[[Cmd, CommandContext], Any]], Any]:
+    def register(handler: Callable[[Cmd, CommandContext], Any]) -> Any:
+        if command_type in _HANDLERS:
+            raise TypeError(f"{command_type.__name__} has a handler already")
+        _HANDLERS[command_type] = handler
+        return handler
+
+    return register
+
+
+def handler_for(command_type: type[c.AccountCommand]) -> Handler:
+    try:
+        return _HANDLERS[command_type]
+    except KeyError:
+        raise TypeError(f"no handler for {command_type.__name__}") from None
+
+
+def handled_types() -> frozenset[type[c.AccountCommand]]:
+    return frozenset(_HANDLERS)
+
+
+@handles(c.EarnPoints)
+def earn(cmd: c.EarnPoints, ctx: CommandContext) -> EarnResult:
+    settings = ctx.program.settings
+    expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
+        ctx.provenance.occurred_at, settings.time_zone
+    )
+    repaid = ctx.account.earn(
+        ctx.provenance, ctx.now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
+    )
+    return EarnResult(lot_id=ctx.provenance.transaction_id, debt_repaid=repaid)
+
+
+@handles(c.RedeemPoints)
+def redeem(cmd: c.RedeemPoints, ctx: CommandContext) -> RedeemResult:
+    return RedeemResult(consumed=ctx.account.redeem(ctx.provenance, ctx.now, cmd.points))
+
+
+@handles(c.HoldPoints)
+def hold(cmd: c.HoldPoints, ctx: CommandContext) -> HoldResult:
+    held = ctx.account.hold(ctx.provenance, ctx.now, cmd.points, timedelta(seconds=cmd.ttl_seconds))
+    return HoldResult(hold_id=held.hold_id, expires_at=held.expires_at)
+
+
+@handles(c.CaptureHold)
+def capture_hold(cmd: c.CaptureHold, ctx: CommandContext) -> CaptureResult:
+    consumed, released = ctx.account.capture_hold(ctx.provenance, ctx.now, cmd.hold_id, cmd.points)
+    return CaptureResult(
+        consumed=consumed,
+        points_captured=sum(consumed.values()),
+        points_released=sum(released.values()),
+    )
+
+
+@handles(c.ReleaseHold)
+def release_hold(cmd: c.ReleaseHold, ctx: CommandContext) -> ReleaseResult:
+    returned = ctx.account.release_hold(ctx.provenance, ctx.now, cmd.hold_id)
+    return ReleaseResult(points_released=sum(returned.values()))
+
+
+@handles(c.AdjustPoints)
+def adjust(cmd: c.AdjustPoints, ctx: CommandContext) -> None:
+    settings = ctx.program.settings
+    expires_at = settings.expiry_policy.expires_at(ctx.provenance.occurred_at, settings.time_zone)
+    ctx.account.adjust(ctx.provenance, ctx.now, cmd.points, expires_at)
+
+
+@handles(c.ReverseTransaction)
+def reverse(cmd: c.ReverseTransaction, ctx: CommandContext) -> ReverseResult:
+    points, debt_added = ctx.account.reverse(
+        ctx.provenance, ctx.now, cmd.transaction_id, cmd.points
+    )
+    return ReverseResult(
+        points_reversed=points, debt_added=debt_added, reverses_transaction_id=cmd.transaction_id
+    )
+
+
+@handles(c.ExpireLots)
+def expire_lots(cmd: c.ExpireLots, ctx: CommandContext) -> ExpiryResult:
+    due = ctx.account.expire_lots(cmd.as_of, ctx.provenance)
+    return ExpiryResult(
+        expired_points=sum(due.values()), lots_expired=len(due), accounts_touched=int(bool(due))
+    )
+
+
+@handles(c.ExpireHolds)
+def expire_holds(cmd: c.ExpireHolds, ctx: CommandContext) -> None:
+    ctx.account.bring_up_to(ctx.now, ctx.provenance)
