@@ -168,6 +168,9 @@ class MemberAccount(Aggregate):
         self.available = 0
         self.held = 0
         self.debt = 0
+        # What each reversed earn's lot still owes of the debt, oldest first. The points
+        # that repay it stand in for that lot's (in_lieu), as if they had been clawed back.
+        self.debt_of: dict[str, int] = {}
         self.lots: dict[str, Lot] = {}
         self.open_lot_ids: set[str] = set()
         self.holds: dict[str, ActiveHold] = {}
@@ -542,6 +545,7 @@ class MemberAccount(Aggregate):
         if qualifying:
             self.qualifying.earned(lot_id, provenance.occurred_at, points)
         self._open_lot(lot_id, points - debt_repaid, provenance.occurred_at, expires_at)
+        self._repaid_by({lot_id: debt_repaid})
 
     @event("PointsRedeemed")
     def _points_redeemed(self, provenance: Provenance, consumed: Allocation) -> None:
@@ -622,6 +626,7 @@ class MemberAccount(Aggregate):
                 provenance.occurred_at,
                 expires_at,
             )
+            self._repaid_by({provenance.transaction_id: debt_repaid})
         else:
             self._take(taken)
 
@@ -647,6 +652,8 @@ class MemberAccount(Aggregate):
         if from_expired:
             self.lots[reversed_id].expired_reversed += from_expired
         self.debt += debt_added
+        if debt_added:
+            self.debt_of[reversed_id] = self.debt_of.get(reversed_id, 0) + debt_added
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("RedemptionReversed")
@@ -666,15 +673,18 @@ class MemberAccount(Aggregate):
         # Points that repaid debt are counted against the last-consumed lots too, so the
         # total reversed never exceeds the original.
         left = debt_repaid
+        repaying: Allocation = {}
         for lot_id in reversed(record.consumed):
             if left == 0:
                 break
             give = min(record.consumed[lot_id] - record.reversed.get(lot_id, 0), left)
             record.reversed[lot_id] = record.reversed.get(lot_id, 0) + give
+            repaying[lot_id] = give
             left -= give
         self.debt -= debt_repaid
         self._settle_in_lieu(reversed_from)
         self._credit(restored)
+        self._repaid_by(repaying)
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("LotsExpired")
@@ -711,8 +721,29 @@ class MemberAccount(Aggregate):
             self.lots[lot_id].held -= pts
             self.held -= pts
         self.debt -= debt_repaid
-        self._settle_in_lieu(split_allocation(returned, debt_repaid)[1])
+        repaying, back = split_allocation(returned, debt_repaid)
+        self._settle_in_lieu(back)
         self._credit(credited)
+        self._repaid_by(repaying)
+
+    def _repaid_by(self, repaying: Allocation) -> None:
+        """These lots' points repaid debt: they stand in for the reversed earns' lots whose
+        shortfall the debt was, oldest debt first, so points coming back to such a lot
+        later go to the lot that repaid in its place (decision 2: the order of a reversal
+        and a repayment does not change which lot's expiry the points keep)."""
+        for lot_id, points in repaying.items():
+            left = points
+            for owing in list(self.debt_of):
+                if left == 0:
+                    break
+                give = min(self.debt_of[owing], left)
+                left -= give
+                self.debt_of[owing] -= give
+                if self.debt_of[owing] == 0:
+                    del self.debt_of[owing]
+                if owing != lot_id:
+                    in_lieu = self.lots[owing].in_lieu
+                    in_lieu[lot_id] = in_lieu.get(lot_id, 0) + give
 
     def _settle_in_lieu(self, allocation: Allocation) -> None:
         """Points coming back to a reversed earn's lot repay the lots that stood in for it."""

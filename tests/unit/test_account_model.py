@@ -97,6 +97,9 @@ class Model:
     redemptions: dict[str, MRedemption] = field(default_factory=dict)
     others: set[str] = field(default_factory=set)  # holds, releases, adjustments
     debt: int = 0
+    # Debt by the reversed earn it came from, oldest first: whatever repays it stands in
+    # for that earn's lot.
+    debt_of: dict[str, int] = field(default_factory=dict)
 
     def clone(self) -> Model:
         return Model(
@@ -110,6 +113,7 @@ class Model:
             },
             others=set(self.others),
             debt=self.debt,
+            debt_of=dict(self.debt_of),
         )
 
     # -- reads
@@ -160,7 +164,21 @@ class Model:
         repaid = min(self.debt, points)
         self.debt -= repaid
         self.lots[lot_id] = MLot(points - repaid, points - repaid, earned_at, expires_at)
+        self.repaid_by(lot_id, repaid)
         return repaid
+
+    def repaid_by(self, lot_id: str, n: int) -> None:
+        """`n` of this lot's points repaid debt: they stand in for the reversed lots the
+        debt came from, oldest first."""
+        for owing in list(self.debt_of):
+            k = min(self.debt_of[owing], n)
+            n -= k
+            self.debt_of[owing] -= k
+            if self.debt_of[owing] == 0:
+                del self.debt_of[owing]
+            if k and owing != lot_id:
+                stood_in = self.lots[owing].stood_in
+                stood_in[lot_id] = stood_in.get(lot_id, 0) + k
 
     def return_from_hold(self, hold_id: str) -> list[tuple[str, int]]:
         hold = self.holds.pop(hold_id)
@@ -172,11 +190,15 @@ class Model:
         """Held points come back: the first of them repay debt, the rest go to their lots."""
         repay = min(self.debt, sum(n for _, n in pieces))
         self.debt -= repay
+        repaying = []
         for lot_id, n in pieces:
             r = min(repay, n)
             repay -= r
             self.lots[lot_id].held -= n
             self.credit(lot_id, n - r)
+            repaying.append((lot_id, r))
+        for lot_id, r in repaying:
+            self.repaid_by(lot_id, r)
 
     def credit(self, lot_id: str, n: int) -> None:
         """Points coming back to a lot: first to the lots that stood in for it, then to it."""
@@ -354,6 +376,8 @@ class Model:
             if n and lot_id != target:
                 own.stood_in[lot_id] = own.stood_in.get(lot_id, 0) + n
         self.debt += owed
+        if owed:
+            self.debt_of[target] = self.debt_of.get(target, 0) + owed
         return points, owed
 
     def reverse_redemption(self, target: str, requested: int) -> int:
@@ -373,6 +397,8 @@ class Model:
             n = min(entry[1], points)
             if restore:
                 self.credit(entry[0], n)
+            else:
+                self.repaid_by(entry[0], n)
             entry[1] -= n
             points -= n
             if entry[1] == 0:
@@ -844,6 +870,10 @@ class AccountMachine(RuleBasedStateMachine):
             h: (x.points, x.taken, x.expires_at) for h, x in m.holds.items()
         }
         assert a.closed_hold_ids == m.closed_holds
+        assert a.debt_of == m.debt_of
+        assert a.debt == sum(a.debt_of.values())
+        for lot_id, lot in a.lots.items():
+            assert lot.in_lieu == m.lots[lot_id].stood_in, lot_id
         assert {k: (e.points, e.reversed) for k, e in a.earns.items()} == {
             k: (e.points, e.reversed) for k, e in m.earns.items()
         }

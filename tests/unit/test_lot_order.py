@@ -462,3 +462,31 @@ def test_what_a_redeem_may_take_is_what_bringing_the_account_up_to_now_leaves(
     assert m.account.collect_events() == []  # refused before any event
     assert m.redeem(available)[1]  # the whole of it, no AssertionError
     assert m.balances() == (0, 0, 0)
+
+
+def test_points_that_repaid_a_reversed_earns_debt_stand_in_for_its_lot() -> None:
+    """Regression: repaid debt recorded no stand-in, so points coming back went to the
+    reversed lot (never expiring) in one order of the two reversals, and stayed in the
+    repaying lot (expiring) in the other."""
+
+    def play(reverse_the_earn_first: bool) -> Member:
+        m = Member()
+        r = m.earn(10)  # never expires
+        redemption, _ = m.redeem(10)
+        if reverse_the_earn_first:
+            assert m.reverse(r) == (10, 10)  # its points were spent: debt
+            m.earn(10, expires_in=DAY)  # repays the debt
+            m.reverse(redemption)
+        else:
+            m.earn(10, expires_in=DAY)
+            m.reverse(redemption)
+            assert m.reverse(r) == (10, 0)
+        return m
+
+    first, second = play(True), play(False)
+    remaining = [{i: lot.remaining for i, lot in m.account.lots.items()} for m in (first, second)]
+    assert list(remaining[0].values()) == list(remaining[1].values()) == [0, 10]
+    for m in (first, second):
+        assert m.balances() == (10, 0, 0)
+        m.now += 2 * DAY
+        assert m.account.balances_at(m.now) == (0, 0)  # the repaying lot's expiry
