@@ -76,7 +76,7 @@ class AuditServiceServicer:
         Errors:
         INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
         NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +87,7 @@ class AuditServiceServicer:
         A broken chain is a finding in the response (ok = false), not an error. Errors:
         INVALID_ARGUMENT: program_id malformed (BadRequest)
         NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,7 +96,7 @@ class AuditServiceServicer:
     def CreateCheckpoint(self, request, context):
         """Write a checkpoint now (the server also writes one every 1,000 events).
         Errors:
-        UNKNOWN: an unexpected server fault, e.g. another writer took the same
+        INTERNAL: an unexpected server fault (logged), e.g. another writer took the same
         checkpoint id at the same moment (retry)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -46,19 +46,19 @@ class AuditServiceStub:
     Errors:
       INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyChainRequest, _audit_pb2.VerifyChainResponse]
     """Recompute every chain and checkpoint; the first finding's position and why.
     A broken chain is a finding in the response (ok = false), not an error. Errors:
       INVALID_ARGUMENT: program_id malformed (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.CreateCheckpointRequest, _audit_pb2.CreateCheckpointResponse]
     """Write a checkpoint now (the server also writes one every 1,000 events).
     Errors:
-      UNKNOWN: an unexpected server fault, e.g. another writer took the same
+      INTERNAL: an unexpected server fault (logged), e.g. another writer took the same
         checkpoint id at the same moment (retry)
     """
 
@@ -78,19 +78,19 @@ class AuditServiceAsyncStub(AuditServiceStub):
     Errors:
       INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     VerifyChain: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyChainRequest, _audit_pb2.VerifyChainResponse]  # type: ignore[assignment]
     """Recompute every chain and checkpoint; the first finding's position and why.
     A broken chain is a finding in the response (ok = false), not an error. Errors:
       INVALID_ARGUMENT: program_id malformed (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.CreateCheckpointRequest, _audit_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
     """Write a checkpoint now (the server also writes one every 1,000 events).
     Errors:
-      UNKNOWN: an unexpected server fault, e.g. another writer took the same
+      INTERNAL: an unexpected server fault (logged), e.g. another writer took the same
         checkpoint id at the same moment (retry)
     """
 
@@ -119,7 +119,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           INVALID_ARGUMENT: program_id or member_id missing or malformed (BadRequest)
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
     @_abc_1.abstractmethod
@@ -132,7 +132,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         A broken chain is a finding in the response (ok = false), not an error. Errors:
           INVALID_ARGUMENT: program_id malformed (BadRequest)
           NOT_FOUND PROGRAM_NOT_FOUND: program_id names no program
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
     @_abc_1.abstractmethod
@@ -143,7 +143,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.CreateCheckpointResponse, _abc.Awaitable[_audit_pb2.CreateCheckpointResponse]]:
         """Write a checkpoint now (the server also writes one every 1,000 events).
         Errors:
-          UNKNOWN: an unexpected server fault, e.g. another writer took the same
+          INTERNAL: an unexpected server fault (logged), e.g. another writer took the same
             checkpoint id at the same moment (retry)
         """
 

@@ -33,7 +33,7 @@ class LedgerServiceStub:
     INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
     ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
     ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
     DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
     UNAVAILABLE: not reached within 30 s, the call having no deadline
@@ -145,7 +145,7 @@ class LedgerServiceServicer:
     INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
     ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
     ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
     DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
     UNAVAILABLE: not reached within 30 s, the call having no deadline
@@ -174,7 +174,7 @@ class LedgerServiceServicer:
         """Errors:
         INVALID_ARGUMENT: program_id malformed
         NOT_FOUND PROGRAM_NOT_FOUND: no such program
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -306,7 +306,7 @@ class LedgerServiceServicer:
         RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
         retry the whole batch with the same request_ids
         ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         Errors of one command, in its result's `error`:
         INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
         the batch's, or a kind not available in a batch (top_up, spend)
@@ -326,7 +326,7 @@ class LedgerServiceServicer:
         INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
         (as_of reads are not available yet)
         NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,7 +337,7 @@ class LedgerServiceServicer:
         INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
         page_token not issued for this query
         NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -347,7 +347,7 @@ class LedgerServiceServicer:
         """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
         INVALID_ARGUMENT: program_id, member_id or min_position malformed
         NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-        UNKNOWN: an unexpected server fault
+        INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -462,7 +462,7 @@ class LedgerService:
     INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
     ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
     ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-    UNKNOWN: an unexpected server fault (no ErrorInfo)
+    INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
     DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
     UNAVAILABLE: not reached within 30 s, the call having no deadline

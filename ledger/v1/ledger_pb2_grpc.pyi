@@ -39,7 +39,7 @@ class LedgerServiceStub:
       INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
       ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
       ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-      UNKNOWN: an unexpected server fault (no ErrorInfo)
+      INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
       DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
       UNAVAILABLE: not reached within 30 s, the call having no deadline
@@ -64,7 +64,7 @@ class LedgerServiceStub:
     """Errors:
       INVALID_ARGUMENT: program_id malformed
       NOT_FOUND PROGRAM_NOT_FOUND: no such program
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     EnrollMember: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.EnrollMemberRequest, _ledger_pb2.EnrollMemberResponse]
     """Member accounts: commands. Each is idempotent by request_id.
@@ -148,7 +148,7 @@ class LedgerServiceStub:
       RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
         retry the whole batch with the same request_ids
       ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     Errors of one command, in its result's `error`:
       INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
         the batch's, or a kind not available in a batch (top_up, spend)
@@ -164,20 +164,20 @@ class LedgerServiceStub:
       INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
         (as_of reads are not available yet)
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]
     """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
       INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
         page_token not issued for this query
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     ListLots: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]
     """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
       INVALID_ARGUMENT: program_id, member_id or min_position malformed
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
 
 @_typing.type_check_only
@@ -189,7 +189,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
       INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
       ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
       ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-      UNKNOWN: an unexpected server fault (no ErrorInfo)
+      INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
       DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
       UNAVAILABLE: not reached within 30 s, the call having no deadline
@@ -211,7 +211,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """Errors:
       INVALID_ARGUMENT: program_id malformed
       NOT_FOUND PROGRAM_NOT_FOUND: no such program
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     EnrollMember: _aio.UnaryUnaryMultiCallable[_ledger_pb2.EnrollMemberRequest, _ledger_pb2.EnrollMemberResponse]  # type: ignore[assignment]
     """Member accounts: commands. Each is idempotent by request_id.
@@ -295,7 +295,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
       RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
         retry the whole batch with the same request_ids
       ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     Errors of one command, in its result's `error`:
       INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
         the batch's, or a kind not available in a batch (top_up, spend)
@@ -311,20 +311,20 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
       INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
         (as_of reads are not available yet)
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
       INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
         page_token not issued for this query
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
     ListLots: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]  # type: ignore[assignment]
     """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
       INVALID_ARGUMENT: program_id, member_id or min_position malformed
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-      UNKNOWN: an unexpected server fault
+      INTERNAL: an unexpected server fault (logged)
     """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -335,7 +335,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
       INVALID_ARGUMENT: a malformed field, or a required one missing (BadRequest)
       ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED: request_id already used for a different request
       ABORTED WRITE_CONFLICT: concurrent writers still conflicted after the server's retries
-      UNKNOWN: an unexpected server fault (no ErrorInfo)
+      INTERNAL: an unexpected server fault (logged); for a command: nothing of it written
     Queries given a min_position the projections have not reached may also return:
       DEADLINE_EXCEEDED: not reached by the call's deadline (or within 30 s, if sooner)
       UNAVAILABLE: not reached within 30 s, the call having no deadline
@@ -373,7 +373,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Errors:
           INVALID_ARGUMENT: program_id malformed
           NOT_FOUND PROGRAM_NOT_FOUND: no such program
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
     @_abc_1.abstractmethod
@@ -529,7 +529,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
           RESOURCE_EXHAUSTED: (not atomic) a writer queue is full; parts may have run, so
             retry the whole batch with the same request_ids
           ABORTED WRITE_CONFLICT: (atomic) concurrent writers still conflicted after retries
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         Errors of one command, in its result's `error`:
           INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
             the batch's, or a kind not available in a batch (top_up, spend)
@@ -551,7 +551,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
             (as_of reads are not available yet)
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
     @_abc_1.abstractmethod
@@ -564,7 +564,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
           INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
             page_token not issued for this query
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
     @_abc_1.abstractmethod
@@ -576,7 +576,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
           INVALID_ARGUMENT: program_id, member_id or min_position malformed
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
-          UNKNOWN: an unexpected server fault
+          INTERNAL: an unexpected server fault (logged)
         """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

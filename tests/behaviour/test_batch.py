@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, new_id, refusal
+from tests.support import Client, new_id, refusal, refused
 
 
 def earn(member: str, points: int, request_id: str | None = None) -> pb.BatchCommand:
@@ -203,3 +203,31 @@ def test_a_retried_atomic_batch_answers_from_its_records_and_writes_nothing(
     history = client.transactions(program, alice, min_position=first.position)
     assert len(history.transactions) == 3  # enroll, earn, redeem: nothing twice
     assert client.account(program, bob, min_position=first.position).version == 2
+
+
+def test_a_command_the_server_fails_on_is_internal_and_costs_no_other(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typing import Any
+
+    from ledger.application import commands as c
+    from ledger.application import handlers
+
+    program, alice = client.member()
+    unlucky = client.enroll(program)
+    real = handlers.handler_for(c.EarnPoints)
+
+    def buggy(cmd: c.EarnPoints, ctx: handlers.CommandContext) -> Any:
+        if cmd.member_id == unlucky:
+            raise ZeroDivisionError("a bug")
+        return real(cmd, ctx)
+
+    monkeypatch.setitem(handlers._HANDLERS, c.EarnPoints, buggy)
+    response = run(client, program, [earn(alice, 10), earn(unlucky, 10), earn(alice, 5)])
+
+    assert [r.WhichOneof("result") for r in response.results] == ["earn", "error", "earn"]
+    assert response.results[1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert reason(response.results[1]) == "INTERNAL"
+    assert client.account(program, alice, min_position=response.position).points_available == 15
+    problem = refused(lambda: client.earn(program, unlucky, 1))
+    assert problem.code == grpc.StatusCode.INTERNAL
