@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from ledger.api import descriptors
 from ledger.api import requests as parse
 from ledger.api import responses as present
 from ledger.api.errors import (
@@ -132,54 +133,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
 
     # ------------------------------------------------------------------ commands
 
-    @rpc
-    async def EnrollMember(self, request: Any, context: Any) -> pb.EnrollMemberResponse:
-        cmd = parse.enroll_member(request, self.app.clock())
-        outcome = await self._command(cmd)
-        return pb.EnrollMemberResponse(
-            account=present.account(outcome.account),
-            transaction_id=outcome.transaction_id,
-            position=outcome.position,
-        )
-
-    @rpc
-    async def Earn(self, request: Any, context: Any) -> pb.EarnResponse:
-        cmd = parse.earn(request, self.app.clock())
-        return present.earn(await self._command(cmd))
-
-    @rpc
-    async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
-        cmd = parse.redeem(request, self.app.clock())
-        return present.redeem(await self._command(cmd))
-
-    @rpc
-    async def Hold(self, request: Any, context: Any) -> pb.HoldResponse:
-        cmd = parse.hold(request, self.app.clock())
-        return present.hold(await self._command(cmd))
-
-    @rpc
-    async def CaptureHold(self, request: Any, context: Any) -> pb.CaptureHoldResponse:
-        cmd = parse.capture_hold(request, self.app.clock())
-        return present.capture_hold(await self._command(cmd))
-
-    @rpc
-    async def ReleaseHold(self, request: Any, context: Any) -> pb.ReleaseHoldResponse:
-        cmd = parse.release_hold(request, self.app.clock())
-        return present.release_hold(await self._command(cmd))
-
-    @rpc
-    async def Adjust(self, request: Any, context: Any) -> pb.AdjustResponse:
-        cmd = parse.adjust(request, self.app.clock())
-        return present.adjust(await self._command(cmd))
-
-    @rpc
-    async def Reverse(self, request: Any, context: Any) -> pb.ReverseResponse:
-        cmd = parse.reverse(request, self.app.clock())
-        if cmd.amount_minor:
-            raise InvalidArgument(
-                [("amount_minor", "stored-value reversals are not available yet; use points")]
-            )
-        return present.reverse(await self._command(cmd))
+    # Account commands (EnrollMember, Earn, ...): made from ledger/api/descriptors.py below.
 
     @rpc
     async def RunExpiry(self, request: Any, context: Any) -> pb.RunExpiryResponse:
@@ -238,7 +192,9 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 results.append(pb.BatchResult(error=domain_status(answer)))
             else:
                 position = max(position, answer.position)
-                results.append(present.batch_result(item, answer))
+                field = descriptors.of(item).batch_field
+                assert field is not None
+                results.append(pb.BatchResult(**{field: descriptors.of(item).present(answer)}))
         return pb.ExecuteBatchResponse(results=results, position=position)
 
     async def _atomic(self, cmds: list[AccountCommand]) -> list[Outcome | errors.DomainError]:
@@ -311,3 +267,16 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 f"member {member_id} is not enrolled in program {program_id}",
                 member_id=member_id,
             )
+
+
+def _account_command_rpc(descriptor: descriptors.CommandRpc) -> Handler:
+    async def call(self: LedgerServicer, request: Any, context: Any) -> Any:
+        cmd = descriptor.parse(request, self.app.clock())
+        return descriptor.present(await self._command(cmd))
+
+    call.__name__ = call.__qualname__ = descriptor.rpc
+    return rpc(call)
+
+
+for _descriptor in descriptors.ACCOUNT_COMMANDS:
+    setattr(LedgerServicer, _descriptor.rpc, _account_command_rpc(_descriptor))

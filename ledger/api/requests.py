@@ -245,6 +245,8 @@ def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
     v.non_negative("amount_minor", r.amount_minor)
     if r.points and r.amount_minor:
         v.add("amount_minor", "set points (for points) or amount_minor (for money), not both")
+    elif r.amount_minor:
+        v.add("amount_minor", "stored-value reversals are not available yet; use points")
     cmd = c.ReverseTransaction(
         transaction_id=r.transaction_id,
         points=r.points,
@@ -347,12 +349,6 @@ def _decode_token(v: Violations, token: str, fingerprint: str) -> int:
 
 
 MAX_BATCH = 1000
-_BATCH_PARSERS: dict[str, Any] = {
-    "earn": earn,
-    "redeem": redeem,
-    "adjust": adjust,
-    "reverse": reverse,
-}
 
 
 def batch(r: pb.ExecuteBatchRequest, now: datetime) -> list[c.AccountCommand | InvalidArgument]:
@@ -366,10 +362,12 @@ def batch(r: pb.ExecuteBatchRequest, now: datetime) -> list[c.AccountCommand | I
     elif len(r.commands) > MAX_BATCH:
         v.add("commands", f"at most {MAX_BATCH} commands per batch")
     v.raise_if_any()
+    from ledger.api.descriptors import IN_BATCH  # the descriptors are built from this module
+
     parsed: list[c.AccountCommand | InvalidArgument] = []
     for i, item in enumerate(r.commands):
         kind = item.WhichOneof("command")
-        if kind not in _BATCH_PARSERS:
+        if kind not in IN_BATCH:
             what = kind or "nothing"
             parsed.append(
                 InvalidArgument([(f"commands[{i}]", f"{what}: not available in a batch yet")])
@@ -384,7 +382,7 @@ def batch(r: pb.ExecuteBatchRequest, now: datetime) -> list[c.AccountCommand | I
             )
             continue
         try:
-            parsed.append(_BATCH_PARSERS[kind](request, now))
+            parsed.append(IN_BATCH[kind].parse(request, now))
         except InvalidArgument as e:
             parsed.append(
                 InvalidArgument([(f"commands[{i}].{kind}.{f}", d) for f, d in e.violations])

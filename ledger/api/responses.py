@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -96,6 +96,12 @@ def result(o: Outcome, kind: type[R]) -> R:
 
 def lot_points(allocation: dict[str, int]) -> list[pb.LotPoints]:
     return [pb.LotPoints(lot_id=k, points=v) for k, v in allocation.items()]
+
+
+def enroll_member(o: Outcome) -> pb.EnrollMemberResponse:
+    return pb.EnrollMemberResponse(
+        account=account(o.account), transaction_id=o.transaction_id, position=o.position
+    )
 
 
 def earn(o: Outcome) -> pb.EarnResponse:
@@ -220,16 +226,3 @@ def lot(row: LotRow) -> pb.Lot:
     if row.expires_at is not None:
         message.expires_at.CopyFrom(timestamp(from_micros(row.expires_at)))
     return message
-
-
-_BATCH_RESPONSES: dict[str, Any] = {
-    "EarnPoints": ("earn", earn),
-    "RedeemPoints": ("redeem", redeem),
-    "AdjustPoints": ("adjust", adjust),
-    "ReverseTransaction": ("reverse", reverse),
-}
-
-
-def batch_result(command: object, outcome: Outcome) -> pb.BatchResult:
-    field, present = _BATCH_RESPONSES[type(command).__name__]
-    return pb.BatchResult(**{field: present(outcome)})

@@ -80,7 +80,10 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
             ("grpc.so_reuseport", 1),
         ]
     )
-    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(tally, executor), server)
+    # The account-command RPCs are set on the class from ledger/api/descriptors.py, which the
+    # generated stub's abstract methods cannot see.
+    servicer = LedgerServicer(tally, executor)  # type: ignore[abstract]
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
