@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 from ledger.application.views import AccountView
@@ -22,6 +22,10 @@ class TransactionPage:
     last_position: int | None
 
 
+TRANSACTION_COLUMNS = ", ".join(f.name for f in fields(TransactionRow))
+LOT_COLUMNS = ", ".join(f.name for f in fields(LotRow))
+
+
 class LedgerQueries:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -29,7 +33,9 @@ class LedgerQueries:
     def account(
         self, program_id: str, member_id: str, settings: ProgramSettings, now: datetime
     ) -> AccountView | None:
-        window_start = micros(now - timedelta(days=settings.tier_window_days))
+        """The account as the read models have it; its tier from the qualifying points that
+        count at `now` (each earn for the window in force when it was recorded, as
+        `MemberAccount.qualifying_points` counts them) and the program's ladder now."""
         with self.database.read() as cur:
             cur.execute(
                 "SELECT account_id, program_id, member_id, points_available, points_held,"
@@ -44,8 +50,8 @@ class LedgerQueries:
             cur.execute(
                 "SELECT COALESCE(SUM(qualifying_delta), 0) FROM rm_transactions"
                 " WHERE program_id = ? AND member_id = ? AND qualifying_delta <> 0"
-                " AND qualifying_at >= ?",
-                (program_id, member_id, window_start),
+                " AND qualifies_until >= ?",
+                (program_id, member_id, micros(now)),
             )
             qualifying_row = cur.fetchone()
         qualifying = int(qualifying_row[0]) if qualifying_row else 0
@@ -84,7 +90,8 @@ class LedgerQueries:
         until: datetime | None,
     ) -> TransactionPage:
         sql = (
-            "SELECT * FROM rm_transactions WHERE program_id = ? AND member_id = ? AND position > ?"
+            f"SELECT {TRANSACTION_COLUMNS} FROM rm_transactions"
+            " WHERE program_id = ? AND member_id = ? AND position > ?"
         )
         params: list[object] = [program_id, member_id, after_position]
         if since is not None:
@@ -103,10 +110,7 @@ class LedgerQueries:
         return TransactionPage(rows, rows[-1].position if more and rows else None)
 
     def lots(self, program_id: str, member_id: str, include_closed: bool) -> list[LotRow]:
-        sql = (
-            "SELECT program_id, member_id, lot_id, earned_at, expires_at, points, remaining,"
-            " held, expired, qualifying FROM rm_lots WHERE program_id = ? AND member_id = ?"
-        )
+        sql = f"SELECT {LOT_COLUMNS} FROM rm_lots WHERE program_id = ? AND member_id = ?"
         if not include_closed:
             sql += " AND (remaining > 0 OR held > 0)"
         # Spend order: earliest expiry first (never-expiring last), then oldest earn.

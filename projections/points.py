@@ -50,6 +50,7 @@ class LotRow:
     held: int = 0
     expired: int = 0
     qualifying: int = 0
+    qualifies_until: int | None = None
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TransactionRow:
     request_id: str = ""
     reverses_transaction_id: str = ""
     hold_id: str = ""
+    # The last instant the qualifying_delta counts toward the tier (the earn's window).
+    qualifies_until: int | None = None
 
 
 _SELECT_ACCOUNT = (
@@ -88,7 +91,7 @@ _SELECT_ACCOUNT = (
 )
 _SELECT_LOT = (
     "SELECT program_id, member_id, lot_id, earned_at, expires_at, points, remaining, held,"
-    " expired, qualifying FROM rm_lots"
+    " expired, qualifying, qualifies_until FROM rm_lots"
 )
 _CREATIONS = ("ProgramCreated", "MemberEnrolled", "ProgramUpdated")
 # Event attributes that map lot ids to points: the lots an event reads back.
@@ -201,7 +204,8 @@ class PointsProjection:
         self, batch: Batch, position: int, event: Any, account: AccountRow
     ) -> None:
         lot_points = event.points - event.debt_repaid
-        self._open_lot(batch, account, event, lot_points, qualifying=event.qualifying)
+        until = micros(event.qualifies_until)
+        self._open_lot(batch, account, event, lot_points, qualifies_until=until)
         row = self._record(
             batch,
             position,
@@ -211,9 +215,10 @@ class PointsProjection:
             points=lot_points,
             debt=-event.debt_repaid,
         )
-        if event.qualifying:
+        if until is not None:
             row.qualifying_delta = event.points
             row.qualifying_at = row.occurred_at
+            row.qualifies_until = until
 
     def _on_PointsRedeemed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
@@ -263,7 +268,7 @@ class PointsProjection:
     ) -> None:
         if event.points > 0:
             lot_points = event.points - event.debt_repaid
-            self._open_lot(batch, account, event, lot_points, qualifying=False)
+            self._open_lot(batch, account, event, lot_points, qualifies_until=None)
             self._record(
                 batch,
                 position,
@@ -294,6 +299,7 @@ class PointsProjection:
         if earn_lot.qualifying:
             row.qualifying_delta = -event.points
             row.qualifying_at = earn_lot.earned_at
+            row.qualifies_until = earn_lot.qualifies_until
 
     def _on_RedemptionReversed(
         self, batch: Batch, position: int, event: Any, account: AccountRow
@@ -335,7 +341,12 @@ class PointsProjection:
         row.hold_id = event.hold_id
 
     def _open_lot(
-        self, batch: Batch, account: AccountRow, event: Any, points: int, qualifying: bool
+        self,
+        batch: Batch,
+        account: AccountRow,
+        event: Any,
+        points: int,
+        qualifies_until: int | None,
     ) -> None:
         lot_id = event.provenance.transaction_id
         key = (account.account_id, lot_id)
@@ -347,7 +358,8 @@ class PointsProjection:
             micros(event.expires_at),
             points,
             points,
-            qualifying=int(qualifying),
+            qualifying=int(qualifies_until is not None),
+            qualifies_until=qualifies_until,
         )
         batch.new_lots.add(key)
 
@@ -446,8 +458,7 @@ class PointsProjection:
         if batch.lots:
             _insert(
                 cur,
-                "INSERT INTO rm_lots (program_id, member_id, lot_id, earned_at, expires_at,"
-                " points, remaining, held, expired, qualifying) {rows}"
+                f"INSERT INTO rm_lots ({_columns(LotRow)}) {{rows}}"
                 " ON CONFLICT (program_id, member_id, lot_id) DO UPDATE SET"
                 " remaining = excluded.remaining, held = excluded.held,"
                 " expired = excluded.expired",
@@ -469,7 +480,7 @@ class PointsProjection:
         if batch.transactions:
             _insert(
                 cur,
-                "INSERT INTO rm_transactions {rows}",
+                f"INSERT INTO rm_transactions ({_columns(TransactionRow)}) {{rows}}",
                 [_values(t) for t in batch.transactions],
             )
 
@@ -508,6 +519,11 @@ def _field_names(cls: type) -> tuple[str, ...]:
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
     return names
+
+
+def _columns(cls: type) -> str:
+    """A row type's columns, named: its fields are the table's columns."""
+    return ", ".join(_field_names(cls))
 
 
 def _sum(allocation: dict[str, int]) -> int:

@@ -115,14 +115,16 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
 async def serve(database_url: str, listen: str, apply_migrations: bool = True) -> None:
     check_listen_address(listen)
     loop = asyncio.get_running_loop()
+    # From the start: a signal while starting up stops the server once it is up, gracefully,
+    # instead of killing the process half-started.
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     tally = await loop.run_in_executor(
         None, lambda: Tally.from_url(database_url, apply_migrations=apply_migrations)
     )
     running = await start_server(tally, listen)
     survivors = asyncio.create_task(freeze_survivors())
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down: draining in-flight calls")
     survivors.cancel()
@@ -181,7 +183,8 @@ def serve_processes(database_url: str, listen: str, processes: int, apply_migrat
     signal.signal(signal.SIGINT, stop)
     for child in children:
         child.join()
-    return max((child.exitcode or 0) for child in children)
+    # A child that died (a negative exit code: killed by a signal) fails the whole server.
+    return 1 if any(child.exitcode for child in children) else 0
 
 
 def _serve_child(database_url: str, listen: str) -> None:

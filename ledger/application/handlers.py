@@ -72,8 +72,11 @@ def earn(cmd: c.EarnPoints, ctx: CommandContext) -> EarnResult:
     expires_at = cmd.expires_at or settings.expiry_policy.expires_at(
         ctx.provenance.occurred_at, settings.time_zone
     )
+    qualifies_until = (
+        settings.qualifies_until(ctx.provenance.occurred_at) if cmd.qualifying else None
+    )
     repaid = ctx.account.earn(
-        ctx.provenance, ctx.now, cmd.points, cmd.purchase_minor, expires_at, cmd.qualifying
+        ctx.provenance, ctx.now, cmd.points, cmd.purchase_minor, expires_at, qualifies_until
     )
     return EarnResult(lot_id=ctx.provenance.transaction_id, debt_repaid=repaid)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ledger.application.results import Result
@@ -29,7 +29,7 @@ class AccountView:
 
     @classmethod
     def of(cls, account: MemberAccount, settings: ProgramSettings, now: datetime) -> AccountView:
-        qualifying = account.qualifying_points(now - timedelta(days=settings.tier_window_days))
+        qualifying = account.qualifying_points(now)
         standing = settings.standing(qualifying)
         return cls(
             program_id=account.program_id,

@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate, event
 
 from ledger.domain import errors
 from ledger.domain.ids import account_id_key, derived_transaction_id
+from ledger.domain.program import DEFAULT_TIER_WINDOW_DAYS
 from ledger.domain.provenance import Provenance
 
 INT64_MAX = 2**63 - 1
@@ -75,6 +76,9 @@ class EarnRecord:
     occurred_at: datetime
     qualifying: bool
     reversed: int = 0
+    # The last instant its points count toward the tier: occurred_at plus the tier window in
+    # force when it was recorded (None: not qualifying).
+    qualifies_until: datetime | None = None
 
 
 @dataclass
@@ -92,18 +96,21 @@ class RedemptionRecord:
 
 
 class QualifyingWindow:
-    """Qualifying points earned at or after a moving instant, without re-summing history.
+    """Qualifying points that still count at a moving instant, without re-summing history.
 
-    The tier window's start only moves forward between commands, so the net points earned
-    before it are kept and brought forward over the earns passed since the last question:
-    O(earns passed) instead of O(all earns) a command. Earns are kept in occurred_at order
-    (an import may bring them in any order); an earlier instant is summed from scratch."""
+    Each qualifying earn counts until its `qualifies_until` (inclusive), fixed when it was
+    recorded from the tier window then in force, so a later UpdateProgram changes nothing
+    already recorded. The instant asked about only moves forward between commands, so the
+    net points of earns that stopped counting are kept and brought forward over the earns
+    passed since the last question: O(earns passed) instead of O(all earns) a command. Earns
+    are kept in qualifies_until order (an import may bring them in any order); an earlier
+    instant is summed from scratch."""
 
     def __init__(self) -> None:
-        self._order: list[tuple[datetime, str]] = []  # (occurred_at, earn id), qualifying only
+        self._order: list[tuple[datetime, str]] = []  # (qualifies_until, earn id)
         self._total = 0  # net qualifying points of every earn
         self._since: datetime | None = None
-        self._before = 0  # net qualifying points of earns before _since
+        self._before = 0  # net qualifying points of earns that stopped counting by _since
 
     @property
     def order(self) -> list[tuple[datetime, str]]:
@@ -120,17 +127,17 @@ class QualifyingWindow:
         window._order, window._total = order, total
         return window
 
-    def earned(self, earn_id: str, occurred_at: datetime, points: int) -> None:
-        insort(self._order, (occurred_at, earn_id))
-        self._changed(occurred_at, points)
+    def earned(self, earn_id: str, until: datetime, points: int) -> None:
+        insort(self._order, (until, earn_id))
+        self._changed(until, points)
 
-    def _changed(self, occurred_at: datetime, points: int) -> None:
+    def _changed(self, until: datetime, points: int) -> None:
         self._total += points
-        if self._since is not None and occurred_at < self._since:
+        if self._since is not None and until < self._since:
             self._before += points
 
-    def reversed(self, occurred_at: datetime, points: int) -> None:
-        self._changed(occurred_at, -points)
+    def reversed(self, until: datetime, points: int) -> None:
+        self._changed(until, -points)
 
     def __eq__(self, other: object) -> bool:
         # Equal when they hold the same earns; where the last question left off is a cache.
@@ -140,7 +147,8 @@ class QualifyingWindow:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def since(self, when: datetime, earns: dict[str, EarnRecord]) -> int:
+    def counting_at(self, when: datetime, earns: dict[str, EarnRecord]) -> int:
+        """Net points of the qualifying earns whose qualifies_until is at or after `when`."""
         start = bisect_left(self._order, (when, ""))
         if self._since is None or when < self._since:
             passed, self._before = self._order[:start], 0
@@ -193,9 +201,10 @@ class MemberAccount(Aggregate):
             or transaction_id in self.other_transaction_ids
         )
 
-    def qualifying_points(self, since: datetime) -> int:
-        """Qualifying points earned at or after `since`, net of reversals."""
-        return self.qualifying.since(since, self.earns)
+    def qualifying_points(self, now: datetime) -> int:
+        """Qualifying points that count toward the tier at `now`, net of reversals: each earn
+        for the tier window that was in force when it was recorded."""
+        return self.qualifying.counting_at(now, self.earns)
 
     def open_lots(self) -> list[Lot]:
         return sorted((self.lots[i] for i in self.open_lot_ids), key=Lot.spend_order)
@@ -273,9 +282,10 @@ class MemberAccount(Aggregate):
         points: int,
         purchase_minor: int,
         expires_at: datetime | None,
-        qualifying: bool,
+        qualifies_until: datetime | None,
     ) -> int:
-        """Credit `points`; any debt is repaid first. Returns the points that repaid debt."""
+        """Credit `points`; any debt is repaid first. Returns the points that repaid debt.
+        `qualifies_until`: the last instant they count toward the tier (None: they do not)."""
         self._check_balance_limit(points)
         self.bring_up_to(now, provenance)
         debt_repaid = min(self.debt, points)
@@ -284,8 +294,9 @@ class MemberAccount(Aggregate):
             points=points,
             purchase_minor=purchase_minor,
             expires_at=expires_at,
-            qualifying=qualifying,
+            qualifying=qualifies_until is not None,
             debt_repaid=debt_repaid,
+            qualifies_until=qualifies_until,
         )
         self.bring_up_to(now, provenance)
         return debt_repaid
@@ -529,7 +540,29 @@ class MemberAccount(Aggregate):
 
     # ------------------------------------------------------------------ events
 
-    @event("PointsEarned")
+    class PointsEarned(Aggregate.Event):
+        provenance: Provenance
+        points: int
+        purchase_minor: int
+        expires_at: datetime | None
+        qualifying: bool
+        debt_repaid: int
+        qualifies_until: datetime | None
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Earns recorded before the window in force was recorded with them count for
+            the default window of 365 days."""
+            occurred_at: datetime = state["provenance"].occurred_at
+            state["qualifies_until"] = (
+                occurred_at + timedelta(days=DEFAULT_TIER_WINDOW_DAYS)
+                if state["qualifying"]
+                else None
+            )
+
+    @event(PointsEarned)
     def _points_earned(
         self,
         provenance: Provenance,
@@ -538,12 +571,15 @@ class MemberAccount(Aggregate):
         expires_at: datetime | None,
         qualifying: bool,
         debt_repaid: int,
+        qualifies_until: datetime | None,
     ) -> None:
         lot_id = provenance.transaction_id
         self.debt -= debt_repaid
-        self.earns[lot_id] = EarnRecord(points, provenance.occurred_at, qualifying)
-        if qualifying:
-            self.qualifying.earned(lot_id, provenance.occurred_at, points)
+        self.earns[lot_id] = EarnRecord(
+            points, provenance.occurred_at, qualifying, qualifies_until=qualifies_until
+        )
+        if qualifies_until is not None:
+            self.qualifying.earned(lot_id, qualifies_until, points)
         self._open_lot(lot_id, points - debt_repaid, provenance.occurred_at, expires_at)
         self._repaid_by({lot_id: debt_repaid})
 
@@ -642,8 +678,8 @@ class MemberAccount(Aggregate):
         reversed_id = provenance.reverses_transaction_id
         earn = self.earns[reversed_id]
         earn.reversed += points
-        if earn.qualifying:
-            self.qualifying.reversed(earn.occurred_at, points)
+        if earn.qualifies_until is not None:
+            self.qualifying.reversed(earn.qualifies_until, points)
         self._take(taken)
         own = self.lots[reversed_id]
         for lot_id, pts in taken.items():

@@ -59,6 +59,9 @@ class TierStanding:
     points_to_next_tier: int
 
 
+DEFAULT_TIER_WINDOW_DAYS = 365
+
+
 @dataclass(frozen=True)
 class ProgramSettings:
     display_name: str
@@ -67,9 +70,15 @@ class ProgramSettings:
     point_value_minor: int = 0
     expiry_policy: ExpiryPolicy = field(default_factory=ExpiryPolicy)
     tiers: tuple[TierRule, ...] = ()
-    tier_window_days: int = 365
+    tier_window_days: int = DEFAULT_TIER_WINDOW_DAYS
     stored_value_split: StoredValueSplit = StoredValueSplit.PROPORTIONAL
     expected_redemption_rate_ppm: int = 1_000_000
+
+    def qualifies_until(self, occurred_at: datetime) -> datetime:
+        """The last instant points earned at `occurred_at` count toward the tier, under
+        this window: fixed when the earn is recorded, so a later change of the window
+        applies only to earns recorded after it."""
+        return occurred_at + timedelta(days=self.tier_window_days)
 
     def standing(self, qualifying_points: int) -> TierStanding:
         """The highest tier whose threshold is met, and how far the next one is."""

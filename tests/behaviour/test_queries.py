@@ -396,6 +396,30 @@ def test_earns_outside_the_tier_window_do_not_count(client: Client) -> None:
     assert standing(account) == ("SILVER", 120, "GOLD", 380)
 
 
+def test_a_new_tier_window_applies_to_earns_recorded_after_it(client: Client) -> None:
+    """Regression: the tier was recomputed with the current window, so an UpdateProgram
+    rewrote what earns recorded before it counted for."""
+    program = client.create_program(tiers=SILVER_GOLD, tier_window_days=30)
+    now = datetime.now(UTC)
+    member = enroll(client, program, occurred_at=ts(now - timedelta(days=90))).account.member_id
+    before = client.earn(program, member, 120, occurred_at=ts(now - timedelta(days=20)))
+    assert standing(before.account) == ("SILVER", 120, "GOLD", 380)
+
+    client.stub.UpdateProgram(
+        pb.UpdateProgramRequest(program_id=program, tier_window_days=10, request_id=new_id("u"))
+    )
+    # Recorded under the 30-day window: still counts. Recorded under 10 days, 20 days ago: not.
+    after = client.earn(program, member, 450, occurred_at=ts(now - timedelta(days=20)))
+    recent = client.earn(program, member, 5)
+
+    for response in (after, recent):
+        assert standing(response.account)[:2] in {("SILVER", 120), ("SILVER", 125)}
+    assert standing(recent.account) == ("SILVER", 125, "GOLD", 375)
+    account = client.account(program, member, min_position=recent.position)
+    assert standing(account) == ("SILVER", 125, "GOLD", 375)
+    assert account.points_available == 575
+
+
 def test_no_tiers_means_empty_tier_fields(client: Client) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 1000)

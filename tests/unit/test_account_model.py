@@ -86,6 +86,8 @@ class MEarn:
     occurred_at: datetime
     qualifying: bool
     reversed: int = 0
+    # occurred_at + the tier window in force when it was recorded (None: not qualifying).
+    until: datetime | None = None
 
 
 @dataclass
@@ -244,11 +246,13 @@ class Model:
 
     # -- commands (each works on a copy; raising means refused)
 
-    def qualifying_points(self, since: datetime) -> int:
+    def qualifying_points(self, at: datetime) -> int:
+        """Earns count toward the tier until the end of the window they were recorded
+        under, that instant included."""
         return sum(
             e.points - e.reversed
             for e in self.earns.values()
-            if e.qualifying and e.occurred_at >= since
+            if e.until is not None and e.until >= at
         )
 
     def knows(self, tx: str) -> bool:
@@ -262,10 +266,12 @@ class Model:
         earned_at: datetime,
         expires_at: datetime | None,
         qualifying: bool,
+        window: timedelta,
     ) -> int:
         self.bring_up_to(now)
         repaid = self.open_lot(tx, points, earned_at, expires_at)
-        self.earns[tx] = MEarn(points, earned_at, qualifying)
+        until = earned_at + window if qualifying else None
+        self.earns[tx] = MEarn(points, earned_at, qualifying, until=until)
         self.bring_up_to(now)
         return repaid
 
@@ -517,6 +523,7 @@ class AccountMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = T0
         self.count = 0
+        self.tier_window = 3 * DAY
         self.model = Model()
         self.mapper = make_mapper()
         self.stored: list[StoredEvent] = []
@@ -625,11 +632,18 @@ class AccountMachine(RuleBasedStateMachine):
         prov = self.provenance(occurred_at=self.now - backdate)
         expires_at = self.expires_at(expiry)
         tx, now, earned_at = prov.transaction_id, self.now, prov.occurred_at
+        window = self.tier_window
+        until = earned_at + window if qualifying else None
         self.execute(
             prov,
-            lambda m: m.earn(tx, now, points, earned_at, expires_at, qualifying),
-            lambda a: a.earn(prov, now, points, 0, expires_at, qualifying),
+            lambda m: m.earn(tx, now, points, earned_at, expires_at, qualifying, window),
+            lambda a: a.earn(prov, now, points, 0, expires_at, until),
         )
+
+    @rule(days=st.sampled_from([1, 3, 10]))
+    def update_tier_window(self, days: int) -> None:
+        """An UpdateProgram: earns recorded from now on count for the new window."""
+        self.tier_window = timedelta(days=days)
 
     def draw_points(self, data: st.DataObject) -> int:
         """Mostly what can be spent, sometimes exactly all of it or one more."""
@@ -880,8 +894,8 @@ class AccountMachine(RuleBasedStateMachine):
         assert {k: r.reversible for k, r in a.redemptions.items()} == {
             k: r.reversible for k, r in m.redemptions.items()
         }
-        for since in (T0, self.now - 3 * DAY, self.now):
-            assert a.qualifying_points(since) == m.qualifying_points(since)
+        for at in (self.now, self.now + DAY, T0, self.now + 5 * DAY, self.now):
+            assert a.qualifying_points(at) == m.qualifying_points(at)
         for tx in (*m.earns, *m.redemptions, *m.others):
             assert a.knows_transaction(tx)
         assert not a.knows_transaction("no-such-transaction")

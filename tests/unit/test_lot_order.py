@@ -18,6 +18,7 @@ from ledger.domain.provenance import Provenance
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+YEAR = timedelta(days=365)  # the tier window: no test here is about tiers
 
 
 class Member:
@@ -57,7 +58,7 @@ class Member:
     ) -> str:
         p = self.prov(occurred_at=self.now - earned_ago if earned_ago else None)
         expires_at = None if expires_in is None else self.now + expires_in
-        self.account.earn(p, self.now, points, 0, expires_at, qualifying=True)
+        self.account.earn(p, self.now, points, 0, expires_at, qualifies_until=p.occurred_at + YEAR)
         return p.transaction_id
 
     def redeem(self, points: int) -> tuple[str, list[tuple[str, int]]]:
@@ -192,9 +193,9 @@ def test_earn_returns_the_points_that_repaid_debt() -> None:
     m.redeem(50)
     m.reverse(lot)
     p = m.prov()
-    assert m.account.earn(p, m.now, 20, 0, None, qualifying=True) == 20
+    assert m.account.earn(p, m.now, 20, 0, None, qualifies_until=p.occurred_at + YEAR) == 20
     p = m.prov()
-    assert m.account.earn(p, m.now, 100, 0, None, qualifying=True) == 30
+    assert m.account.earn(p, m.now, 100, 0, None, qualifies_until=p.occurred_at + YEAR) == 30
     assert m.balances() == (70, 0, 0)
 
 

@@ -1,5 +1,6 @@
 """The tier window's running sum equals re-summing every earn, whatever the order of earns
-(an import brings them in any order), reversals and questions."""
+(an import brings them in any order), reversals and questions. Each earn counts until its own
+qualifies_until (fixed when it was recorded), inclusive."""
 
 from __future__ import annotations
 
@@ -31,34 +32,36 @@ def test_running_sum_equals_a_full_sum(script: list[tuple[Any, ...]]) -> None:
         if step[0] == "earn":
             _, when, points, qualifying = step
             earn_id = f"e{len(earns)}"
-            earns[earn_id] = EarnRecord(points, when, qualifying)
-            if qualifying:
-                window.earned(earn_id, when, points)
+            until = when if qualifying else None
+            earns[earn_id] = EarnRecord(points, when, qualifying, qualifies_until=until)
+            if until is not None:
+                window.earned(earn_id, until, points)
         elif step[0] == "reverse" and earns:
             _, index, points = step
             earn = earns[f"e{index % len(earns)}"]
             amount = min(points, earn.points - earn.reversed)
             earn.reversed += amount
-            if earn.qualifying:
-                window.reversed(earn.occurred_at, amount)
+            if earn.qualifies_until is not None:
+                window.reversed(earn.qualifies_until, amount)
         elif step[0] == "ask":
-            since = step[1]
+            at = step[1]
             expected = sum(
                 e.points - e.reversed
                 for e in earns.values()
-                if e.qualifying and e.occurred_at >= since
+                if e.qualifies_until is not None and e.qualifies_until >= at
             )
-            assert window.since(since, earns) == expected
+            assert window.counting_at(at, earns) == expected
 
 
-def test_an_earn_before_the_window_does_not_count_and_one_inside_does() -> None:
+def test_an_earn_counts_until_its_own_end_inclusive() -> None:
     window = QualifyingWindow()
-    earns = {"a": EarnRecord(100, T0, True)}
-    window.earned("a", T0, 100)
-    assert window.since(T0 + timedelta(days=1), earns) == 0
-    earns["b"] = EarnRecord(7, T0 + timedelta(hours=1), True)  # backdated, before the window
-    window.earned("b", T0 + timedelta(hours=1), 7)
-    earns["c"] = EarnRecord(5, T0 + timedelta(days=2), True)
-    window.earned("c", T0 + timedelta(days=2), 5)
-    assert window.since(T0 + timedelta(days=1), earns) == 5
-    assert window.since(T0, earns) == 112
+    day = timedelta(days=1)
+    earns = {"a": EarnRecord(100, T0, True, qualifies_until=T0 + day)}
+    window.earned("a", T0 + day, 100)
+    assert window.counting_at(T0 + day, earns) == 100
+    assert window.counting_at(T0 + 2 * day, earns) == 0
+    # Recorded later with a longer window: counts longer, though earned at the same time.
+    earns["b"] = EarnRecord(7, T0, True, qualifies_until=T0 + 30 * day)
+    window.earned("b", T0 + 30 * day, 7)
+    assert window.counting_at(T0 + 2 * day, earns) == 7
+    assert window.counting_at(T0, earns) == 107
