@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,8 @@ from ledger.infrastructure.database import (
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
 from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
-from projections.points import PointsProjection
+from projections import REGISTERED
+from projections.points import NAME as POINTS
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,13 @@ class Tally:
         env = config.eventsourcing_env()
         self.app = LedgerApplication(env, self.database, clock=clock)
         self.queries = LedgerQueries(self.database)
-        self.points = ProjectionRunner(
-            self.database,
-            self.app.recorder,
-            self.app.mapper.to_domain_event,
-            PointsProjection(),
-        )
+        # Every registered read model, each with its own runner and tracking position.
+        self.projections: dict[str, ProjectionRunner] = {
+            projection.name: ProjectionRunner(
+                self.database, self.app.recorder, self.app.mapper.to_domain_event, projection()
+            )
+            for projection in REGISTERED
+        }
         self.commits = CommitSignal()
         self.app.on_saved = self._saved
         # Checkpoints (docs/audit.md), signed when TALLY_CHECKPOINT_KEY names an Ed25519 key.
@@ -94,25 +97,37 @@ class Tally:
         that are not the event loop: RunExpiry's worker thread, the sweeper)."""
         return self.writer.submit_batch(commands).result()
 
+    @property
+    def points(self) -> ProjectionRunner:
+        """The runner of the points read models (balances, history, lots, holds)."""
+        return self.projections[POINTS]
+
     def _saved(self, position: int) -> None:
-        self.points.wake(position)
+        for runner in self.projections.values():
+            runner.wake(position)
         self.commits.notify()
 
     def start(self, sweep: bool = True) -> None:
         self.writer.start()
-        self.points.start()
+        for runner in self.projections.values():
+            runner.start()
         if sweep:
             self.sweeper.start()
             self.checkpointer.start()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self.points.ready.wait(timeout)
+        deadline = time.monotonic() + timeout
+        return all(
+            runner.ready.wait(max(0.0, deadline - time.monotonic()))
+            for runner in self.projections.values()
+        )
 
     def close(self) -> None:
         self.checkpointer.stop()
         self.sweeper.stop()
         self.writer.stop()
-        self.points.stop()
+        for runner in self.projections.values():
+            runner.stop()
         self.app.close()
         self.database.close()
 

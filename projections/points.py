@@ -10,8 +10,10 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from functools import singledispatchmethod
+from typing import Any, ClassVar
 
+from ledger.domain import events
 from ledger.infrastructure.database import Cursor
 
 NAME = "points"
@@ -93,7 +95,8 @@ _SELECT_LOT = (
     "SELECT program_id, member_id, lot_id, earned_at, expires_at, points, remaining, held,"
     " expired, qualifying, qualifies_until FROM rm_lots"
 )
-_CREATIONS = ("ProgramCreated", "MemberEnrolled", "ProgramUpdated")
+# Events that need no account row read first: programs', and the enrolment that makes it.
+_NO_ACCOUNT_ROW = (events.ProgramCreated, events.ProgramUpdated, events.MemberEnrolled)
 # Event attributes that map lot ids to points: the lots an event reads back.
 _ALLOCATIONS = ("consumed", "taken", "lots", "released", "returned", "credited")
 
@@ -120,10 +123,10 @@ class Batch:
             self.accounts[account_id] = row
         return row
 
-    def prefetch(self, events: Sequence[tuple[int, Any]]) -> None:
-        """Read the accounts and lots these events touch in two queries, not one each."""
+    def prefetch(self, batch_events: Sequence[tuple[int, Any]]) -> None:
+        """Read the accounts and lots these batch_events touch in two queries, not one each."""
         account_ids = {
-            e.originator_id.hex for _, e in events if type(e).__name__ not in _CREATIONS
+            e.originator_id.hex for _, e in batch_events if not isinstance(e, _NO_ACCOUNT_ROW)
         } - self.accounts.keys()
         if account_ids:
             marks = ",".join("?" * len(account_ids))
@@ -132,7 +135,7 @@ class Batch:
                 row = AccountRow(*found)
                 self.accounts[row.account_id] = row
         wanted: set[tuple[str, str]] = set()
-        for _, e in events:
+        for _, e in batch_events:
             for name in _ALLOCATIONS:
                 allocation = getattr(e, name, None)
                 if isinstance(allocation, dict):
@@ -170,27 +173,47 @@ class Batch:
         return row
 
 
-class PointsProjection:
-    name = NAME
+class UnhandledEvent(TypeError):
+    """An event type no handler of the projection names: fail loudly, never skip it (a
+    skipped event is a read model that silently disagrees with the log)."""
 
-    def process(self, cur: Cursor, events: Sequence[tuple[int, Any]]) -> None:
+
+class PointsProjection:
+    name: ClassVar[str] = NAME
+    # The read models it writes, each with its key columns (a row's identity for replay).
+    tables: ClassVar[dict[str, tuple[str, ...]]] = {
+        "rm_programs": ("program_id",),
+        "rm_accounts": ("program_id", "member_id"),
+        "rm_transactions": ("program_id", "member_id", "position"),
+        "rm_lots": ("program_id", "member_id", "lot_id"),
+        "rm_holds": ("program_id", "member_id", "hold_id"),
+    }
+
+    def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
         batch = Batch(cur)
-        batch.prefetch(events)
-        for position, event in events:
-            kind = type(event).__name__
-            if kind == "ProgramCreated":
-                batch.programs.append((event.program_id, position))
-            elif kind == "MemberEnrolled":
-                self._enrolled(batch, position, event)
-            else:
-                handler = getattr(self, "_on_" + kind, None)
-                if handler is not None:  # request records and program updates: no rows here
-                    handler(batch, position, event, batch.account(event.originator_id.hex))
+        batch.prefetch(batch_events)
+        for position, event in batch_events:
+            self.apply(event, batch, position)
         self._flush(batch)
+
+    @singledispatchmethod
+    def apply(self, event: object, batch: Batch, position: int) -> None:
+        raise UnhandledEvent(
+            f"projection {self.name} has no handler for {type(event).__qualname__}"
+        )
+
+    @apply.register(events.ProgramCreated)
+    def _program_created(self, event: Any, batch: Batch, position: int) -> None:
+        batch.programs.append((event.program_id, position))
+
+    @apply.register(events.ProgramUpdated)
+    def _program_updated(self, event: Any, batch: Batch, position: int) -> None:
+        """No rows: a program's settings are read from its aggregate."""
 
     # ------------------------------------------------------------------ events
 
-    def _enrolled(self, batch: Batch, position: int, event: Any) -> None:
+    @apply.register(events.MemberEnrolled)
+    def _enrolled(self, event: Any, batch: Batch, position: int) -> None:
         account = AccountRow(
             account_id=event.originator_id.hex,
             program_id=event.program_id,
@@ -200,9 +223,9 @@ class PointsProjection:
         batch.accounts[account.account_id] = account
         self._record(batch, position, event, account, "ENROLL")
 
-    def _on_PointsEarned(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.PointsEarned)
+    def _on_PointsEarned(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         lot_points = event.points - event.debt_repaid
         until = micros(event.qualifies_until)
         self._open_lot(batch, account, event, lot_points, qualifies_until=until)
@@ -220,13 +243,15 @@ class PointsProjection:
             row.qualifying_at = row.occurred_at
             row.qualifies_until = until
 
-    def _on_PointsRedeemed(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.PointsRedeemed)
+    def _on_PointsRedeemed(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._take(batch, account, event.consumed)
         self._record(batch, position, event, account, "REDEEM", points=-_sum(event.consumed))
 
-    def _on_PointsHeld(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
+    @apply.register(events.PointsHeld)
+    def _on_PointsHeld(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._take(batch, account, event.taken, held=True)
         points = _sum(event.taken)
         hold_id = event.provenance.transaction_id
@@ -236,9 +261,9 @@ class PointsProjection:
         row = self._record(batch, position, event, account, "HOLD", points=-points, held=points)
         row.hold_id = hold_id
 
-    def _on_HoldCaptured(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.HoldCaptured)
+    def _on_HoldCaptured(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         for lot_id, pts in event.consumed.items():
             batch.lot(account, lot_id).held -= pts
         back = self._return_from_hold(batch, account, event.released, event.credited)
@@ -255,17 +280,19 @@ class PointsProjection:
         )
         row.hold_id = event.hold_id
 
-    def _on_HoldReleased(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.HoldReleased)
+    def _on_HoldReleased(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._end_hold(batch, position, event, account, "RELEASED", "RELEASE")
 
-    def _on_HoldExpired(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
+    @apply.register(events.HoldExpired)
+    def _on_HoldExpired(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._end_hold(batch, position, event, account, "EXPIRED", "HOLD_EXPIRED")
 
-    def _on_PointsAdjusted(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.PointsAdjusted)
+    def _on_PointsAdjusted(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         if event.points > 0:
             lot_points = event.points - event.debt_repaid
             self._open_lot(batch, account, event, lot_points, qualifies_until=None)
@@ -282,9 +309,9 @@ class PointsProjection:
             self._take(batch, account, event.taken)
             self._record(batch, position, event, account, "ADJUST", points=event.points)
 
-    def _on_EarnReversed(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.EarnReversed)
+    def _on_EarnReversed(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._take(batch, account, event.taken)
         row = self._record(
             batch,
@@ -301,9 +328,9 @@ class PointsProjection:
             row.qualifying_at = earn_lot.earned_at
             row.qualifies_until = earn_lot.qualifies_until
 
-    def _on_RedemptionReversed(
-        self, batch: Batch, position: int, event: Any, account: AccountRow
-    ) -> None:
+    @apply.register(events.RedemptionReversed)
+    def _on_RedemptionReversed(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._credit(batch, account, event.restored)
         self._record(
             batch,
@@ -315,7 +342,9 @@ class PointsProjection:
             debt=-event.debt_repaid,
         )
 
-    def _on_LotsExpired(self, batch: Batch, position: int, event: Any, account: AccountRow) -> None:
+    @apply.register(events.LotsExpired)
+    def _on_LotsExpired(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
         self._take(batch, account, event.lots)
         for lot_id, pts in event.lots.items():
             batch.lot(account, lot_id).expired += pts

@@ -20,7 +20,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import psycopg
 from eventsourcing.persistence import ApplicationRecorder, Notification
@@ -31,10 +31,15 @@ log = logging.getLogger(__name__)
 
 
 class Projection(Protocol):
-    name: str
+    """A read model: its name (its tracking row), the tables it writes with their key columns
+    (for `ledger audit replay`), and how a batch of events changes them."""
 
-    def process(self, cur: Cursor, events: Sequence[tuple[int, Any]]) -> None:
-        """Apply events (position, domain event) to the read model through `cur`."""
+    name: ClassVar[str]
+    tables: ClassVar[dict[str, tuple[str, ...]]]
+
+    def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
+        """Apply events (position, domain event) to the read model through `cur`, in the
+        runner's transaction. An event type it has no handler for must raise."""
 
 
 class ProjectionRunner:

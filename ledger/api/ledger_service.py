@@ -30,10 +30,14 @@ from ledger.domain import errors
 from ledger.runtime import Tally
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
+from projections.points import NAME as POINTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_WAIT_SECONDS = 30.0
+# The read models the account queries read (GetAccount, ListTransactions, ListLots, and
+# RunExpiry's candidates).
+READS = (POINTS,)
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -87,22 +91,29 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
 
-    async def _reached(self, position: int, context: grpc.aio.ServicerContext) -> None:
-        """Read-your-writes: wait until the projections processed `position`."""
-        runner = self.tally.points
-        if runner.position >= position:
+    def _position(self, reads: tuple[str, ...]) -> int:
+        """The log position every read model in `reads` has processed."""
+        return min(self.tally.projections[name].position for name in reads)
+
+    async def _reached(
+        self, position: int, context: grpc.aio.ServicerContext, reads: tuple[str, ...] = READS
+    ) -> None:
+        """Read-your-writes: wait until the read models the query reads processed
+        `position`."""
+        if self._position(reads) >= position:
             return
         remaining = context.time_remaining()
         budget = MAX_WAIT_SECONDS if remaining is None else min(remaining, MAX_WAIT_SECONDS)
         deadline = asyncio.get_running_loop().time() + budget
-        runner.wake()
-        while runner.position < position:
+        for name in reads:
+            self.tally.projections[name].wake()
+        while (reached := self._position(reads)) < position:
             if asyncio.get_running_loop().time() >= deadline:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED
                     if remaining is not None
                     else grpc.StatusCode.UNAVAILABLE,
-                    f"projections are at position {runner.position}, not yet {position}",
+                    f"projections are at position {reached}, not yet {position}",
                 )
             await asyncio.sleep(0.002)
 
@@ -220,7 +231,7 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             raise InvalidArgument([("as_of", "as_of reads are not available yet")])
         await self._reached(min_position, context)
         program = await self._run(self.app.get_program, program_id)
-        position = self.tally.points.position
+        position = self._position(READS)
         view = await self._run(
             self.tally.queries.account, program_id, member_id, program.settings, self.app.clock()
         )

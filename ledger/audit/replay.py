@@ -1,10 +1,10 @@
 """`ledger audit replay`: rebuild the read models from the log, somewhere else, and compare.
 
-The live read models and the position they reflect are read in one snapshot (a repeatable-
-read transaction on PostgreSQL, a read transaction on SQLite in WAL mode); the projection
-then replays the log up to exactly that position into a scratch SQLite file, and the two are
-compared row by row. Nothing is written to the live database: it is opened without
-migrations and only read.
+For every registered projection (projections/__init__.py), its live tables and the position
+they reflect are read in one snapshot (a repeatable-read transaction on PostgreSQL, a read
+transaction on SQLite in WAL mode); the projection then replays the log up to exactly that
+position into a scratch SQLite file, and the two are compared row by row. Nothing is written
+to the live database: it is opened without migrations and only read.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ import psycopg
 from ledger.application.service import LedgerApplication
 from ledger.infrastructure.database import DatabaseConfig, open_database, parse_database_url
 from ledger.infrastructure.migrations import migrate
-from projections.points import NAME, PointsProjection
+from projections import REGISTERED
+from projections.runner import Projection
 
-# Read model -> its key columns (a row's identity for the comparison).
+# Read model -> its key columns (a row's identity for the comparison), of every projection.
 TABLES: dict[str, tuple[str, ...]] = {
-    "rm_programs": ("program_id",),
-    "rm_accounts": ("program_id", "member_id"),
-    "rm_transactions": ("program_id", "member_id", "position"),
-    "rm_lots": ("program_id", "member_id", "lot_id"),
-    "rm_holds": ("program_id", "member_id", "hold_id"),
+    table: key for projection in REGISTERED for table, key in projection.tables.items()
 }
 
 
@@ -44,7 +41,8 @@ class Difference:
 
 @dataclass
 class ReplayReport:
-    position: int = 0
+    position: int = 0  # the lowest of the projections' positions
+    positions: dict[str, int] = field(default_factory=dict)  # by projection
     rows_compared: int = 0
     differences: list[Difference] = field(default_factory=list)
 
@@ -80,38 +78,33 @@ def _snapshot_cursor(config: DatabaseConfig) -> Iterator[Any]:
             yield cur
 
 
-def read_live(config: DatabaseConfig) -> tuple[int, Snapshot]:
-    """The live read models and the position they reflect, as of one instant."""
+def read_live(config: DatabaseConfig) -> tuple[dict[str, int], Snapshot]:
+    """Every projection's position and its live tables, as of one instant."""
     snapshot: Snapshot = {}
+    positions: dict[str, int] = {}
     with _snapshot_cursor(config) as cur:
-        cur.execute(f"SELECT position FROM projection_tracking WHERE name = '{NAME}'")
-        row = cur.fetchone()
-        position = int(row[0]) if row else 0
+        cur.execute("SELECT name, position FROM projection_tracking")
+        tracked = {str(name): int(position) for name, position in cur.fetchall()}
+        for projection in REGISTERED:
+            positions[projection.name] = tracked.get(projection.name, 0)
         for table in TABLES:
             cur.execute(f"SELECT * FROM {table}")
             columns = [d[0] for d in cur.description]
             snapshot[table] = _keyed(table, columns, cur.fetchall())
-    return position, snapshot
+    return positions, snapshot
 
 
-def rebuild(config: DatabaseConfig, position: int, scratch: Path) -> Snapshot:
-    """Replay the log up to `position` into a fresh SQLite file; return its read models."""
+def rebuild(config: DatabaseConfig, positions: dict[str, int], scratch: Path) -> Snapshot:
+    """Replay the log into a fresh SQLite file, each projection up to its own position;
+    return the read models it made."""
     scratch_config = parse_database_url(f"sqlite:///{scratch}")
     migrate(scratch_config)
     live = open_database(config)
     app = LedgerApplication(config.eventsourcing_env(), live)
     target = open_database(scratch_config)
-    projection = PointsProjection()
     try:
-        done = 0
-        while done < position:
-            batch = app.recorder.select_notifications(start=done + 1, limit=500, stop=position)
-            if not batch:
-                break
-            events = [(n.id, app.mapper.to_domain_event(n)) for n in batch]
-            with target.transaction() as cur:
-                projection.process(cur, events)
-            done = batch[-1].id
+        for projection_type in REGISTERED:
+            _replay_one(app, target, projection_type(), positions[projection_type.name])
         snapshot: Snapshot = {}
         with target.read() as cur:
             for table in TABLES:
@@ -124,6 +117,18 @@ def rebuild(config: DatabaseConfig, position: int, scratch: Path) -> Snapshot:
         target.close()
         app.close()
         live.close()
+
+
+def _replay_one(app: LedgerApplication, target: Any, projection: Projection, position: int) -> None:
+    done = 0
+    while done < position:
+        batch = app.recorder.select_notifications(start=done + 1, limit=500, stop=position)
+        if not batch:
+            break
+        events = [(n.id, app.mapper.to_domain_event(n)) for n in batch]
+        with target.transaction() as cur:
+            projection.process(cur, events)
+        done = batch[-1].id
 
 
 def compare(live: Snapshot, replayed: Snapshot) -> ReplayReport:
@@ -140,9 +145,10 @@ def compare(live: Snapshot, replayed: Snapshot) -> ReplayReport:
 
 def replay(url: str) -> ReplayReport:
     config = parse_database_url(url)
-    position, live = read_live(config)
+    positions, live = read_live(config)
     with tempfile.TemporaryDirectory(prefix="tally-replay-") as folder:
-        replayed = rebuild(config, position, Path(folder) / "replay.db")
+        replayed = rebuild(config, positions, Path(folder) / "replay.db")
     report = compare(live, replayed)
-    report.position = position
+    report.positions = positions
+    report.position = min(positions.values(), default=0)
     return report

@@ -1,0 +1,26 @@
+"""Projections dispatch on event classes and fail loudly on one they do not handle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledger.domain import events
+from projections import REGISTERED
+from projections.points import Batch, PointsProjection, UnhandledEvent
+
+
+@pytest.mark.parametrize("projection", REGISTERED, ids=lambda p: p.name)
+def test_every_event_of_the_log_has_a_handler(projection: Any) -> None:
+    registry = vars(projection)["apply"].dispatcher.registry  # the singledispatchmethod
+    missing = [cls.__qualname__ for cls in events.ALL if cls not in registry]
+    assert missing == []
+
+
+def test_an_event_nobody_handles_stops_the_projection() -> None:
+    class Surprise:
+        pass
+
+    with pytest.raises(UnhandledEvent, match=r"no handler for .*Surprise"):
+        PointsProjection().apply(Surprise(), Batch(cur=None), 1)  # type: ignore[arg-type]
