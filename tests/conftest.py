@@ -16,7 +16,7 @@ BACKENDS = ["sqlite", "postgres"]
 
 # Property tests: CI runs a fixed set of examples (derandomized: the same seeds every run, so
 # a green CI is not luck); before stopping, run the random `hunt` profile with many examples:
-#   HYPOTHESIS_PROFILE=hunt TALLY_HUNT_EXAMPLES=20000 .venv/bin/pytest tests/unit
+#   HYPOTHESIS_PROFILE=hunt TALLY_HUNT_EXAMPLES=20000 .venv/bin/pytest --timeout 0 tests/unit
 settings.register_profile("ci", derandomize=True, max_examples=300, print_blob=True)
 settings.register_profile(
     "hunt",
