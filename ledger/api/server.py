@@ -4,12 +4,14 @@ projections are ready), server reflection, graceful shutdown on SIGTERM/SIGINT."
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import ipaddress
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,13 +35,32 @@ SERVICE_NAMES = (
 )
 
 
-class InsecureListenAddress(ValueError):
+class ListenAddressError(ValueError):
+    """`--listen` is not HOST:PORT, or that port cannot be had."""
+
+
+class InsecureListenAddress(ListenAddressError):
     pass
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) -> (host, port); anything else is refused, never guessed
+    (grpc would read "127.0.0.1" as port 443 and "127.0.0.1:99999" as some other port)."""
+    host, colon, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host:
+        raise ListenAddressError(
+            f"--listen {listen!r}: give HOST:PORT, for example 127.0.0.1:50051"
+        )
+    if not port.isdigit() or int(port) > 65535:
+        raise ListenAddressError(f"--listen {listen!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
 def check_listen_address(listen: str) -> None:
-    """Refuse a non-loopback address: no credentials can be configured yet."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
+    """Refuse a malformed address, and a non-loopback one: no credentials can be configured
+    yet."""
+    host, _ = parse_listen(listen)
     if host == "localhost":
         return
     try:
@@ -69,15 +90,37 @@ class RunningServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningServer:
+def check_port_free(listen: str) -> None:
+    """A port another program (or another `ledger serve`) holds is refused in one line,
+    before anything starts: without this, the server would fail deep inside grpc."""
+    host, port = parse_listen(listen)
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ListenAddressError(
+                    f"port {port} on {host} is already in use (another `ledger serve`?): "
+                    "stop it, or give another --listen"
+                ) from None
+            raise ListenAddressError(f"cannot listen on {listen}: {e.strerror}") from None
+
+
+async def start_server(
+    tally: Tally, listen: str, workers: int = 16, share_port: bool = False
+) -> RunningServer:
+    """`share_port`: several server processes listen on one port (`ledger serve --processes`,
+    SO_REUSEPORT: the kernel spreads connections between them). Off otherwise, so that a
+    second server on a busy port fails instead of silently sharing it."""
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.max_concurrent_streams", 1000),
-            # Several server processes may listen on one port (`ledger serve --processes`);
-            # the kernel spreads connections between them.
-            ("grpc.so_reuseport", 1),
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ]
     )
     # The account-command RPCs are set on the class from ledger/api/descriptors.py, which the
@@ -97,9 +140,13 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
         ),
         server,
     )
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        check_port_free(listen)  # says why, if it can
+        raise ListenAddressError(f"cannot listen on {listen}")
     await server.start()
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, tally.start)
@@ -112,8 +159,12 @@ async def start_server(tally: Tally, listen: str, workers: int = 16) -> RunningS
     return RunningServer(server, health, tally, port, executor)
 
 
-async def serve(database_url: str, listen: str, apply_migrations: bool = True) -> None:
+async def serve(
+    database_url: str, listen: str, apply_migrations: bool = True, share_port: bool = False
+) -> None:
     check_listen_address(listen)
+    if not share_port:
+        check_port_free(listen)
     loop = asyncio.get_running_loop()
     # From the start: a signal while starting up stops the server once it is up, gracefully,
     # instead of killing the process half-started.
@@ -123,7 +174,11 @@ async def serve(database_url: str, listen: str, apply_migrations: bool = True) -
     tally = await loop.run_in_executor(
         None, lambda: Tally.from_url(database_url, apply_migrations=apply_migrations)
     )
-    running = await start_server(tally, listen)
+    try:
+        running = await start_server(tally, listen, share_port=share_port)
+    except BaseException:
+        await loop.run_in_executor(None, tally.close)
+        raise
     survivors = asyncio.create_task(freeze_survivors())
     await stopping.wait()
     log.info("shutting down: draining in-flight calls")
@@ -164,6 +219,7 @@ def serve_processes(database_url: str, listen: str, processes: int, apply_migrat
     if listen.rsplit(":", 1)[-1] == "0":
         raise ValueError("--processes above 1 needs a fixed port, not 0")
     check_listen_address(listen)
+    check_port_free(listen)
     if apply_migrations:
         migrate(config)
     context = multiprocessing.get_context("spawn")
@@ -191,4 +247,4 @@ def _serve_child(database_url: str, listen: str) -> None:
     from ledger.cli import configure_logging  # a spawned process starts unconfigured
 
     configure_logging()
-    asyncio.run(serve(database_url, listen, apply_migrations=False))
+    asyncio.run(serve(database_url, listen, apply_migrations=False, share_port=True))
