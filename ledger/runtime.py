@@ -25,6 +25,7 @@ from ledger.infrastructure.database import (
     parse_database_url,
 )
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
+from ledger.infrastructure.single_process import SingleProcessLock
 from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
 from projections import REGISTERED
@@ -43,8 +44,30 @@ class Tally:
         cache_size: int = 50_000,
         writers: int | None = None,
         max_group: int = 256,
+        exclusive: str = "",
     ) -> None:
+        """`exclusive`: this process is `ledger serve` or `ledger import` (named so): on
+        SQLite it holds the file for its life, and a second one is refused
+        (ledger/infrastructure/single_process.py)."""
         self.config = config
+        self._single = SingleProcessLock(config.sqlite_path) if config.kind == "sqlite" else None
+        if self._single is not None and exclusive:
+            self._single.acquire(exclusive)
+        try:
+            self._open(config, apply_migrations, clock, cache_size, writers, max_group)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(
+        self,
+        config: DatabaseConfig,
+        apply_migrations: bool,
+        clock: Callable[[], datetime],
+        cache_size: int,
+        writers: int | None,
+        max_group: int,
+    ) -> None:
         if apply_migrations:
             applied = migrate(config)
             for m in applied:
@@ -130,6 +153,11 @@ class Tally:
             runner.stop()
         self.app.close()
         self.database.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._single is not None:
+            self._single.release()
 
 
 class CommitSignal:

@@ -7,9 +7,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from grpc_health.v1 import health_pb2
 
 from tests.support import ServerThread
-from tests.test_server import free_port, run_ledger
+from tests.test_server import _kill_if_running, _serve, _wait_serving, free_port, run_ledger
 
 
 def one_clear_line(result: object, *expected: str) -> str:
@@ -59,3 +60,26 @@ def test_a_second_server_on_a_busy_port_is_refused(server: ServerThread, tmp_pat
         "serve", "--listen", server.target, "--database", f"sqlite:///{tmp_path}/l.db"
     )
     one_clear_line(result, f"port {server.port}", "already in use")
+
+
+def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_its_holder(
+    tmp_path: Path,
+) -> None:
+    """Regression: two servers ran on one SQLite file and fought (ABORTED answers,
+    projection conflicts)."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first_target = f"127.0.0.1:{free_port()}"
+    first = _serve(first_target, url)
+    try:
+        assert _wait_serving(first_target, first) == health_pb2.HealthCheckResponse.SERVING
+        second = run_ledger("serve", "--listen", f"127.0.0.1:{free_port()}", "--database", url)
+        one_clear_line(second, "in use by a `ledger serve`", "one process at a time")
+    finally:
+        first.kill()  # no clean exit: the kernel drops the lock with the process
+        first.communicate()
+    again_target = f"127.0.0.1:{free_port()}"
+    again = _serve(again_target, url)
+    try:
+        assert _wait_serving(again_target, again) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        _kill_if_running(again)

@@ -172,7 +172,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tally = await loop.run_in_executor(
-        None, lambda: Tally.from_url(database_url, apply_migrations=apply_migrations)
+        None,
+        lambda: Tally.from_url(
+            database_url, apply_migrations=apply_migrations, exclusive="a `ledger serve`"
+        ),
     )
     try:
         running = await start_server(tally, listen, share_port=share_port)
