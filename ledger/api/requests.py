@@ -1,4 +1,8 @@
-"""gRPC requests -> validated commands and query parameters."""
+"""gRPC requests -> validated commands and query parameters.
+
+The account commands are checked and built by `ledger/application/validation.py`, shared
+with `ledger import`; their parsers here only read the message. The program commands and the
+queries are checked here."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 from ledger.api.errors import InvalidArgument
 from ledger.api.validation import Violations
 from ledger.application import commands as c
+from ledger.application import validation as build
 from ledger.domain.program import (
     ExpiryKind,
     ExpiryPolicy,
@@ -21,8 +26,6 @@ from ledger.domain.program import (
 )
 from ledger.v1 import ledger_pb2 as pb
 
-MAX_TTL_SECONDS = 7 * 24 * 3600
-DEFAULT_TTL_SECONDS = 900
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_TIERS = 32
@@ -133,129 +136,102 @@ def update_program(r: pb.UpdateProgramRequest) -> c.UpdateProgram:
     return c.UpdateProgram(program_id=r.program_id, request_id=r.request_id, changes=changes)
 
 
-def _account_fields(
-    v: Violations, r: Any, now: datetime, store_required: bool = False
-) -> dict[str, Any]:
-    """Fields every account command has. Commands that move points at a till (Earn, Redeem,
-    Reverse) must name the store or channel: settlement follows the points across stores."""
+def _account(v: Violations, r: Any) -> build.AccountFields:
+    """The fields every account command has, as plain values."""
     return {
-        "program_id": v.identifier("program_id", r.program_id),
-        "member_id": v.identifier("member_id", r.member_id),
-        "request_id": v.request_id(r.request_id),
-        "occurred_at": v.occurred_at(r.occurred_at, r.HasField("occurred_at"), now),
-        "store_id": v.identifier("store_id", r.store_id, required=store_required),
+        "program_id": r.program_id,
+        "member_id": r.member_id,
+        "request_id": r.request_id,
+        "occurred_at": v.converted("occurred_at", r.occurred_at, r.HasField("occurred_at")),
+        "store_id": r.store_id,
     }
+
+
+# Each account-command parser: the message's values, then the builder shared with
+# `ledger import` checks every rule and builds the command (InvalidArgument if not).
 
 
 def enroll_member(r: pb.EnrollMemberRequest, now: datetime) -> c.EnrollMember:
     v = Violations()
-    fields = _account_fields(v, r, now)
-    referrer = v.identifier("referrer_member_id", r.referrer_member_id, required=False)
-    if referrer and referrer == r.member_id:
-        v.add("referrer_member_id", "a member cannot refer themselves")
-    v.raise_if_any()
-    return c.EnrollMember(referrer_member_id=referrer, **fields)
+    return build.enroll_member(
+        **_account(v, r), referrer_member_id=r.referrer_member_id, now=now, violations=v
+    )
 
 
 def earn(r: pb.EarnRequest, now: datetime) -> c.EarnPoints:
     v = Violations()
-    fields = _account_fields(v, r, now, store_required=True)
-    cmd = c.EarnPoints(
-        points=v.positive("points", r.points),
-        purchase_minor=v.non_negative("purchase_minor", r.purchase_minor),
-        order_ref=v.text("order_ref", r.order_ref),
-        reason=v.text("reason", r.reason),
+    return build.earn(
+        **_account(v, r),
+        points=r.points,
+        purchase_minor=r.purchase_minor,
+        order_ref=r.order_ref,
+        reason=r.reason,
         qualifying=r.qualifying if r.HasField("qualifying") else True,
-        expires_at=v.timestamp("expires_at", r.expires_at, r.HasField("expires_at")),
-        **fields,
+        expires_at=v.converted("expires_at", r.expires_at, r.HasField("expires_at")),
+        now=now,
+        violations=v,
     )
-    v.raise_if_any()
-    return cmd
 
 
 def redeem(r: pb.RedeemRequest, now: datetime) -> c.RedeemPoints:
     v = Violations()
-    fields = _account_fields(v, r, now, store_required=True)
-    cmd = c.RedeemPoints(
-        points=v.positive("points", r.points),
-        order_ref=v.text("order_ref", r.order_ref),
-        reason=v.text("reason", r.reason),
-        **fields,
+    return build.redeem(
+        **_account(v, r),
+        points=r.points,
+        order_ref=r.order_ref,
+        reason=r.reason,
+        now=now,
+        violations=v,
     )
-    v.raise_if_any()
-    return cmd
 
 
 def hold(r: pb.HoldRequest, now: datetime) -> c.HoldPoints:
     v = Violations()
-    fields = _account_fields(v, r, now)
-    ttl = r.ttl_seconds or DEFAULT_TTL_SECONDS
-    cmd = c.HoldPoints(
-        points=v.positive("points", r.points),
-        ttl_seconds=v.in_range("ttl_seconds", ttl, 1, MAX_TTL_SECONDS),
-        order_ref=v.text("order_ref", r.order_ref),
-        **fields,
+    return build.hold(
+        **_account(v, r),
+        points=r.points,
+        ttl_seconds=r.ttl_seconds,
+        order_ref=r.order_ref,
+        now=now,
+        violations=v,
     )
-    v.raise_if_any()
-    return cmd
 
 
 def capture_hold(r: pb.CaptureHoldRequest, now: datetime) -> c.CaptureHold:
     v = Violations()
-    fields = _account_fields(v, r, now)
-    cmd = c.CaptureHold(
-        hold_id=v.identifier("hold_id", r.hold_id),
-        points=v.non_negative("points", r.points),
-        **fields,
+    return build.capture_hold(
+        **_account(v, r), hold_id=r.hold_id, points=r.points, now=now, violations=v
     )
-    v.raise_if_any()
-    return cmd
 
 
 def release_hold(r: pb.ReleaseHoldRequest, now: datetime) -> c.ReleaseHold:
     v = Violations()
-    fields = _account_fields(v, r, now)
-    cmd = c.ReleaseHold(hold_id=v.identifier("hold_id", r.hold_id), **fields)
-    v.raise_if_any()
-    return cmd
+    return build.release_hold(**_account(v, r), hold_id=r.hold_id, now=now, violations=v)
 
 
 def adjust(r: pb.AdjustRequest, now: datetime) -> c.AdjustPoints:
     v = Violations()
-    fields = _account_fields(v, r, now)
-    if r.points == 0:
-        v.add("points", "must not be 0")
-    elif abs(r.points) > 10**15:
-        v.add("points", "must be between -10^15 and 10^15")
-    cmd = c.AdjustPoints(
+    return build.adjust(
+        **_account(v, r),
         points=r.points,
-        reason=v.text("reason", r.reason, required=True),
-        operator_id=v.identifier("operator_id", r.operator_id),
-        **fields,
+        reason=r.reason,
+        operator_id=r.operator_id,
+        now=now,
+        violations=v,
     )
-    v.raise_if_any()
-    return cmd
 
 
 def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
     v = Violations()
-    fields = _account_fields(v, r, now, store_required=True)
-    v.identifier("transaction_id", r.transaction_id)
-    v.non_negative("points", r.points)
-    v.non_negative("amount_minor", r.amount_minor)
-    if r.points and r.amount_minor:
-        v.add("amount_minor", "set points (for points) or amount_minor (for money), not both")
-    elif r.amount_minor:
-        v.add("amount_minor", "stored-value reversals are not available yet; use points")
-    cmd = c.ReverseTransaction(
+    return build.reverse(
+        **_account(v, r),
         transaction_id=r.transaction_id,
         points=r.points,
         amount_minor=r.amount_minor,
-        reason=v.text("reason", r.reason),
-        **fields,
+        reason=r.reason,
+        now=now,
+        violations=v,
     )
-    v.raise_if_any()
-    return cmd
 
 
 def run_expiry(r: pb.RunExpiryRequest, now: datetime) -> c.RunExpiry:
