@@ -8,7 +8,10 @@ from typing import Any
 
 from eventsourcing.persistence import Transcoding
 
-from ledger.domain.account import ActiveHold, EarnRecord, Lot, QualifyingWindow, RedemptionRecord
+from ledger.domain.holds import ActiveHold
+from ledger.domain.lots import Lot
+from ledger.domain.reversals import RedemptionRecord
+from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 
 class DataclassAsDict(Transcoding):

@@ -6,17 +6,16 @@ brings the account up to `now`: holds whose TTL ran out are released and lots pa
 expiry are expired, in the same transaction as the command, so an expired lot is never
 spendable even before the scheduled sweep has run.
 
-Lots are keyed by the id of the transaction that opened them (an Earn or a positive
-Adjust). Points go out of lots in order of earliest expiry (never-expiring last), then oldest
-earn. An allocation (`dict[lot_id, points]`) records exactly which lots gave how much, in
-the order they gave it.
+Debt and the checks of every command are here. The records the account keeps live in
+modules named for them: lots, allocations and spend order in lots.py, holds in holds.py,
+earns and the tier window in tier_window.py, redemptions and how much a reversal may take in
+reversals.py. The aggregate and its event classes stay in this module: the event store
+records their topics (`ledger.domain.account:MemberAccount.PointsEarned`, ...).
 """
 
 from __future__ import annotations
 
 import copy
-from bisect import bisect_left, insort
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -24,141 +23,20 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from ledger.domain import errors
+from ledger.domain.holds import ActiveHold
 from ledger.domain.ids import account_id_key, derived_transaction_id
+from ledger.domain.lots import Allocation, Lot, split_allocation
 from ledger.domain.program import DEFAULT_TIER_WINDOW_DAYS
 from ledger.domain.provenance import Provenance
+from ledger.domain.reversals import RedemptionRecord, reversal_amount
+from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 INT64_MAX = 2**63 - 1
-
-Allocation = dict[str, int]
 
 # The provenance of events that a dry run triggers on a copy and throws away.
 _DRY_RUN = Provenance(
     transaction_id="dry-run", request_id="", occurred_at=datetime.min.replace(tzinfo=UTC)
 )
-
-
-@dataclass
-class Lot:
-    lot_id: str
-    points: int
-    remaining: int
-    earned_at: datetime
-    expires_at: datetime | None
-    held: int = 0
-    expired: int = 0
-    # Expired points of this lot whose earn was later reversed (nothing left to claw back).
-    expired_reversed: int = 0
-    # Points other lots gave in place of this lot's when its earn was reversed while its
-    # points were away (held or redeemed). Points coming back to this lot return them first.
-    in_lieu: dict[str, int] = field(default_factory=dict)
-
-    def is_due(self, as_of: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= as_of
-
-    def spend_order(self) -> tuple[bool, datetime, datetime, str]:
-        never = self.expires_at is None
-        return (never, self.expires_at or self.earned_at, self.earned_at, self.lot_id)
-
-
-@dataclass
-class ActiveHold:
-    hold_id: str
-    points: int
-    taken: Allocation
-    expires_at: datetime
-    order_ref: str
-
-
-@dataclass
-class EarnRecord:
-    points: int
-    occurred_at: datetime
-    qualifying: bool
-    reversed: int = 0
-    # The last instant its points count toward the tier: occurred_at plus the tier window in
-    # force when it was recorded (None: not qualifying).
-    qualifies_until: datetime | None = None
-
-
-@dataclass
-class RedemptionRecord:
-    consumed: Allocation
-    reversed: Allocation = field(default_factory=dict)
-
-    @property
-    def points(self) -> int:
-        return sum(self.consumed.values())
-
-    @property
-    def reversible(self) -> int:
-        return self.points - sum(self.reversed.values())
-
-
-class QualifyingWindow:
-    """Qualifying points that still count at a moving instant, without re-summing history.
-
-    Each qualifying earn counts until its `qualifies_until` (inclusive), fixed when it was
-    recorded from the tier window then in force, so a later UpdateProgram changes nothing
-    already recorded. The instant asked about only moves forward between commands, so the
-    net points of earns that stopped counting are kept and brought forward over the earns
-    passed since the last question: O(earns passed) instead of O(all earns) a command. Earns
-    are kept in qualifies_until order (an import may bring them in any order); an earlier
-    instant is summed from scratch."""
-
-    def __init__(self) -> None:
-        self._order: list[tuple[datetime, str]] = []  # (qualifies_until, earn id)
-        self._total = 0  # net qualifying points of every earn
-        self._since: datetime | None = None
-        self._before = 0  # net qualifying points of earns that stopped counting by _since
-
-    @property
-    def order(self) -> list[tuple[datetime, str]]:
-        return self._order
-
-    @property
-    def total(self) -> int:
-        return self._total
-
-    @classmethod
-    def restore(cls, order: list[tuple[datetime, str]], total: int) -> QualifyingWindow:
-        """From a snapshot: the earns in order and their net total."""
-        window = cls()
-        window._order, window._total = order, total
-        return window
-
-    def earned(self, earn_id: str, until: datetime, points: int) -> None:
-        insort(self._order, (until, earn_id))
-        self._changed(until, points)
-
-    def _changed(self, until: datetime, points: int) -> None:
-        self._total += points
-        if self._since is not None and until < self._since:
-            self._before += points
-
-    def reversed(self, until: datetime, points: int) -> None:
-        self._changed(until, -points)
-
-    def __eq__(self, other: object) -> bool:
-        # Equal when they hold the same earns; where the last question left off is a cache.
-        if not isinstance(other, QualifyingWindow):
-            return NotImplemented
-        return (self._order, self._total) == (other._order, other._total)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def counting_at(self, when: datetime, earns: dict[str, EarnRecord]) -> int:
-        """Net points of the qualifying earns whose qualifies_until is at or after `when`."""
-        start = bisect_left(self._order, (when, ""))
-        if self._since is None or when < self._since:
-            passed, self._before = self._order[:start], 0
-        else:
-            passed = self._order[bisect_left(self._order, (self._since, "")) : start]
-        for _, earn_id in passed:
-            earn = earns[earn_id]
-            self._before += earn.points - earn.reversed
-        self._since = when
-        return self._total - self._before
 
 
 class MemberAccount(Aggregate):
@@ -392,13 +270,13 @@ class MemberAccount(Aggregate):
         Returns (points reversed, debt added)."""
         if transaction_id in self.earns:
             earn = self.earns[transaction_id]
-            points = _reversal_amount(transaction_id, earn.points - earn.reversed, points)
+            points = reversal_amount(transaction_id, earn.points - earn.reversed, points)
             self._check_debt_limit(points)  # at most all of it becomes debt
             self.bring_up_to(now, provenance)
             return self._reverse_earn(provenance, transaction_id, points)
         if transaction_id in self.redemptions:
             redemption = self.redemptions[transaction_id]
-            points = _reversal_amount(transaction_id, redemption.reversible, points)
+            points = reversal_amount(transaction_id, redemption.reversible, points)
             self._check_balance_limit(points)
             self.bring_up_to(now, provenance)
             return self._reverse_redemption(provenance, now, transaction_id, points), 0
@@ -811,36 +689,6 @@ class MemberAccount(Aggregate):
     def _close_hold(self, hold_id: str) -> None:
         del self.holds[hold_id]
         self.closed_hold_ids.add(hold_id)
-
-
-def split_allocation(taken: Allocation, points: int) -> tuple[Allocation, Allocation]:
-    """Split an allocation into its first `points` and the rest, keeping the order."""
-    consumed: Allocation = {}
-    released: Allocation = {}
-    for lot_id, pts in taken.items():
-        take = min(pts, points)
-        if take:
-            consumed[lot_id] = take
-            points -= take
-        if pts - take:
-            released[lot_id] = pts - take
-    return consumed, released
-
-
-def _reversal_amount(transaction_id: str, reversible: int, requested: int) -> int:
-    if reversible <= 0:
-        raise errors.NothingLeftToReverse(
-            f"transaction {transaction_id} has been reversed in full",
-            transaction_id=transaction_id,
-        )
-    if requested == 0:
-        return reversible
-    if requested > reversible:
-        raise errors.ReversalExceedsOriginal(
-            f"only {reversible} points of transaction {transaction_id} remain reversible",
-            reversible=str(reversible),
-        )
-    return requested
 
 
 def _insufficient(points: int, available: int) -> errors.InsufficientPoints:

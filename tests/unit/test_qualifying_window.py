@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.domain.account import EarnRecord, QualifyingWindow
+from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 instants = st.integers(min_value=0, max_value=40).map(lambda d: T0 + timedelta(days=d))
