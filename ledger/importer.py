@@ -4,15 +4,29 @@ Records (CSV with a header row, or JSON lines), one per line, in time order:
 
     type       member | earn | redeem | adjust | reverse | top_up
     member_id  required
-    points     earn, redeem, reverse (0 = all that is left); adjust: signed, not 0
-    occurred_at  ISO 8601 with an offset (2024-03-01T10:15:00+01:00); default: now
+    store_id   required for earn, redeem and reverse (settlement follows the store), as
+               the API requires it; optional for member and adjust
+    points     earn, redeem: 1..10^15; reverse: 0..10^15 (0 = all that is left);
+               adjust: signed, not 0, between -10^15 and 10^15
+    occurred_at  ISO 8601 with an offset (2024-03-01T10:15:00+01:00), between 1970 and
+                 9999 and not in the future; default: now
     request_id   optional; default "import:<source>:<line>"
-    store_id, order_ref, purchase_minor, expires_at, qualifying (earn), reason,
-    operator_id (adjust), reverses (reverse: the request_id of the record it reverses)
+    order_ref, reason  at most 256 characters; adjust: reason required
+    operator_id  adjust: required
+    purchase_minor, expires_at (ISO 8601 like occurred_at), qualifying (true/false, 1/0,
+                 yes/no; default true): earn
+    referrer_member_id  member: optional, not the member itself
+    reverses     reverse: the request_id of the record it reverses
+    amount_minor reverse: refused, as by the API, until stored value exists
 
-Every record becomes the same command an RPC would make and goes through the group-commit
-writer in batches, with the same rules as the single path. Each command is decided as of
-its `occurred_at` (so points that were valid then can be spent then, in history order).
+Every record becomes the command an RPC would make, checked and built by the API's own
+builders (`ledger/application/validation.py`): a record the RPC would refuse is refused,
+with the same field names and descriptions. The importer's own checks are only those of
+turning text into values (a number that is not one, a timestamp without a UTC offset) and
+one rule stricter than the API's: `occurred_at` must not lie in the future at all (the API
+allows 5 minutes of clock skew), since each command is decided as of its `occurred_at` (so
+points that were valid then can be spent then, in history order). The commands go through
+the group-commit writer in batches.
 
 Resumable without duplicates: every record's request_id is fixed by its source name and
 line, so a record applied before is answered from its idempotency record, never applied
@@ -33,9 +47,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ledger.api.validation import Violations
 from ledger.application import commands as c
+from ledger.application import validation as build
 from ledger.application.group_commit import Answer
+from ledger.application.validation import (
+    MAX_FUTURE,
+    AccountFields,
+    InvalidCommand,
+    Violations,
+)
 from ledger.domain import errors
 from ledger.domain.ids import request_id_key
 from ledger.runtime import Tally
@@ -90,6 +110,11 @@ def detect_format(path: Path) -> str:
     return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
 
 
+def _text(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    return "" if value is None else str(value)
+
+
 def _timestamp(record: dict[str, Any], name: str, v: Violations) -> datetime | None:
     value = record.get(name)
     if value is None:
@@ -102,7 +127,7 @@ def _timestamp(record: dict[str, Any], name: str, v: Violations) -> datetime | N
     if moment.tzinfo is None:
         v.add(name, "must carry a UTC offset (e.g. 2024-03-01T10:15:00+01:00)")
         return None
-    return moment.astimezone(UTC)
+    return moment
 
 
 def _integer(record: dict[str, Any], name: str, v: Violations, default: int | None = None) -> int:
@@ -123,10 +148,27 @@ def _integer(record: dict[str, Any], name: str, v: Violations, default: int | No
     return number
 
 
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def _boolean(record: dict[str, Any], name: str, v: Violations, default: bool) -> bool:
+    value = record.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        v.add(name, "must be true or false")
+        return default
+    return text in _TRUE
+
+
 def to_command(
     record: dict[str, Any], program_id: str, source: str, line: int, now: datetime
 ) -> c.AccountCommand:
-    """The command a record asks for, validated as the API validates it (BadRecord if not)."""
+    """The command a record asks for, built by the API's builders (BadRecord if not)."""
     if "_error" in record:
         raise BadRecord(record["_error"])
     kind = str(record.get("type", "")).strip().lower()
@@ -135,61 +177,79 @@ def to_command(
     if kind == "top_up":
         raise BadRecord("type: stored value (top_up) is not available in this version")
     v = Violations()
-    common: dict[str, Any] = {
-        "program_id": program_id,
-        "member_id": v.identifier("member_id", str(record.get("member_id", ""))),
-        "request_id": v.request_id(str(record.get("request_id") or f"import:{source}:{line}")),
-        "occurred_at": _timestamp(record, "occurred_at", v),
-        "store_id": v.identifier("store_id", str(record.get("store_id", "")), required=False),
-    }
-    occurred = common["occurred_at"]
-    if occurred is not None and occurred > now:
+    occurred = _timestamp(record, "occurred_at", v)
+    # The builders allow MAX_FUTURE of clock skew; history may not lie ahead at all.
+    if occurred is not None and now < occurred <= now + MAX_FUTURE:
         v.add("occurred_at", "must not be in the future")
-    order_ref = v.text("order_ref", str(record.get("order_ref", "")))
-    reason = v.text("reason", str(record.get("reason", "")))
-    command: c.AccountCommand
+    common: AccountFields = {
+        "program_id": program_id,
+        "member_id": _text(record, "member_id"),
+        "request_id": _text(record, "request_id") or f"import:{source}:{line}",
+        "occurred_at": occurred,
+        "store_id": _text(record, "store_id"),
+    }
+    try:
+        return _build(kind, record, common, program_id, now, v)
+    except InvalidCommand as e:
+        raise BadRecord(str(e)) from None
+
+
+def _build(
+    kind: str,
+    record: dict[str, Any],
+    common: AccountFields,
+    program_id: str,
+    now: datetime,
+    v: Violations,
+) -> c.AccountCommand:
     if kind == "member":
-        command = c.EnrollMember(**common)
-    elif kind == "earn":
-        command = c.EarnPoints(
+        return build.enroll_member(
             **common,
-            points=v.positive("points", _integer(record, "points", v)),
-            purchase_minor=v.non_negative(
-                "purchase_minor", _integer(record, "purchase_minor", v, 0)
-            ),
-            order_ref=order_ref,
-            reason=reason,
-            qualifying=str(record.get("qualifying", "true")).lower() not in ("false", "0", "no"),
+            referrer_member_id=_text(record, "referrer_member_id"),
+            now=now,
+            violations=v,
+        )
+    if kind == "earn":
+        return build.earn(
+            **common,
+            points=_integer(record, "points", v),
+            purchase_minor=_integer(record, "purchase_minor", v, 0),
+            order_ref=_text(record, "order_ref"),
+            reason=_text(record, "reason"),
+            qualifying=_boolean(record, "qualifying", v, default=True),
             expires_at=_timestamp(record, "expires_at", v),
+            now=now,
+            violations=v,
         )
-    elif kind == "redeem":
-        command = c.RedeemPoints(
+    if kind == "redeem":
+        return build.redeem(
             **common,
-            points=v.positive("points", _integer(record, "points", v)),
-            order_ref=order_ref,
-            reason=reason,
+            points=_integer(record, "points", v),
+            order_ref=_text(record, "order_ref"),
+            reason=_text(record, "reason"),
+            now=now,
+            violations=v,
         )
-    elif kind == "adjust":
-        points = _integer(record, "points", v)
-        if points == 0:
-            v.add("points", "must not be 0")
-        command = c.AdjustPoints(
+    if kind == "adjust":
+        return build.adjust(
             **common,
-            points=points,
-            reason=v.text("reason", reason, required=True),
-            operator_id=v.identifier("operator_id", str(record.get("operator_id", ""))),
+            points=_integer(record, "points", v),
+            reason=_text(record, "reason"),
+            operator_id=_text(record, "operator_id"),
+            now=now,
+            violations=v,
         )
-    else:
-        reverses = v.request_id(str(record.get("reverses", "")), "reverses")
-        command = c.ReverseTransaction(
-            **common,
-            transaction_id=str(request_id_key(program_id, reverses)),
-            points=v.non_negative("points", _integer(record, "points", v, 0)),
-            reason=reason,
-        )
-    if v.items:
-        raise BadRecord("; ".join(f"{name}: {why}" for name, why in v.items))
-    return command
+    # reverse: the record names the request it reverses; its transaction id follows.
+    reverses = v.request_id(_text(record, "reverses"), "reverses")
+    return build.reverse(
+        **common,
+        transaction_id=str(request_id_key(program_id, reverses)),
+        points=_integer(record, "points", v, 0),
+        amount_minor=_integer(record, "amount_minor", v, 0),
+        reason=_text(record, "reason"),
+        now=now,
+        violations=v,
+    )
 
 
 # ---------------------------------------------------------------------- running

@@ -123,6 +123,57 @@ def test_bad_and_refused_records_are_set_aside_and_the_rest_applied(
     assert tally.app.get_account("p", "bob").available == 9
 
 
+def test_records_the_api_would_refuse_are_refused_with_its_field_names(
+    tally: Tally, tmp_path: Path
+) -> None:
+    """The importer builds commands with the API's builders: a till's earn, redeem or
+    reversal names its store, an adjustment stays within 10^15, times within 1970..9999."""
+    path = _write(
+        tmp_path / "rules.jsonl",
+        [
+            {"type": "member", "member_id": "eve", "occurred_at": _at(10)},
+            {"type": "earn", "member_id": "eve", "points": 50, "request_id": "e1"},  # no store
+            {"type": "earn", "member_id": "eve", "points": 50, "store_id": "s",
+             "request_id": "e2", "occurred_at": _at(9)},
+            {"type": "redeem", "member_id": "eve", "points": 5},  # no store
+            {"type": "reverse", "member_id": "eve", "reverses": "e2"},  # no store
+            {"type": "adjust", "member_id": "eve", "points": 10**15 + 1, "reason": "fix",
+             "operator_id": "ops"},
+            {"type": "earn", "member_id": "eve", "points": 5, "store_id": "s",
+             "occurred_at": "1969-12-31T23:59:59+00:00"},
+            {"type": "reverse", "member_id": "eve", "reverses": "e2", "store_id": "s",
+             "amount_minor": 100},  # stored value: refused, not "all that is left"
+            {"type": "member", "member_id": "fay", "referrer_member_id": "fay"},
+            {"type": "earn", "member_id": "eve", "points": 5, "store_id": "s",
+             "occurred_at": (NOW + timedelta(days=1)).isoformat()},
+            {"type": "adjust", "member_id": "eve", "points": -(10**15), "reason": "fix",
+             "operator_id": "ops"},  # at the bound: valid, so refused by the account
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (2, 9)
+    rejects = {
+        r["line"]: r for r in map(json.loads, path.with_name("rules.jsonl.rejects.jsonl").open())
+    }
+    invalid = {
+        line: r["message"] for line, r in rejects.items() if r["reason"] == "INVALID_ARGUMENT"
+    }
+    assert invalid == {
+        2: "store_id: required: 1..64 characters of [A-Za-z0-9._:-]",
+        4: "store_id: required: 1..64 characters of [A-Za-z0-9._:-]",
+        5: "store_id: required: 1..64 characters of [A-Za-z0-9._:-]",
+        6: "points: must be between -10^15 and 10^15",
+        7: "occurred_at: must be between 1970-01-01 and 9999-12-31",
+        8: "amount_minor: stored-value reversals are not available yet; use points",
+        9: "referrer_member_id: a member cannot refer themselves",
+        10: "occurred_at: must not be more than 5 minutes in the future",
+    }
+    assert rejects[11]["reason"] == "INSUFFICIENT_POINTS"
+    assert tally.app.get_account("p", "eve").available == 50
+
+
 def test_csv_records_import_like_json_lines(tally: Tally, tmp_path: Path) -> None:
     path = tmp_path / "history.csv"
     path.write_text(
