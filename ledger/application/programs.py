@@ -1,0 +1,103 @@
+"""Programs: CreateProgram, UpdateProgram, and the program as recorded now (`get_program`),
+kept in memory per application and brought forward by its new events.
+
+A mixin of LedgerApplication (service.py; why mixins: base.py). Every account command, query
+and expiry run reads its program through `get_program`; only `update_program` changes a
+program, on its own freshly loaded copy, and the cache takes the update from the event log
+like an update by any other process.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, project_aggregate
+
+from ledger.application import commands as c
+from ledger.application.base import LedgerBase, cmd_transaction_id, utc_now
+from ledger.application.views import Outcome, ProgramView
+from ledger.domain import errors
+from ledger.domain.ids import program_id_key
+from ledger.domain.program import Program
+from ledger.infrastructure.database import Database
+
+
+class ProgramUseCases(LedgerBase):
+    def __init__(
+        self,
+        env: dict[str, str],
+        database: Database,
+        clock: Callable[[], datetime] = utc_now,
+        on_saved: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(env, database, clock, on_saved)
+        self._programs: dict[UUID, Program] = {}
+        self._programs_lock = threading.Lock()
+
+    def create_program(self, cmd: c.CreateProgram) -> Outcome:
+        def attempt() -> Outcome:
+            if self._exists(program_id_key(cmd.program_id)):
+                raise errors.ProgramAlreadyExists(
+                    f"program {cmd.program_id} exists", program_id=cmd.program_id
+                )
+            transaction_id = cmd_transaction_id(cmd)
+            program = Program(
+                program_id=cmd.program_id, settings=cmd.settings, transaction_id=transaction_id
+            )
+            return self._commit(
+                cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
+            )
+
+        return self.idempotency.retrying(cmd, attempt)
+
+    def update_program(self, cmd: c.UpdateProgram) -> Outcome:
+        def attempt() -> Outcome:
+            try:
+                program: Program = self.repository.get(program_id_key(cmd.program_id))
+            except AggregateNotFoundError:
+                raise errors.ProgramNotFound(
+                    f"program {cmd.program_id} does not exist", program_id=cmd.program_id
+                ) from None
+            transaction_id = cmd_transaction_id(cmd)
+            program.update(cmd.changes, transaction_id)
+            return self._commit(
+                cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
+            )
+
+        return self.idempotency.retrying(cmd, attempt)
+
+    def get_program(self, program_id: str) -> Program:
+        """The program as recorded now. Kept in memory and brought forward by its new events
+        (one indexed read), so an update by any process applies to commands after it.
+        Callers read it; only update_program changes a program, on its own fresh copy."""
+        key = program_id_key(program_id)
+        program = self._programs.get(key)
+        if program is None:
+            try:
+                program = self.repository.get(key)
+            except AggregateNotFoundError:
+                raise errors.ProgramNotFound(
+                    f"program {program_id} does not exist", program_id=program_id
+                ) from None
+        else:
+            # Read outside the lock: writers must not queue behind each other's SELECT.
+            newer = list(self.events.get(key, gt=program.version))
+            if not newer:
+                return program
+            with self._programs_lock:
+                current = self._programs.get(key, program)
+                newer = [e for e in newer if e.originator_version > current.version]
+                updated: Program | None = project_aggregate(copy.copy(current), newer)
+                assert updated is not None
+                program = updated
+        with self._programs_lock:
+            cached = self._programs.get(key)
+            if cached is None or cached.version < program.version:
+                self._programs[key] = program
+            else:
+                program = cached
+        return program
