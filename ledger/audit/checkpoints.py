@@ -20,20 +20,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sqlite3
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ledger.infrastructure.chain import GENESIS
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, read_id, stored_id
 from ledger.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -119,14 +116,9 @@ def signature_ok(public_key: bytes, signature: bytes, digest: bytes) -> bool:
 # ---------------------------------------------------------------------- storage
 
 
-def _tables(db: Database) -> tuple[str, str]:
-    if db.config.kind == "sqlite":
-        return "checkpoints", "checkpoint_heads"
-    return "ledger_checkpoints", "ledger_checkpoint_heads"
-
-
 def load_checkpoints(db: Database) -> list[Checkpoint]:
-    checkpoints, heads_table = _tables(db)
+    dialect = db.dialect
+    checkpoints, heads_table = dialect.checkpoints_table, dialect.checkpoint_heads_table
     with db.read() as cur:
         cur.execute(
             "SELECT checkpoint_id, position, event_count, prev_digest, digest, signature,"
@@ -140,7 +132,7 @@ def load_checkpoints(db: Database) -> list[Checkpoint]:
         heads: dict[int, list[Head]] = {}
         for cid, oid, version, position, digest in cur.fetchall():
             heads.setdefault(int(cid), []).append(
-                Head(read_id(oid), int(version), int(position), bytes(digest))
+                Head(dialect.read_id(oid), int(version), int(position), bytes(digest))
             )
     return [
         Checkpoint(
@@ -159,8 +151,9 @@ def load_checkpoints(db: Database) -> list[Checkpoint]:
 
 def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Checkpoint | None:
     """Commit to every event written since the last checkpoint (None if there is none)."""
-    checkpoints, heads_table = _tables(db)
-    events, position_column = events_table(db)
+    dialect = db.dialect
+    checkpoints, heads_table = dialect.checkpoints_table, dialect.checkpoint_heads_table
+    events, position_column = dialect.events_table, dialect.position_column
     with db.transaction() as cur:
         cur.execute(
             f"SELECT checkpoint_id, position, event_count, digest FROM {checkpoints}"
@@ -194,7 +187,12 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
             (since, position),
         )
         heads = [
-            Head(read_id(r[0]), int(r[1]), int(r[2]), bytes(r[3]) if r[3] is not None else b"")
+            Head(
+                dialect.read_id(r[0]),
+                int(r[1]),
+                int(r[2]),
+                bytes(r[3]) if r[3] is not None else b"",
+            )
             for r in cur.fetchall()
         ]
         checkpoint_id = last_id + 1
@@ -206,11 +204,12 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
             " digest, signature, public_key) VALUES (?,?,?,?,?,?,?)",
             (checkpoint_id, position, count, prev, digest, signature, public_key),
         )
-        cur.executemany(
+        dialect.insert_rows(
+            cur,
             f"INSERT INTO {heads_table} (checkpoint_id, originator_id, originator_version,"
-            " position, hash) VALUES (?,?,?,?,?)",
+            " position, hash) {rows}",
             [
-                (checkpoint_id, stored_id(db, h.originator_id), h.version, h.position, h.hash)
+                (checkpoint_id, dialect.stored_id(h.originator_id), h.version, h.position, h.hash)
                 for h in heads
             ],
         )
@@ -233,8 +232,9 @@ class Checkpointer(Periodic):
         self.db, self.key, self.every = db, key, every
 
     def due(self) -> bool:
-        checkpoints, _ = _tables(self.db)
-        events, position_column = events_table(self.db)
+        dialect = self.db.dialect
+        checkpoints = dialect.checkpoints_table
+        events, position_column = dialect.events_table, dialect.position_column
         with self.db.read() as cur:
             cur.execute(f"SELECT MAX(position) FROM {checkpoints}")
             row = cur.fetchone()
@@ -251,5 +251,5 @@ class Checkpointer(Periodic):
         try:
             if self.due():
                 write_checkpoint(self.db, self.key)
-        except (psycopg.IntegrityError, sqlite3.IntegrityError):
+        except self.db.dialect.integrity_error:
             log.debug("another process wrote this checkpoint first")

@@ -14,7 +14,6 @@ from uuid import UUID
 from ledger.audit.verify import Row, account_rows, read_rows
 from ledger.domain.ids import account_id_key
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, stored_id
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,12 @@ class EventReader:
     def _name(self, oid: UUID) -> tuple[str, str]:
         names = self._names.get(oid)
         if names is None:
-            table, _ = events_table(self.db)
+            dialect = self.db.dialect
             with self.db.read() as cur:
                 cur.execute(
-                    f"SELECT state FROM {table} WHERE originator_id = ? AND originator_version = 1",
-                    (stored_id(self.db, oid),),
+                    f"SELECT state FROM {dialect.events_table}"
+                    " WHERE originator_id = ? AND originator_version = 1",
+                    (dialect.stored_id(oid),),
                 )
                 found = cur.fetchone()
             try:

@@ -19,7 +19,7 @@ from uuid import UUID
 from ledger.audit.checkpoints import Checkpoint, checkpoint_digest, load_checkpoints, signature_ok
 from ledger.infrastructure.chain import GENESIS, event_hash
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, read_id, stored_id
+from ledger.infrastructure.dialect import read_id
 
 ALTERED = "ALTERED"  # the stored bytes do not give the stored hash
 BROKEN_LINK = "BROKEN_LINK"  # prev_hash is not the hash of the account's previous event
@@ -91,7 +91,7 @@ class Row:
 
 def _select(db: Database) -> tuple[str, str]:
     """(SELECT ... FROM the events table, its position column)."""
-    table, position = events_table(db)
+    table, position = db.dialect.events_table, db.dialect.position_column
     return (
         f"SELECT {position}, originator_id, originator_version, topic, state, prev_hash, hash"
         f" FROM {table}",
@@ -120,7 +120,7 @@ def account_rows(db: Database, originator_id: UUID) -> list[Row]:
     with db.read() as cur:
         cur.execute(
             f"{select} WHERE originator_id = ? ORDER BY originator_version",
-            (stored_id(db, originator_id),),
+            (db.dialect.stored_id(originator_id),),
         )
         return [Row.of(r) for r in cur.fetchall()]
 

@@ -2,7 +2,8 @@
 
 `sqlite:///ledger.db` (a file; `sqlite:///:memory:` is refused, the read models need a file)
 or `postgresql://user@host:port/db`. Our own SQL is written once with `?` placeholders and
-integer microsecond timestamps, so the same statements run on both backends.
+integer microsecond timestamps, so the same statements run on both backends; what differs
+between them is the configuration's and the database's `dialect` (dialect.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 from psycopg_pool import ConnectionPool
+
+from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect, dialect_of
 
 Row = tuple[Any, ...]
 
@@ -37,10 +40,12 @@ class DatabaseConfig:
     pool_size: int = 8
 
     @property
+    def dialect(self) -> Dialect:
+        return dialect_of(self.kind)
+
+    @property
     def display(self) -> str:
-        if self.kind == "sqlite":
-            return f"sqlite:///{self.sqlite_path}"
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        return self.dialect.display(self)
 
     def conninfo(self) -> str:
         return psycopg.conninfo.make_conninfo(
@@ -53,26 +58,11 @@ class DatabaseConfig:
 
     def eventsourcing_env(self) -> dict[str, str]:
         """Settings for the eventsourcing library. Tables come from our migrations."""
-        common = {"CREATE_TABLE": "false", "ORIGINATOR_ID_TYPE": "uuid"}
-        if self.kind == "sqlite":
-            return {
-                **common,
-                "PERSISTENCE_MODULE": "ledger.infrastructure.recorders:TallySqliteFactory",
-                "SQLITE_DBNAME": self.sqlite_path,
-                "SQLITE_LOCK_TIMEOUT": "10",
-            }
         return {
-            **common,
-            "PERSISTENCE_MODULE": "ledger.infrastructure.recorders:TallyPostgresFactory",
-            "POSTGRES_DBNAME": self.dbname,
-            "POSTGRES_HOST": self.host,
-            "POSTGRES_PORT": str(self.port),
-            "POSTGRES_USER": self.user,
-            "POSTGRES_PASSWORD": self.password,
-            "POSTGRES_POOL_SIZE": str(self.pool_size),
-            "POSTGRES_MAX_OVERFLOW": "4",
-            "POSTGRES_LOCK_TIMEOUT": "10",
-            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "CREATE_TABLE": "false",
+            "ORIGINATOR_ID_TYPE": "uuid",
+            "PERSISTENCE_MODULE": self.dialect.persistence_module,
+            **self.dialect.library_settings(self),
         }
 
 
@@ -118,6 +108,7 @@ class Database(Protocol):
     """Our own tables (read models, tracking, migrations) on either backend."""
 
     config: DatabaseConfig
+    dialect: Dialect  # what differs between the backends: table names, ids, bulk writes
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[Cursor]:
@@ -157,6 +148,7 @@ class _PgCursor:
 class PostgresDatabase:
     def __init__(self, config: DatabaseConfig, pool_size: int = 4) -> None:
         self.config = config
+        self.dialect = config.dialect
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             config.conninfo(),
             min_size=1,
@@ -187,8 +179,10 @@ class PostgresDatabase:
 class SqliteDatabase:
     """One connection per thread; WAL mode lets readers run beside the one writer."""
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, pool_size: int = 4) -> None:
+        """`pool_size` is ignored: one connection per thread."""
         self.config = config
+        self.dialect = config.dialect
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -246,7 +240,11 @@ class SqliteDatabase:
         self._local = threading.local()
 
 
+_DATABASES: dict[Dialect, type[PostgresDatabase | SqliteDatabase]] = {
+    SQLITE: SqliteDatabase,
+    POSTGRES: PostgresDatabase,
+}
+
+
 def open_database(config: DatabaseConfig, pool_size: int = 4) -> PostgresDatabase | SqliteDatabase:
-    if config.kind == "sqlite":
-        return SqliteDatabase(config)
-    return PostgresDatabase(config, pool_size=pool_size)
+    return _DATABASES[config.dialect](config, pool_size=pool_size)

@@ -7,50 +7,58 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from ledger.infrastructure.database import Database
+from ledger.infrastructure.dialect import read_id
+
+__all__ = [
+    "event_at",
+    "events_table",
+    "existing_ids",
+    "existing_originators",
+    "read_id",
+    "stored_events_of",
+    "stored_id",
+]
 
 
 def events_table(db: Database) -> tuple[str, str]:
     """(table, position column) of the library's event store on this backend."""
-    if db.config.kind == "sqlite":
-        return "stored_events", "rowid"
-    return "ledger_events", "notification_id"
+    return db.dialect.events_table, db.dialect.position_column
 
 
 def stored_id(db: Database, originator_id: UUID) -> object:
-    # The SQLite recorder stores ids as hex text; PostgreSQL as uuid.
-    return originator_id.hex if db.config.kind == "sqlite" else originator_id
-
-
-def read_id(value: object) -> UUID:
-    """An aggregate id as read back: a uuid on PostgreSQL, hex text on SQLite."""
-    return value if isinstance(value, UUID) else UUID(str(value))
+    """An aggregate id as this backend stores it: hex text on SQLite, uuid on PostgreSQL."""
+    return db.dialect.stored_id(originator_id)
 
 
 def existing_ids(db: Database, table: str, column: str, ids: list[UUID]) -> set[UUID]:
     """Which of these ids appear in `column` of `table` (one indexed query)."""
     if not ids:
         return set()
-    marks = ",".join("?" * len(ids))
+    dialect = db.dialect
+    marks = dialect.placeholders(len(ids))
     sql = f"SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({marks})"
     with db.read() as cur:
-        cur.execute(sql, [stored_id(db, i) for i in ids])
+        cur.execute(sql, [dialect.stored_id(i) for i in ids])
         rows = cur.fetchall()
-    return {read_id(r[0]) for r in rows}
+    return {dialect.read_id(r[0]) for r in rows}
 
 
 def event_at(db: Database, position: int) -> tuple[UUID, int] | None:
     """The (aggregate id, version) of the event stored at this position, if any."""
-    table, column = events_table(db)
-    sql = f"SELECT originator_id, originator_version FROM {table} WHERE {column} = ?"
+    dialect = db.dialect
+    sql = (
+        f"SELECT originator_id, originator_version FROM {dialect.events_table}"
+        f" WHERE {dialect.position_column} = ?"
+    )
     with db.read() as cur:
         cur.execute(sql, (position,))
         row = cur.fetchone()
-    return (read_id(row[0]), int(row[1])) if row else None
+    return (dialect.read_id(row[0]), int(row[1])) if row else None
 
 
 def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
     """Which of these aggregates have events at all."""
-    return existing_ids(db, events_table(db)[0], "originator_id", originator_ids)
+    return existing_ids(db, db.dialect.events_table, "originator_id", originator_ids)
 
 
 def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
@@ -58,10 +66,10 @@ def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, lis
     after that snapshot, in version order. Two queries for all of them."""
     if not originator_ids:
         return {}
-    table, _ = events_table(db)
-    snapshots = "stored_snapshots" if db.config.kind == "sqlite" else "ledger_snapshots"
-    marks = ",".join("?" * len(originator_ids))
-    keys = [stored_id(db, i) for i in originator_ids]
+    dialect = db.dialect
+    table, snapshots = dialect.events_table, dialect.snapshots_table
+    marks = dialect.placeholders(len(originator_ids))
+    keys = [dialect.stored_id(i) for i in originator_ids]
     found: dict[UUID, list[StoredEvent]] = {}
     with db.read() as cur:
         cur.execute(
@@ -82,6 +90,6 @@ def stored_events_of(db: Database, originator_ids: list[UUID]) -> dict[UUID, lis
         )
         rows += cur.fetchall()
     for oid, version, topic, state in rows:
-        key = read_id(oid)
+        key = dialect.read_id(oid)
         found.setdefault(key, []).append(StoredEvent(key, int(version), str(topic), bytes(state)))
     return found

@@ -148,6 +148,7 @@ def check_sqlite_factory_tables() -> None:
     from eventsourcing.utils import Environment
 
     from ledger.application.service import LedgerApplication
+    from ledger.infrastructure.dialect import SQLITE
     from ledger.infrastructure.recorders import (
         TallySqliteApplicationRecorder,
         TallySqliteFactory,
@@ -161,15 +162,17 @@ def check_sqlite_factory_tables() -> None:
         finally:
             factory.close()
     _require(isinstance(events, TallySqliteApplicationRecorder), "application_recorder_class")
-    _require(getattr(events, "events_table_name", "") == "stored_events", "events table")
+    table = getattr(events, "events_table_name", "")
+    _require(table == SQLITE.events_table, f"events table is {table}")
     table = getattr(snapshots, "events_table_name", "")
-    _require(table == "stored_snapshots", f"snapshots table is {table}")
+    _require(table == SQLITE.snapshots_table, f"snapshots table is {table}")
 
 
 def check_postgres_factory() -> None:
     from eventsourcing.utils import Environment
 
     from ledger.application.service import LedgerApplication
+    from ledger.infrastructure.dialect import POSTGRES
     from ledger.infrastructure.recorders import TallyPostgresFactory
 
     made: list[dict[str, Any]] = []
@@ -191,7 +194,8 @@ def check_postgres_factory() -> None:
     finally:
         factory.close()
     tables = [m["events_table_name"] for m in made]
-    _require(tables == ["ledger_events", "ledger_snapshots"], f"tables are {tables}")
+    expected = [POSTGRES.events_table, POSTGRES.snapshots_table]
+    _require(tables == expected, f"tables are {tables}")
 
 
 def check_env_keys() -> None:
@@ -217,6 +221,8 @@ def check_sqlite_ids_and_positions() -> None:
     from eventsourcing.persistence import IntegrityError, StoredEvent
     from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
 
+    from ledger.infrastructure.dialect import SQLITE
+
     store = SQLiteDatastore(":memory:")
     try:
         recorder = SQLiteApplicationRecorder(store)
@@ -224,10 +230,13 @@ def check_sqlite_ids_and_positions() -> None:
         oid = uuid4()
         ids = recorder.insert_events([StoredEvent(oid, 1, "t", b"{}")])
         with store.transaction(commit=False) as c:
-            c.execute(f"SELECT rowid, originator_id FROM {recorder.events_table_name}")
+            c.execute(
+                f"SELECT {SQLITE.position_column}, originator_id FROM {recorder.events_table_name}"
+            )
             row = c.fetchall()[0]
         _require(ids == [1] and row[0] == 1, "the notification id is the rowid")
-        _require(row[1] == oid.hex, f"ids are stored as {row[1]!r}, not hex text")
+        _require(row[1] == SQLITE.stored_id(oid), f"ids are stored as {row[1]!r}, not hex text")
+        _require(SQLITE.read_id(row[1]) == oid, "a stored id reads back")
         notes = recorder.select_notifications(start=1, limit=5, stop=1)
         _require([(n.id, n.originator_id) for n in notes] == [(1, oid)], "notifications")
         try:
@@ -359,9 +368,8 @@ _APP = "eventsourcing.application"
 _PG = "eventsourcing.postgres"
 _LITE = "eventsourcing.sqlite"
 _SERVICE = "ledger.application.service:LedgerApplication"
-_BASE = "ledger.application.base:LedgerBase"
-_PROGRAMS = "ledger.application.programs:ProgramUseCases"
 _RECORDERS = "ledger.infrastructure.recorders"
+_DIALECT = "ledger.infrastructure.dialect"
 _PGREC = f"{_RECORDERS}:TallyPostgresApplicationRecorder"
 _LITEREC = f"{_RECORDERS}:TallySqliteApplicationRecorder"
 _CURS = ("self", "curs", "stored_events")
@@ -369,7 +377,7 @@ _CURS = ("self", "curs", "stored_events")
 SEAMS: list[Seam] = [
     # -- the application ----------------------------------------------------------------
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.Application.save",
         "save() is only collect events, _record, _take_snapshots, _notify (and the deprecated"
         " notify(), which we drop), so our copy without the Protocol checks is equivalent.",
@@ -377,7 +385,7 @@ SEAMS: list[Seam] = [
         "4e9747d14b8fd046df1b9b8ce688be89030978de0c04a632e6a7ec783dc7c5cc",
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.ProcessingEvent.__init__",
         "ProcessingEvent() holds the list `events`, the dict `aggregates` and the dict"
         " `saved_kwargs` that save() fills directly.",
@@ -385,7 +393,7 @@ SEAMS: list[Seam] = [
         "a0682ee01c41601c40a81c13cc45b87d4c843e3a93f5f93a1d0ab824ac5d2d83",
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.ProcessingEvent.collect_events",
         "collecting an aggregate is extending `events` with obj.collect_events() and setting"
         " aggregates[obj.id], which save() inlines.",
@@ -393,7 +401,7 @@ SEAMS: list[Seam] = [
         "7e3a7e6b1abd2bef334f1ebe7015d887cf935916f87f3c7fbd75127907ab3488",
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.Application._record",
         "_record passes saved_kwargs to events.put, so `requests=[...]` reaches the recorder's"
         " insert_events, and caches nothing without an aggregate cache.",
@@ -401,7 +409,7 @@ SEAMS: list[Seam] = [
         "104c6186b29d50595198443b697de23b0dab4344c50d4dca54688b32fce52340",
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.Application._take_snapshots",
         "_take_snapshots does nothing without snapshotting_intervals: the write path never"
         " snapshots (decision 10).",
@@ -410,14 +418,14 @@ SEAMS: list[Seam] = [
         check_no_snapshots_on_save,
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         f"{_APP}.Application._notify",
         "_notify is an empty hook called with the recordings after they are stored.",
         ("self", "recordings"),
         "6b32f9fc4b4cf4552a6e87205e218d3a65403a116435604c75513ce101a83785",
     ),
     Seam(
-        f"{_BASE}.save",
+        f"{_SERVICE}.save",
         "eventsourcing.persistence.EventStore.put",
         "put forwards **kwargs to recorder.insert_events and returns one Recording per event"
         " whose notification.id is the position we answer with.",
@@ -425,7 +433,7 @@ SEAMS: list[Seam] = [
         "7cbbe45730a0d3b9355785e9109891d0557fc19f258981b3b0c8e31e8c65b386",
     ),
     Seam(
-        f"{_BASE}.register_transcodings",
+        f"{_SERVICE}.register_transcodings",
         f"{_APP}.Application.register_transcodings",
         "the base registers the UUID, Decimal and ISO datetime transcodings our events and the"
         " audit readers rely on; ours adds to it.",
@@ -449,7 +457,7 @@ SEAMS: list[Seam] = [
         "56d7c30cb77083be7c16678d6dfb3ff108837f206db3ba979046bcdbffe0e685",
     ),
     Seam(
-        f"{_PROGRAMS}.get_program",
+        f"{_SERVICE}.get_program",
         f"{_APP}.Repository.get",
         "a cached aggregate is brought forward by project_aggregate over events.get(id,"
         " gt=version), as get_program does on a copy of its cached program.",
@@ -464,13 +472,13 @@ SEAMS: list[Seam] = [
         "0ffc6e82b6afa0a04c77fcdefe8163216b201c014b22b85c9552ab3c285de1bb",
     ),
     Seam(
-        f"{_PROGRAMS}.get_program",
+        f"{_SERVICE}.get_program",
         "eventsourcing.persistence.EventStore.get",
         "events.get(originator_id, gt=version) yields the events after a version, in order.",
         ("self", "originator_id", "gt", "lte", "desc", "limit"),
     ),
     Seam(
-        f"{_PROGRAMS}.get_program",
+        f"{_SERVICE}.get_program",
         f"{_APP}.project_aggregate",
         "project_aggregate(aggregate or None, events) applies each event's mutate() in turn.",
         ("aggregate", "domain_events"),
@@ -529,7 +537,7 @@ SEAMS: list[Seam] = [
         check=check_create_id,
     ),
     Seam(
-        "ledger.infrastructure.eventlog:events_table",
+        f"{_DIALECT}:SqliteDialect",
         f"{_LITE}.SQLiteFactory.application_recorder",
         "on SQLite the tables are stored_events and stored_snapshots whatever the application's"
         " name, built from application_recorder_class.",
@@ -537,7 +545,7 @@ SEAMS: list[Seam] = [
         check=check_sqlite_factory_tables,
     ),
     Seam(
-        "ledger.infrastructure.eventlog:stored_id",
+        f"{_DIALECT}:SqliteDialect.stored_id",
         f"{_LITE}.SQLiteApplicationRecorder.select_notifications",
         "SQLite stores ids as UUID.hex text and a notification's id is the rowid; a duplicate"
         " (id, version) raises IntegrityError.",
@@ -545,7 +553,7 @@ SEAMS: list[Seam] = [
         check=check_sqlite_ids_and_positions,
     ),
     Seam(
-        "ledger.infrastructure.eventlog:events_table",
+        f"{_DIALECT}:PostgresDialect",
         f"{_PG}.PostgresFactory.application_recorder",
         "on PostgreSQL the tables are ledger_events and ledger_snapshots (name.lower() + _events"
         " / _snapshots), schema public, db functions off.",

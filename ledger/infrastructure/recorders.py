@@ -28,7 +28,8 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger.infrastructure.chain import ChainHeads
-from ledger.infrastructure.requests import COLUMNS, RequestRecord, sqlite_row
+from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect
+from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
 
@@ -38,6 +39,7 @@ class ChainedInserts(ApplicationRecorder):
     (which receives them as `links`), and remembers the new heads once it has committed."""
 
     heads: ChainHeads
+    dialect: Dialect  # its backend's table names and id encoding
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -57,6 +59,8 @@ class ChainedInserts(ApplicationRecorder):
 
 
 class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecorder):
+    dialect = POSTGRES
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
@@ -70,10 +74,14 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
             table=Identifier(self.events_table_name),
         )
         self.insert_requests_statement = SQL(
-            "INSERT INTO {schema}.ledger_requests ({columns}) SELECT * FROM unnest("
+            "INSERT INTO {schema}.{table} ({columns}) SELECT * FROM unnest("
             "%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
             " %b::bytea[], %b::uuid[], %b::bigint[])"
-        ).format(schema=Identifier(self.datastore.schema), columns=SQL(COLUMNS))
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.dialect.requests_table),
+            columns=SQL(COLUMNS),
+        )
 
     def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -137,11 +145,14 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
                 self._insert_requests(other, requests)
 
     def _insert_requests(self, curs: Cursor[Any], requests: Sequence[RequestRecord]) -> None:
-        columns = [list(column) for column in zip(*requests, strict=True)]
+        rows = [stored_row(self.dialect, r) for r in requests]
+        columns = [list(column) for column in zip(*rows, strict=True)]
         curs.execute(self.insert_requests_statement, columns, prepare=False)
 
 
 class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
+    dialect = SQLITE
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
@@ -155,9 +166,13 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
                     f"SELECT originator_id, hash FROM {self.events_table_name}"
                     " WHERE (originator_id, originator_version) IN"
                     f" (VALUES {','.join(['(?,?)'] * len(chunk))}) AND hash IS NOT NULL",
-                    [value for oid, version in chunk for value in (oid.hex, version)],
+                    [
+                        value
+                        for oid, version in chunk
+                        for value in (self.dialect.stored_id(oid), version)
+                    ],
                 )
-                found.update({UUID(row[0]): bytes(row[1]) for row in c.fetchall()})
+                found.update({self.dialect.read_id(row[0]): bytes(row[1]) for row in c.fetchall()})
         return found
 
     def _insert_events(
@@ -170,24 +185,27 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if requests:
-            marks = ",".join("?" * len(RequestRecord._fields))
+            marks = self.dialect.placeholders(len(RequestRecord._fields))
             c.executemany(
-                f"INSERT INTO requests ({COLUMNS}) VALUES ({marks})",
-                [sqlite_row(r) for r in requests],
+                f"INSERT INTO {self.dialect.requests_table} ({COLUMNS}) VALUES ({marks})",
+                [stored_row(self.dialect, r) for r in requests],
             )
         positions = []
         for e, (prev_hash, digest) in zip(stored_events, links, strict=True):
             c.execute(
                 f"INSERT INTO {self.events_table_name} (originator_id, originator_version,"
                 " topic, state, prev_hash, hash) VALUES (?,?,?,?,?,?)",
-                (_hex(e.originator_id), e.originator_version, e.topic, e.state, prev_hash, digest),
+                (
+                    self.dialect.stored_id(e.originator_id),
+                    e.originator_version,
+                    e.topic,
+                    e.state,
+                    prev_hash,
+                    digest,
+                ),
             )
             positions.append(c.lastrowid)
         return positions
-
-
-def _hex(originator_id: UUID | str) -> str:
-    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
 class TallyPostgresFactory(PostgresFactory):

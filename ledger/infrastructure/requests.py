@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.eventlog import events_table, existing_ids, read_id, stored_id
+from ledger.infrastructure.dialect import Dialect
+from ledger.infrastructure.eventlog import existing_ids
 
 
 class RequestRecord(NamedTuple):
@@ -29,15 +30,15 @@ COLUMNS = ", ".join(RequestRecord._fields)
 
 
 def requests_table(db: Database) -> str:
-    return "requests" if db.config.kind == "sqlite" else "ledger_requests"
+    return db.dialect.requests_table
 
 
-def sqlite_row(r: RequestRecord) -> tuple[Any, ...]:
-    """A row for the SQLite table, whose ids are hex text like the library's."""
+def stored_row(dialect: Dialect, r: RequestRecord) -> tuple[Any, ...]:
+    """A row of the requests table, its ids encoded as this backend stores them."""
     return (
-        r.record_id.hex,
+        dialect.stored_id(r.record_id),
         *r[1:7],
-        r.originator_id.hex if r.originator_id else None,
+        dialect.stored_id(r.originator_id) if r.originator_id else None,
         r.originator_version,
     )
 
@@ -47,23 +48,23 @@ def find_requests(db: Database, record_ids: list[UUID]) -> dict[UUID, tuple[Requ
     event (0 if it wrote none). One query."""
     if not record_ids:
         return {}
-    table, position = events_table(db)
-    marks = ",".join("?" * len(record_ids))
+    dialect = db.dialect
+    marks = dialect.placeholders(len(record_ids))
     sql = (
-        f"SELECT {', '.join('r.' + c for c in RequestRecord._fields)}, e.{position}"
-        f" FROM {requests_table(db)} r LEFT JOIN {table} e"
+        f"SELECT {', '.join('r.' + c for c in RequestRecord._fields)}, e.{dialect.position_column}"
+        f" FROM {dialect.requests_table} r LEFT JOIN {dialect.events_table} e"
         " ON e.originator_id = r.originator_id AND e.originator_version = r.originator_version"
         f" WHERE r.record_id IN ({marks})"
     )
     with db.read() as cur:
-        cur.execute(sql, [stored_id(db, i) for i in record_ids])
+        cur.execute(sql, [dialect.stored_id(i) for i in record_ids])
         rows = cur.fetchall()
     found: dict[UUID, tuple[RequestRecord, int]] = {}
     for row in rows:
         values = list(row)
         for i in (0, 7):
             if values[i] is not None:
-                values[i] = read_id(values[i])
+                values[i] = dialect.read_id(values[i])
         values[6] = bytes(values[6])
         record = RequestRecord(*values[:9])
         found[record.record_id] = (record, int(values[9] or 0))
@@ -72,4 +73,4 @@ def find_requests(db: Database, record_ids: list[UUID]) -> dict[UUID, tuple[Requ
 
 def existing_requests(db: Database, record_ids: list[UUID]) -> set[UUID]:
     """Which of these requests are recorded."""
-    return existing_ids(db, requests_table(db), "record_id", record_ids)
+    return existing_ids(db, db.dialect.requests_table, "record_id", record_ids)
