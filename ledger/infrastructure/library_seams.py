@@ -368,6 +368,8 @@ _APP = "eventsourcing.application"
 _PG = "eventsourcing.postgres"
 _LITE = "eventsourcing.sqlite"
 _SERVICE = "ledger.application.service:LedgerApplication"
+_BASE = "ledger.application.base:LedgerBase"
+_PROGRAMS = "ledger.application.programs:ProgramUseCases"
 _RECORDERS = "ledger.infrastructure.recorders"
 _DIALECT = "ledger.infrastructure.dialect"
 _PGREC = f"{_RECORDERS}:TallyPostgresApplicationRecorder"
@@ -377,7 +379,7 @@ _CURS = ("self", "curs", "stored_events")
 SEAMS: list[Seam] = [
     # -- the application ----------------------------------------------------------------
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.Application.save",
         "save() is only collect events, _record, _take_snapshots, _notify (and the deprecated"
         " notify(), which we drop), so our copy without the Protocol checks is equivalent.",
@@ -385,7 +387,7 @@ SEAMS: list[Seam] = [
         "4e9747d14b8fd046df1b9b8ce688be89030978de0c04a632e6a7ec783dc7c5cc",
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.ProcessingEvent.__init__",
         "ProcessingEvent() holds the list `events`, the dict `aggregates` and the dict"
         " `saved_kwargs` that save() fills directly.",
@@ -393,7 +395,7 @@ SEAMS: list[Seam] = [
         "a0682ee01c41601c40a81c13cc45b87d4c843e3a93f5f93a1d0ab824ac5d2d83",
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.ProcessingEvent.collect_events",
         "collecting an aggregate is extending `events` with obj.collect_events() and setting"
         " aggregates[obj.id], which save() inlines.",
@@ -401,7 +403,7 @@ SEAMS: list[Seam] = [
         "7e3a7e6b1abd2bef334f1ebe7015d887cf935916f87f3c7fbd75127907ab3488",
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.Application._record",
         "_record passes saved_kwargs to events.put, so `requests=[...]` reaches the recorder's"
         " insert_events, and caches nothing without an aggregate cache.",
@@ -409,7 +411,7 @@ SEAMS: list[Seam] = [
         "104c6186b29d50595198443b697de23b0dab4344c50d4dca54688b32fce52340",
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.Application._take_snapshots",
         "_take_snapshots does nothing without snapshotting_intervals: the write path never"
         " snapshots (decision 10).",
@@ -418,14 +420,14 @@ SEAMS: list[Seam] = [
         check_no_snapshots_on_save,
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         f"{_APP}.Application._notify",
         "_notify is an empty hook called with the recordings after they are stored.",
         ("self", "recordings"),
         "6b32f9fc4b4cf4552a6e87205e218d3a65403a116435604c75513ce101a83785",
     ),
     Seam(
-        f"{_SERVICE}.save",
+        f"{_BASE}.save",
         "eventsourcing.persistence.EventStore.put",
         "put forwards **kwargs to recorder.insert_events and returns one Recording per event"
         " whose notification.id is the position we answer with.",
@@ -433,7 +435,7 @@ SEAMS: list[Seam] = [
         "7cbbe45730a0d3b9355785e9109891d0557fc19f258981b3b0c8e31e8c65b386",
     ),
     Seam(
-        f"{_SERVICE}.register_transcodings",
+        f"{_BASE}.register_transcodings",
         f"{_APP}.Application.register_transcodings",
         "the base registers the UUID, Decimal and ISO datetime transcodings our events and the"
         " audit readers rely on; ours adds to it.",
@@ -457,7 +459,7 @@ SEAMS: list[Seam] = [
         "56d7c30cb77083be7c16678d6dfb3ff108837f206db3ba979046bcdbffe0e685",
     ),
     Seam(
-        f"{_SERVICE}.get_program",
+        f"{_PROGRAMS}.get_program",
         f"{_APP}.Repository.get",
         "a cached aggregate is brought forward by project_aggregate over events.get(id,"
         " gt=version), as get_program does on a copy of its cached program.",
@@ -472,13 +474,13 @@ SEAMS: list[Seam] = [
         "0ffc6e82b6afa0a04c77fcdefe8163216b201c014b22b85c9552ab3c285de1bb",
     ),
     Seam(
-        f"{_SERVICE}.get_program",
+        f"{_PROGRAMS}.get_program",
         "eventsourcing.persistence.EventStore.get",
         "events.get(originator_id, gt=version) yields the events after a version, in order.",
         ("self", "originator_id", "gt", "lte", "desc", "limit"),
     ),
     Seam(
-        f"{_SERVICE}.get_program",
+        f"{_PROGRAMS}.get_program",
         f"{_APP}.project_aggregate",
         "project_aggregate(aggregate or None, events) applies each event's mutate() in turn.",
         ("aggregate", "domain_events"),
