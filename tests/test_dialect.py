@@ -1,20 +1,34 @@
-"""The backends' differences in one object (ledger/infrastructure/dialect.py)."""
+"""The backends' differences in one object (ledger/infrastructure/dialect.py), and the library
+settings that the process environment cannot override (DatabaseConfig.eventsourcing_env)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import Cipher
+from eventsourcing.utils import Environment
 
+from ledger.application import commands as c
+from ledger.audit.verify import verify
+from ledger.domain.ids import account_id_key, request_id_key
+from ledger.domain.program import ProgramSettings
 from ledger.infrastructure.database import (
+    LIBRARY_APPLICATION_NAME,
     Database,
     parse_database_url,
 )
 from ledger.infrastructure.dialect import POSTGRES, SQLITE, dialect_of
 from ledger.infrastructure.eventlog import events_table, read_id, stored_id
-from ledger.infrastructure.requests import requests_table
+from ledger.infrastructure.recorders import (
+    TallyPostgresApplicationRecorder,
+    TallySqliteApplicationRecorder,
+)
+from ledger.infrastructure.requests import find_requests, requests_table
 from ledger.runtime import Tally
 from tests.support import open_tally
 
@@ -136,3 +150,129 @@ def test_a_duplicate_key_raises_the_dialects_integrity_error(tally: Tally) -> No
         cur.execute("INSERT INTO scratch_rows (k) VALUES (?)", (1,))
     with pytest.raises(db.dialect.integrity_error), db.transaction() as cur:
         cur.execute("INSERT INTO scratch_rows (k) VALUES (?)", (1,))
+
+
+# ---------------------------------------------------------------------- library settings
+
+
+class ReversingCipher(Cipher):
+    """A cipher a hostile environment could name: the stored state would not be JSON."""
+
+    def __init__(self, environment: Environment) -> None:
+        pass
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return plaintext[::-1]
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        return ciphertext[::-1]
+
+
+def _hostile_environment(
+    monkeypatch: pytest.MonkeyPatch, backend: str, folder: Path, everything: bool
+) -> None:
+    """The settings named in review (plain and LEDGER_-prefixed) and, with `everything`,
+    others that would point the library elsewhere than the URL."""
+    library_recorder = (
+        "eventsourcing.sqlite:SQLiteApplicationRecorder"
+        if backend == "sqlite"
+        else "eventsourcing.postgres:PostgresApplicationRecorder"
+    )
+    settings = {
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "yes",
+        "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor",
+        "CIPHER_TOPIC": f"{__name__}:ReversingCipher",
+        "APPLICATION_RECORDER_TOPIC": library_recorder,
+        "AGGREGATE_CACHE_MAXSIZE": "1000",
+    }
+    if everything:
+        settings |= {
+            "IS_SNAPSHOTTING_ENABLED": "no",
+            "POSTGRES_SCHEMA": "elsewhere",
+            "SQLITE_DBNAME": str(folder / "elsewhere.db"),
+            "PERSISTENCE_MODULE": "eventsourcing.popo",
+            "CIPHER_KEY": "not-a-key",
+        }
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(f"{LIBRARY_APPLICATION_NAME.upper()}_{key}", value)
+
+
+def test_every_library_setting_is_given_under_both_names() -> None:
+    for url in ("sqlite:///x.db", "postgresql://u@h:5432/d"):
+        env = parse_database_url(url).eventsourcing_env()
+        plain = {k: v for k, v in env.items() if not k.startswith("LEDGER_")}
+        assert {k: env[f"LEDGER_{k}"] for k in plain} == plain
+        for key in ("CIPHER_TOPIC", "CIPHER_KEY", "COMPRESSOR_TOPIC", "APPLICATION_RECORDER_TOPIC"):
+            assert plain[key] == ""
+        assert plain["AGGREGATE_CACHE_MAXSIZE"] == ""
+    assert (
+        parse_database_url("postgresql://u@h/d").eventsourcing_env()[
+            "LEDGER_POSTGRES_ENABLE_DB_FUNCTIONS"
+        ]
+        == "no"
+    )
+
+
+@pytest.mark.parametrize("everything", [False, True], ids=["named-in-review", "everything"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_server_in_a_hostile_environment_still_records_requests_and_chains(
+    backend: str, everything: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _hostile_environment(monkeypatch, backend, tmp_path, everything)
+    with open_tally(backend) as tally:
+        app = tally.app
+        recorder = (
+            TallySqliteApplicationRecorder
+            if backend == "sqlite"
+            else TallyPostgresApplicationRecorder
+        )
+        assert type(app.recorder) is recorder
+        assert app.repository.cache is None
+        assert app.snapshots is not None
+        assert app.mapper.cipher is None
+        assert app.mapper.compressor is None
+        if backend == "postgres":
+            assert not app.factory.datastore.enable_db_functions  # type: ignore[attr-defined]
+            assert app.factory.datastore.schema == "public"  # type: ignore[attr-defined]
+        else:
+            datastore: Any = app.factory.datastore  # type: ignore[attr-defined]
+            assert datastore.pool.db_name == tally.config.sqlite_path
+
+        app.create_program(
+            c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
+        )
+        app.execute(c.EnrollMember(program_id="p", member_id="m", request_id="enroll"))
+        app.execute_group(
+            [
+                c.EarnPoints(
+                    program_id="p", member_id="m", points=10 * i, request_id=f"e{i}", store_id="s"
+                )
+                for i in range(1, 4)
+            ],
+            {},
+        )
+
+        ids = [request_id_key("p", r) for r in ("p", "enroll", "e1", "e2", "e3")]
+        records = find_requests(tally.database, ids)
+        assert sorted(r.request_id for r, _ in records.values()) == sorted(
+            ["p", "enroll", "e1", "e2", "e3"]
+        )
+        assert all(position > 0 for _, position in records.values())
+
+        report = verify(tally.database)
+        assert report.ok, report.detail
+        assert report.events_checked == 5  # the program, the enrolment, three earns
+        account = account_id_key("p", "m")
+        d = tally.database.dialect
+        with tally.database.read() as cur:
+            cur.execute(
+                f"SELECT state, hash FROM {d.events_table} WHERE originator_id = ?"
+                " ORDER BY originator_version",
+                (d.stored_id(account),),
+            )
+            rows = cur.fetchall()
+        assert len(rows) == 4
+        assert all(r[1] is not None for r in rows)
+        assert json.loads(bytes(rows[0][0]))["member_id"] == "m"  # plain JSON, as stored
+        assert app.get_account("p", "m").available == 60

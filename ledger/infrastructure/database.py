@@ -57,13 +57,50 @@ class DatabaseConfig:
         )
 
     def eventsourcing_env(self) -> dict[str, str]:
-        """Settings for the eventsourcing library. Tables come from our migrations."""
-        return {
-            "CREATE_TABLE": "false",
-            "ORIGINATOR_ID_TYPE": "uuid",
+        """Settings for the eventsourcing library: every one it reads, under its plain name
+        and with the application's prefix (LEDGER_...). `Application.construct_env` merges
+        os.environ into them, and a prefixed name wins over the plain one, so a setting left
+        out could be changed by the process environment: a CIPHER_TOPIC, COMPRESSOR_TOPIC or
+        APPLICATION_RECORDER_TOPIC would store events that are not plain JSON or not through
+        our recorders (no request records, no hash chain), POSTGRES_ENABLE_DB_FUNCTIONS would
+        insert the events through a database function that skips our inserts (the same),
+        AGGREGATE_CACHE_MAXSIZE would cache aggregates beside the writers' caches. The
+        database URL is the only configuration (tests/test_dialect.py)."""
+        settings = {
+            **LIBRARY_SETTINGS,
             "PERSISTENCE_MODULE": self.dialect.persistence_module,
             **self.dialect.library_settings(self),
         }
+        prefix = LIBRARY_APPLICATION_NAME.upper() + "_"
+        return {**settings, **{prefix + key: value for key, value in settings.items()}}
+
+
+# LedgerApplication.name: the library looks a setting up as LEDGER_<KEY>, then <KEY>.
+LIBRARY_APPLICATION_NAME = "Ledger"
+
+# What Tally gives the library on both backends (the dialect adds its backend's settings).
+# An empty value is the library's default, as if the setting were absent.
+LIBRARY_SETTINGS: dict[str, str] = {
+    "CREATE_TABLE": "false",  # tables come from our migrations
+    "ORIGINATOR_ID_TYPE": "uuid",
+    "APPLICATION_RECORDER_TOPIC": "",  # our factory's recorder: request records, hash chain
+    "TRACKING_RECORDER_TOPIC": "",
+    "PROCESS_RECORDER_TOPIC": "",
+    "SINGLE_ROW_TRACKING": "t",
+    "IS_SNAPSHOTTING_ENABLED": "y",  # as LedgerApplication says: the account loader's snapshots
+    # The library's Mapper and JSONTranscoder with no cipher and no compressor: the state is
+    # stored as plain JSON, which the hash chain hashes and the audit readers read.
+    "MAPPER_TOPIC": "",
+    "TRANSCODER_TOPIC": "",
+    "CIPHER_TOPIC": "",
+    "CIPHER_KEY": "",  # a key alone would turn on the library's AES cipher
+    "COMPRESSOR_TOPIC": "",
+    # No library aggregate cache: the group-commit writers own theirs (decision 6).
+    "AGGREGATE_CACHE_MAXSIZE": "",
+    "AGGREGATE_CACHE_FASTFORWARD": "y",
+    "AGGREGATE_CACHE_FASTFORWARD_SKIPPING": "n",
+    "DEEPCOPY_FROM_AGGREGATE_CACHE": "y",
+}
 
 
 def parse_database_url(url: str) -> DatabaseConfig:

@@ -264,6 +264,17 @@ class PostgresDialect(Dialect):
             "POSTGRES_MAX_OVERFLOW": "4",
             "POSTGRES_LOCK_TIMEOUT": "10",
             "POSTGRES_CONNECT_TIMEOUT": "10",
+            # What follows is the library's default, pinned so that the process environment
+            # cannot change it (DatabaseConfig.eventsourcing_env).
+            "POSTGRES_SCHEMA": "",  # public: our SQL names tables without a schema
+            # Off: with db functions the library skips the _insert_events our recorder
+            # fills (decision 4).
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "no",
+            "POSTGRES_GET_PASSWORD_TOPIC": "",  # the URL's password, as our connections use
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "5",
+            "POSTGRES_MAX_WAITING": "0",
+            "POSTGRES_CONN_MAX_AGE": "3600",
+            "POSTGRES_PRE_PING": "no",
         }
 
     def migrate(self, config: DatabaseConfig, plan: Plan) -> list[Migration]:

@@ -199,22 +199,50 @@ def check_postgres_factory() -> None:
 
 
 def check_env_keys() -> None:
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import BaseInfrastructureFactory
     from eventsourcing.postgres import PostgresFactory
     from eventsourcing.sqlite import SQLiteFactory
+    from eventsourcing.utils import Environment
 
+    from ledger.application.service import LedgerApplication
+    from ledger.infrastructure.database import LIBRARY_APPLICATION_NAME
+
+    _require(LedgerApplication.name == LIBRARY_APPLICATION_NAME, "the application's name")
+    # cipher() reads CIPHER_KEY by its literal name: a key alone turns the AES cipher on.
+    _require('"CIPHER_KEY"' in inspect.getsource(BaseInfrastructureFactory.cipher), "CIPHER_KEY")
+    application_keys = {
+        v for k, v in vars(Application).items() if k.isupper() and isinstance(v, str)
+    }
+    names = Environment(LedgerApplication.name)
     for factory, env in (
         (SQLiteFactory, _sqlite_env("/nowhere")),
         (PostgresFactory, _postgres_env()),
     ):
-        known = {
+        read = application_keys | {"CIPHER_KEY"}
+        read |= {
             v
             for cls in factory.__mro__
             for k, v in vars(cls).items()
             if k.isupper() and isinstance(v, str)
         }
-        unknown = sorted(set(env) - known)
+        expected = {name for key in read for name in names.create_keys(key)}
+        unknown = sorted(set(env) - expected)
         _require(not unknown, f"{factory.__name__} no longer reads {unknown}")
-        _require("POSTGRES_ENABLE_DB_FUNCTIONS" not in env, "db functions stay off")
+        unset = sorted(expected - set(env))
+        _require(not unset, f"{factory.__name__} reads {unset}, left to the process environment")
+    enabled = Environment(LedgerApplication.name, _postgres_env()).get(
+        "POSTGRES_ENABLE_DB_FUNCTIONS"
+    )
+    _require(enabled == "no", "db functions stay off")
+
+
+def check_construct_env() -> None:
+    from eventsourcing.utils import Environment
+
+    env = Environment("Ledger", {"LEDGER_X": "prefixed", "X": "plain", "Y": "plain"})
+    _require(env.create_keys("X") == ["LEDGER_X", "X"], f"keys are {env.create_keys('X')}")
+    _require(env.get("X") == "prefixed" and env.get("Y") == "plain", "a prefixed key wins")
 
 
 def check_sqlite_ids_and_positions() -> None:
@@ -565,9 +593,20 @@ SEAMS: list[Seam] = [
     Seam(
         "ledger.infrastructure.database:DatabaseConfig.eventsourcing_env",
         "eventsourcing.persistence.InfrastructureFactory",
-        "every setting we pass is one the factories read, and POSTGRES_ENABLE_DB_FUNCTIONS is"
-        " not among them.",
+        "the settings we pass are exactly those the factories and the Application read (their"
+        " names, CIPHER_KEY), plain and LEDGER_-prefixed, so none is left to os.environ;"
+        " POSTGRES_ENABLE_DB_FUNCTIONS is no.",
         check=check_env_keys,
+    ),
+    Seam(
+        "ledger.infrastructure.database:DatabaseConfig.eventsourcing_env",
+        f"{_APP}.Application.construct_env",
+        "construct_env lays the env given over os.environ, and a setting is looked up as"
+        " NAME_KEY before KEY, so passing both names of every setting overrides the process"
+        " environment.",
+        ("self", "name", "env"),
+        "0369ca377c1fb3729945113c1c156ea568b4d3a8606510d8b2e73e2074f7a88d",
+        check=check_construct_env,
     ),
     Seam(
         "projections.runner:ProjectionRunner._step",
