@@ -33,12 +33,30 @@ line, so a record applied before is answered from its idempotency record, never 
 twice. A small state file (`<file>.import-state.json`) remembers how many lines are done,
 so a resumed import skips them without even asking. Records that are invalid or refused
 are written, with the reason, to `<file>.rejects.jsonl` and do not stop the import.
+
+The state file only saves time, so it is used only when it is certainly this import's: it
+names the database (its URL without a password; a SQLite file by its absolute path), the
+program, the source name and the file (its size and the SHA-256 of its whole content,
+taken in the pass that counts the lines), and the request_id of the last record done, which
+must be recorded in the database. If any of these differ (another database, or the same
+URL after the database was made again; another program; an edited or appended file; a
+state file of an older version), the state file is ignored with one line on stderr saying
+why, and the import starts at line 1. That is the safer choice for an operator rather than
+stopping with an error: starting over cannot apply anything twice (every record is answered
+from its record if it was applied before, and a different record under a request_id already
+used is refused as IDEMPOTENCY_KEY_REUSED and set aside), while skipping can silently lose
+records; and an error would teach the operator to delete state files by hand, which costs
+the same restart with more steps. The price is time: a whole-file hash means an appended
+file is replayed from its first line too. The run then replaces the state file with its own.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -58,9 +76,11 @@ from ledger.application.validation import (
 )
 from ledger.domain import errors
 from ledger.domain.ids import request_id_key
+from ledger.infrastructure.requests import existing_requests
 from ledger.runtime import Tally
 
 KINDS = ("member", "earn", "redeem", "adjust", "reverse", "top_up")
+STATE_VERSION = 2
 
 
 class BadRecord(ValueError):
@@ -280,16 +300,21 @@ class Importer:
         self.path = path
         self.fmt = fmt or detect_format(path)
         self.source = source or path.name
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.progress = progress
         self.state_path = path.with_name(path.name + ".import-state.json")
         self.rejects_path = path.with_name(path.name + ".rejects.jsonl")
+        self.database = database_key(tally)
+        self._file: dict[str, Any] = {}  # size and sha256, set by run()
+        self._last_request_id = ""  # of the last record applied or replayed
 
     def run(self) -> ImportReport:
         self.tally.app.get_program(self.program_id)  # ProgramNotFound before any work
         report = ImportReport()
+        total = self._scan()
         done_through = self._load_state()
-        total = self._count_lines()
         started = time.perf_counter()
         bar = self._bar(total, done_through)
         in_flight: list[_Batch] = []
@@ -343,13 +368,17 @@ class Importer:
 
     def _settle(self, batch: _Batch, rejects: IO[str], report: ImportReport, bar: Any) -> None:
         answers = batch.future.result()
-        for line, record, answer in zip(batch.lines, batch.records, answers, strict=True):
+        for line, record, command, answer in zip(
+            batch.lines, batch.records, batch.commands, answers, strict=True
+        ):
             if isinstance(answer, errors.DomainError):
                 self._reject(rejects, report, line, record, answer.reason, str(answer))
-            elif answer.replayed:
+                continue
+            if answer.replayed:
                 report.replayed += 1
             else:
                 report.applied += 1
+            self._last_request_id = command.request_id
         rejects.flush()
         self._save_state(batch.last_line)
         bar.update(len(batch.commands))
@@ -369,26 +398,75 @@ class Importer:
         entry = {"line": line, "reason": reason, "message": message, "record": record}
         rejects.write(json.dumps(entry, default=str) + "\n")
 
-    # The state file only saves time: correctness comes from the request_ids.
+    # The state file only saves time: correctness comes from the request_ids. So it is used
+    # only when it is certainly this import's; otherwise one line on stderr, and line 1.
 
     def _load_state(self) -> int:
         try:
-            state = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return 0
-        if state.get("source") != self.source or state.get("program_id") != self.program_id:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            state = None
+        why = self._not_ours(state)
+        if why:
+            self._note(f"ignoring {self.state_path}: {why}; importing from line 1")
             return 0
-        return int(state.get("done_through_line", 0))
+        assert isinstance(state, dict)
+        self._last_request_id = state["last_request_id"]
+        return int(state["done_through_line"])
+
+    def _not_ours(self, state: object) -> str:
+        """Why a state file is not this import's ("" if it is)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            return "not a state file of this version"
+        if not isinstance(state.get("done_through_line"), int) or not isinstance(
+            state.get("last_request_id"), str
+        ):
+            return "not a state file of this version"
+        for key, ours, what in (
+            ("database", self.database, "into another database"),
+            ("program_id", self.program_id, "into another program"),
+            ("source", self.source, "under another source name"),
+        ):
+            if state.get(key) != ours:
+                return f"it is the progress of an import {what} ({state.get(key)}, not {ours})"
+        if state.get("file") != self._file:
+            return f"{self.path.name} has changed since that run (size or content)"
+        last = state["last_request_id"]
+        if last and not existing_requests(
+            self.tally.database, [request_id_key(self.program_id, last)]
+        ):
+            return f"the last record it says is done ({last}) is not in this database"
+        return ""
 
     def _save_state(self, line: int) -> None:
-        state = {"source": self.source, "program_id": self.program_id, "done_through_line": line}
+        state = {
+            "version": STATE_VERSION,
+            "database": self.database,
+            "program_id": self.program_id,
+            "source": self.source,
+            "file": self._file,
+            "done_through_line": line,
+            "last_request_id": self._last_request_id,
+        }
         temporary = self.state_path.with_name(self.state_path.name + ".tmp")
-        temporary.write_text(json.dumps(state))
+        temporary.write_text(json.dumps(state), encoding="utf-8")
         temporary.replace(self.state_path)
 
-    def _count_lines(self) -> int:
+    def _note(self, message: str) -> None:
+        print(f"ledger import: {message}", file=sys.stderr, flush=True)
+
+    def _scan(self) -> int:
+        """The number of records (for the progress bar), and the file's identity."""
+        digest = hashlib.sha256()
+        size = count = 0
         with self.path.open("rb") as f:
-            count = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+                count += chunk.count(b"\n")
+        self._file = {"size": size, "sha256": digest.hexdigest()}
         return max(0, count - 1) if self.fmt == "csv" else count
 
     def _bar(self, total: int, done: int) -> Any:
@@ -402,3 +480,12 @@ class Importer:
             disable=not self.progress,
             desc=f"import {self.path.name}",
         )
+
+
+def database_key(tally: Tally) -> str:
+    """The database, as the state file names it: its URL without a password, a SQLite file
+    by its absolute path (the same relative URL from another directory is another file)."""
+    config = tally.config
+    if config.sqlite_path:
+        config = dataclasses.replace(config, sqlite_path=str(Path(config.sqlite_path).resolve()))
+    return config.display

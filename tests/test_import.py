@@ -250,8 +250,9 @@ def test_an_import_killed_midway_resumes_without_duplicates(
     assert 0 < done < members + earns, "the import must be killed midway"
 
     # Forget part of the progress too, as a kill between commit and state write would.
-    state.write_text(json.dumps({"source": "big.jsonl", "program_id": "p",
-                                 "done_through_line": max(0, done - 700)}))  # fmt: skip
+    saved = json.loads(state.read_text())
+    saved["done_through_line"] = max(0, done - 700)
+    state.write_text(json.dumps(saved))
     resumed = subprocess.run(
         [*command, "--no-progress"], capture_output=True, text=True, timeout=600, check=False
     )
@@ -269,3 +270,152 @@ def test_an_import_killed_midway_resumes_without_duplicates(
             assert account.version == 1 + earns // members  # enrolled once, each earn once
     finally:
         tally.close()
+
+
+# ---------------------------------------------------------------------- the state file
+
+
+def _members_and_earns(path: Path, count: int) -> Path:
+    records: list[dict[str, Any] | str] = [{"type": "member", "member_id": "gil"}]
+    records += [{"type": "earn", "member_id": "gil", "points": 1, "store_id": "s"}] * count
+    return _write(path, records)
+
+
+@pytest.mark.parametrize("second", ["sqlite", "postgres"])
+def test_a_file_imported_into_a_second_database_is_loaded_there_too(
+    second: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state file of the first database's import must not skip the second's."""
+    path = _members_and_earns(tmp_path / "shared.jsonl", 10)
+    with open_tally("sqlite") as first, open_tally(second) as other:
+        for t in (first, other):
+            _program(t)
+            t.start(sweep=False)
+        assert Importer(first, "p", path, progress=False).run().applied == 11
+        capsys.readouterr()
+
+        report = Importer(other, "p", path, progress=False).run()
+
+        assert (report.skipped, report.applied, report.replayed) == (0, 11, 0)
+        assert other.app.get_account("p", "gil").available == 10
+        assert "another database" in capsys.readouterr().err
+        # And back: the first database's progress was replaced, nothing is skipped there.
+        report = Importer(first, "p", path, progress=False).run()
+        assert (report.skipped, report.applied, report.replayed) == (0, 0, 11)
+        assert first.app.get_account("p", "gil").available == 10
+
+
+def test_the_state_of_another_program_is_not_used(tally: Tally, tmp_path: Path) -> None:
+    settings = ProgramSettings("Other", "EUR")
+    tally.app.create_program(c.CreateProgram(program_id="q", request_id="q", settings=settings))
+    path = _members_and_earns(tmp_path / "programs.jsonl", 4)
+    Importer(tally, "p", path, progress=False).run()
+
+    report = Importer(tally, "q", path, progress=False).run()
+
+    assert (report.skipped, report.applied) == (0, 5)
+    assert tally.app.get_account("q", "gil").available == 4
+
+
+def test_an_edited_file_is_imported_from_its_first_line(
+    tally: Tally, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator fixes a rejected record and runs the import again: the fix is applied
+    (not skipped as done), the rest answered from their records."""
+    earn = {"type": "earn", "member_id": "hal", "store_id": "s"}
+    records: list[dict[str, Any] | str] = [
+        {"type": "member", "member_id": "hal"},
+        {**earn, "points": 0},  # invalid: rejected
+        {**earn, "points": 3},
+    ]
+    path = _write(tmp_path / "edited.jsonl", records)
+    first = Importer(tally, "p", path, progress=False).run()
+    assert (first.applied, first.rejected) == (2, 1)
+    capsys.readouterr()
+
+    records[1] = {**earn, "points": 5}
+    _write(path, records)
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.skipped, report.applied, report.replayed, report.rejected) == (0, 1, 2, 0)
+    assert tally.app.get_account("p", "hal").available == 8
+    assert "has changed" in capsys.readouterr().err
+
+
+def test_a_recreated_database_at_the_same_url_is_loaded_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same URL, same file, same program, but the database was dropped and made again: the
+    records the state file says are done are not there, so nothing is skipped."""
+    path = _members_and_earns(tmp_path / "again.jsonl", 6)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    for attempt in range(2):
+        tally = Tally.from_url(url)
+        try:
+            _program(tally)
+            tally.start(sweep=False)
+            report = Importer(tally, "p", path, progress=False).run()
+            assert (report.skipped, report.applied) == (0, 7), attempt
+            assert tally.app.get_account("p", "gil").available == 6
+        finally:
+            tally.close()
+        for leftover in tmp_path.glob("ledger.db*"):
+            leftover.unlink()
+    assert "not in this database" in capsys.readouterr().err
+
+
+def test_an_unchanged_file_into_the_same_database_still_resumes(
+    tally: Tally, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _members_and_earns(tmp_path / "resume.jsonl", 9)
+    Importer(tally, "p", path, progress=False).run()
+    capsys.readouterr()
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.skipped, report.applied, report.replayed) == (10, 0, 0)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_state_file_of_an_older_version_is_ignored(
+    tally: Tally, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _members_and_earns(tmp_path / "old.jsonl", 3)
+    state = path.with_name("old.jsonl.import-state.json")
+    state.write_text(json.dumps({"source": "old.jsonl", "program_id": "p", "done_through_line": 4}))
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.skipped, report.applied) == (0, 4)
+    assert "ledger import:" in capsys.readouterr().err
+
+
+def test_the_cli_loads_a_file_into_a_second_database(tmp_path: Path) -> None:
+    path = _members_and_earns(tmp_path / "cli.jsonl", 10)
+    outputs = []
+    for name in ("one.db", "two.db"):
+        url = f"sqlite:///{tmp_path / name}"
+        tally = Tally.from_url(url)
+        _program(tally)
+        tally.close()
+        command = [LEDGER, "import", "--database", url, "--program", "p", "--no-progress"]
+        done = subprocess.run(
+            [*command, str(path)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done)
+        tally = Tally.from_url(url)
+        try:
+            assert tally.app.get_account("p", "gil").available == 10, name
+        finally:
+            tally.close()
+    assert "11 applied" in outputs[1].stdout
+    assert "0 skipped" in outputs[1].stdout
+    assert "another database" in outputs[1].stderr
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_batch_size_below_one_is_refused(tally: Tally, tmp_path: Path, size: int) -> None:
+    path = _members_and_earns(tmp_path / "batch.jsonl", 1)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        Importer(tally, "p", path, batch_size=size, progress=False)
