@@ -208,7 +208,9 @@ def rebuild(url: str) -> dict[str, Any]:
                 decode(n)
             position = batch[-1].id
         read_s = time.perf_counter() - started
-        runner = ProjectionRunner(tally.database, tally.app.recorder, decode, PointsProjection())
+        runner = ProjectionRunner(
+            tally.database, tally.app.recorder, decode, PointsProjection(tally.database.dialect)
+        )
         started = time.perf_counter()
         runner.run_until_caught_up()
         seconds = time.perf_counter() - started

@@ -6,7 +6,6 @@ of statements, so catching up costs a few statements per few hundred events.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import Any, ClassVar
 
 from ledger.domain import events
 from ledger.infrastructure.database import Cursor
+from ledger.infrastructure.dialect import Dialect
 
 NAME = "points"
 
@@ -188,6 +188,9 @@ class PointsProjection:
         "rm_lots": ("program_id", "member_id", "lot_id"),
         "rm_holds": ("program_id", "member_id", "hold_id"),
     }
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
 
     def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
         batch = Batch(cur)
@@ -465,14 +468,14 @@ class PointsProjection:
     def _flush(self, batch: Batch) -> None:
         cur = batch.cur
         if batch.programs:
-            _insert(
+            self.dialect.insert_rows(
                 cur,
                 "INSERT INTO rm_programs (program_id, created_position) {rows}"
                 " ON CONFLICT (program_id) DO NOTHING",
                 batch.programs,
             )
         if batch.accounts:
-            _insert(
+            self.dialect.insert_rows(
                 cur,
                 "INSERT INTO rm_accounts (account_id, program_id, member_id, points_available,"
                 " points_held, points_debt, cash_minor, bonus_minor, enrolled_at, version,"
@@ -485,7 +488,7 @@ class PointsProjection:
                 [_values(a) for a in batch.accounts.values()],
             )
         if batch.lots:
-            _insert(
+            self.dialect.insert_rows(
                 cur,
                 f"INSERT INTO rm_lots ({_columns(LotRow)}) {{rows}}"
                 " ON CONFLICT (program_id, member_id, lot_id) DO UPDATE SET"
@@ -494,7 +497,7 @@ class PointsProjection:
                 [_values(lot) for lot in batch.lots.values()],
             )
         if batch.holds_new:
-            _insert(
+            self.dialect.insert_rows(
                 cur,
                 "INSERT INTO rm_holds (program_id, member_id, hold_id, points, expires_at, status)"
                 " {rows}",
@@ -507,31 +510,11 @@ class PointsProjection:
                 batch.holds_closed,
             )
         if batch.transactions:
-            _insert(
+            self.dialect.insert_rows(
                 cur,
                 f"INSERT INTO rm_transactions ({_columns(TransactionRow)}) {{rows}}",
                 [_values(t) for t in batch.transactions],
             )
-
-
-def _insert(cur: Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Run `sql` (with "{rows}" where the rows go) for many rows at once.
-
-    SQLite: executemany of a VALUES row (a C loop in-process). PostgreSQL: one statement
-    over unnest(column arrays), because executemany sends a statement per row and long
-    multi-row VALUES lists are re-parsed by psycopg on every call."""
-    if isinstance(cur, sqlite3.Cursor):
-        cur.executemany(sql.format(rows="VALUES (" + ",".join("?" * len(rows[0])) + ")"), rows)
-        return
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    types = []
-    for values in columns:
-        sample = next((v for v in values if v is not None), 0)
-        types.append("text" if isinstance(sample, str) else "bigint")
-        if isinstance(sample, bool):
-            values[:] = [None if v is None else int(v) for v in values]
-    arrays = ", ".join(f"%b::{t}[]" for t in types)  # binary: no text escaping of values
-    cur.execute(sql.format(rows=f"SELECT * FROM unnest({arrays})"), columns)
 
 
 def _values(row: Any) -> tuple[Any, ...]:

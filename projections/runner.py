@@ -26,16 +26,20 @@ import psycopg
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from ledger.infrastructure.database import Cursor, Database
+from ledger.infrastructure.dialect import Dialect
 
 log = logging.getLogger(__name__)
 
 
 class Projection(Protocol):
     """A read model: its name (its tracking row), the tables it writes with their key columns
-    (for `ledger audit replay`), and how a batch of events changes them."""
+    (for `ledger audit replay`), and how a batch of events changes them. Made with the
+    dialect of the database it writes (for its bulk writes)."""
 
     name: ClassVar[str]
     tables: ClassVar[dict[str, tuple[str, ...]]]
+
+    def __init__(self, dialect: Dialect) -> None: ...
 
     def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
         """Apply events (position, domain event) to the read model through `cur`, in the
@@ -197,8 +201,8 @@ class _WriterLock:
         self._last_try = -1.0
 
     def acquire(self) -> bool:
-        if self.database.config.kind == "sqlite":
-            return True
+        if not self.database.dialect.several_processes:
+            return True  # one process per database: nobody to elect
         if self._conn is not None and not self._conn.closed:
             return True
         # A follower polls every few ms for the position; trying for the lock (a new

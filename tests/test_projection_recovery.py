@@ -12,6 +12,7 @@ import pytest
 from ledger.application import commands as c
 from ledger.domain.program import ProgramSettings
 from ledger.infrastructure.database import Cursor
+from ledger.infrastructure.dialect import Dialect
 from ledger.runtime import Tally
 from projections.points import PointsProjection
 from projections.runner import ProjectionRunner
@@ -23,7 +24,8 @@ READ_MODELS = ("rm_accounts", "rm_transactions", "rm_lots", "rm_holds", "rm_prog
 class CrashingProjection(PointsProjection):
     """Writes its rows, then dies before the batch commits, every `every`-th batch."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, dialect: Dialect, every: int) -> None:
+        super().__init__(dialect)
         self.every = every
         self.calls = 0
         self.crashes = 0
@@ -110,7 +112,7 @@ def _reset(tally: Tally) -> None:
 def test_crashes_mid_batch_leave_read_models_equal_to_a_rebuild(tally: Tally) -> None:
     _write_history(tally)
     last = tally.app.recorder.max_notification_id() or 0
-    crashing = CrashingProjection(every=3)
+    crashing = CrashingProjection(tally.database.dialect, every=3)
     runner = ProjectionRunner(
         tally.database,
         tally.app.recorder,
@@ -134,7 +136,7 @@ def test_crashes_mid_batch_leave_read_models_equal_to_a_rebuild(tally: Tally) ->
         tally.database,
         tally.app.recorder,
         tally.app.mapper.to_domain_event,
-        PointsProjection(),
+        PointsProjection(tally.database.dialect),
         batch_size=500,
     ).run_until_caught_up()
 

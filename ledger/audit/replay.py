@@ -9,15 +9,10 @@ to the live database: it is opened without migrations and only read.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psycopg
 
 from ledger.application.service import LedgerApplication
 from ledger.infrastructure.database import DatabaseConfig, open_database, parse_database_url
@@ -61,28 +56,11 @@ def _keyed(
     return {tuple(row[i] for i in index): tuple(row) for row in rows}
 
 
-@contextmanager
-def _snapshot_cursor(config: DatabaseConfig) -> Iterator[Any]:
-    if config.kind == "sqlite":
-        conn = sqlite3.connect(f"file:{config.sqlite_path}?mode=ro", uri=True)
-        try:
-            conn.execute("BEGIN")
-            yield conn.cursor()
-        finally:
-            conn.close()
-        return
-    with psycopg.connect(config.conninfo()) as pg:
-        pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        pg.read_only = True
-        with pg.cursor() as cur:
-            yield cur
-
-
 def read_live(config: DatabaseConfig) -> tuple[dict[str, int], Snapshot]:
     """Every projection's position and its live tables, as of one instant."""
     snapshot: Snapshot = {}
     positions: dict[str, int] = {}
-    with _snapshot_cursor(config) as cur:
+    with config.dialect.snapshot_cursor(config) as cur:
         cur.execute("SELECT name, position FROM projection_tracking")
         tracked = {str(name): int(position) for name, position in cur.fetchall()}
         for projection in REGISTERED:
@@ -104,7 +82,9 @@ def rebuild(config: DatabaseConfig, positions: dict[str, int], scratch: Path) ->
     target = open_database(scratch_config)
     try:
         for projection_type in REGISTERED:
-            _replay_one(app, target, projection_type(), positions[projection_type.name])
+            _replay_one(
+                app, target, projection_type(target.dialect), positions[projection_type.name]
+            )
         snapshot: Snapshot = {}
         with target.read() as cur:
             for table in TABLES:

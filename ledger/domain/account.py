@@ -72,13 +72,6 @@ class MemberAccount(Aggregate):
 
     # ------------------------------------------------------------------ reads
 
-    def knows_transaction(self, transaction_id: str) -> bool:
-        return (
-            transaction_id in self.earns
-            or transaction_id in self.redemptions
-            or transaction_id in self.other_transaction_ids
-        )
-
     def qualifying_points(self, now: datetime) -> int:
         """Qualifying points that count toward the tier at `now`, net of reversals: each earn
         for the tier window that was in force when it was recorded."""

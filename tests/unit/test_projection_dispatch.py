@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from ledger.domain import events
+from ledger.infrastructure.dialect import SQLITE
 from projections import REGISTERED
 from projections.points import Batch, PointsProjection, UnhandledEvent
 
@@ -22,5 +23,6 @@ def test_an_event_nobody_handles_stops_the_projection() -> None:
     class Surprise:
         pass
 
+    projection = PointsProjection(SQLITE)
     with pytest.raises(UnhandledEvent, match=r"no handler for .*Surprise"):
-        PointsProjection().apply(Surprise(), Batch(cur=None), 1)  # type: ignore[arg-type]
+        projection.apply(Surprise(), Batch(cur=None), 1)  # type: ignore[arg-type]
