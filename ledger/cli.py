@@ -32,10 +32,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging() -> None:
+def configure_logging(default_level: str = "INFO") -> None:
+    """JSON lines on stderr at TALLY_LOG_LEVEL; by default INFO for the server, WARNING for
+    the one-shot tools (whose own output says what they did)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=os.environ.get("TALLY_LOG_LEVEL", "INFO"), handlers=[handler])
+    level = os.environ.get("TALLY_LOG_LEVEL", default_level)
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _database_arg(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +50,42 @@ def _database_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ledger", description="Tally points ledger")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    serve = sub.add_parser("serve", help="run the gRPC server")
+
+def _position(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger", description="Tally: the points and stored-value ledger"
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{serve,migrate,program,import,audit,export,demo}",
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run the gRPC server (LedgerService, AuditService, health, reflection). "
+        "Applies pending migrations first; stops gracefully on SIGTERM or SIGINT.",
+    )
     serve.add_argument(
         "--listen",
         default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN),
@@ -60,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     _database_arg(serve)
     serve.add_argument(
         "--processes",
-        type=int,
-        default=int(os.environ.get("TALLY_PROCESSES", "1")),
+        type=_positive_int,
+        default=os.environ.get("TALLY_PROCESSES", "1"),
         help="server processes sharing the port, one per core (PostgreSQL only; "
         "env TALLY_PROCESSES; default 1)",
     )
@@ -71,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse to start if migrations are pending instead of applying them",
     )
 
-    migrate = sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        description="Apply the pending schema migrations (migrations/<backend>/) and stop.",
+    )
     _database_arg(migrate)
+
+    from ledger.program_commands import add_parsers as add_program_parsers
+
+    add_program_parsers(sub, _database_arg)
 
     load = sub.add_parser(
         "import",
@@ -87,13 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument(
         "--source", help="name fixing the records' request_ids (default: the file name)"
     )
-    load.add_argument("--batch-size", type=int, default=1000, help="records per batch")
+    load.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="records per batch (at least 1)"
+    )
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    audit = sub.add_parser("audit", help="auditors' tools: verify the log, replay projections")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit = sub.add_parser(
+        "audit",
+        help="auditors' tools: verify the log, replay projections",
+        description="Auditors' tools. They read the database and never change the log.",
+    )
+    audit_sub = audit.add_subparsers(
+        dest="audit_command", required=True, metavar="{verify,replay,checkpoint}"
+    )
     verify = audit_sub.add_parser(
-        "verify", help="recompute every hash chain and checkpoint; non-zero exit on findings"
+        "verify",
+        help="recompute every hash chain and checkpoint; non-zero exit on findings",
+        description="Recompute every account's hash chain and every checkpoint "
+        "(docs/audit.md); exit 1 on any finding.",
     )
     _database_arg(verify)
     verify.add_argument("--program", default="", help="only this program's accounts")
@@ -101,48 +154,114 @@ def main(argv: list[str] | None = None) -> int:
         "--public-key", help="the trusted Ed25519 key (PEM) the checkpoints must be signed with"
     )
     replay = audit_sub.add_parser(
-        "replay", help="rebuild the read models from the log elsewhere and compare them"
+        "replay",
+        help="rebuild the read models from the log elsewhere and compare them",
+        description="Rebuild every read model from the log into a scratch database and "
+        "compare it row by row with the live one; exit 1 on any difference.",
     )
     _database_arg(replay)
-    checkpoint = audit_sub.add_parser("checkpoint", help="write a checkpoint now")
+    checkpoint = audit_sub.add_parser(
+        "checkpoint",
+        help="write a checkpoint now",
+        description="Write a checkpoint of the log now (signed with TALLY_CHECKPOINT_KEY if set).",
+    )
     _database_arg(checkpoint)
 
-    export = sub.add_parser("export", help="export data for auditors")
-    export_sub = export.add_subparsers(dest="export_command", required=True)
-    events = export_sub.add_parser("events", help="every event as JSON lines, in log order")
+    export = sub.add_parser(
+        "export", help="export data for auditors", description="Export data for auditors."
+    )
+    export_sub = export.add_subparsers(dest="export_command", required=True, metavar="{events}")
+    events = export_sub.add_parser(
+        "events",
+        help="every event as JSON lines, in log order",
+        description="Write every event of the log as one JSON object a line, in log order.",
+    )
     _database_arg(events)
-    events.add_argument("--since-position", type=int, default=0, help="after this position")
+    events.add_argument(
+        "--since-position", type=_position, default=0, help="after this position (default 0)"
+    )
 
-    demo = sub.add_parser("demo", help="earn and redeem points against a running server")
-    demo.add_argument("--target", default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN))
+    demo = sub.add_parser(
+        "demo",
+        help="earn and redeem points against a running server",
+        description="Create a programme, enroll a member, earn and redeem against a running "
+        "server, and print the history.",
+    )
+    demo.add_argument(
+        "--target",
+        default=os.environ.get("TALLY_LISTEN", DEFAULT_LISTEN),
+        help=f"the server's HOST:PORT (default {DEFAULT_LISTEN})",
+    )
+    return parser
 
-    args = parser.parse_args(argv)
-    configure_logging()
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging("INFO" if args.command == "serve" else "WARNING")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        line = _operator_error(e)
+        if line is None:
+            raise
+        print(f"ledger {args.command}: {line}", file=sys.stderr)
+        return 2
+
+
+def _operator_error(error: Exception) -> str | None:
+    """The one line for a mistake an operator can fix (a bad URL or address, a database
+    that cannot be had, pending migrations, a refused programme), or None for a bug, which
+    keeps its traceback."""
+    from ledger.api.errors import InvalidArgument
+    from ledger.api.server import ListenAddressError, ProcessesNeedPostgres
+    from ledger.domain.errors import DomainError
+    from ledger.infrastructure.database import DatabaseUnavailable, DatabaseUrlError
+    from ledger.infrastructure.migrations import MigrationError
+    from ledger.infrastructure.single_process import DatabaseInUse
+    from ledger.program_commands import ProgramArgumentError
+
+    if isinstance(error, InvalidArgument):
+        return "; ".join(f"{field}: {why}" for field, why in error.violations)
+    if isinstance(error, DomainError):
+        return error.message
+    known = (
+        ListenAddressError,
+        ProcessesNeedPostgres,
+        DatabaseUnavailable,
+        DatabaseUrlError,
+        DatabaseInUse,
+        MigrationError,
+        ProgramArgumentError,
+    )
+    return str(error) if isinstance(error, known) else None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        from ledger.api.server import InsecureListenAddress, serve_processes
         from ledger.api.server import serve as run_server
-        from ledger.infrastructure.database import DatabaseUrlError
-        from ledger.infrastructure.migrations import MigrationError
+        from ledger.api.server import serve_processes
 
-        try:
-            if args.processes > 1:
-                return serve_processes(
-                    args.database, args.listen, args.processes, not args.no_migrate
-                )
-            asyncio.run(run_server(args.database, args.listen, not args.no_migrate))
-        except (InsecureListenAddress, DatabaseUrlError, MigrationError, ValueError) as e:
-            print(f"ledger serve: {e}", file=sys.stderr)
-            return 2
+        if args.processes > 1:
+            return serve_processes(args.database, args.listen, args.processes, not args.no_migrate)
+        asyncio.run(run_server(args.database, args.listen, not args.no_migrate))
         return 0
     if args.command == "migrate":
-        from ledger.infrastructure.database import parse_database_url
+        from ledger.infrastructure.database import check_database, parse_database_url
         from ledger.infrastructure.migrations import migrate as apply
 
-        applied = apply(parse_database_url(args.database))
+        config = parse_database_url(args.database)
+        check_database(config, must_exist=False)
+        applied = apply(config)
         for m in applied:
             print(f"applied {m.version:04d}_{m.name}")
         print(f"{len(applied)} migration(s) applied; schema is up to date")
         return 0
+    if args.command == "program":
+        from ledger.program_commands import run as run_program
+
+        return run_program(args)
     if args.command == "import":
         return _import(args)
     if args.command == "audit":
@@ -161,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ledger.domain.errors import ProgramNotFound
     from ledger.importer import Importer
     from ledger.runtime import Tally
 
@@ -169,7 +287,7 @@ def _import(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"ledger import: no such file: {path}", file=sys.stderr)
         return 2
-    tally = Tally.from_url(args.database)
+    tally = Tally.from_url(args.database, exclusive="a `ledger import`")
     tally.start(sweep=False)
     try:
         importer = Importer(
@@ -181,11 +299,7 @@ def _import(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
         )
-        try:
-            report = importer.run()
-        except ProgramNotFound as e:
-            print(f"ledger import: {e}", file=sys.stderr)
-            return 2
+        report = importer.run()
         # Read models are part of "loaded": wait for the projection to take it all in.
         tally.points.wait_for(tally.app.recorder.max_notification_id() or 0, timeout=3600)
     finally:
@@ -205,11 +319,36 @@ def _demo(target: str) -> int:
     """A walkthrough: create a program, enroll a member, earn, redeem, read back."""
     import grpc
 
+    try:
+        return _walkthrough(target)
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return _no_server(target)
+        print(f"ledger demo: the server refused: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+
+
+def _no_server(target: str) -> int:
+    print(
+        f"ledger demo: no Tally server answered at {target}: start one with `ledger serve`, "
+        "or give its address with --target",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _walkthrough(target: str) -> int:
+    import grpc
+
     from ledger.v1 import ledger_pb2 as pb
     from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
     run = uuid.uuid4().hex[:8]
     with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=5)
+        except grpc.FutureTimeoutError:
+            return _no_server(target)
         ledger = pb_grpc.LedgerServiceStub(channel)
         program = f"demo-{run}"
         ledger.CreateProgram(
@@ -222,6 +361,10 @@ def _demo(target: str) -> int:
                 tiers=[pb.Tier(code="SILVER", name="Silver", threshold=500)],
                 request_id=f"{run}-program",
             )
+        )
+        print(
+            f"programme {program} (Demo programme, EUR): points expire 365 days after they "
+            "are earned; tier SILVER from 500 qualifying points"
         )
         ledger.EnrollMember(
             pb.EnrollMemberRequest(program_id=program, member_id="alice", request_id=f"{run}-e")

@@ -21,11 +21,11 @@ from ledger.infrastructure.database import (
     DatabaseConfig,
     PostgresDatabase,
     SqliteDatabase,
+    check_database,
     open_database,
     parse_database_url,
 )
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
-from ledger.infrastructure.single_process import SingleProcessLock
 from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
 from projections import REGISTERED
@@ -50,7 +50,8 @@ class Tally:
         SQLite it holds the file for its life, and a second one is refused
         (ledger/infrastructure/single_process.py)."""
         self.config = config
-        self._single = SingleProcessLock(config.sqlite_path) if config.kind == "sqlite" else None
+        check_database(config, must_exist=False)
+        self._single = config.dialect.process_lock(config)
         if self._single is not None and exclusive:
             self._single.acquire(exclusive)
         try:
@@ -89,7 +90,10 @@ class Tally:
         # Every registered read model, each with its own runner and tracking position.
         self.projections: dict[str, ProjectionRunner] = {
             projection.name: ProjectionRunner(
-                self.database, self.app.recorder, self.app.mapper.to_domain_event, projection()
+                self.database,
+                self.app.recorder,
+                self.app.mapper.to_domain_event,
+                projection(self.database.dialect),
             )
             for projection in REGISTERED
         }

@@ -83,3 +83,87 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         assert _wait_serving(again_target, again) == health_pb2.HealthCheckResponse.SERVING
     finally:
         _kill_if_running(again)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["migrate", "--database", "mysql://x"], ["unsupported database URL"]),
+        (["serve", "--database", "sqlite://ledger.db"], ["three slashes", "sqlite:///ledger.db"]),
+        (["serve", "--database", "sqlite:///no/such/folder/l.db"], ["no folder no/such/folder"]),
+        (
+            ["migrate", "--database", f"postgresql://postgres@127.0.0.1:{free_port()}/x"],
+            ["cannot reach PostgreSQL", "is it running"],
+        ),
+        (
+            ["migrate", "--database", "postgresql://no_such_role@127.0.0.1:5432/postgres"],
+            ["no role 'no_such_role'"],
+        ),
+        (
+            ["serve", "--database", "postgresql://postgres@127.0.0.1:5432/no_such_tally_db"],
+            ["'no_such_tally_db' does not exist", "createdb -h 127.0.0.1 -p 5432 -U postgres"],
+        ),
+        (["demo", "--target", f"127.0.0.1:{free_port()}"], ["no Tally server answered"]),
+    ],
+    ids=[
+        "unsupported-url",
+        "two-slashes",
+        "no-folder",
+        "postgres-unreachable",
+        "unknown-role",
+        "no-database",
+        "demo-without-server",
+    ],
+)
+def test_a_database_or_server_that_cannot_be_had_is_one_line(
+    args: list[str], expected: list[str], tmp_path: Path
+) -> None:
+    result = run_ledger(*args, cwd=tmp_path)
+    one_clear_line(result, *expected)
+    assert list(tmp_path.iterdir()) == []  # nothing made on the way (no edger.db)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["serve", "--processes", "0"], "--processes: must be at least 1, got 0"),
+        (["serve", "--processes", "-3"], "--processes: must be at least 1, got -3"),
+        (["import", "--program", "p", "--batch-size", "0", "x.csv"], "--batch-size: must be"),
+        (["export", "events", "--since-position", "-1"], "--since-position: must be 0 or more"),
+        (["audit"], "required: {verify,replay,checkpoint}"),
+        (["export"], "required: {events}"),
+        (["program"], "required: {create,show,update}"),
+        ([], "required: {serve,migrate,program,import,audit,export,demo}"),
+    ],
+)
+def test_a_flag_out_of_range_or_a_missing_subcommand_says_what_is_wanted(
+    args: list[str], expected: str
+) -> None:
+    result = run_ledger(*args)
+    stderr: str = result.stderr
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert expected in stderr, stderr
+    assert len(stderr.splitlines()) <= 6, stderr  # argparse's usage, then the one error
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        ["migrate"],
+        ["demo"],
+        ["audit", "replay"],
+        ["audit", "checkpoint"],
+        ["export", "events"],
+        ["program", "create"],
+    ],
+)
+def test_every_command_describes_itself_in_its_help(command: list[str]) -> None:
+    result = run_ledger(*command, "--help")
+    assert result.returncode == 0
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith("usage: ledger")
+    description = rest.split("\n\n", 1)[0].strip()
+    assert description, rest
+    assert not description.startswith(("options:", "positional")), rest

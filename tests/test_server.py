@@ -30,7 +30,9 @@ SERVICE = "ledger.v1.LedgerService"
 HEALTH = "grpc.health.v1.Health"
 
 
-def run_ledger(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_ledger(
+    *args: str, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [LEDGER, *args],
         capture_output=True,
@@ -38,6 +40,7 @@ def run_ledger(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         timeout=timeout,
         env=_env(),
         check=False,
+        cwd=cwd,
     )
 
 

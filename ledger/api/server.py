@@ -217,7 +217,7 @@ def serve_processes(database_url: str, listen: str, processes: int, apply_migrat
     the cost of a round). Projections: one process writes them (the advisory lock), the
     others follow."""
     config = parse_database_url(database_url)
-    if config.kind != "postgres":
+    if not config.dialect.several_processes:
         raise ProcessesNeedPostgres("--processes above 1 needs a PostgreSQL database")
     if listen.rsplit(":", 1)[-1] == "0":
         raise ValueError("--processes above 1 needs a fixed port, not 0")

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -107,7 +108,13 @@ def parse_database_url(url: str) -> DatabaseConfig:
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         # sqlite:///relative.db and sqlite:////absolute/path.db
-        path = unquote(parsed.netloc + parsed.path)[1:]
+        if parsed.netloc:
+            # sqlite://ledger.db would name the host "ledger.db": never guess a path from it.
+            raise DatabaseUrlError(
+                f"{url!r}: a SQLite URL has three slashes before a relative path "
+                f"(sqlite:///{parsed.netloc}{parsed.path}) and four before an absolute one"
+            )
+        path = unquote(parsed.path)[1:]
         if not path or ":memory:" in path:
             raise DatabaseUrlError("sqlite URL needs a file path, e.g. sqlite:///ledger.db")
         return DatabaseConfig(kind="sqlite", sqlite_path=path)
@@ -115,7 +122,10 @@ def parse_database_url(url: str) -> DatabaseConfig:
         if not parsed.path.strip("/"):
             raise DatabaseUrlError("postgresql URL needs a database name: postgresql://host/db")
         options = parse_qs(parsed.query)
-        pool_size = int(options.get("pool_size", ["8"])[0])
+        try:
+            pool_size = int(options.get("pool_size", ["8"])[0])
+        except ValueError:
+            raise DatabaseUrlError(f"{url!r}: pool_size must be a whole number") from None
         return DatabaseConfig(
             kind="postgres",
             host=parsed.hostname or "127.0.0.1",
@@ -128,6 +138,49 @@ def parse_database_url(url: str) -> DatabaseConfig:
     raise DatabaseUrlError(
         f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
     )
+
+
+class DatabaseUnavailable(ValueError):
+    """The database cannot be used as given; the message says why and what to do."""
+
+
+def check_database(config: DatabaseConfig, must_exist: bool) -> None:
+    """Fail fast, in one sentence, before anything opens a pool or creates a file: a
+    missing SQLite folder (or file, for a tool that only reads), an unreachable PostgreSQL
+    server, an unknown role, a database that does not exist. `must_exist`: the caller reads
+    an existing ledger and must not create one (audit, export)."""
+    if config.kind == "sqlite":
+        path = Path(config.sqlite_path)
+        if must_exist and not path.is_file():
+            raise DatabaseUnavailable(f"no database at {path}: nothing to read")
+        if not path.parent.is_dir():
+            raise DatabaseUnavailable(
+                f"no folder {path.parent} for the SQLite database {path}: create the folder "
+                "first, or give another --database"
+            )
+        return
+    try:
+        psycopg.connect(config.conninfo(), connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        raise DatabaseUnavailable(_postgres_problem(config, str(e))) from None
+
+
+def _postgres_problem(config: DatabaseConfig, error: str) -> str:
+    where = f"PostgreSQL at {config.host}:{config.port}"
+    if "does not exist" in error and "database" in error:
+        return (
+            f"database {config.dbname!r} does not exist on {where}: create it with "
+            f"`createdb -h {config.host} -p {config.port}"
+            + (f" -U {config.user}" if config.user else "")
+            + f" {config.dbname}`"
+        )
+    if "role" in error and "does not exist" in error:
+        return f"{where} has no role {config.user or '(your login name)'!r}: give another user"
+    if "password" in error:
+        return f"{where} refused the password of {config.user!r}"
+    first = error.strip().splitlines()[0] if error.strip() else "no answer"
+    reason = first.rsplit(": ", 1)[-1]
+    return f"cannot reach {where} ({reason}): is it running, and does it accept TCP connections?"
 
 
 class Cursor(Protocol):

@@ -1,0 +1,186 @@
+"""`ledger program create|show|update`: a programme from the command line, for first runs
+and imports (`ledger import --program` needs one), without writing a gRPC client.
+
+The flags are the gRPC request's fields; they are put into that request and checked by the
+same parser the server uses (ledger/api/requests.py), so the command line accepts exactly
+what the API accepts, with the same words for what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from typing import Any
+
+from ledger.api import requests as parse
+from ledger.api import responses as present
+from ledger.api.errors import InvalidArgument
+from ledger.application.views import ProgramView
+from ledger.v1 import ledger_pb2 as pb
+
+EXPIRY_KINDS = {
+    "never": pb.EXPIRY_KIND_NEVER,
+    "rolling-days": pb.EXPIRY_KIND_ROLLING_DAYS,
+    "end-of-year-after-years": pb.EXPIRY_KIND_END_OF_YEAR_AFTER_YEARS,
+}
+SPLITS = {
+    "proportional": pb.STORED_VALUE_SPLIT_PROPORTIONAL,
+    "cash-first": pb.STORED_VALUE_SPLIT_CASH_FIRST,
+    "bonus-first": pb.STORED_VALUE_SPLIT_BONUS_FIRST,
+}
+
+
+class ProgramArgumentError(ValueError):
+    """A flag that cannot become a request field; the message names the flag."""
+
+
+def add_parsers(sub: Any, database_arg: Any) -> None:
+    program = sub.add_parser(
+        "program",
+        help="create, show or update a programme",
+        description="A programme from the command line, checked as the API checks it.",
+    )
+    program_sub = program.add_subparsers(
+        dest="program_command", required=True, metavar="{create,show,update}"
+    )
+    create = program_sub.add_parser(
+        "create", help="create a programme", description="Create a programme."
+    )
+    update = program_sub.add_parser(
+        "update",
+        help="change a programme's settings",
+        description="Change the settings given; the others stay. Changes apply to "
+        "transactions recorded after the update.",
+    )
+    show = program_sub.add_parser(
+        "show", help="print a programme's settings", description="Print a programme."
+    )
+    for p in (create, update, show):
+        database_arg(p)
+        p.add_argument("--program", required=True, help="the programme's id")
+        p.add_argument("--format", choices=("table", "json"), default="table")
+    create.add_argument("--name", required=True, help="display name")
+    create.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR, CNY")
+    create.add_argument("--time-zone", default="UTC", help="IANA zone (default UTC)")
+    create.add_argument("--point-value-minor", type=int, default=0, help="value of a point")
+    for p in (create, update):
+        if p is update:
+            p.add_argument("--name", help="display name")
+        p.add_argument(
+            "--expiry",
+            help="never | rolling-days:N | end-of-year-after-years:N (default never)",
+        )
+        p.add_argument(
+            "--tier",
+            action="append",
+            metavar="CODE:NAME:THRESHOLD",
+            help="a tier of the ladder (repeat for each); on update, replaces the ladder",
+        )
+        p.add_argument("--tier-window-days", type=int, help="qualifying window (default 365)")
+        p.add_argument("--stored-value-split", choices=sorted(SPLITS))
+        p.add_argument(
+            "--expected-redemption-rate-ppm", type=int, help="finance's estimate, 1..1000000"
+        )
+        p.add_argument("--request-id", help="idempotency key (default: a new one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ledger.runtime import Tally
+
+    # Checked before the database is opened: a mistake makes nothing.
+    if args.program_command == "create":
+        command: Any = parse.create_program(_request(args))
+    elif args.program_command == "update":
+        command = parse.update_program(_request(args))
+    else:
+        command = parse.program_id(pb.GetProgramRequest(program_id=args.program))
+    tally = Tally.from_url(args.database, exclusive="a `ledger program`")
+    try:
+        app = tally.app
+        if args.program_command == "create":
+            view = app.create_program(command).program
+        elif args.program_command == "update":
+            view = app.update_program(command).program
+        else:
+            view = ProgramView.of(app.get_program(command))
+    finally:
+        tally.close()
+    _print(present.program(view), args.format)
+    return 0
+
+
+def _request(args: argparse.Namespace) -> Any:
+    request_id = args.request_id or f"cli-{args.program_command}-{uuid.uuid4().hex[:12]}"
+    tiers = [_tier(t) for t in args.tier or []]
+    request: Any
+    if args.program_command == "create":
+        request = pb.CreateProgramRequest(
+            program_id=args.program,
+            display_name=args.name,
+            currency=args.currency,
+            time_zone=args.time_zone,
+            point_value_minor=args.point_value_minor,
+            tiers=tiers,
+            tier_window_days=args.tier_window_days or 0,
+            stored_value_split=SPLITS.get(
+                args.stored_value_split or "", pb.STORED_VALUE_SPLIT_UNSPECIFIED
+            ),
+            expected_redemption_rate_ppm=args.expected_redemption_rate_ppm or 0,
+            request_id=request_id,
+        )
+    else:
+        request = pb.UpdateProgramRequest(
+            program_id=args.program, tiers=tiers, replace_tiers=bool(tiers), request_id=request_id
+        )
+        if args.name is not None:
+            request.display_name = args.name
+        if args.tier_window_days is not None:
+            request.tier_window_days = args.tier_window_days
+        if args.stored_value_split is not None:
+            request.stored_value_split = SPLITS[args.stored_value_split]
+        if args.expected_redemption_rate_ppm is not None:
+            request.expected_redemption_rate_ppm = args.expected_redemption_rate_ppm
+    if args.expiry:
+        request.expiry_policy.CopyFrom(_expiry(args.expiry))
+    return request
+
+
+def _tier(text: str) -> pb.Tier:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise ProgramArgumentError(f"--tier {text!r}: give CODE:NAME:THRESHOLD, e.g. GOLD:Gold:500")
+    return pb.Tier(code=parts[0], name=parts[1], threshold=int(parts[2]))
+
+
+def _expiry(text: str) -> pb.ExpiryPolicy:
+    kind, _, number = text.partition(":")
+    if kind not in EXPIRY_KINDS or (kind == "never") != (number == ""):
+        raise ProgramArgumentError(
+            f"--expiry {text!r}: give never, rolling-days:N or end-of-year-after-years:N"
+        )
+    if kind == "never":
+        return pb.ExpiryPolicy(kind=pb.EXPIRY_KIND_NEVER)
+    if not number.isdigit():
+        raise ProgramArgumentError(f"--expiry {text!r}: N must be a whole number")
+    if kind == "rolling-days":
+        return pb.ExpiryPolicy(kind=EXPIRY_KINDS[kind], days=int(number))
+    return pb.ExpiryPolicy(kind=EXPIRY_KINDS[kind], years=int(number))
+
+
+def _print(program: pb.Program, fmt: str) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    fields = MessageToDict(program, preserving_proto_field_name=True)
+    if fmt == "json":
+        print(json.dumps(fields, indent=2))
+        return
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        shown = value if isinstance(value, str) else json.dumps(value)
+        print(f"{key:<{width}}  {shown}")
+
+
+def invalid_lines(command: str, error: InvalidArgument) -> str:
+    """One line per bad field, as the API names them."""
+    return "\n".join(f"ledger {command}: {field}: {why}" for field, why in error.violations)
