@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate",
         help="apply pending schema migrations",
-        description="Apply the pending schema migrations (migrations/<backend>/) and stop.",
+        description="Apply the pending schema migrations (ledger/migrations/<backend>/) and stop.",
     )
     _database_arg(migrate)
 

@@ -268,13 +268,16 @@ def _wait_serving(target: str, process: subprocess.Popen[str], limit: float = 60
     pytest.fail(f"ledger serve never answered health: {last}")
 
 
-def _serve(target: str, url: str, *options: str) -> subprocess.Popen[str]:
+def _serve(
+    target: str, url: str, *options: str, ledger: str = LEDGER, cwd: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [LEDGER, "serve", "--listen", target, "--database", url, *options],
+        [ledger, "serve", "--listen", target, "--database", url, *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        cwd=cwd,
     )
 
 

@@ -55,7 +55,7 @@ def read_id(value: object) -> UUID:
 class Dialect(ABC):
     """One backend's differences. Two instances exist: SQLITE and POSTGRES."""
 
-    name: ClassVar[str]  # DatabaseConfig.kind, and the folder migrations/<name>/
+    name: ClassVar[str]  # DatabaseConfig.kind, and the folder ledger/migrations/<name>/
     events_table: ClassVar[str]  # the library's event store (application recorder)
     position_column: ClassVar[str]  # an event's position in the log (notification id)
     snapshots_table: ClassVar[str]  # the library's snapshot store

@@ -1,4 +1,4 @@
-"""Apply the numbered SQL files in migrations/<backend>/ in order, exactly once each.
+"""Apply the numbered SQL files in ledger/migrations/<backend>/ in order, exactly once each.
 
 Two servers starting together against one PostgreSQL must not race: the whole run holds a
 transaction-level advisory lock (SQLite: BEGIN IMMEDIATE, which serialises writers). An
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ledger.infrastructure.database import DatabaseConfig
 
+# Inside the package, so a wheel carries them (package data in pyproject.toml).
 MIGRATIONS_DIR = Path(
-    os.environ.get("TALLY_MIGRATIONS_DIR", Path(__file__).resolve().parents[2] / "migrations")
+    os.environ.get("TALLY_MIGRATIONS_DIR", Path(__file__).resolve().parents[1] / "migrations")
 )
 
 
