@@ -304,3 +304,131 @@ def test_every_account_write_goes_through_the_owning_writer(
     assert tally.sweeper.sweep_lots() == 0
 
     assert conflicts == []
+
+
+def test_a_caller_that_gave_up_does_not_stop_the_writer(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a cancelled RPC cancels its future; answering it raised InvalidStateError
+    in the writer thread, which ended it, and every later write failed."""
+    import threading
+
+    _setup(tally, ["a"])
+    app = tally.app
+    tally.writer.start()
+    gate = threading.Event()
+    real = app.execute_group
+
+    def slow_first(*args: Any, **kwargs: Any) -> Any:
+        gate.wait(timeout=30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app, "execute_group", slow_first)
+    busy = tally.writer.submit(earn("a", 1, "busy"))
+    abandoned = tally.writer.submit(earn("a", 10, "abandoned"))
+    abandoned_atomic = tally.writer.submit_atomic([earn("a", 100, "abandoned-atomic")])
+    assert abandoned.cancel()
+    assert abandoned_atomic.cancel()
+    gate.set()
+    busy.result(timeout=30)
+
+    after = tally.writer.submit(earn("a", 1000, "after")).result(timeout=30)
+    assert isinstance(after, Outcome)
+    assert after.account is not None
+    # The abandoned commands were decided and committed all the same: only their answers
+    # had nobody to go to (a retry with the same request_id gets them).
+    assert after.account.points_available == 1 + 10 + 100 + 1000
+    assert all(thread.is_alive() for thread in tally.writer.threads)
+
+
+def test_a_refusal_on_an_account_another_process_wrote_is_decided_again(tally: Tally) -> None:
+    """Regression: a refusal saves nothing, so no conflict showed that the writer's cached
+    account was stale (`--processes`): Redeem 50 was refused with 0 available while the
+    database had 100, until the account left the cache."""
+    _setup(tally, [])
+    other = Tally.from_url(tally.config.display, apply_migrations=False)
+    try:
+        mine, theirs = AccountCache(100), AccountCache(100)
+        enrolled = tally.app.execute_group(
+            [c.EnrollMember(program_id="p", member_id="a", request_id="ea")], mine
+        )
+        assert isinstance(enrolled[0], Outcome)
+        earned = other.app.execute_group([earn("a", 100, "e1")], theirs)[0]  # "another process"
+        assert isinstance(earned, Outcome)
+
+        redeemed = tally.app.execute_group([redeem("a", 50, "r1")], mine)[0]
+
+        assert isinstance(redeemed, Outcome), redeemed
+        assert redeemed.account is not None
+        assert redeemed.account.points_available == 50
+        assert tally.app.get_account("p", "a").available == 50
+    finally:
+        other.close()
+
+
+def test_one_account_that_cannot_be_loaded_fails_only_its_command(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a load that raised (say, an unreadable snapshot) failed every command
+    grouped with it."""
+    _setup(tally, ["a", "b", "c"])
+    app = tally.app
+    broken = app.get_account("p", "b").id
+    real = app.load_accounts
+
+    def load(account_ids: list[Any]) -> Any:
+        if broken in account_ids:
+            raise AttributeError("'MemberAccount' object has no attribute 'debt_of'")
+        return real(account_ids)
+
+    monkeypatch.setattr(app, "load_accounts", load)
+    results = app.execute_group([earn(m, 5, f"{m}-5") for m in "abc"], AccountCache(100))
+
+    assert [type(r).__name__ for r in results] == ["Outcome", "InternalFault", "Outcome"]
+    monkeypatch.setattr(app, "load_accounts", real)
+    assert [app.get_account("p", m).available for m in "abc"] == [5, 0, 5]
+
+
+def test_a_retry_behind_a_conflicting_copy_in_one_group_is_still_a_retry(tally: Tally) -> None:
+    """Regression: [Earn 99 under R1, Earn 10 under R1] with R1 recorded as Earn 10 answered
+    both IDEMPOTENCY_KEY_REUSED; the second is a retry of R1."""
+    _setup(tally, ["a"])
+    app = tally.app
+    first = app.execute_group([earn("a", 10, "R1")], AccountCache(100))[0]
+    assert isinstance(first, Outcome)
+
+    results = app.execute_group([earn("a", 99, "R1"), earn("a", 10, "R1")], AccountCache(100))
+
+    assert isinstance(results[0], errors.IdempotencyKeyReused)
+    assert isinstance(results[1], Outcome)
+    assert results[1].replayed
+    assert (results[1].transaction_id, results[1].position) == (
+        first.transaction_id,
+        first.position,
+    )
+
+
+def test_housekeeping_commands_read_their_accounts_together(
+    tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    _setup(tally, list("abcde"))
+    app = tally.app
+    loads: list[int] = []
+    real = app.load_accounts
+
+    def counted(account_ids: list[Any]) -> Any:
+        loads.append(len(account_ids))
+        return real(account_ids)
+
+    monkeypatch.setattr(app, "load_accounts", counted)
+    now = datetime.now(UTC)
+    app.execute_group(
+        [
+            c.ExpireLots(program_id="p", member_id=m, as_of=now, run_transaction_id="run")
+            for m in "abcde"
+        ],
+        AccountCache(100),
+    )
+    assert loads == [5]

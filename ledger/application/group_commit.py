@@ -23,7 +23,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -145,10 +145,12 @@ class GroupCommitWriter:
             thread.start()
 
     def stop(self) -> None:
-        """Finish what is queued, then stop."""
-        for q, thread in zip(self.queues, self.threads, strict=True):
-            if thread.is_alive():
-                q.put(_STOP)
+        """Finish what is queued, then stop. Under the rendezvous lock, so that an atomic
+        batch is queued before every writer's stop or after none."""
+        with self._rendezvous:
+            for q, thread in zip(self.queues, self.threads, strict=True):
+                if thread.is_alive():
+                    q.put(_STOP)
         for thread in self.threads:
             if thread.is_alive():
                 thread.join(timeout=10)
@@ -178,13 +180,13 @@ class GroupCommitWriter:
                 if combined.done():
                     return
                 if error is not None:
-                    combined.set_exception(error)
+                    _settle(combined, error=error)
                     return
                 for i, answer in zip(indices, part.result(), strict=True):
                     answers[i] = answer
                 remaining[0] -= 1
                 if remaining[0] == 0:
-                    combined.set_result([a for a in answers if a is not None])
+                    _settle(combined, [a for a in answers if a is not None])
 
         if not parts:
             combined.set_result([])
@@ -207,7 +209,7 @@ class GroupCommitWriter:
             try:
                 for partition in partitions:
                     self._put(partition, atomic)
-            except Overloaded:
+            except BaseException:
                 # Writers that have it queued must not wait for the ones that do not.
                 atomic.barrier.abort()
                 raise
@@ -272,10 +274,11 @@ class GroupCommitWriter:
                 }
                 try:
                     answers = self.app.execute_atomic(atomic.commands, _Caches(caches))
-                    atomic.future.set_result(answers)
                 except Exception as e:
                     log.exception("an atomic batch of %d commands failed", len(atomic.commands))
-                    atomic.future.set_exception(e)
+                    _settle(atomic.future, error=e)
+                else:
+                    _settle(atomic.future, answers)
         finally:
             if len(atomic.partitions) > 1:
                 atomic.barrier.wait()  # the others wait until it is done with their caches
@@ -287,15 +290,31 @@ class GroupCommitWriter:
         except Exception as e:
             log.exception("a group of %d commands failed", len(commands))
             for p in group:
-                p.future.set_exception(e)
+                _settle(p.future, error=e)
             return
         start = 0
         for p in group:
             answers = results[start : start + len(p.commands)]
             start += len(p.commands)
             if p.batch:
-                p.future.set_result(answers)
+                _settle(p.future, answers)
             elif isinstance(answers[0], errors.DomainError):
-                p.future.set_exception(answers[0])
+                _settle(p.future, error=answers[0])
             else:
-                p.future.set_result(answers[0])
+                _settle(p.future, answers[0])
+
+
+def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Answer a caller that may have gone: a cancelled RPC (its deadline passed) cancels
+    its future, and answering it then must not raise in, and so end, the writer thread. The
+    command itself is committed or not exactly as decided; only the answer has nobody to
+    go to."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled between the check and the answer
