@@ -369,3 +369,19 @@ def test_the_server_freezes_what_survives_out_of_the_collectors_way() -> None:
         assert asyncio.run(run_briefly()) >= len(survivors)
     finally:
         gc.unfreeze()
+
+
+def test_migration_0007_drops_the_snapshots_an_older_release_took(tmp_path: Path) -> None:
+    """Snapshots of the old state shape (no debt_of, the tier window keyed by occurred_at)
+    would restore broken accounts: the migration that ships the new shape drops them."""
+    config = parse_database_url(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(config)
+    with sqlite3.connect(config.sqlite_path) as conn:
+        conn.execute(
+            "INSERT INTO stored_snapshots VALUES"
+            " ('00', 200, 'ledger.domain.account:MemberAccount', x'7b7d')"
+        )
+        conn.execute("DELETE FROM schema_migrations WHERE version = 7")  # as before 0007
+    assert [m.version for m in migrate(config)] == [7]
+    with sqlite3.connect(config.sqlite_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM stored_snapshots").fetchone() == (0,)
