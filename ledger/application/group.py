@@ -18,6 +18,7 @@ raised) is handled by `LedgerApplication.execute_group`, which re-runs the group
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,12 +31,13 @@ from ledger.domain import errors
 from ledger.domain.account import MemberAccount
 from ledger.domain.ids import account_id_key
 from ledger.domain.program import Program
-from ledger.infrastructure.eventlog import existing_originators
+from ledger.infrastructure.eventlog import existing_originators, latest_versions
 from ledger.infrastructure.requests import RequestRecord
 
 if TYPE_CHECKING:
     from ledger.application.service import LedgerApplication
 
+log = logging.getLogger(__name__)
 Answer = Outcome | errors.DomainError
 T = TypeVar("T")
 
@@ -83,6 +85,7 @@ class CommandGroup:
             for x in cmds
         ]
         self.touched: dict[UUID, MemberAccount] = {}
+        self.from_cache: set[UUID] = set()  # accounts decided on as the writer had them
         self.records: list[RequestRecord] = []
         self.positions: dict[EventKey, int] = {}
 
@@ -105,17 +108,26 @@ class CommandGroup:
 
     def answer_known(self) -> None:
         first: dict[UUID, int] = {}
+        conflicting: list[_Slot] = []
         for i, slot in enumerate(self.slots):
             if slot.record_id is None:
                 continue
             if slot.record_id in first:
-                earlier = self.slots[first[slot.record_id]].cmd
-                if same_request(slot.cmd, earlier.name, earlier.fingerprint()):
+                earlier = self.slots[first[slot.record_id]]
+                if same_request(slot.cmd, earlier.cmd.name, earlier.cmd.fingerprint()):
                     slot.same_as = first[slot.record_id]
                 else:
                     slot.answer = reused(slot.cmd)
+                    conflicting += [earlier, slot]
                 continue
             first[slot.record_id] = i
+        if conflicting and not self.look_for_duplicates:
+            # One request_id, two payloads: if it was recorded before, the record says which
+            # of them is the retry (rare: a query per such command).
+            for slot in conflicting:
+                known = self.app.idempotency.recorded([slot.cmd]).get(slot.record_id)  # type: ignore[arg-type]
+                if known is not None:
+                    slot.answer, slot.same_as = known, None
         if self.look_for_duplicates:
             recorded = self.app.idempotency.recorded([s.cmd for s in self.pending()])
             for slot in self.pending():
@@ -125,11 +137,21 @@ class CommandGroup:
     def prefetch(self) -> None:
         cold = {
             s.account_id
-            for s in self.pending()
-            if not isinstance(s.cmd, c.EnrollMember) and s.account_id not in self.cache
+            for s in self.slots
+            if s.answer is None
+            and s.same_as is None
+            and not isinstance(s.cmd, c.EnrollMember)
+            and s.account_id not in self.cache
         }
         if len(cold) > 1:  # one account is read by get_account below, as cheaply
-            self.touched.update(self.app.load_accounts(list(cold)))
+            try:
+                self.touched.update(self.app.load_accounts(list(cold)))
+            except errors.DomainError:
+                raise
+            except Exception:
+                # One account that cannot be loaded must not fail the others: they load
+                # one by one, and only the command of the broken one fails (decide).
+                log.exception("reading %d accounts together failed; one by one", len(cold))
         enrolling = [s.account_id for s in self.pending() if isinstance(s.cmd, c.EnrollMember)]
         self.enrolled = existing_originators(self.app.database, enrolling) if enrolling else set()
 
@@ -150,7 +172,7 @@ class CommandGroup:
                     self._check_not_enrolled(slot)
                     outcome, account = self._guarded(slot, self._enroll, slot, programs)
                 else:
-                    account = self._account(slot)
+                    account = self._guarded(slot, self._account, slot)
                     version = account.version
                     program = programs[cmd.program_id]
                     outcome = self._guarded(
@@ -219,6 +241,7 @@ class CommandGroup:
             for slot in refused_before:
                 assert slot.record_id is not None
                 slot.answer = recorded.get(slot.record_id, slot.answer)
+        self._decide_stale_refusals_again()
         out: list[Answer] = []
         for slot in self.slots:
             if slot.same_as is not None:
@@ -230,6 +253,38 @@ class CommandGroup:
             else:
                 out.append(self._final(slot))
         return out
+
+    def _decide_stale_refusals_again(self) -> None:
+        """A refusal decided on a cached account that another process has written since
+        (`ledger serve --processes`) was decided on stale state: nothing was saved, so no
+        conflict showed it. Such accounts are read again and their refused commands decided
+        again (one query, only when a refusal was made on a cached account)."""
+        refused = [
+            s
+            for s in self.slots
+            if isinstance(s.answer, errors.DomainError) and s.account_id in self.from_cache
+        ]
+        if not refused:
+            return
+        latest = latest_versions(self.app.database, list({s.account_id for s in refused}))
+        stale = {
+            account_id
+            for account_id, version in latest.items()
+            if (known := self.cache.get(account_id)) is not None and version > known.version
+        }
+        again = [s for s in refused if s.account_id in stale]
+        if not again:
+            return
+        for account_id in stale:
+            self.cache.pop(account_id, None)
+        answers = self.app.execute_group(
+            [s.cmd for s in again],
+            self.cache,
+            look_for_duplicates=True,
+            at_occurred=self.at_occurred,
+        )
+        for slot, answer in zip(again, answers, strict=True):
+            slot.answer, slot.event = answer, None
 
     # ------------------------------------------------------------------ helpers
 
@@ -250,6 +305,8 @@ class CommandGroup:
         account = self.touched.get(slot.account_id)
         if account is None:
             account = self.cache.get(slot.account_id)
+            if account is not None:
+                self.from_cache.add(slot.account_id)
         if account is None:
             account = self.app.get_account(slot.cmd.program_id, slot.cmd.member_id)
         self.touched[slot.account_id] = account

@@ -117,20 +117,57 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
         `at_occurred` (imports of history): each command is decided as of its occurred_at
         when that is in the past, so expiry and holds are judged as they stood then.
         """
-        group = CommandGroup(self, cmds, cache, atomic, look_for_duplicates, at_occurred)
-        try:
-            return group.run()
-        except IntegrityError:
-            group.forget()
-            if atomic:
-                raise  # execute_atomic starts the whole group again
-            return self._after_conflict(cmds, cache, look_for_duplicates, at_occurred, attempt)
-        except CommandCrashed as crash:
-            group.forget()
-            return self._without(crash, cmds, cache, atomic, at_occurred)
-        except BaseException:
-            group.forget()
-            raise
+        failed: dict[int, errors.InternalFault] = {}  # commands whose own code raised
+        while True:
+            kept = [i for i in range(len(cmds)) if i not in failed]
+            group = CommandGroup(
+                self, [cmds[i] for i in kept], cache, atomic, look_for_duplicates, at_occurred
+            )
+            try:
+                answers = group.run()
+            except IntegrityError:
+                group.forget()
+                if atomic:
+                    raise  # execute_atomic starts the whole group again
+                answers = self._after_conflict(
+                    [cmds[i] for i in kept], cache, look_for_duplicates, at_occurred, attempt
+                )
+            except CommandCrashed as crash:
+                # Again without it (a loop, not a recursion: a whole group may fail so).
+                group.forget()
+                index = kept[crash.index]
+                failed[index] = self._fault(cmds[index], crash.error)
+                if atomic:
+                    return [
+                        failed.get(i)
+                        or errors.AtomicBatchAborted(
+                            "not applied: another command of this atomic batch failed"
+                        )
+                        for i in range(len(cmds))
+                    ]
+                continue
+            except BaseException:
+                group.forget()
+                raise
+            merged: list[Answer] = []
+            answered = iter(answers)
+            for i in range(len(cmds)):
+                merged.append(failed[i] if i in failed else next(answered))
+            return merged
+
+    @staticmethod
+    def _fault(cmd: c.AccountCommand, error: BaseException) -> errors.InternalFault:
+        log.error(
+            "%s %s for member %s of program %s failed; the rest of its group goes on",
+            cmd.name,
+            cmd.request_id or "(housekeeping)",
+            cmd.member_id,
+            cmd.program_id,
+            exc_info=error,
+        )
+        return errors.InternalFault(
+            f"the server could not apply this {cmd.name} command; it was not applied"
+        )
 
     def _after_conflict(
         self,
@@ -154,40 +191,6 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
             return [errors.WriteConflict("the command kept conflicting with concurrent writers")]
         backoff()
         return self.execute_group(cmds, cache, False, True, at_occurred, attempt + 1)
-
-    def _without(
-        self,
-        crash: CommandCrashed,
-        cmds: Sequence[c.AccountCommand],
-        cache: MutableMapping[UUID, MemberAccount],
-        atomic: bool,
-        at_occurred: bool,
-    ) -> list[Answer]:
-        cmd = cmds[crash.index]
-        log.error(
-            "%s %s for member %s of program %s failed; the rest of its group goes on",
-            cmd.name,
-            cmd.request_id or "(housekeeping)",
-            cmd.member_id,
-            cmd.program_id,
-            exc_info=crash.error,
-        )
-        failed = errors.InternalFault(
-            f"the server could not apply this {cmd.name} command; it was not applied"
-        )
-        if atomic:
-            return [
-                failed
-                if i == crash.index
-                else errors.AtomicBatchAborted(
-                    "not applied: another command of this atomic batch failed"
-                )
-                for i in range(len(cmds))
-            ]
-        rest = [x for i, x in enumerate(cmds) if i != crash.index]
-        answers = self.execute_group(rest, cache, at_occurred=at_occurred) if rest else []
-        answers.insert(crash.index, failed)
-        return answers
 
     def execute_atomic(
         self,

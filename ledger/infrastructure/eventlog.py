@@ -14,6 +14,7 @@ __all__ = [
     "events_table",
     "existing_ids",
     "existing_originators",
+    "latest_versions",
     "read_id",
     "stored_events_of",
     "stored_id",
@@ -54,6 +55,22 @@ def event_at(db: Database, position: int) -> tuple[UUID, int] | None:
         cur.execute(sql, (position,))
         row = cur.fetchone()
     return (dialect.read_id(row[0]), int(row[1])) if row else None
+
+
+def latest_versions(db: Database, originator_ids: list[UUID]) -> dict[UUID, int]:
+    """The newest stored version of each of these aggregates (absent: none stored)."""
+    if not originator_ids:
+        return {}
+    dialect = db.dialect
+    marks = dialect.placeholders(len(originator_ids))
+    sql = (
+        f"SELECT originator_id, MAX(originator_version) FROM {dialect.events_table}"
+        f" WHERE originator_id IN ({marks}) GROUP BY originator_id"
+    )
+    with db.read() as cur:
+        cur.execute(sql, [dialect.stored_id(i) for i in originator_ids])
+        rows = cur.fetchall()
+    return {dialect.read_id(r[0]): int(r[1]) for r in rows}
 
 
 def existing_originators(db: Database, originator_ids: list[UUID]) -> set[UUID]:
