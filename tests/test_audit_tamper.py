@@ -1,12 +1,15 @@
 """Tampering made directly in the database is found, with the right position, on both
 backends: a byte altered, an event deleted from the middle of an account, an account's newest
 event deleted (only a checkpoint can see that), two events swapped, an undecodable event, a
-forged checkpoint. The append-only triggers are bypassed here as an attacker with database
-access would. `ledger audit verify` exits non-zero on findings; `ledger audit replay` finds a
-corrupted read-model row."""
+value rewritten as another type (TEXT for a BLOB on SQLite, an altered column on PostgreSQL:
+a finding, never a crash, in `verify`, `export` and `replay`), a forged checkpoint. The
+append-only triggers are bypassed here as an attacker with database access would. `ledger
+audit verify` exits non-zero on findings; `ledger audit replay` finds a corrupted read-model
+row."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.application import commands as c
-from ledger.audit.checkpoints import raw, write_checkpoint
+from ledger.audit.checkpoints import load_checkpoints, raw, write_checkpoint
 from ledger.audit.replay import replay
 from ledger.audit.verify import (
     ALTERED,
@@ -324,3 +327,168 @@ def test_a_fresh_process_links_to_events_written_by_another(ledger: Ledger) -> N
     report = verify(ledger.tally.database)
     assert report.ok, report.findings
     assert ledger.rows("ann")[-1][1] == 7  # enrolled, 5 earns, this one
+
+
+# ---------------------------------------------------------------------- values of the wrong type
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LEDGER, *args], capture_output=True, text=True, check=False)
+
+
+def _no_crash(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) <= 3, done.stderr
+
+
+# (SQL on SQLite, SQL on PostgreSQL or None) rewriting one value, or on PostgreSQL a column,
+# as another type: the bytes may even be the same, but the library cannot read them back.
+RETYPED: dict[str, tuple[str | None, str | None]] = {
+    "state as TEXT": (
+        "UPDATE stored_events SET state = CAST(state AS TEXT) WHERE rowid = %s",
+        "ALTER TABLE ledger_events ALTER COLUMN state TYPE text USING convert_from(state, 'UTF8')",
+    ),
+    "state as TEXT that is not UTF-8": (
+        "UPDATE stored_events SET state = CAST(X'ff7b7d' AS TEXT) WHERE rowid = %s",
+        None,
+    ),
+    "hash as TEXT": (
+        "UPDATE stored_events SET hash = CAST(hash AS TEXT) WHERE rowid = %s",
+        "ALTER TABLE ledger_events ALTER COLUMN hash TYPE text USING encode(hash, 'hex')",
+    ),
+    "version as TEXT": (
+        "UPDATE stored_events SET originator_version = 'two' WHERE rowid = %s",
+        None,
+    ),
+    "state as JSONB": (
+        None,
+        "ALTER TABLE ledger_events ALTER COLUMN state TYPE jsonb"
+        " USING convert_from(state, 'UTF8')::jsonb",
+    ),
+    "topic as a BLOB": (
+        "UPDATE stored_events SET topic = CAST(topic AS BLOB) WHERE rowid = %s",
+        "ALTER TABLE ledger_events ALTER COLUMN topic TYPE bytea USING convert_to(topic, 'UTF8')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RETYPED))
+def test_a_value_rewritten_as_another_type_is_a_finding_not_a_crash(
+    ledger: Ledger, case: str
+) -> None:
+    sqlite_sql, postgres_sql = RETYPED[case]
+    position, _ = ledger.rows("bob")[2]
+    if ledger.kind == "sqlite" and sqlite_sql is not None:
+        ledger.tamper((sqlite_sql, (position,)))
+        first = position
+    elif ledger.kind == "sqlite" or postgres_sql is None:
+        pytest.skip("PostgreSQL types every value of a column; SQLite has no JSONB")
+    else:
+        ledger.tamper((postgres_sql, ()))  # every row's value, so the first event is first
+        first = 1
+
+    report = verify(ledger.tally.database)
+    assert first in _only(report, UNDECODABLE), report.findings
+    assert report.first_bad_position == first
+
+    done = _run("audit", "verify", "--database", ledger.url)
+    _no_crash(done)
+    assert f"position {first}: {UNDECODABLE}" in done.stdout
+    assert f"first bad position {first}" in done.stdout
+
+    exported = _run("export", "events", "--database", ledger.url)
+    _no_crash(exported)
+    assert f"position {first}" in exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(lines) == 20  # every event is exported, the bad one too
+    bad = next(e for e in lines if e["position"] == first)
+    assert bad["problem"]
+
+    # A checkpoint over the damaged log can still be written (the verifier reports the rest).
+    made = _run("audit", "checkpoint", "--database", ledger.url)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert made.stdout.startswith("checkpoint 2 at position 20")
+
+
+def test_a_checkpoint_digest_rewritten_as_another_type_is_a_finding_not_a_crash(
+    ledger: Ledger,
+) -> None:
+    (checkpoint,) = load_checkpoints(ledger.tally.database)
+    at = checkpoint.position
+    with ledger.tally.database.transaction() as cur:
+        ledger.unprotect_checkpoints(cur)
+        if ledger.kind == "sqlite":
+            cur.execute("UPDATE checkpoints SET digest = CAST(digest AS TEXT)")
+        else:
+            cur.execute(
+                "ALTER TABLE ledger_checkpoints ALTER COLUMN digest TYPE text"
+                " USING encode(digest, 'hex')"
+            )
+
+    report = verify(ledger.tally.database)
+    assert at in _only(report, CHECKPOINT), report.findings
+    assert any("digest is stored as text" in f.detail for f in report.findings)
+
+    done = _run("audit", "verify", "--database", ledger.url)
+    _no_crash(done)
+    assert f"position {at}: {CHECKPOINT}" in done.stdout
+
+
+def test_an_undecodable_event_is_exported_and_reported(ledger: Ledger) -> None:
+    position, _ = ledger.rows("ann")[1]
+    table, column = _table(ledger.kind)
+    ledger.tamper(
+        (f"UPDATE {table} SET state = %s WHERE {column} = %s", (b"\xff{not json", position))
+    )
+
+    exported = _run("export", "events", "--database", ledger.url)
+
+    _no_crash(exported)
+    assert f"position {position}" in exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [e["position"] for e in lines] == sorted(e["position"] for e in lines)
+    bad = next(e for e in lines if e["position"] == position)
+    assert bad["payload"] is None
+    assert "JSON" in bad["problem"]
+    assert all("problem" not in e for e in lines if e["position"] != position)
+
+
+def test_replay_of_a_log_with_an_undecodable_event_fails_in_one_line(ledger: Ledger) -> None:
+    ledger.tally.start(sweep=False)
+    ledger.tally.points.wait_for(ledger.tally.app.recorder.max_notification_id() or 0, 30)
+    ledger.tally.points.stop()
+    position, _ = ledger.rows("bob")[2]
+    if ledger.kind == "sqlite":
+        update = "UPDATE stored_events SET state = CAST(state AS TEXT) WHERE rowid = %s"
+        ledger.tamper((update, (position,)))
+    else:
+        ledger.tamper(
+            (
+                "ALTER TABLE ledger_events ALTER COLUMN state TYPE text"
+                " USING convert_from(state, 'UTF8')",
+                (),
+            )
+        )
+
+    done = _run("audit", "replay", "--database", ledger.url)
+
+    _no_crash(done)
+    first = position if ledger.kind == "sqlite" else 1
+    assert f"UNDECODABLE at position {first}: " in done.stderr
+    assert "its state is stored as text" in done.stderr
+
+
+def test_replay_of_a_log_with_a_state_that_is_not_json_fails_in_one_line(ledger: Ledger) -> None:
+    ledger.tally.start(sweep=False)
+    ledger.tally.points.wait_for(ledger.tally.app.recorder.max_notification_id() or 0, 30)
+    ledger.tally.points.stop()
+    position, _ = ledger.rows("ann")[1]
+    table, column = _table(ledger.kind)
+    ledger.tamper((f"UPDATE {table} SET state = %s WHERE {column} = %s", (b"{not json", position)))
+
+    done = _run("audit", "replay", "--database", ledger.url)
+
+    _no_crash(done)
+    assert "UNDECODABLE" in done.stderr
+    assert str(account_id_key("p", "ann")) in done.stderr  # the library's message names it

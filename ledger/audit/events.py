@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from ledger.audit.verify import Row, account_rows, read_rows
+from ledger.audit.verify import Row, account_rows, decode_state, first_row, read_rows
 from ledger.domain.ids import account_id_key
 from ledger.infrastructure.database import Database
 
@@ -30,12 +30,21 @@ class AuditEvent:
     payload_json: str  # the stored state, exactly
     hash: str  # hex
     prev_hash: str  # hex
+    # Why the stored row cannot be read as Tally wrote it ("" for a sound one): the
+    # verifier's UNDECODABLE. Its payload is then null unless the state is still JSON.
+    problem: str = ""
 
     def to_json(self) -> str:
         data = asdict(self)
         for key in ("occurred_at", "recorded_at"):
             data[key] = data[key].isoformat() if data[key] else None
-        data["payload"] = json.loads(data.pop("payload_json") or "null")
+        text = data.pop("payload_json")
+        try:
+            data["payload"] = json.loads(text) if text else None
+        except (ValueError, RecursionError):
+            data["payload"] = None
+        if not data["problem"]:
+            del data["problem"]
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -76,24 +85,20 @@ class EventReader:
 
     def record(self, row: Row) -> AuditEvent:
         text = row.state.decode("utf-8", errors="replace")
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = {}
-        if not isinstance(payload, dict):
-            payload = {}
-        if row.version == 1:
+        decoded, problems = decode_state(row)
+        payload = decoded or {}
+        oid = row.originator_id
+        if oid is not None and row.version == 1:
             self._remember(
-                row.originator_id,
-                str(payload.get("program_id", "")),
-                str(payload.get("member_id", "")),
+                oid, str(payload.get("program_id", "")), str(payload.get("member_id", ""))
             )
-        program_id, member_id = self._name(row.originator_id)
-        provenance = _unwrap(payload.get("provenance")) or {}
+        program_id, member_id = self._name(oid) if oid is not None else ("", "")
+        provenance = _unwrap(payload.get("provenance"))
+        provenance = provenance if isinstance(provenance, dict) else {}
         transaction_id = provenance.get("transaction_id") or payload.get("transaction_id", "")
         return AuditEvent(
             position=row.position,
-            aggregate_id=str(row.originator_id),
+            aggregate_id=str(oid) if oid is not None else "",
             version=row.version,
             program_id=program_id,
             member_id=member_id,
@@ -104,6 +109,7 @@ class EventReader:
             payload_json=text,
             hash=row.hash.hex() if row.hash else "",
             prev_hash=row.prev_hash.hex() if row.prev_hash else "",
+            problem="; ".join(problems),
         )
 
     def _remember(self, oid: UUID, program_id: str, member_id: str) -> None:
@@ -115,19 +121,8 @@ class EventReader:
     def _name(self, oid: UUID) -> tuple[str, str]:
         names = self._names.get(oid)
         if names is None:
-            dialect = self.db.dialect
-            with self.db.read() as cur:
-                cur.execute(
-                    f"SELECT state FROM {dialect.events_table}"
-                    " WHERE originator_id = ? AND originator_version = 1",
-                    (dialect.stored_id(oid),),
-                )
-                found = cur.fetchone()
-            try:
-                first = json.loads(bytes(found[0])) if found else {}
-            except ValueError:
-                first = {}
-            first = first if isinstance(first, dict) else {}
-            names = (str(first.get("program_id", "")), str(first.get("member_id", "")))
+            first = first_row(self.db, oid)
+            payload = (decode_state(first)[0] if first else None) or {}
+            names = (str(payload.get("program_id", "")), str(payload.get("member_id", "")))
             self._remember(oid, *names)
         return names

@@ -11,21 +11,30 @@ position where they are seen; an event that cannot be read or decoded is a findi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from ledger.audit.checkpoints import Checkpoint, checkpoint_digest, load_checkpoints, signature_ok
+from ledger.audit.checkpoints import (
+    Checkpoint,
+    Column,
+    StoredColumns,
+    checkpoint_digest,
+    load_checkpoints,
+    signature_ok,
+)
+from ledger.domain.ids import program_id_key
 from ledger.infrastructure.chain import GENESIS, event_hash
 from ledger.infrastructure.database import Database
-from ledger.infrastructure.dialect import read_id
 
 ALTERED = "ALTERED"  # the stored bytes do not give the stored hash
 BROKEN_LINK = "BROKEN_LINK"  # prev_hash is not the hash of the account's previous event
 MISSING = "MISSING"  # versions skip, or a checkpoint names an event that is not there
 REORDERED = "REORDERED"  # an account's versions out of position order
-UNDECODABLE = "UNDECODABLE"  # the stored state is not the JSON of an event
+# The stored state is not the JSON of an event, or a value of the row is of another type than
+# Tally writes (TEXT for a BLOB, say: the library could not read it back).
+UNDECODABLE = "UNDECODABLE"
 UNCHAINED = "UNCHAINED"  # no hash stored (written around the recorder)
 CHECKPOINT = "CHECKPOINT"  # a checkpoint does not match the log
 BAD_SIGNATURE = "BAD_SIGNATURE"
@@ -65,64 +74,127 @@ class VerifyReport:
         return f"{first.kind} at position {first.position}: {first.detail}{more}"
 
 
+_EVENT_COLUMNS = (
+    Column("originator_id", "id"),
+    Column("originator_version", "int"),
+    Column("topic", "text"),
+    Column("state", "bytes"),
+    Column("prev_hash", "bytes", nullable=True),
+    Column("hash", "bytes", nullable=True),
+)
+
+
 @dataclass(frozen=True)
 class Row:
+    """One stored event as it is, even rewritten: `problems` says what cannot be read (a
+    value of another type than Tally writes, an id that is not a UUID, a version that is not
+    1, 2, 3...); without an id or a version (None, 0) it belongs to no account."""
+
     position: int
-    originator_id: UUID
+    originator_id: UUID | None
     version: int
     topic: str
     state: bytes
     prev_hash: bytes | None
     hash: bytes | None
+    problems: tuple[str, ...] = ()
 
-    @classmethod
-    def of(cls, r: Any) -> Row:
-        """From a row of `_select(db)`."""
-        return cls(
+    @property
+    def name(self) -> str:
+        if self.originator_id is None or self.version < 1:
+            return f"the event at position {self.position}"
+        return f"{self.originator_id} v{self.version}"
+
+
+class _Events:
+    """How this backend's events table is read: every column as stored (checkpoints.py)."""
+
+    def __init__(self, db: Database) -> None:
+        self.table, self.position = db.dialect.events_table, db.dialect.position_column
+        self.columns = StoredColumns(db.dialect, _EVENT_COLUMNS)
+        self.select = f"SELECT {self.position}, {self.columns.sql} FROM {self.table}"
+
+    def row(self, r: Sequence[Any]) -> Row:
+        (oid, version, topic, state, prev_hash, digest), problems = self.columns.decode(r[1:])
+        if version is not None and version < 1:
+            problems.append(f"its version {version} is not 1, 2, 3...")
+            version = 0
+        return Row(
             int(r[0]),
-            read_id(r[1]),
-            int(r[2]),
-            str(r[3]),
-            bytes(r[4]) if r[4] is not None else b"",
-            bytes(r[5]) if r[5] is not None else None,
-            bytes(r[6]) if r[6] is not None else None,
+            oid,
+            version or 0,
+            topic or "",
+            state if state is not None else b"",
+            prev_hash,
+            digest,
+            tuple(problems),
         )
-
-
-def _select(db: Database) -> tuple[str, str]:
-    """(SELECT ... FROM the events table, its position column)."""
-    table, position = db.dialect.events_table, db.dialect.position_column
-    return (
-        f"SELECT {position}, originator_id, originator_version, topic, state, prev_hash, hash"
-        f" FROM {table}",
-        position,
-    )
 
 
 def read_rows(db: Database, after: int = 0, batch: int = 5000) -> Iterator[Row]:
     """The stored events, raw, in position order."""
-    select, position = _select(db)
+    events = _Events(db)
     while True:
         with db.read() as cur:
             cur.execute(
-                f"{select} WHERE {position} > ? ORDER BY {position} LIMIT ?", (after, batch)
+                f"{events.select} WHERE {events.position} > ? ORDER BY {events.position} LIMIT ?",
+                (after, batch),
             )
             rows = cur.fetchall()
         if not rows:
             return
-        yield from (Row.of(r) for r in rows)
+        yield from (events.row(r) for r in rows)
         after = int(rows[-1][0])
 
 
 def account_rows(db: Database, originator_id: UUID) -> list[Row]:
     """One aggregate's stored events, raw, in version order."""
-    select, _ = _select(db)
+    events = _Events(db)
     with db.read() as cur:
         cur.execute(
-            f"{select} WHERE originator_id = ? ORDER BY originator_version",
+            f"{events.select} WHERE originator_id = ? ORDER BY originator_version",
             (db.dialect.stored_id(originator_id),),
         )
-        return [Row.of(r) for r in cur.fetchall()]
+        return [events.row(r) for r in cur.fetchall()]
+
+
+def first_row(db: Database, originator_id: UUID) -> Row | None:
+    """An aggregate's first stored event (version 1), raw."""
+    events = _Events(db)
+    with db.read() as cur:
+        cur.execute(
+            f"{events.select} WHERE originator_id = ? AND originator_version = 1",
+            (db.dialect.stored_id(originator_id),),
+        )
+        found = cur.fetchone()
+    return events.row(found) if found else None
+
+
+def program_exists(db: Database, program_id: str) -> bool:
+    """Whether the log holds any event of this program's aggregate (its ProgramCreated, and
+    any update): asked by id alone, so a tampered event still counts for the verifier."""
+    dialect = db.dialect
+    with db.read() as cur:
+        cur.execute(
+            f"SELECT 1 FROM {dialect.events_table} WHERE originator_id = ? LIMIT 1",
+            (dialect.stored_id(program_id_key(program_id)),),
+        )
+        return cur.fetchone() is not None
+
+
+def decode_state(row: Row) -> tuple[dict[str, Any] | None, list[str]]:
+    """An event's content, if its state is a JSON object, and everything that is wrong with
+    the row (an empty list for a sound one)."""
+    problems = list(row.problems)
+    try:
+        payload = json.loads(row.state)
+    except (ValueError, RecursionError) as e:
+        problems.append(f"its state is not JSON ({e})")
+        return None, problems
+    if not isinstance(payload, dict):
+        problems.append("its state is not a JSON object")
+        return None, problems
+    return payload, problems
 
 
 @dataclass
@@ -169,22 +241,21 @@ class Verifier:
         self.report.findings.append(Finding(position or (row.position if row else 0), kind, detail))
 
     def _check_event(self, row: Row) -> None:
+        payload, problems = decode_state(row)
+        if problems:
+            self._find(row, UNDECODABLE, f"{row.name}: {'; '.join(problems)}")
+        if row.originator_id is None or row.version < 1:
+            self.report.events_checked += 1  # of no account, so of no program: shown to all
+            return
         known = self.accounts.get(row.originator_id)
         program_id = known.program_id if known else None
-        payload = None
-        try:
-            payload = json.loads(row.state)
-            if not isinstance(payload, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            self._find(row, UNDECODABLE, f"{row.originator_id} v{row.version}: {e}")
-        if row.version == 1 and isinstance(payload, dict):
+        if row.version == 1 and payload is not None:
             program_id = str(payload.get("program_id", "")) or None
         if not self._selected(program_id):
-            self._advance(row, program_id)
+            self._advance(row, row.originator_id, program_id)
             return
         self.report.events_checked += 1
-        name = f"{row.originator_id} v{row.version}"
+        name = row.name
         expected_version = known.version + 1 if known else 1
         if row.version < expected_version:
             self._find(row, REORDERED, f"{name} stored after v{known.version if known else 0}")
@@ -207,15 +278,13 @@ class Verifier:
                 self._find(
                     row, BROKEN_LINK, f"{name}: prev_hash is not the hash of v{row.version - 1}"
                 )
-        self._advance(row, program_id)
+        self._advance(row, row.originator_id, program_id)
 
-    def _advance(self, row: Row, program_id: str | None) -> None:
-        known = self.accounts.get(row.originator_id)
+    def _advance(self, row: Row, oid: UUID, program_id: str | None) -> None:
+        known = self.accounts.get(oid)
         if known is None or row.version > known.version:
-            self.accounts[row.originator_id] = _Account(
-                row.version, row.hash or b"", row.position, program_id
-            )
-        self.changed.add(row.originator_id)
+            self.accounts[oid] = _Account(row.version, row.hash or b"", row.position, program_id)
+        self.changed.add(oid)
 
     def _check_checkpoint(
         self, checkpoint: Checkpoint, previous: Checkpoint | None, count: int
@@ -223,6 +292,8 @@ class Verifier:
         self.report.checkpoints_checked += 1
         cid, at = checkpoint.checkpoint_id, checkpoint.position
         where = f"checkpoint {cid} (position {at})"
+        if checkpoint.problems:
+            self._find(None, CHECKPOINT, f"{where}: {'; '.join(checkpoint.problems)}", at)
         prev_digest = previous.digest if previous else GENESIS
         expected_id = previous.checkpoint_id + 1 if previous else 1
         if cid != expected_id or checkpoint.prev_digest != prev_digest:
