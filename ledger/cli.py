@@ -216,6 +216,7 @@ def _operator_error(error: Exception) -> str | None:
     keeps its traceback."""
     from ledger.api.errors import InvalidArgument
     from ledger.api.server import ListenAddressError, ProcessesNeedPostgres
+    from ledger.audit.checkpoints import KeyFileError
     from ledger.domain.errors import DomainError
     from ledger.infrastructure.database import DatabaseUnavailable, DatabaseUrlError
     from ledger.infrastructure.migrations import MigrationError
@@ -234,6 +235,7 @@ def _operator_error(error: Exception) -> str | None:
         DatabaseInUse,
         MigrationError,
         ProgramArgumentError,
+        KeyFileError,
     )
     return str(error) if isinstance(error, known) else None
 
