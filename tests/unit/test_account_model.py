@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ledger.application.transcodings import account_transcodings
-from ledger.domain import errors
+from ledger.domain import errors, journal
 from ledger.domain.account import MemberAccount
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
 
@@ -528,6 +528,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.mapper = make_mapper()
         self.stored: list[StoredEvent] = []
         self.totals = Totals()
+        self.journal: dict[tuple[str, str], int] = {}  # (ledger account, unit) -> balance
         self.replayed: MemberAccount | None = None
         self.account = MemberAccount(
             program_id="prog",
@@ -558,6 +559,12 @@ class AccountMachine(RuleBasedStateMachine):
             new.append(self.mapper.to_domain_event(stored))
         for decoded in new:
             self.totals.add(decoded)
+            entries = journal.postings(decoded, "member")
+            assert type(decoded) in journal.NO_POSTINGS or entries, type(decoded)
+            assert sum(p.amount for p in entries) == 0, entries  # each event balances
+            for p in entries:
+                key = (p.ledger_account, p.unit)
+                self.journal[key] = self.journal.get(key, 0) + p.amount
         self.replayed = project_aggregate(self.replayed, new)
 
     def expires_at(self, expiry: Expiry) -> datetime | None:
@@ -944,6 +951,17 @@ class AccountMachine(RuleBasedStateMachine):
             - t.earn_reversed_clawed
             + t.redemption_reversed
         )
+
+    @invariant()
+    def the_journal_agrees_with_the_account(self) -> None:
+        """Double entry: the postings of all events sum to zero, and the member's ledger
+        accounts hold exactly what the account says."""
+        a = self.account
+        assert sum(self.journal.values()) == 0
+        balance = self.journal.get
+        assert balance((journal.member_points("member"), journal.POINTS), 0) == a.available
+        assert balance((journal.member_points_held("member"), journal.POINTS), 0) == a.held
+        assert balance((journal.member_points_debt("member"), journal.POINTS), 0) == -a.debt
 
     @invariant()
     def rebuilt_from_events(self) -> None:
