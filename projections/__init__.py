@@ -7,7 +7,8 @@ waits for the ones it reads. A new read model is one projection class added here
 
 from __future__ import annotations
 
+from projections.journal import JournalProjection
 from projections.points import PointsProjection
 from projections.runner import Projection
 
-REGISTERED: tuple[type[Projection], ...] = (PointsProjection,)
+REGISTERED: tuple[type[Projection], ...] = (PointsProjection, JournalProjection)

@@ -189,6 +189,8 @@ class PointsProjection:
         "rm_holds": ("program_id", "member_id", "hold_id"),
     }
 
+    handled: ClassVar[frozenset[type]]  # set below, from the handlers registered
+
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
 
@@ -540,3 +542,8 @@ def _columns(cls: type) -> str:
 
 def _sum(allocation: dict[str, int]) -> int:
     return sum(allocation.values())
+
+
+# Every event type the points read models handle (the test that each event of the log has
+# a handler in every projection reads it).
+PointsProjection.handled = frozenset(vars(PointsProjection)["apply"].dispatcher.registry) - {object}

@@ -38,6 +38,7 @@ class Projection(Protocol):
 
     name: ClassVar[str]
     tables: ClassVar[dict[str, tuple[str, ...]]]
+    handled: ClassVar[frozenset[type]]  # every event type it has a rule for
 
     def __init__(self, dialect: Dialect) -> None: ...
 

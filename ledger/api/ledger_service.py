@@ -73,6 +73,34 @@ async def abort_for(
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
 
 
+def processed(tally: Tally, reads: tuple[str, ...]) -> int:
+    """The log position every read model in `reads` has processed."""
+    return min(tally.projections[name].position for name in reads)
+
+
+async def reached(
+    tally: Tally, position: int, context: grpc.aio.ServicerContext, reads: tuple[str, ...]
+) -> None:
+    """Read-your-writes (`min_position`): wait until the read models a query reads have
+    processed `position`, within the call's deadline (30 s at most)."""
+    if processed(tally, reads) >= position:
+        return
+    remaining = context.time_remaining()
+    budget = MAX_WAIT_SECONDS if remaining is None else min(remaining, MAX_WAIT_SECONDS)
+    deadline = asyncio.get_running_loop().time() + budget
+    for name in reads:
+        tally.projections[name].wake()
+    while (at := processed(tally, reads)) < position:
+        if asyncio.get_running_loop().time() >= deadline:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED
+                if remaining is not None
+                else grpc.StatusCode.UNAVAILABLE,
+                f"projections are at position {at}, not yet {position}",
+            )
+        await asyncio.sleep(0.002)
+
+
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         self.tally = tally
@@ -92,30 +120,12 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         return await loop.run_in_executor(self.executor, fn, *args)
 
     def _position(self, reads: tuple[str, ...]) -> int:
-        """The log position every read model in `reads` has processed."""
-        return min(self.tally.projections[name].position for name in reads)
+        return processed(self.tally, reads)
 
     async def _reached(
         self, position: int, context: grpc.aio.ServicerContext, reads: tuple[str, ...] = READS
     ) -> None:
-        """Read-your-writes: wait until the read models the query reads processed
-        `position`."""
-        if self._position(reads) >= position:
-            return
-        remaining = context.time_remaining()
-        budget = MAX_WAIT_SECONDS if remaining is None else min(remaining, MAX_WAIT_SECONDS)
-        deadline = asyncio.get_running_loop().time() + budget
-        for name in reads:
-            self.tally.projections[name].wake()
-        while (reached := self._position(reads)) < position:
-            if asyncio.get_running_loop().time() >= deadline:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED
-                    if remaining is not None
-                    else grpc.StatusCode.UNAVAILABLE,
-                    f"projections are at position {reached}, not yet {position}",
-                )
-            await asyncio.sleep(0.002)
+        await reached(self.tally, position, context, reads)
 
     # ------------------------------------------------------------------ programs
 

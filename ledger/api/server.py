@@ -22,16 +22,25 @@ from grpc_reflection.v1alpha import reflection
 
 from ledger.api.audit_service import AuditServicer
 from ledger.api.ledger_service import LedgerServicer
+from ledger.api.report_service import ReportServicer
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
 from ledger.runtime import Tally
-from ledger.v1 import audit_pb2, audit_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from ledger.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    report_pb2,
+    report_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 FREEZE_INTERVAL_SECONDS = 10.0
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
 )
 
 
@@ -128,6 +137,7 @@ async def start_server(
     servicer = LedgerServicer(tally, executor)  # type: ignore[abstract]
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
+    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(tally, executor), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):

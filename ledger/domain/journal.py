@@ -53,12 +53,19 @@ POINTS_EXPIRED = "program:points_expired"
 POINTS_ADJUSTED = "program:points_adjusted"
 
 
+class NoPostingRule(TypeError):
+    """An event type the journal has no rule for: refused, never skipped (a skipped event
+    would be a journal that silently disagrees with the log)."""
+
+
 def postings(event: Any, member_id: str) -> list[Posting]:
-    """The balanced postings of one account event (none for an enrolment or a program's
-    events). `member_id`: the account's member (the event itself names only the account)."""
+    """The balanced postings of one event (none for an enrolment or a program's events).
+    `member_id`: the account's member (the event itself names only the account)."""
     kind = type(event)
-    if kind not in _RULES:
+    if kind in NO_POSTINGS:
         return []
+    if kind not in _RULES:
+        raise NoPostingRule(f"the journal has no rule for {kind.__qualname__}")
     entries = _RULES[kind](event, member_id, event.provenance.store_id)
     return [Posting(account, POINTS, amount) for account, amount in entries if amount]
 
@@ -151,4 +158,8 @@ _RULES = {
     events.LotsExpired: _expired,
 }
 # Events that move nothing between ledger accounts.
-NO_POSTINGS = frozenset({events.MemberEnrolled, events.ProgramCreated, events.ProgramUpdated})
+NO_POSTINGS: frozenset[type] = frozenset(
+    {events.MemberEnrolled, events.ProgramCreated, events.ProgramUpdated}
+)
+# Every event type the journal knows.
+HANDLED: frozenset[type] = frozenset(_RULES) | NO_POSTINGS
