@@ -33,6 +33,9 @@ from projections.points import NAME as POINTS
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger(__name__)
+# An eager read model, woken by each commit here, still looks this often for other
+# processes' commits.
+EAGER_POLL_SECONDS = 0.05
 
 
 class Tally:
@@ -94,9 +97,11 @@ class Tally:
                 self.app.recorder,
                 self.app.mapper.to_domain_event,
                 projection(self.database.dialect),
+                poll_interval=projection.poll_interval or EAGER_POLL_SECONDS,
             )
             for projection in REGISTERED
         }
+        self._eager = [self.projections[p.name] for p in REGISTERED if not p.poll_interval]
         self.commits = CommitSignal()
         self.app.on_saved = self._saved
         # Checkpoints (docs/audit.md), signed when TALLY_CHECKPOINT_KEY names an Ed25519 key.
@@ -130,7 +135,7 @@ class Tally:
         return self.projections[POINTS]
 
     def _saved(self, position: int) -> None:
-        for runner in self.projections.values():
+        for runner in self._eager:  # the lazy ones look on their own, or when a query waits
             runner.wake(position)
         self.commits.notify()
 

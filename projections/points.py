@@ -190,6 +190,7 @@ class PointsProjection:
     }
 
     handled: ClassVar[frozenset[type]]  # set below, from the handlers registered
+    poll_interval: ClassVar[float] = 0.0  # eager: balances and history read one's writes
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect

@@ -39,6 +39,11 @@ class Projection(Protocol):
     name: ClassVar[str]
     tables: ClassVar[dict[str, tuple[str, ...]]]
     handled: ClassVar[frozenset[type]]  # every event type it has a rule for
+    # Seconds between looks at the log when nobody wakes it. An eager read model (0: every
+    # commit of this process wakes it) keeps read-your-writes waits short; a lazy one takes
+    # bigger batches, paying a batch's fixed cost (a read, a transaction) far less often,
+    # and is woken when a query waits for it (min_position).
+    poll_interval: ClassVar[float]
 
     def __init__(self, dialect: Dialect) -> None: ...
 
