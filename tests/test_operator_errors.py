@@ -129,7 +129,10 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
         (["serve", "--processes", "0"], "--processes: must be at least 1, got 0"),
         (["serve", "--processes", "-3"], "--processes: must be at least 1, got -3"),
         (["import", "--program", "p", "--batch-size", "0", "x.csv"], "--batch-size: must be"),
-        (["export", "events", "--since-position", "-1"], "--since-position: must be 0 or more"),
+        (
+            ["export", "events", "--since-position", "-1"],
+            "--since-position: must be at least 0, got -1",
+        ),
         (["audit"], "required: {verify,replay,checkpoint}"),
         (["export"], "required: {events}"),
         (["program"], "required: {create,show,update}"),
