@@ -4,13 +4,11 @@ journal read model. The servicer only translates; the sums are SQL over rm_posti
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ledger.api import page_tokens
 from ledger.api.ledger_service import processed, reached, rpc
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
@@ -76,9 +74,11 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
         chosen = PostingsFilter(
             request.program_id, request.transaction_id, request.ledger_account, since, until
         )
-        after = (
-            _decode(v, request.page_token, _fingerprint(chosen)) if request.page_token else (0, -1)
-        )
+        after = (0, -1)  # before the first posting
+        query = page_tokens.fingerprint(*vars(chosen).values())
+        if request.page_token:
+            decoded = page_tokens.decode(v, request.page_token, query, 2, "filters or time range")
+            after = (decoded[0], decoded[1]) if decoded else after
         v.raise_if_any()
         await reached(self.tally, request.min_position, context, READS)
         await self._run(self.tally.app.get_program, request.program_id)
@@ -97,34 +97,7 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
                 )
                 for r in page.rows
             ],
-            next_page_token=_encode(page.after, _fingerprint(chosen)) if page.after else "",
+            next_page_token=page_tokens.encode(page.after, query) if page.after else "",
             total_count=page.total_count,
             total_amount=page.total_amount,
         )
-
-
-def _fingerprint(chosen: PostingsFilter) -> str:
-    key = "|".join(str(x) for x in vars(chosen).values())
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _encode(after: tuple[int, int], fingerprint: str) -> str:
-    raw = json.dumps({"after": list(after), "query": fingerprint}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode(v: Violations, token: str, fingerprint: str) -> tuple[int, int]:
-    try:
-        if len(token) > 512:
-            raise ValueError("too long")
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        position, seq = payload["after"]
-        if not all(type(x) is int and 0 <= x < 2**63 for x in (position, seq)):
-            raise ValueError("bad position")
-    except (ValueError, KeyError, TypeError):
-        v.add("page_token", "not a page token this server issued")
-        return (0, -1)
-    if payload.get("query") != fingerprint:
-        v.add("page_token", "belongs to a different query (filters or time range changed)")
-        return (0, -1)
-    return (int(position), int(seq))

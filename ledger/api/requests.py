@@ -6,13 +6,11 @@ queries are checked here."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ledger.api import page_tokens
 from ledger.api.errors import InvalidArgument
 from ledger.api.validation import Violations
 from ledger.application import commands as c
@@ -273,13 +271,10 @@ class TransactionsQuery:
     until: datetime | None
 
     def token_for(self, last_position: int) -> str:
-        payload = {"after": last_position, "query": self.fingerprint()}
-        raw = json.dumps(payload, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return page_tokens.encode((last_position,), self.fingerprint())
 
     def fingerprint(self) -> str:
-        key = f"{self.program_id}|{self.member_id}|{self.since}|{self.until}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return page_tokens.fingerprint(self.program_id, self.member_id, self.since, self.until)
 
 
 def list_transactions(r: pb.ListTransactionsRequest) -> TransactionsQuery:
@@ -294,7 +289,10 @@ def list_transactions(r: pb.ListTransactionsRequest) -> TransactionsQuery:
     query = TransactionsQuery(program, member, min_position, size, 0, since, until)
     after = 0
     if r.page_token:
-        after = _decode_token(v, r.page_token, query.fingerprint())
+        decoded = page_tokens.decode(
+            v, r.page_token, query.fingerprint(), 1, "member or time range"
+        )
+        after = decoded[0] if decoded else 0
     v.raise_if_any()
     return TransactionsQuery(program, member, min_position, size, after, since, until)
 
@@ -304,24 +302,6 @@ def _member_query_fields(v: Violations, r: Any) -> tuple[str, str, int]:
     v.identifier("member_id", r.member_id)
     v.non_negative("min_position", r.min_position, limit=2**63 - 1)
     return r.program_id, r.member_id, r.min_position
-
-
-def _decode_token(v: Violations, token: str, fingerprint: str) -> int:
-    try:
-        if len(token) > 512:
-            raise ValueError("too long")
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-        after = payload["after"]
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
-            raise ValueError("bad position")
-    except (ValueError, KeyError, TypeError):
-        v.add("page_token", "not a page token this server issued")
-        return 0
-    if payload.get("query") != fingerprint:
-        v.add("page_token", "belongs to a different query (member or time range changed)")
-        return 0
-    return after
 
 
 MAX_BATCH = 1000
