@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ledger.infrastructure.database import Database
-from projections.journal import POSTING_COLUMNS, micros
+from projections.journal import POSTING_COLUMNS
+from projections.points import micros
 
 
 @dataclass(frozen=True)

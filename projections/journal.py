@@ -9,22 +9,18 @@ depends on no other read model's progress.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, ClassVar
 
 from ledger.domain import events, journal
 from ledger.infrastructure.database import Cursor
 from ledger.infrastructure.dialect import Dialect
+from projections.points import micros
 
 NAME = "journal"
 POSTING_COLUMNS = (
     "program_id, position, seq, transaction_id, ledger_account, unit, amount, occurred_at,"
     " recorded_at, store_id"
 )
-
-
-def micros(moment: datetime) -> int:
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
 class JournalProjection:

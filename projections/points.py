@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import singledispatchmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 from ledger.domain import events
 from ledger.infrastructure.database import Cursor
@@ -19,7 +19,14 @@ from ledger.infrastructure.dialect import Dialect
 NAME = "points"
 
 
+@overload
+def micros(moment: datetime) -> int: ...
+@overload
+def micros(moment: None) -> None: ...
+@overload
+def micros(moment: datetime | None) -> int | None: ...
 def micros(moment: datetime | None) -> int | None:
+    """A moment as the read models keep it: integer microseconds (decision 5)."""
     if moment is None:
         return None
     return int(moment.timestamp()) * 1_000_000 + moment.microsecond
