@@ -15,7 +15,6 @@ from typing import Any
 
 from ledger.api import requests as parse
 from ledger.api import responses as present
-from ledger.api.errors import InvalidArgument
 from ledger.application.views import ProgramView
 from ledger.v1 import ledger_pb2 as pb
 
@@ -179,8 +178,3 @@ def _print(program: pb.Program, fmt: str) -> None:
     for key, value in fields.items():
         shown = value if isinstance(value, str) else json.dumps(value)
         print(f"{key:<{width}}  {shown}")
-
-
-def invalid_lines(command: str, error: InvalidArgument) -> str:
-    """One line per bad field, as the API names them."""
-    return "\n".join(f"ledger {command}: {field}: {why}" for field, why in error.violations)

@@ -125,7 +125,8 @@ class CommandGroup:
             # One request_id, two payloads: if it was recorded before, the record says which
             # of them is the retry (rare: a query per such command).
             for slot in conflicting:
-                known = self.app.idempotency.recorded([slot.cmd]).get(slot.record_id)  # type: ignore[arg-type]
+                assert slot.record_id is not None  # only recorded commands repeat a key
+                known = self.app.idempotency.recorded([slot.cmd]).get(slot.record_id)
                 if known is not None:
                     slot.answer, slot.same_as = known, None
         if self.look_for_duplicates:
