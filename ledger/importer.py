@@ -2,10 +2,10 @@
 
 Records (CSV with a header row, or JSON lines), one per line, in time order:
 
-    type       member | earn | redeem | adjust | reverse | top_up
+    type       member | earn | redeem | adjust | reverse | top_up | spend
     member_id  required
-    store_id   required for earn, redeem and reverse (settlement follows the store), as
-               the API requires it; optional for member and adjust
+    store_id   required for earn, redeem, reverse, top_up and spend (settlement follows the
+               store), as the API requires it; optional for member and adjust
     points     earn, redeem: 1..10^15; reverse: 0..10^15 (0 = all that is left);
                adjust: signed, not 0, between -10^15 and 10^15
     occurred_at  ISO 8601 with an offset (2024-03-01T10:15:00+01:00), between 1970 and
@@ -17,7 +17,10 @@ Records (CSV with a header row, or JSON lines), one per line, in time order:
                  yes/no; default true): earn
     referrer_member_id  member: optional, not the member itself
     reverses     reverse: the request_id of the record it reverses
-    amount_minor reverse: refused, as by the API, until stored value exists
+    amount_minor reverse (of a spend or a top-up): 0..10^15 (0 = all that is left);
+                 spend: 1..10^15
+    cash_minor, bonus_minor, payment_ref  top_up: cash 1..10^15; bonus 0..10^15, empty or
+                 absent = the program's top_up_bonus schedule
 
 Every record becomes the command an RPC would make, checked and built by the API's own
 builders (`ledger/application/validation.py`): a record the RPC would refuse is refused,
@@ -79,7 +82,7 @@ from ledger.domain.ids import request_id_key
 from ledger.infrastructure.requests import existing_requests
 from ledger.runtime import Tally
 
-KINDS = ("member", "earn", "redeem", "adjust", "reverse", "top_up")
+KINDS = ("member", "earn", "redeem", "adjust", "reverse", "top_up", "spend")
 STATE_VERSION = 2
 
 
@@ -194,8 +197,6 @@ def to_command(
     kind = str(record.get("type", "")).strip().lower()
     if kind not in KINDS:
         raise BadRecord(f"type: must be one of {', '.join(KINDS)}")
-    if kind == "top_up":
-        raise BadRecord("type: stored value (top_up) is not available in this version")
     v = Violations()
     occurred = _timestamp(record, "occurred_at", v)
     # The builders allow MAX_FUTURE of clock skew; history may not lie ahead at all.
@@ -256,6 +257,24 @@ def _build(
             points=_integer(record, "points", v),
             reason=_text(record, "reason"),
             operator_id=_text(record, "operator_id"),
+            now=now,
+            violations=v,
+        )
+    if kind == "top_up":
+        bonus = record.get("bonus_minor")
+        return build.top_up(
+            **common,
+            cash_minor=_integer(record, "cash_minor", v),
+            bonus_minor=None if bonus in (None, "") else _integer(record, "bonus_minor", v),
+            payment_ref=_text(record, "payment_ref"),
+            now=now,
+            violations=v,
+        )
+    if kind == "spend":
+        return build.spend(
+            **common,
+            amount_minor=_integer(record, "amount_minor", v),
+            order_ref=_text(record, "order_ref"),
             now=now,
             violations=v,
         )

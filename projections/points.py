@@ -363,6 +363,71 @@ class PointsProjection:
             batch.lot(account, lot_id).expired += pts
         self._record(batch, position, event, account, "EXPIRE", points=-_sum(event.lots))
 
+    # ------------------------------------------------------------------ stored value
+    # Balances and history only; lots of stored value are the aggregate's (and the
+    # journal's, per store of issue).
+
+    @apply.register(events.StoredValueToppedUp)
+    def _on_StoredValueToppedUp(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        row = self._record(
+            batch, position, event, account, "TOP_UP", cash=event.cash, bonus=event.bonus
+        )
+        # The till's order reference column carries the payment's (reconciliation reads it).
+        row.order_ref = event.payment_ref
+
+    @apply.register(events.StoredValueSpent)
+    def _on_StoredValueSpent(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        self._record(batch, position, event, account, "SPEND", cash=-event.cash, bonus=-event.bonus)
+
+    @apply.register(events.SpendRefunded)
+    def _on_SpendRefunded(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        self._record(batch, position, event, account, "REVERSE", cash=event.cash, bonus=event.bonus)
+
+    @apply.register(events.TopUpCashedOut)
+    def _on_TopUpCashedOut(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        self._record(
+            batch,
+            position,
+            event,
+            account,
+            "REVERSE",
+            cash=-event.cash_taken,
+            bonus=-event.bonus_forfeited,
+        )
+
+    @apply.register(events.PointsConverted)
+    def _on_PointsConverted(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        self._take(batch, account, event.consumed)
+        self._record(
+            batch,
+            position,
+            event,
+            account,
+            "CONVERT",
+            points=-_sum(event.consumed),
+            bonus=event.value,
+        )
+
+    @apply.register(events.ConversionReversed)
+    def _on_ConversionReversed(self, event: Any, batch: Batch, position: int) -> None:
+        account = batch.account(event.originator_id.hex)
+        self._credit(batch, account, event.restored)
+        self._record(
+            batch,
+            position,
+            event,
+            account,
+            "REVERSE",
+            points=_sum(event.restored),
+            debt=-event.debt_repaid,
+            bonus=-event.value,
+        )
+
     # ------------------------------------------------------------------ helpers
 
     def _end_hold(
@@ -442,10 +507,14 @@ class PointsProjection:
         points: int = 0,
         held: int = 0,
         debt: int = 0,
+        cash: int = 0,
+        bonus: int = 0,
     ) -> TransactionRow:
         account.points_available += points
         account.points_held += held
         account.points_debt += debt
+        account.cash_minor += cash
+        account.bonus_minor += bonus
         account.version = event.originator_version
         account.position = position
         p = event.provenance
@@ -458,6 +527,8 @@ class PointsProjection:
             points_delta=points,
             held_delta=held,
             debt_delta=debt,
+            cash_delta_minor=cash,
+            bonus_delta_minor=bonus,
             points_after=account.points_available,
             held_after=account.points_held,
             debt_after=account.points_debt,

@@ -199,6 +199,36 @@ class Client:
         )
         return self._call("Reverse", pb.ReverseRequest, f)  # type: ignore[no-any-return]
 
+    def top_up(self, program_id: str, member_id: str, cash: int, **f: Any) -> pb.TopUpResponse:
+        f.setdefault("store_id", "store-1")
+        f.update(program_id=program_id, member_id=member_id, cash_minor=cash)
+        return self._call("TopUp", pb.TopUpRequest, f)  # type: ignore[no-any-return]
+
+    def spend(self, program_id: str, member_id: str, amount: int, **f: Any) -> pb.SpendResponse:
+        f.setdefault("store_id", "store-1")
+        f.update(program_id=program_id, member_id=member_id, amount_minor=amount)
+        return self._call("Spend", pb.SpendRequest, f)  # type: ignore[no-any-return]
+
+    def convert(
+        self, program_id: str, member_id: str, points: int, **f: Any
+    ) -> pb.ConvertPointsResponse:
+        f.setdefault("store_id", "store-1")
+        f.update(program_id=program_id, member_id=member_id, points=points)
+        return self._call("ConvertPoints", pb.ConvertPointsRequest, f)  # type: ignore[no-any-return]
+
+    def refund(
+        self, program_id: str, member_id: str, transaction_id: str, amount: int = 0, **f: Any
+    ) -> pb.ReverseResponse:
+        """A Reverse by money: a Spend's refund, or a TopUp's cash-out."""
+        f.setdefault("store_id", "store-1")
+        f.update(
+            program_id=program_id,
+            member_id=member_id,
+            transaction_id=transaction_id,
+            amount_minor=amount,
+        )
+        return self._call("Reverse", pb.ReverseRequest, f)  # type: ignore[no-any-return]
+
     def run_expiry(self, program_id: str, **f: Any) -> pb.RunExpiryResponse:
         f.update(program_id=program_id)
         return self._call("RunExpiry", pb.RunExpiryRequest, f)  # type: ignore[no-any-return]

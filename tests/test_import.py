@@ -96,7 +96,7 @@ def test_bad_and_refused_records_are_set_aside_and_the_rest_applied(
             "this is not json",
             {"type": "earn", "member_id": "bob", "points": 0, "store_id": "s"},  # invalid
             {"type": "earn", "member_id": "nobody", "points": 5, "store_id": "s"},  # unknown
-            {"type": "top_up", "member_id": "bob", "amount_minor": 100},  # not available
+            {"type": "top_up", "member_id": "bob", "amount_minor": 100},  # no store, no cash
             {"type": "earn", "member_id": "bob", "points": 9, "store_id": "s",
              "occurred_at": "2024-01-01T00:00:00"},  # no UTC offset
             {"type": "earn", "member_id": "bob", "points": 9, "store_id": "s"},
@@ -142,7 +142,7 @@ def test_records_the_api_would_refuse_are_refused_with_its_field_names(
             {"type": "earn", "member_id": "eve", "points": 5, "store_id": "s",
              "occurred_at": "1969-12-31T23:59:59+00:00"},
             {"type": "reverse", "member_id": "eve", "reverses": "e2", "store_id": "s",
-             "amount_minor": 100},  # stored value: refused, not "all that is left"
+             "amount_minor": 100},  # money of a points transaction: refused by the account
             {"type": "member", "member_id": "fay", "referrer_member_id": "fay"},
             {"type": "earn", "member_id": "eve", "points": 5, "store_id": "s",
              "occurred_at": (NOW + timedelta(days=1)).isoformat()},
@@ -166,10 +166,10 @@ def test_records_the_api_would_refuse_are_refused_with_its_field_names(
         5: "store_id: required: 1..64 characters of [A-Za-z0-9._:-]",
         6: "points: must be between -10^15 and 10^15",
         7: "occurred_at: must be between 1970-01-01 and 9999-12-31",
-        8: "amount_minor: stored-value reversals are not available yet; use points",
         9: "referrer_member_id: a member cannot refer themselves",
         10: "occurred_at: must not be more than 5 minutes in the future",
     }
+    assert rejects[8]["reason"] == "REVERSAL_IN_WRONG_UNIT"
     assert rejects[11]["reason"] == "INSUFFICIENT_POINTS"
     assert tally.app.get_account("p", "eve").available == 50
 

@@ -40,6 +40,9 @@ ACCOUNT_COMMANDS = (
     CommandRpc(
         "Reverse", c.ReverseTransaction, parse.reverse, present.reverse, batch_field="reverse"
     ),
+    CommandRpc("TopUp", c.TopUp, parse.top_up, present.top_up, batch_field="top_up"),
+    CommandRpc("Spend", c.Spend, parse.spend, present.spend, batch_field="spend"),
+    CommandRpc("ConvertPoints", c.ConvertPoints, parse.convert_points, present.convert_points),
 )
 
 # ExecuteBatch: the descriptor by the request's `oneof command` field, and by command type.

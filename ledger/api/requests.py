@@ -16,17 +16,22 @@ from ledger.api.validation import Violations
 from ledger.application import commands as c
 from ledger.application import validation as build
 from ledger.domain.program import (
+    CashOutPolicy,
     ExpiryKind,
     ExpiryPolicy,
+    PointsConversion,
     ProgramSettings,
     StoredValueSplit,
     TierRule,
+    TopUpBonusStep,
 )
 from ledger.v1 import ledger_pb2 as pb
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_TIERS = 32
+MAX_BONUS_STEPS = 32
+MAX_AMOUNT = build.MAX_AMOUNT
 
 _EXPIRY_KINDS: dict[int, ExpiryKind] = {
     pb.EXPIRY_KIND_UNSPECIFIED: ExpiryKind.NEVER,
@@ -72,6 +77,42 @@ def _tiers(v: Violations, tiers: Any) -> tuple[TierRule, ...]:
     return tuple(rules)
 
 
+_CASH_OUT_POLICIES: dict[int, CashOutPolicy] = {
+    pb.CASH_OUT_POLICY_UNSPECIFIED: CashOutPolicy.FORFEIT_REMAINING_BONUS,
+    pb.CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS: CashOutPolicy.FORFEIT_REMAINING_BONUS,
+    pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS: CashOutPolicy.DEDUCT_SPENT_BONUS,
+}
+
+
+def _cash_out_policy(v: Violations, value: int) -> CashOutPolicy:
+    policy = _CASH_OUT_POLICIES.get(value)
+    if policy is None:
+        v.add("cash_out_policy", "unknown cash-out policy")
+        return CashOutPolicy.FORFEIT_REMAINING_BONUS
+    return policy
+
+
+def _top_up_bonus(v: Violations, steps: Any) -> tuple[TopUpBonusStep, ...]:
+    if len(steps) > MAX_BONUS_STEPS:
+        v.add("top_up_bonus", f"at most {MAX_BONUS_STEPS} steps")
+    rules = []
+    for i, step in enumerate(steps):
+        v.positive(f"top_up_bonus[{i}].min_cash_minor", step.min_cash_minor)
+        v.non_negative(f"top_up_bonus[{i}].bonus_minor", step.bonus_minor)
+        # Up to 100 times the cash: any promotion, and no overflow at the largest top-up.
+        v.in_range(f"top_up_bonus[{i}].bonus_ppm", step.bonus_ppm, 0, 100_000_000)
+        rules.append(TopUpBonusStep(step.min_cash_minor, step.bonus_minor, step.bonus_ppm))
+    if len({s.min_cash_minor for s in rules}) != len(rules):
+        v.add("top_up_bonus", "each step's min_cash_minor must be distinct")
+    return tuple(sorted(rules, key=lambda s: s.min_cash_minor))
+
+
+def _points_conversion(v: Violations, rate: pb.PointsConversion) -> PointsConversion:
+    v.positive("points_conversion.points", rate.points)
+    v.positive("points_conversion.value_minor", rate.value_minor)
+    return PointsConversion(rate.points, rate.value_minor)
+
+
 def _split(v: Violations, value: int) -> StoredValueSplit:
     split = _SPLITS.get(value)
     if split is None:
@@ -102,6 +143,11 @@ def create_program(r: pb.CreateProgramRequest) -> c.CreateProgram:
         tier_window_days=window,
         stored_value_split=_split(v, r.stored_value_split),
         expected_redemption_rate_ppm=rate,
+        top_up_bonus=_top_up_bonus(v, r.top_up_bonus),
+        points_conversion=(
+            _points_conversion(v, r.points_conversion) if r.HasField("points_conversion") else None
+        ),
+        cash_out_policy=_cash_out_policy(v, r.cash_out_policy),
     )
     v.raise_if_any()
     return c.CreateProgram(program_id=r.program_id, request_id=r.request_id, settings=settings)
@@ -128,6 +174,18 @@ def update_program(r: pb.UpdateProgramRequest) -> c.UpdateProgram:
         changes["expected_redemption_rate_ppm"] = v.in_range(
             "expected_redemption_rate_ppm", r.expected_redemption_rate_ppm, 1, 1_000_000
         )
+    if r.replace_top_up_bonus:
+        changes["top_up_bonus"] = _top_up_bonus(v, r.top_up_bonus)
+    elif len(r.top_up_bonus):
+        v.add("top_up_bonus", "set replace_top_up_bonus to replace the bonus schedule")
+    if r.HasField("points_conversion") and r.clear_points_conversion:
+        v.add("points_conversion", "set a rate or clear_points_conversion, not both")
+    elif r.HasField("points_conversion"):
+        changes["points_conversion"] = _points_conversion(v, r.points_conversion)
+    elif r.clear_points_conversion:
+        changes["points_conversion"] = None
+    if r.HasField("cash_out_policy"):
+        changes["cash_out_policy"] = _cash_out_policy(v, r.cash_out_policy)
     if not changes:
         v.add("program", "nothing to change: set at least one field")
     v.raise_if_any()
@@ -230,6 +288,30 @@ def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
         now=now,
         violations=v,
     )
+
+
+def top_up(r: pb.TopUpRequest, now: datetime) -> c.TopUp:
+    v = Violations()
+    return build.top_up(
+        **_account(v, r),
+        cash_minor=r.cash_minor,
+        bonus_minor=r.bonus_minor if r.HasField("bonus_minor") else None,
+        payment_ref=r.payment_ref,
+        now=now,
+        violations=v,
+    )
+
+
+def spend(r: pb.SpendRequest, now: datetime) -> c.Spend:
+    v = Violations()
+    return build.spend(
+        **_account(v, r), amount_minor=r.amount_minor, order_ref=r.order_ref, now=now, violations=v
+    )
+
+
+def convert_points(r: pb.ConvertPointsRequest, now: datetime) -> c.ConvertPoints:
+    v = Violations()
+    return build.convert_points(**_account(v, r), points=r.points, now=now, violations=v)
 
 
 def run_expiry(r: pb.RunExpiryRequest, now: datetime) -> c.RunExpiry:

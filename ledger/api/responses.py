@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.application.results import (
     CaptureResult,
+    ConvertResult,
     EarnResult,
     ExpiryResult,
     HoldResult,
@@ -16,9 +17,11 @@ from ledger.application.results import (
     ReleaseResult,
     Result,
     ReverseResult,
+    SpendResult,
+    TopUpResult,
 )
 from ledger.application.views import AccountView, Outcome, ProgramView
-from ledger.domain.program import ExpiryKind, StoredValueSplit
+from ledger.domain.program import CashOutPolicy, ExpiryKind, StoredValueSplit
 from ledger.queries import from_micros
 from ledger.v1 import ledger_pb2 as pb
 from projections.points import LotRow, TransactionRow
@@ -32,6 +35,11 @@ _SPLITS = {
     StoredValueSplit.PROPORTIONAL: pb.STORED_VALUE_SPLIT_PROPORTIONAL,
     StoredValueSplit.CASH_FIRST: pb.STORED_VALUE_SPLIT_CASH_FIRST,
     StoredValueSplit.BONUS_FIRST: pb.STORED_VALUE_SPLIT_BONUS_FIRST,
+}
+
+_CASH_OUT_POLICIES = {
+    CashOutPolicy.FORFEIT_REMAINING_BONUS: pb.CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS,
+    CashOutPolicy.DEDUCT_SPENT_BONUS: pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
 }
 
 
@@ -83,6 +91,20 @@ def program(view: ProgramView | None) -> pb.Program:
         created_at=timestamp(view.created_at),
         updated_at=timestamp(view.updated_at),
         version=view.version,
+        top_up_bonus=[
+            pb.TopUpBonusStep(
+                min_cash_minor=t.min_cash_minor, bonus_minor=t.bonus_minor, bonus_ppm=t.bonus_ppm
+            )
+            for t in s.top_up_bonus
+        ],
+        points_conversion=(
+            pb.PointsConversion(
+                points=s.points_conversion.points, value_minor=s.points_conversion.value_minor
+            )
+            if s.points_conversion
+            else None
+        ),
+        cash_out_policy=_CASH_OUT_POLICIES[s.cash_out_policy],
     )
 
 
@@ -173,6 +195,46 @@ def reverse(o: Outcome) -> pb.ReverseResponse:
         points_reversed=r.points_reversed,
         debt_added=r.debt_added,
         reverses_transaction_id=r.reverses_transaction_id,
+        cash_minor=r.cash_minor,
+        bonus_minor=r.bonus_minor,
+        refunded_cash_minor=r.refunded_cash_minor,
+        forfeited_bonus_minor=r.forfeited_bonus_minor,
+        bonus_deducted_minor=r.bonus_deducted_minor,
+        value_minor=r.value_minor,
+    )
+
+
+def top_up(o: Outcome) -> pb.TopUpResponse:
+    r = result(o, TopUpResult)
+    return pb.TopUpResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        cash_minor=r.cash_minor,
+        bonus_minor=r.bonus_minor,
+        bonus_step_min_cash_minor=r.bonus_step_min_cash,
+    )
+
+
+def spend(o: Outcome) -> pb.SpendResponse:
+    r = result(o, SpendResult)
+    return pb.SpendResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        cash_minor=r.cash_minor,
+        bonus_minor=r.bonus_minor,
+    )
+
+
+def convert_points(o: Outcome) -> pb.ConvertPointsResponse:
+    r = result(o, ConvertResult)
+    return pb.ConvertPointsResponse(
+        transaction_id=o.transaction_id,
+        position=o.position,
+        account=account(o.account),
+        value_minor=r.value_minor,
+        consumed=lot_points(r.consumed),
     )
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar
 
 from ledger.application import results as r
 from ledger.domain.ids import request_id_key
-from ledger.domain.program import ExpiryPolicy, ProgramSettings, TierRule
+from ledger.domain.program import ProgramSettings
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 
@@ -28,7 +28,7 @@ def _canonical(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, (ExpiryPolicy, TierRule, ProgramSettings)):
+    if is_dataclass(value) and not isinstance(value, type):  # the program's settings, their parts
         return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
@@ -188,6 +188,33 @@ class ReverseTransaction(AccountCommand):
 
     def notes(self) -> Notes:
         return Notes(reason=self.reason, reverses_transaction_id=self.transaction_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopUp(AccountCommand):
+    name: ClassVar[str] = "TopUp"
+    result_type: ClassVar[type[r.Result] | None] = r.TopUpResult
+    cash_minor: int
+    bonus_minor: int | None = None  # None: the program's top_up_bonus schedule decides
+    payment_ref: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spend(AccountCommand):
+    name: ClassVar[str] = "Spend"
+    result_type: ClassVar[type[r.Result] | None] = r.SpendResult
+    amount_minor: int
+    order_ref: str = ""
+
+    def notes(self) -> Notes:
+        return Notes(order_ref=self.order_ref)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertPoints(AccountCommand):
+    name: ClassVar[str] = "ConvertPoints"
+    result_type: ClassVar[type[r.Result] | None] = r.ConvertResult
+    points: int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from ledger.application import commands as c
 from ledger.application.results import (
     CaptureResult,
+    ConvertResult,
     EarnResult,
     ExpiryResult,
     HoldResult,
@@ -24,6 +25,8 @@ from ledger.application.results import (
     ReleaseResult,
     Result,
     ReverseResult,
+    SpendResult,
+    TopUpResult,
 )
 from ledger.domain.account import MemberAccount
 from ledger.domain.program import Program
@@ -117,12 +120,63 @@ def adjust(cmd: c.AdjustPoints, ctx: CommandContext) -> None:
 
 @handles(c.ReverseTransaction)
 def reverse(cmd: c.ReverseTransaction, ctx: CommandContext) -> ReverseResult:
-    points, debt_added = ctx.account.reverse(
-        ctx.provenance, ctx.now, cmd.transaction_id, cmd.points
+    done = ctx.account.reverse(
+        ctx.provenance,
+        ctx.now,
+        cmd.transaction_id,
+        cmd.points,
+        cmd.amount_minor,
+        ctx.program.settings.cash_out_policy,
     )
     return ReverseResult(
-        points_reversed=points, debt_added=debt_added, reverses_transaction_id=cmd.transaction_id
+        points_reversed=done.points_reversed,
+        debt_added=done.debt_added,
+        reverses_transaction_id=cmd.transaction_id,
+        cash_minor=done.cash_minor,
+        bonus_minor=done.bonus_minor,
+        refunded_cash_minor=done.refunded_cash_minor,
+        forfeited_bonus_minor=done.forfeited_bonus_minor,
+        bonus_deducted_minor=done.bonus_deducted_minor,
+        value_minor=done.value_minor,
     )
+
+
+@handles(c.TopUp)
+def top_up(cmd: c.TopUp, ctx: CommandContext) -> TopUpResult:
+    """An explicit bonus (0 included) wins; otherwise the schedule's step, if one is met."""
+    bonus, step_min_cash = cmd.bonus_minor, None
+    if bonus is None:
+        step = ctx.program.settings.top_up_step(cmd.cash_minor)
+        bonus = step.bonus_for(cmd.cash_minor) if step else 0
+        step_min_cash = step.min_cash_minor if step else None
+    ctx.account.top_up(
+        ctx.provenance,
+        ctx.now,
+        cmd.cash_minor,
+        bonus,
+        cmd.payment_ref,
+        step_min_cash,
+        ctx.program.version,
+    )
+    return TopUpResult(
+        cash_minor=cmd.cash_minor, bonus_minor=bonus, bonus_step_min_cash=step_min_cash
+    )
+
+
+@handles(c.Spend)
+def spend(cmd: c.Spend, ctx: CommandContext) -> SpendResult:
+    cash, bonus = ctx.account.spend(
+        ctx.provenance, ctx.now, cmd.amount_minor, ctx.program.settings.stored_value_split
+    )
+    return SpendResult(cash_minor=cash, bonus_minor=bonus)
+
+
+@handles(c.ConvertPoints)
+def convert_points(cmd: c.ConvertPoints, ctx: CommandContext) -> ConvertResult:
+    value, consumed = ctx.account.convert_points(
+        ctx.provenance, ctx.now, cmd.points, ctx.program.settings.points_conversion
+    )
+    return ConvertResult(value_minor=value, consumed=consumed)
 
 
 @handles(c.ExpireLots)

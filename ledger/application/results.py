@@ -56,6 +56,33 @@ class ReverseResult(Result):
     points_reversed: int
     debt_added: int
     reverses_transaction_id: str
+    # Stored value (0 for a points reversal): see ledger.domain.reversals.Reversal.
+    cash_minor: int = 0
+    bonus_minor: int = 0
+    refunded_cash_minor: int = 0
+    forfeited_bonus_minor: int = 0
+    bonus_deducted_minor: int = 0
+    value_minor: int = 0
+
+
+@dataclass(frozen=True)
+class TopUpResult(Result):
+    cash_minor: int
+    bonus_minor: int  # as granted: the till's, or the program's schedule's
+    # The schedule step it came from (its min_cash_minor); None: the till named the bonus.
+    bonus_step_min_cash: int | None
+
+
+@dataclass(frozen=True)
+class SpendResult(Result):
+    cash_minor: int
+    bonus_minor: int
+
+
+@dataclass(frozen=True)
+class ConvertResult(Result):
+    value_minor: int
+    consumed: Allocation
 
 
 @dataclass(frozen=True)

@@ -370,8 +370,8 @@ def reverse(
     now: datetime,
     violations: Violations | None = None,
 ) -> c.ReverseTransaction:
-    """`points` 0: all that is left of the transaction. Stored-value reversals
-    (`amount_minor`) are refused until stored value exists."""
+    """`points` (an Earn, a redemption, a ConvertPoints) or `amount_minor` (a Spend, a
+    TopUp); 0 = all that is left of the transaction."""
     v = violations if violations is not None else Violations()
     fields = _account(v, program_id, member_id, request_id, occurred_at, store_id, now, True)
     v.identifier("transaction_id", transaction_id)
@@ -379,8 +379,6 @@ def reverse(
     v.non_negative("amount_minor", amount_minor)
     if points and amount_minor:
         v.add("amount_minor", "set points (for points) or amount_minor (for money), not both")
-    elif amount_minor:
-        v.add("amount_minor", "stored-value reversals are not available yet; use points")
     cmd = c.ReverseTransaction(
         transaction_id=transaction_id,
         points=points,
@@ -388,5 +386,72 @@ def reverse(
         reason=v.text("reason", reason),
         **fields,
     )
+    v.raise_if_any()
+    return cmd
+
+
+def top_up(
+    *,
+    program_id: str,
+    member_id: str,
+    request_id: str,
+    occurred_at: datetime | None = None,
+    store_id: str,
+    cash_minor: int,
+    bonus_minor: int | None = None,
+    payment_ref: str = "",
+    now: datetime,
+    violations: Violations | None = None,
+) -> c.TopUp:
+    """`bonus_minor` None: the program's top_up_bonus schedule decides (0 is a bonus of 0)."""
+    v = violations if violations is not None else Violations()
+    fields = _account(v, program_id, member_id, request_id, occurred_at, store_id, now, True)
+    cmd = c.TopUp(
+        cash_minor=v.positive("cash_minor", cash_minor),
+        bonus_minor=None if bonus_minor is None else v.non_negative("bonus_minor", bonus_minor),
+        payment_ref=v.text("payment_ref", payment_ref),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def spend(
+    *,
+    program_id: str,
+    member_id: str,
+    request_id: str,
+    occurred_at: datetime | None = None,
+    store_id: str,
+    amount_minor: int,
+    order_ref: str = "",
+    now: datetime,
+    violations: Violations | None = None,
+) -> c.Spend:
+    v = violations if violations is not None else Violations()
+    fields = _account(v, program_id, member_id, request_id, occurred_at, store_id, now, True)
+    cmd = c.Spend(
+        amount_minor=v.positive("amount_minor", amount_minor),
+        order_ref=v.text("order_ref", order_ref),
+        **fields,
+    )
+    v.raise_if_any()
+    return cmd
+
+
+def convert_points(
+    *,
+    program_id: str,
+    member_id: str,
+    request_id: str,
+    occurred_at: datetime | None = None,
+    store_id: str,
+    points: int,
+    now: datetime,
+    violations: Violations | None = None,
+) -> c.ConvertPoints:
+    v = violations if violations is not None else Violations()
+    fields = _account(v, program_id, member_id, request_id, occurred_at, store_id, now, True)
+    cmd = c.ConvertPoints(points=v.positive("points", points), **fields)
     v.raise_if_any()
     return cmd

@@ -26,9 +26,23 @@ from ledger.domain import errors
 from ledger.domain.holds import ActiveHold
 from ledger.domain.ids import account_id_key, derived_transaction_id
 from ledger.domain.lots import Allocation, Lot, split_allocation
-from ledger.domain.program import DEFAULT_TIER_WINDOW_DAYS
+from ledger.domain.program import (
+    DEFAULT_TIER_WINDOW_DAYS,
+    CashOutPolicy,
+    PointsConversion,
+    StoredValueSplit,
+)
 from ledger.domain.provenance import Provenance
-from ledger.domain.reversals import RedemptionRecord, reversal_amount
+from ledger.domain.reversals import RedemptionRecord, Reversal, reversal_amount
+from ledger.domain.stored_value import (
+    SpendRecord,
+    ValueLot,
+    cash_out,
+    draw,
+    refund_split,
+    restore,
+    split_spend,
+)
 from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 INT64_MAX = 2**63 - 1
@@ -69,6 +83,15 @@ class MemberAccount(Aggregate):
         # No open lot expires before this (a lower bound; None: none expires): lets a command
         # skip the expiry scan when nothing can be due.
         self.earliest_expiry: datetime | None = None
+        # Stored value (stored_value.py): the card's cash and bonus, its lots by the
+        # transaction that opened them, and the spends a refund may name.
+        self.cash = 0
+        self.bonus = 0
+        self.value_lots: dict[str, ValueLot] = {}
+        self.spends: dict[str, SpendRecord] = {}
+        # ConvertPoints transaction id -> its rate. Its points side is a redemption (in
+        # self.redemptions), its value a bonus-only value lot under the same id.
+        self.conversions: dict[str, PointsConversion] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -256,26 +279,61 @@ class MemberAccount(Aggregate):
         self.bring_up_to(now, provenance)
 
     def reverse(
-        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
-    ) -> tuple[int, int]:
-        """Reverse `points` (0 = all that remains) of an earlier Earn or redemption.
-
-        Returns (points reversed, debt added)."""
-        if transaction_id in self.earns:
+        self,
+        provenance: Provenance,
+        now: datetime,
+        transaction_id: str,
+        points: int,
+        amount_minor: int = 0,
+        cash_out_policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS,
+    ) -> Reversal:
+        """Reverse (part of) an earlier transaction: `points` of an Earn, a redemption or a
+        ConvertPoints, `amount_minor` of a Spend (a refund) or a TopUp (a cash-out); 0 = all
+        that remains reversible."""
+        kind = self._reversible_kind(transaction_id)
+        if (amount_minor and kind in ("earn", "redemption", "conversion")) or (
+            points and kind in ("spend", "top-up")
+        ):
+            unit = "amount_minor" if kind in ("spend", "top-up") else "points"
+            raise errors.ReversalInWrongUnit(
+                f"transaction {transaction_id} is a {kind}: reverse it by {unit}",
+                transaction_id=transaction_id,
+            )
+        if kind == "earn":
             earn = self.earns[transaction_id]
             points = reversal_amount(transaction_id, earn.points - earn.reversed, points)
             self._check_debt_limit(points)  # at most all of it becomes debt
             self.bring_up_to(now, provenance)
-            return self._reverse_earn(provenance, transaction_id, points)
-        if transaction_id in self.redemptions:
+            reversed_, debt_added = self._reverse_earn(provenance, transaction_id, points)
+            return Reversal(points_reversed=reversed_, debt_added=debt_added)
+        if kind == "conversion":
+            return self._reverse_conversion(provenance, now, transaction_id, points)
+        if kind == "redemption":
             redemption = self.redemptions[transaction_id]
             points = reversal_amount(transaction_id, redemption.reversible, points)
             self._check_balance_limit(points)
             self.bring_up_to(now, provenance)
-            return self._reverse_redemption(provenance, now, transaction_id, points), 0
+            self._reverse_redemption(provenance, now, transaction_id, points)
+            return Reversal(points_reversed=points)
+        if kind == "spend":
+            return self._refund_spend(provenance, now, transaction_id, amount_minor)
+        return self._cash_out(provenance, now, transaction_id, amount_minor, cash_out_policy)
+
+    def _reversible_kind(self, transaction_id: str) -> str:
+        if transaction_id in self.earns:
+            return "earn"
+        if transaction_id in self.conversions:
+            return "conversion"
+        if transaction_id in self.redemptions:
+            return "redemption"
+        if transaction_id in self.spends:
+            return "spend"
+        if transaction_id in self.value_lots:
+            return "top-up"
         if transaction_id in self.other_transaction_ids:
             raise errors.TransactionNotReversible(
-                f"transaction {transaction_id} is not an Earn or a redemption",
+                f"transaction {transaction_id} is not an Earn, a redemption, a Spend, a TopUp"
+                " or a ConvertPoints",
                 transaction_id=transaction_id,
             )
         raise errors.TransactionNotFound(
@@ -317,29 +375,213 @@ class MemberAccount(Aggregate):
 
     def _reverse_redemption(
         self, provenance: Provenance, now: datetime, transaction_id: str, points: int
-    ) -> int:
+    ) -> None:
+        reversed_from, debt_repaid = self._undo_plan(transaction_id, points)
+        self._redemption_reversed(
+            provenance=provenance,
+            points=points,
+            reversed_from=reversed_from,
+            restored=self._routed(reversed_from),
+            debt_repaid=debt_repaid,
+        )
+        # Points restored to a lot that expired meanwhile expire at once.
+        self.bring_up_to(now, provenance)
+
+    def _undo_plan(self, transaction_id: str, points: int) -> tuple[Allocation, int]:
+        """How `points` of a redemption come back: the first repay debt, the rest go to the
+        lots they were consumed from, last-consumed first. Returns (per lot, debt repaid)."""
         record = self.redemptions[transaction_id]
         debt_repaid = min(self.debt, points)
-        # Undo last-consumed first, back into the lots the points came from.
-        restored: Allocation = {}
+        reversed_from: Allocation = {}
         left = points - debt_repaid
         for lot_id in reversed(record.consumed):
             if left == 0:
                 break
             give = min(record.consumed[lot_id] - record.reversed.get(lot_id, 0), left)
             if give:
-                restored[lot_id] = give
+                reversed_from[lot_id] = give
                 left -= give
-        self._redemption_reversed(
+        return reversed_from, debt_repaid
+
+    # ------------------------------------------------------------------ stored value
+
+    def top_up(
+        self,
+        provenance: Provenance,
+        now: datetime,
+        cash: int,
+        bonus: int,
+        payment_ref: str,
+        bonus_step_min_cash: int | None,
+        program_version: int,
+    ) -> None:
+        """Load `cash` paid and `bonus` granted as a new value lot. `bonus_step_min_cash`:
+        the promotion step the bonus came from (None: the till named it)."""
+        self._check_value_limit(cash + bonus)
+        self.bring_up_to(now, provenance)
+        self._topped_up(
+            provenance=provenance,
+            cash=cash,
+            bonus=bonus,
+            payment_ref=payment_ref,
+            bonus_step_min_cash=bonus_step_min_cash,
+            program_version=program_version,
+        )
+
+    def spend(
+        self, provenance: Provenance, now: datetime, amount: int, policy: StoredValueSplit
+    ) -> tuple[int, int]:
+        """Pay `amount` from the card, split by `policy`. Returns (cash, bonus).
+
+        Points debt does not block it (decision 15): stored value is the member's money."""
+        if amount > self.cash + self.bonus:
+            raise errors.InsufficientStoredValue(
+                f"{amount} requested, {self.cash + self.bonus} of stored value available",
+                requested=str(amount),
+                available=str(self.cash + self.bonus),
+            )
+        self.bring_up_to(now, provenance)
+        cash, bonus = split_spend(amount, self.cash, self.bonus, policy)
+        lots = self._value_lots_in_order()
+        cash_drawn = draw(lots, cash, cash=True)
+        bonus_drawn = draw(lots, bonus, cash=False)
+        self._spent(
+            provenance=provenance,
+            cash=cash,
+            bonus=bonus,
+            cash_drawn=cash_drawn,
+            bonus_drawn=bonus_drawn,
+            issued_at=self._issuers(cash_drawn, bonus_drawn),
+        )
+        return cash, bonus
+
+    def convert_points(
+        self, provenance: Provenance, now: datetime, points: int, rate: PointsConversion | None
+    ) -> tuple[int, Allocation]:
+        """Turn `points` into stored-value bonus at `rate`. Returns (value, lots consumed)."""
+        if rate is None:
+            raise errors.ConversionNotAvailable("the program sets no points conversion rate")
+        if points % rate.points:
+            raise errors.NotAMultipleOfRate(
+                f"{points} points is not a multiple of the conversion rate's {rate.points}",
+                rate_points=str(rate.points),
+            )
+        value = points // rate.points * rate.value_minor
+        self._check_can_spend(points, now)
+        self._check_value_limit(value)
+        self.bring_up_to(now, provenance)
+        consumed = self._allocate(points)
+        self._points_converted(
+            provenance=provenance,
+            consumed=consumed,
+            value=value,
+            rate_points=rate.points,
+            rate_value_minor=rate.value_minor,
+        )
+        return value, consumed
+
+    def _refund_spend(
+        self, provenance: Provenance, now: datetime, transaction_id: str, amount: int
+    ) -> Reversal:
+        record = self.spends[transaction_id]
+        amount = reversal_amount(transaction_id, record.refundable, amount, unit="minor units")
+        self._check_value_limit(amount)
+        cash, bonus = refund_split(record, amount)
+        self.bring_up_to(now, provenance)
+        cash_restored = restore(record.cash_drawn, record.cash_restored, cash)
+        bonus_restored = restore(record.bonus_drawn, record.bonus_restored, bonus)
+        self._spend_refunded(
+            provenance=provenance,
+            cash=cash,
+            bonus=bonus,
+            cash_restored=cash_restored,
+            bonus_restored=bonus_restored,
+            issued_at=self._issuers(cash_restored, bonus_restored),
+        )
+        return Reversal(cash_minor=cash, bonus_minor=bonus)
+
+    def _cash_out(
+        self,
+        provenance: Provenance,
+        now: datetime,
+        transaction_id: str,
+        amount: int,
+        policy: CashOutPolicy,
+    ) -> Reversal:
+        lot = self.value_lots[transaction_id]
+        if lot.cash_remaining == 0 and lot.bonus_remaining == 0:
+            raise errors.NothingLeftToReverse(
+                f"top-up {transaction_id} has nothing left on the card",
+                transaction_id=transaction_id,
+            )
+        if amount > lot.cash_remaining:
+            raise errors.ReversalExceedsOriginal(
+                f"only {lot.cash_remaining} minor units of top-up {transaction_id}'s cash"
+                " remain on the card",
+                reversible=str(lot.cash_remaining),
+            )
+        out = cash_out(lot, amount or lot.cash_remaining, policy)
+        self.bring_up_to(now, provenance)
+        self._cashed_out(
+            provenance=provenance,
+            cash_taken=out.cash_taken,
+            refunded_cash=out.refunded_cash,
+            bonus_deducted=out.bonus_deducted,
+            bonus_forfeited=out.bonus_forfeited,
+            issued_at_store=lot.store_id,
+            policy=policy.value,
+        )
+        return Reversal(
+            refunded_cash_minor=out.refunded_cash,
+            forfeited_bonus_minor=out.bonus_forfeited,
+            bonus_deducted_minor=out.bonus_deducted,
+        )
+
+    def _reverse_conversion(
+        self, provenance: Provenance, now: datetime, transaction_id: str, points: int
+    ) -> Reversal:
+        """Points back into their lots (as for a redemption), the bonus they became back
+        off the card: only as much as is still on it, in whole steps of the rate."""
+        rate = self.conversions[transaction_id]
+        record = self.redemptions[transaction_id]
+        lot = self.value_lots[transaction_id]
+        if points % rate.points:
+            raise errors.NotAMultipleOfRate(
+                f"{points} points is not a multiple of the conversion's rate of {rate.points}",
+                rate_points=str(rate.points),
+            )
+        on_card = lot.bonus_remaining // rate.value_minor * rate.points
+        if record.reversible > 0 and on_card == 0:
+            raise errors.NothingLeftToReverse(
+                f"the value of conversion {transaction_id} has been spent",
+                transaction_id=transaction_id,
+            )
+        points = reversal_amount(transaction_id, min(record.reversible, on_card), points)
+        self._check_balance_limit(points)
+        self.bring_up_to(now, provenance)
+        reversed_from, debt_repaid = self._undo_plan(transaction_id, points)
+        value = points // rate.points * rate.value_minor
+        self._conversion_reversed(
             provenance=provenance,
             points=points,
-            reversed_from=restored,
-            restored=self._routed(restored),
+            value=value,
+            reversed_from=reversed_from,
+            restored=self._routed(reversed_from),
             debt_repaid=debt_repaid,
+            issued_at_store=lot.store_id,
         )
-        # Points restored to a lot that expired meanwhile expire at once.
         self.bring_up_to(now, provenance)
-        return points
+        return Reversal(points_reversed=points, value_minor=value)
+
+    def _value_lots_in_order(self) -> list[ValueLot]:
+        return sorted(
+            (v for v in self.value_lots.values() if v.cash_remaining or v.bonus_remaining),
+            key=ValueLot.spend_order,
+        )
+
+    def _issuers(self, *allocations: Allocation) -> dict[str, str]:
+        """Store of issue of each value lot named: the journal posts per issuing store."""
+        return {lot_id: self.value_lots[lot_id].store_id for a in allocations for lot_id in a}
 
     def _coming_back(self, returned: Allocation) -> dict[str, Any]:
         """How held points coming back are booked: the first repay debt, the rest go to
@@ -380,6 +622,12 @@ class MemberAccount(Aggregate):
         if self.available + self.held + points > INT64_MAX:
             raise errors.BalanceLimitExceeded(
                 "the points balance would exceed the largest representable amount"
+            )
+
+    def _check_value_limit(self, amount: int) -> None:
+        if self.cash + self.bonus + amount > INT64_MAX:
+            raise errors.BalanceLimitExceeded(
+                "the stored value would exceed the largest representable amount"
             )
 
     def _check_debt_limit(self, points: int) -> None:
@@ -574,7 +822,15 @@ class MemberAccount(Aggregate):
     ) -> None:
         """`reversed_from`: per consumed lot, what this reversal undoes; `restored`: where
         those points are credited (see _routed)."""
-        record = self.redemptions[provenance.reverses_transaction_id]
+        self._undo_redemption(
+            provenance.reverses_transaction_id, reversed_from, restored, debt_repaid
+        )
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    def _undo_redemption(
+        self, redemption_id: str, reversed_from: Allocation, restored: Allocation, debt_repaid: int
+    ) -> None:
+        record = self.redemptions[redemption_id]
         for lot_id, pts in reversed_from.items():
             record.reversed[lot_id] = record.reversed.get(lot_id, 0) + pts
         # Points that repaid debt are counted against the last-consumed lots too, so the
@@ -592,6 +848,118 @@ class MemberAccount(Aggregate):
         self._settle_in_lieu(reversed_from)
         self._credit(restored)
         self._repaid_by(repaying)
+
+    @event("StoredValueToppedUp")
+    def _topped_up(
+        self,
+        provenance: Provenance,
+        cash: int,
+        bonus: int,
+        payment_ref: str,
+        bonus_step_min_cash: int | None,
+        program_version: int,
+    ) -> None:
+        self._open_value_lot(provenance, cash, bonus, payment_ref, converted=False)
+
+    @event("StoredValueSpent")
+    def _spent(
+        self,
+        provenance: Provenance,
+        cash: int,
+        bonus: int,
+        cash_drawn: Allocation,
+        bonus_drawn: Allocation,
+        issued_at: dict[str, str],
+    ) -> None:
+        for lot_id, amount in cash_drawn.items():
+            self.value_lots[lot_id].cash_remaining -= amount
+        for lot_id, amount in bonus_drawn.items():
+            lot = self.value_lots[lot_id]
+            lot.bonus_remaining -= amount
+            lot.bonus_spent += amount
+        self.cash -= cash
+        self.bonus -= bonus
+        self.spends[provenance.transaction_id] = SpendRecord(
+            cash, bonus, dict(cash_drawn), dict(bonus_drawn)
+        )
+
+    @event("SpendRefunded")
+    def _spend_refunded(
+        self,
+        provenance: Provenance,
+        cash: int,
+        bonus: int,
+        cash_restored: Allocation,
+        bonus_restored: Allocation,
+        issued_at: dict[str, str],
+    ) -> None:
+        record = self.spends[provenance.reverses_transaction_id]
+        record.cash_refunded += cash
+        record.bonus_refunded += bonus
+        for lot_id, amount in cash_restored.items():
+            self.value_lots[lot_id].cash_remaining += amount
+            record.cash_restored[lot_id] = record.cash_restored.get(lot_id, 0) + amount
+        for lot_id, amount in bonus_restored.items():
+            lot = self.value_lots[lot_id]
+            lot.bonus_remaining += amount
+            lot.bonus_spent -= amount
+            record.bonus_restored[lot_id] = record.bonus_restored.get(lot_id, 0) + amount
+        self.cash += cash
+        self.bonus += bonus
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("TopUpCashedOut")
+    def _cashed_out(
+        self,
+        provenance: Provenance,
+        cash_taken: int,
+        refunded_cash: int,
+        bonus_deducted: int,
+        bonus_forfeited: int,
+        issued_at_store: str,
+        policy: str,
+    ) -> None:
+        lot = self.value_lots[provenance.reverses_transaction_id]
+        lot.cash_remaining -= cash_taken
+        lot.cash_out += cash_taken
+        lot.bonus_deducted += bonus_deducted
+        lot.bonus_remaining -= bonus_forfeited
+        lot.bonus_forfeited += bonus_forfeited
+        self.cash -= cash_taken
+        self.bonus -= bonus_forfeited
+        self.other_transaction_ids.add(provenance.transaction_id)
+
+    @event("PointsConverted")
+    def _points_converted(
+        self,
+        provenance: Provenance,
+        consumed: Allocation,
+        value: int,
+        rate_points: int,
+        rate_value_minor: int,
+    ) -> None:
+        self._take(consumed)
+        self.redemptions[provenance.transaction_id] = RedemptionRecord(dict(consumed))
+        self.conversions[provenance.transaction_id] = PointsConversion(
+            rate_points, rate_value_minor
+        )
+        self._open_value_lot(provenance, 0, value, "", converted=True)
+
+    @event("ConversionReversed")
+    def _conversion_reversed(
+        self,
+        provenance: Provenance,
+        points: int,
+        value: int,
+        reversed_from: Allocation,
+        restored: Allocation,
+        debt_repaid: int,
+        issued_at_store: str,
+    ) -> None:
+        conversion_id = provenance.reverses_transaction_id
+        self._undo_redemption(conversion_id, reversed_from, restored, debt_repaid)
+        self.value_lots[conversion_id].bonus_remaining -= value
+        self.bonus -= value
         self.other_transaction_ids.add(provenance.transaction_id)
 
     @event("LotsExpired")
@@ -678,6 +1046,25 @@ class MemberAccount(Aggregate):
             self.earliest_expiry is None or expires_at < self.earliest_expiry
         ):
             self.earliest_expiry = expires_at
+
+    def _open_value_lot(
+        self, provenance: Provenance, cash: int, bonus: int, payment_ref: str, converted: bool
+    ) -> None:
+        lot_id = provenance.transaction_id
+        self.value_lots[lot_id] = ValueLot(
+            lot_id=lot_id,
+            store_id=provenance.store_id,
+            occurred_at=provenance.occurred_at,
+            seq=len(self.value_lots),
+            cash=cash,
+            bonus=bonus,
+            cash_remaining=cash,
+            bonus_remaining=bonus,
+            payment_ref=payment_ref,
+            converted=converted,
+        )
+        self.cash += cash
+        self.bonus += bonus
 
     def _close_hold(self, hold_id: str) -> None:
         del self.holds[hold_id]

@@ -60,6 +60,22 @@ class InsufficientPoints(RuleViolation):
     reason = "INSUFFICIENT_POINTS"
 
 
+class InsufficientStoredValue(RuleViolation):
+    reason = "INSUFFICIENT_STORED_VALUE"
+
+
+class ConversionNotAvailable(RuleViolation):
+    """The program sets no points_conversion rate."""
+
+    reason = "CONVERSION_NOT_AVAILABLE"
+
+
+class NotAMultipleOfRate(RuleViolation):
+    """Points to convert (or a conversion to reverse) that the rate does not divide."""
+
+    reason = "NOT_A_MULTIPLE_OF_RATE"
+
+
 class AccountInDebt(RuleViolation):
     reason = "ACCOUNT_IN_DEBT"
 
@@ -78,6 +94,12 @@ class NothingLeftToReverse(RuleViolation):
 
 class ReversalExceedsOriginal(RuleViolation):
     reason = "REVERSAL_EXCEEDS_ORIGINAL"
+
+
+class ReversalInWrongUnit(RuleViolation):
+    """Points named for a money transaction, or money for a points one."""
+
+    reason = "REVERSAL_IN_WRONG_UNIT"
 
 
 class TransactionNotReversible(RuleViolation):

@@ -32,6 +32,12 @@ PointsAdjusted = _event_class(MemberAccount, "PointsAdjusted")
 EarnReversed = _event_class(MemberAccount, "EarnReversed")
 RedemptionReversed = _event_class(MemberAccount, "RedemptionReversed")
 LotsExpired = _event_class(MemberAccount, "LotsExpired")
+StoredValueToppedUp = _event_class(MemberAccount, "StoredValueToppedUp")
+StoredValueSpent = _event_class(MemberAccount, "StoredValueSpent")
+SpendRefunded = _event_class(MemberAccount, "SpendRefunded")
+TopUpCashedOut = _event_class(MemberAccount, "TopUpCashedOut")
+PointsConverted = _event_class(MemberAccount, "PointsConverted")
+ConversionReversed = _event_class(MemberAccount, "ConversionReversed")
 
 ALL = (
     ProgramCreated,
@@ -47,4 +53,10 @@ ALL = (
     EarnReversed,
     RedemptionReversed,
     LotsExpired,
+    StoredValueToppedUp,
+    StoredValueSpent,
+    SpendRefunded,
+    TopUpCashedOut,
+    PointsConverted,
+    ConversionReversed,
 )

@@ -49,8 +49,45 @@ def points_redeemed(store_id: str) -> str:
     return f"store:{store_id or '-'}:points_redeemed"
 
 
+def points_converted(store_id: str) -> str:
+    """Points turned into stored-value bonus at this store (ConvertPoints)."""
+    return f"store:{store_id or '-'}:points_converted"
+
+
 POINTS_EXPIRED = "program:points_expired"
 POINTS_ADJUSTED = "program:points_adjusted"
+
+# Stored value, in the programme's currency (minor units). The member's two balances are
+# what the programme owes them; every contra account is per store of issue (the store that
+# sold the top-up, or converted the points), so the stored-value liability of a store is
+# minus the sum of its accounts, and a posting's store_id (where the transaction happened)
+# against another store's account is a settlement between the two.
+
+
+def member_cash(member_id: str) -> str:
+    """Stored value the member paid for and has not spent: refundable on cash-out."""
+    return f"member:{member_id}:cash"
+
+
+def member_bonus(member_id: str) -> str:
+    """Stored value granted (promotion, converted points): spendable, never paid back."""
+    return f"member:{member_id}:bonus"
+
+
+def store_account(issuing_store: str, name: str) -> str:
+    return f"store:{issuing_store or '-'}:{name}"
+
+
+CASH_RECEIVED = "cash_received"  # top-ups sold (the cash the store took)
+CASH_SPENT = "cash_spent"  # cash of its top-ups spent (net of refunds), at any store
+CASH_PAID_OUT = "cash_paid_out"  # cash-outs handed back
+CASH_WITHHELD = "cash_withheld"  # spent bonus deducted from a cash-out (DEDUCT_SPENT_BONUS)
+BONUS_GRANTED = "bonus_granted"  # top-up promotions
+BONUS_CONVERTED = "bonus_converted"  # value of converted points
+BONUS_SPENT = "bonus_spent"
+BONUS_FORFEITED = "bonus_forfeited"  # lapsed on cash-out
+CASH_ACCOUNTS = (CASH_RECEIVED, CASH_SPENT, CASH_PAID_OUT, CASH_WITHHELD)
+BONUS_ACCOUNTS = (BONUS_GRANTED, BONUS_CONVERTED, BONUS_SPENT, BONUS_FORFEITED)
 
 
 class NoPostingRule(TypeError):
@@ -58,16 +95,22 @@ class NoPostingRule(TypeError):
     would be a journal that silently disagrees with the log)."""
 
 
-def postings(event: Any, member_id: str) -> list[Posting]:
+def postings(event: Any, member_id: str, currency: str) -> list[Posting]:
     """The balanced postings of one event (none for an enrolment or a program's events).
-    `member_id`: the account's member (the event itself names only the account)."""
+    `member_id`: the account's member (the event itself names only the account);
+    `currency`: the programme's, the unit of its stored value."""
     kind = type(event)
     if kind in NO_POSTINGS:
         return []
-    if kind not in _RULES:
-        raise NoPostingRule(f"the journal has no rule for {kind.__qualname__}")
-    entries = _RULES[kind](event, member_id, event.provenance.store_id)
-    return [Posting(account, POINTS, amount) for account, amount in entries if amount]
+    if kind in _RULES:
+        entries = _RULES[kind](event, member_id, event.provenance.store_id)
+        return [Posting(account, POINTS, amount) for account, amount in entries if amount]
+    if kind in _MONEY_RULES:
+        points, money = _MONEY_RULES[kind](event, member_id, event.provenance.store_id)
+        return [Posting(a, POINTS, n) for a, n in points if n] + [
+            Posting(a, currency, n) for a, n in money if n
+        ]
+    raise NoPostingRule(f"the journal has no rule for {kind.__qualname__}")
 
 
 def _sum(allocation: dict[str, int]) -> int:
@@ -145,6 +188,85 @@ def _expired(e: Any, m: str, store: str) -> list[tuple[str, int]]:
     return [(member_points(m), -gone), (POINTS_EXPIRED, gone)]
 
 
+Entries = list[tuple[str, int]]
+
+
+def _per_issuer(
+    allocation: dict[str, int], issued_at: dict[str, str], name: str, sign: int
+) -> Entries:
+    by_store: dict[str, int] = {}
+    for lot_id, amount in allocation.items():
+        store = issued_at[lot_id]
+        by_store[store] = by_store.get(store, 0) + amount
+    return [(store_account(store, name), sign * amount) for store, amount in by_store.items()]
+
+
+def _topped_up(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    return [], [
+        (member_cash(m), e.cash),
+        (store_account(store, CASH_RECEIVED), -e.cash),
+        (member_bonus(m), e.bonus),
+        (store_account(store, BONUS_GRANTED), -e.bonus),
+    ]
+
+
+def _spent(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    return [], [
+        (member_cash(m), -e.cash),
+        *_per_issuer(e.cash_drawn, e.issued_at, CASH_SPENT, +1),
+        (member_bonus(m), -e.bonus),
+        *_per_issuer(e.bonus_drawn, e.issued_at, BONUS_SPENT, +1),
+    ]
+
+
+def _spend_refunded(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    return [], [
+        (member_cash(m), e.cash),
+        *_per_issuer(e.cash_restored, e.issued_at, CASH_SPENT, -1),
+        (member_bonus(m), e.bonus),
+        *_per_issuer(e.bonus_restored, e.issued_at, BONUS_SPENT, -1),
+    ]
+
+
+def _cashed_out(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    issuer = e.issued_at_store
+    return [], [
+        (member_cash(m), -e.cash_taken),
+        (store_account(issuer, CASH_PAID_OUT), e.refunded_cash),
+        (store_account(issuer, CASH_WITHHELD), e.bonus_deducted),
+        (member_bonus(m), -e.bonus_forfeited),
+        (store_account(issuer, BONUS_FORFEITED), e.bonus_forfeited),
+    ]
+
+
+def _converted(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    points = _sum(e.consumed)
+    return [(member_points(m), -points), (points_converted(store), points)], [
+        (member_bonus(m), e.value),
+        (store_account(store, BONUS_CONVERTED), -e.value),
+    ]
+
+
+def _conversion_reversed(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    return [
+        (member_points(m), _sum(e.restored)),
+        (member_points_debt(m), e.debt_repaid),
+        (points_converted(store), -e.points),
+    ], [
+        (member_bonus(m), -e.value),
+        (store_account(e.issued_at_store, BONUS_CONVERTED), e.value),
+    ]
+
+
+_MONEY_RULES = {
+    events.StoredValueToppedUp: _topped_up,
+    events.StoredValueSpent: _spent,
+    events.SpendRefunded: _spend_refunded,
+    events.TopUpCashedOut: _cashed_out,
+    events.PointsConverted: _converted,
+    events.ConversionReversed: _conversion_reversed,
+}
+
 _RULES = {
     events.PointsEarned: _earned,
     events.PointsRedeemed: _redeemed,
@@ -162,4 +284,4 @@ NO_POSTINGS: frozenset[type] = frozenset(
     {events.MemberEnrolled, events.ProgramCreated, events.ProgramUpdated}
 )
 # Every event type the journal knows.
-HANDLED: frozenset[type] = frozenset(_RULES) | NO_POSTINGS
+HANDLED: frozenset[type] = frozenset(_RULES) | frozenset(_MONEY_RULES) | NO_POSTINGS

@@ -27,6 +27,16 @@ class StoredValueSplit(StrEnum):
     BONUS_FIRST = "BONUS_FIRST"
 
 
+class CashOutPolicy(StrEnum):
+    """What a cash-out (the reversal of a TopUp) pays back."""
+
+    # The unspent cash; the top-up's remaining bonus lapses.
+    FORFEIT_REMAINING_BONUS = "FORFEIT_REMAINING_BONUS"
+    # The unspent cash less the bonus already spent from that top-up (the usual clause of
+    # Chinese prepaid-card agreements); the remaining bonus lapses.
+    DEDUCT_SPENT_BONUS = "DEDUCT_SPENT_BONUS"
+
+
 @dataclass(frozen=True)
 class ExpiryPolicy:
     kind: ExpiryKind = ExpiryKind.NEVER
@@ -53,6 +63,27 @@ class TierRule:
 
 
 @dataclass(frozen=True)
+class TopUpBonusStep:
+    """A step of the top-up promotion (充100送20): a top-up of at least `min_cash_minor`
+    is granted `bonus_minor` plus `bonus_ppm` parts per million of its cash (rounded down)."""
+
+    min_cash_minor: int
+    bonus_minor: int = 0
+    bonus_ppm: int = 0
+
+    def bonus_for(self, cash_minor: int) -> int:
+        return self.bonus_minor + cash_minor * self.bonus_ppm // 1_000_000
+
+
+@dataclass(frozen=True)
+class PointsConversion:
+    """ConvertPoints' rate: `points` points become `value_minor` of stored-value bonus."""
+
+    points: int
+    value_minor: int
+
+
+@dataclass(frozen=True)
 class TierStanding:
     tier_code: str
     next_tier_code: str
@@ -73,6 +104,14 @@ class ProgramSettings:
     tier_window_days: int = DEFAULT_TIER_WINDOW_DAYS
     stored_value_split: StoredValueSplit = StoredValueSplit.PROPORTIONAL
     expected_redemption_rate_ppm: int = 1_000_000
+    top_up_bonus: tuple[TopUpBonusStep, ...] = ()
+    points_conversion: PointsConversion | None = None
+    cash_out_policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS
+
+    def top_up_step(self, cash_minor: int) -> TopUpBonusStep | None:
+        """The promotion step a top-up of `cash_minor` gets: the highest one it meets."""
+        met = [s for s in self.top_up_bonus if s.min_cash_minor <= cash_minor]
+        return max(met, key=lambda s: s.min_cash_minor, default=None)
 
     def qualifies_until(self, occurred_at: datetime) -> datetime:
         """The last instant points earned at `occurred_at` count toward the tier, under
@@ -101,6 +140,8 @@ class ProgramSettingsAsDict(Transcoding):
         data["expiry_policy"]["kind"] = obj.expiry_policy.kind.value
         data["stored_value_split"] = obj.stored_value_split.value
         data["tiers"] = [asdict(t) for t in obj.tiers]
+        data["top_up_bonus"] = [asdict(t) for t in obj.top_up_bonus]
+        data["cash_out_policy"] = obj.cash_out_policy.value
         return data
 
     def decode(self, data: dict[str, Any]) -> ProgramSettings:
@@ -115,6 +156,16 @@ class ProgramSettingsAsDict(Transcoding):
             tier_window_days=data["tier_window_days"],
             stored_value_split=StoredValueSplit(data["stored_value_split"]),
             expected_redemption_rate_ppm=data["expected_redemption_rate_ppm"],
+            # Settings recorded before stored value existed have none of these.
+            top_up_bonus=tuple(TopUpBonusStep(**t) for t in data.get("top_up_bonus", ())),
+            points_conversion=(
+                PointsConversion(**conversion)
+                if (conversion := data.get("points_conversion"))
+                else None
+            ),
+            cash_out_policy=CashOutPolicy(
+                data.get("cash_out_policy", CashOutPolicy.FORFEIT_REMAINING_BONUS.value)
+            ),
         )
 
 

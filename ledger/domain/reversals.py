@@ -32,7 +32,23 @@ class RedemptionRecord:
         return self.points - sum(self.reversed.values())
 
 
-def reversal_amount(transaction_id: str, reversible: int, requested: int) -> int:
+@dataclass(frozen=True)
+class Reversal:
+    """What a Reverse did, whatever it reversed (the fields of other kinds stay 0)."""
+
+    points_reversed: int = 0
+    debt_added: int = 0  # an Earn's points that could not be taken back
+    cash_minor: int = 0  # a Spend refund: cash put back on the card
+    bonus_minor: int = 0  # ... and bonus
+    refunded_cash_minor: int = 0  # a cash-out: what the cashier hands back
+    forfeited_bonus_minor: int = 0  # ... and the bonus that lapses
+    bonus_deducted_minor: int = 0  # ... spent bonus kept from the cash (DEDUCT_SPENT_BONUS)
+    value_minor: int = 0  # a ConvertPoints reversal: the bonus taken back off the card
+
+
+def reversal_amount(
+    transaction_id: str, reversible: int, requested: int, unit: str = "points"
+) -> int:
     if reversible <= 0:
         raise errors.NothingLeftToReverse(
             f"transaction {transaction_id} has been reversed in full",
@@ -42,7 +58,7 @@ def reversal_amount(transaction_id: str, reversible: int, requested: int) -> int
         return reversible
     if requested > reversible:
         raise errors.ReversalExceedsOriginal(
-            f"only {reversible} points of transaction {transaction_id} remain reversible",
+            f"only {reversible} {unit} of transaction {transaction_id} remain reversible",
             reversible=str(reversible),
         )
     return requested

@@ -73,6 +73,29 @@ STORED_VALUE_SPLIT_CASH_FIRST: StoredValueSplit.ValueType  # 2
 STORED_VALUE_SPLIT_BONUS_FIRST: StoredValueSplit.ValueType  # 3
 Global___StoredValueSplit: _TypeAlias = StoredValueSplit  # noqa: Y015
 
+class _CashOutPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CashOutPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CashOutPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CASH_OUT_POLICY_UNSPECIFIED: _CashOutPolicy.ValueType  # 0
+    """= FORFEIT_REMAINING_BONUS"""
+    CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS: _CashOutPolicy.ValueType  # 1
+    """Pay back the top-up's unspent cash; its remaining bonus lapses."""
+    CASH_OUT_POLICY_DEDUCT_SPENT_BONUS: _CashOutPolicy.ValueType  # 2
+    """The same, less the bonus already spent from that top-up."""
+
+class CashOutPolicy(_CashOutPolicy, metaclass=_CashOutPolicyEnumTypeWrapper): ...
+
+CASH_OUT_POLICY_UNSPECIFIED: CashOutPolicy.ValueType  # 0
+"""= FORFEIT_REMAINING_BONUS"""
+CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS: CashOutPolicy.ValueType  # 1
+"""Pay back the top-up's unspent cash; its remaining bonus lapses."""
+CASH_OUT_POLICY_DEDUCT_SPENT_BONUS: CashOutPolicy.ValueType  # 2
+"""The same, less the bonus already spent from that top-up."""
+Global___CashOutPolicy: _TypeAlias = CashOutPolicy  # noqa: Y015
+
 class _TransactionKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -92,6 +115,7 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_KIND_EXPIRE: _TransactionKind.ValueType  # 10
     TRANSACTION_KIND_TOP_UP: _TransactionKind.ValueType  # 11
     TRANSACTION_KIND_SPEND: _TransactionKind.ValueType  # 12
+    TRANSACTION_KIND_CONVERT: _TransactionKind.ValueType  # 13
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
@@ -108,6 +132,7 @@ TRANSACTION_KIND_REVERSE: TransactionKind.ValueType  # 9
 TRANSACTION_KIND_EXPIRE: TransactionKind.ValueType  # 10
 TRANSACTION_KIND_TOP_UP: TransactionKind.ValueType  # 11
 TRANSACTION_KIND_SPEND: TransactionKind.ValueType  # 12
+TRANSACTION_KIND_CONVERT: TransactionKind.ValueType  # 13
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 @_typing.final
@@ -162,6 +187,59 @@ class Tier(_message.Message):
 Global___Tier: _TypeAlias = Tier  # noqa: Y015
 
 @_typing.final
+class TopUpBonusStep(_message.Message):
+    """A step of the top-up promotion (充100送20): a top-up of at least min_cash_minor is
+    granted bonus_minor + cash * bonus_ppm / 1,000,000 (rounded down).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_CASH_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_PPM_FIELD_NUMBER: _builtins.int
+    min_cash_minor: _builtins.int
+    bonus_minor: _builtins.int
+    bonus_ppm: _builtins.int
+    def __init__(
+        self,
+        *,
+        min_cash_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int = ...,
+        bonus_ppm: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_minor", b"bonus_minor", "bonus_ppm", b"bonus_ppm", "min_cash_minor", b"min_cash_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopUpBonusStep: _TypeAlias = TopUpBonusStep  # noqa: Y015
+
+@_typing.final
+class PointsConversion(_message.Message):
+    """ConvertPoints' rate: `points` points become `value_minor` of stored-value bonus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    value_minor: _builtins.int
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        value_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "value_minor", b"value_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PointsConversion: _TypeAlias = PointsConversion  # noqa: Y015
+
+@_typing.final
 class Program(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -178,6 +256,9 @@ class Program(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
+    POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
+    CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     currency: _builtins.str
@@ -187,6 +268,7 @@ class Program(_message.Message):
     stored_value_split: Global___StoredValueSplit.ValueType
     expected_redemption_rate_ppm: _builtins.int
     version: _builtins.int
+    cash_out_policy: Global___CashOutPolicy.ValueType
     @_builtins.property
     def expiry_policy(self) -> Global___ExpiryPolicy: ...
     @_builtins.property
@@ -195,6 +277,12 @@ class Program(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def top_up_bonus(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUpBonusStep]: ...
+    @_builtins.property
+    def points_conversion(self) -> Global___PointsConversion:
+        """Unset: ConvertPoints is refused."""
+
     def __init__(
         self,
         *,
@@ -211,10 +299,13 @@ class Program(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        top_up_bonus: _abc.Iterable[Global___TopUpBonusStep] | None = ...,
+        points_conversion: Global___PointsConversion | None = ...,
+        cash_out_policy: Global___CashOutPolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expiry_policy", b"expiry_policy", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,6 +326,9 @@ class CreateProgramRequest(_message.Message):
     STORED_VALUE_SPLIT_FIELD_NUMBER: _builtins.int
     EXPECTED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
+    POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
+    CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     currency: _builtins.str
@@ -245,10 +339,17 @@ class CreateProgramRequest(_message.Message):
     stored_value_split: Global___StoredValueSplit.ValueType
     expected_redemption_rate_ppm: _builtins.int
     request_id: _builtins.str
+    cash_out_policy: Global___CashOutPolicy.ValueType
     @_builtins.property
     def expiry_policy(self) -> Global___ExpiryPolicy: ...
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]: ...
+    @_builtins.property
+    def top_up_bonus(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUpBonusStep]:
+        """At most 32 steps, min_cash_minor > 0 and distinct."""
+
+    @_builtins.property
+    def points_conversion(self) -> Global___PointsConversion: ...
     def __init__(
         self,
         *,
@@ -263,10 +364,13 @@ class CreateProgramRequest(_message.Message):
         stored_value_split: Global___StoredValueSplit.ValueType = ...,
         expected_redemption_rate_ppm: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        top_up_bonus: _abc.Iterable[Global___TopUpBonusStep] | None = ...,
+        points_conversion: Global___PointsConversion | None = ...,
+        cash_out_policy: Global___CashOutPolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry_policy", b"expiry_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "program_id", b"program_id", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,8 +404,9 @@ Global___CreateProgramResponse: _TypeAlias = CreateProgramResponse  # noqa: Y015
 
 @_typing.final
 class UpdateProgramRequest(_message.Message):
-    """Only the fields that are set change. `tiers` is replaced when
-    `replace_tiers` is true (an empty list clears the ladder).
+    """Only the fields that are set change. `tiers` is replaced when `replace_tiers` is
+    true (an empty list clears the ladder); `top_up_bonus` likewise with
+    `replace_top_up_bonus`; `clear_points_conversion` removes the rate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -315,6 +420,11 @@ class UpdateProgramRequest(_message.Message):
     STORED_VALUE_SPLIT_FIELD_NUMBER: _builtins.int
     EXPECTED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
+    REPLACE_TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
+    POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
+    CLEAR_POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
+    CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     replace_tiers: _builtins.bool
@@ -322,10 +432,17 @@ class UpdateProgramRequest(_message.Message):
     stored_value_split: Global___StoredValueSplit.ValueType
     expected_redemption_rate_ppm: _builtins.int
     request_id: _builtins.str
+    replace_top_up_bonus: _builtins.bool
+    clear_points_conversion: _builtins.bool
+    cash_out_policy: Global___CashOutPolicy.ValueType
     @_builtins.property
     def expiry_policy(self) -> Global___ExpiryPolicy: ...
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]: ...
+    @_builtins.property
+    def top_up_bonus(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUpBonusStep]: ...
+    @_builtins.property
+    def points_conversion(self) -> Global___PointsConversion: ...
     def __init__(
         self,
         *,
@@ -338,11 +455,18 @@ class UpdateProgramRequest(_message.Message):
         stored_value_split: Global___StoredValueSplit.ValueType | None = ...,
         expected_redemption_rate_ppm: _builtins.int | None = ...,
         request_id: _builtins.str = ...,
+        top_up_bonus: _abc.Iterable[Global___TopUpBonusStep] | None = ...,
+        replace_top_up_bonus: _builtins.bool = ...,
+        points_conversion: Global___PointsConversion | None = ...,
+        clear_points_conversion: _builtins.bool = ...,
+        cash_out_policy: Global___CashOutPolicy.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "program_id", b"program_id", "replace_tiers", b"replace_tiers", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "clear_points_conversion", b"clear_points_conversion", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "program_id", b"program_id", "replace_tiers", b"replace_tiers", "replace_top_up_bonus", b"replace_top_up_bonus", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cash_out_policy: _TypeAlias = _typing.Literal["cash_out_policy"]  # noqa: Y015
+    _WhichOneofArgType__cash_out_policy: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy"]  # noqa: Y015
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
     _WhichOneofReturnType__expected_redemption_rate_ppm: _TypeAlias = _typing.Literal["expected_redemption_rate_ppm"]  # noqa: Y015
@@ -351,6 +475,8 @@ class UpdateProgramRequest(_message.Message):
     _WhichOneofArgType__stored_value_split: _TypeAlias = _typing.Literal["_stored_value_split", b"_stored_value_split"]  # noqa: Y015
     _WhichOneofReturnType__tier_window_days: _TypeAlias = _typing.Literal["tier_window_days"]  # noqa: Y015
     _WhichOneofArgType__tier_window_days: _TypeAlias = _typing.Literal["_tier_window_days", b"_tier_window_days"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cash_out_policy) -> _WhichOneofReturnType__cash_out_policy | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
     @_typing.overload
@@ -1027,9 +1153,13 @@ class TopUpRequest(_message.Message):
     program_id: _builtins.str
     member_id: _builtins.str
     cash_minor: _builtins.int
+    """Paid, > 0."""
     bonus_minor: _builtins.int
+    """Granted, >= 0. Unset: the program's top_up_bonus schedule; set (0 included): this."""
     store_id: _builtins.str
+    """The store that sells the top-up: its store of issue."""
     payment_ref: _builtins.str
+    """The payment processor's reference (reconciliation matches on it)."""
     request_id: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -1039,17 +1169,19 @@ class TopUpRequest(_message.Message):
         program_id: _builtins.str = ...,
         member_id: _builtins.str = ...,
         cash_minor: _builtins.int = ...,
-        bonus_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int | None = ...,
         store_id: _builtins.str = ...,
         payment_ref: _builtins.str = ...,
         request_id: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bonus_minor", b"_bonus_minor", "bonus_minor", b"bonus_minor", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_minor", b"bonus_minor", "cash_minor", b"cash_minor", "member_id", b"member_id", "occurred_at", b"occurred_at", "payment_ref", b"payment_ref", "program_id", b"program_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bonus_minor", b"_bonus_minor", "bonus_minor", b"bonus_minor", "cash_minor", b"cash_minor", "member_id", b"member_id", "occurred_at", b"occurred_at", "payment_ref", b"payment_ref", "program_id", b"program_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__bonus_minor: _TypeAlias = _typing.Literal["bonus_minor"]  # noqa: Y015
+    _WhichOneofArgType__bonus_minor: _TypeAlias = _typing.Literal["_bonus_minor", b"_bonus_minor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bonus_minor) -> _WhichOneofReturnType__bonus_minor | None: ...
 
 Global___TopUpRequest: _TypeAlias = TopUpRequest  # noqa: Y015
 
@@ -1060,8 +1192,18 @@ class TopUpResponse(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    CASH_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_STEP_MIN_CASH_MINOR_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     position: _builtins.int
+    bonus_minor: _builtins.int
+    """As granted (the request's, or the schedule's)."""
+    cash_minor: _builtins.int
+    bonus_step_min_cash_minor: _builtins.int
+    """The schedule step the bonus came from; unset when the request named the bonus or no
+    step was met.
+    """
     @_builtins.property
     def account(self) -> Global___Account: ...
     def __init__(
@@ -1070,14 +1212,89 @@ class TopUpResponse(_message.Message):
         transaction_id: _builtins.str = ...,
         position: _builtins.int = ...,
         account: Global___Account | None = ...,
+        bonus_minor: _builtins.int = ...,
+        cash_minor: _builtins.int = ...,
+        bonus_step_min_cash_minor: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bonus_step_min_cash_minor", b"_bonus_step_min_cash_minor", "account", b"account", "bonus_step_min_cash_minor", b"bonus_step_min_cash_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "position", b"position", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bonus_step_min_cash_minor", b"_bonus_step_min_cash_minor", "account", b"account", "bonus_minor", b"bonus_minor", "bonus_step_min_cash_minor", b"bonus_step_min_cash_minor", "cash_minor", b"cash_minor", "position", b"position", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bonus_step_min_cash_minor: _TypeAlias = _typing.Literal["bonus_step_min_cash_minor"]  # noqa: Y015
+    _WhichOneofArgType__bonus_step_min_cash_minor: _TypeAlias = _typing.Literal["_bonus_step_min_cash_minor", b"_bonus_step_min_cash_minor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bonus_step_min_cash_minor) -> _WhichOneofReturnType__bonus_step_min_cash_minor | None: ...
+
+Global___TopUpResponse: _TypeAlias = TopUpResponse  # noqa: Y015
+
+@_typing.final
+class ConvertPointsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    member_id: _builtins.str
+    points: _builtins.int
+    """> 0, a multiple of the program's points_conversion.points."""
+    store_id: _builtins.str
+    request_id: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        store_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "occurred_at", b"occurred_at", "points", b"points", "program_id", b"program_id", "request_id", b"request_id", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TopUpResponse: _TypeAlias = TopUpResponse  # noqa: Y015
+Global___ConvertPointsRequest: _TypeAlias = ConvertPointsRequest  # noqa: Y015
+
+@_typing.final
+class ConvertPointsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    CONSUMED_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    position: _builtins.int
+    value_minor: _builtins.int
+    """Credited as stored-value bonus."""
+    @_builtins.property
+    def account(self) -> Global___Account: ...
+    @_builtins.property
+    def consumed(self) -> _containers.RepeatedCompositeFieldContainer[Global___LotPoints]: ...
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        position: _builtins.int = ...,
+        account: Global___Account | None = ...,
+        value_minor: _builtins.int = ...,
+        consumed: _abc.Iterable[Global___LotPoints] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "consumed", b"consumed", "position", b"position", "transaction_id", b"transaction_id", "value_minor", b"value_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConvertPointsResponse: _TypeAlias = ConvertPointsResponse  # noqa: Y015
 
 @_typing.final
 class SpendRequest(_message.Message):
@@ -1165,11 +1382,15 @@ class ReverseRequest(_message.Message):
     program_id: _builtins.str
     member_id: _builtins.str
     transaction_id: _builtins.str
-    """The transaction to reverse: an Earn, Redeem (or hold capture), Spend or TopUp."""
+    """The transaction to reverse: an Earn, Redeem (or hold capture), Spend, TopUp or
+    ConvertPoints.
+    """
     points: _builtins.int
-    """Points to reverse (Earn, Redeem); 0 = all that remains reversible."""
+    """Points to reverse (Earn, Redeem, ConvertPoints); 0 = all that remains reversible."""
     amount_minor: _builtins.int
-    """Money to reverse (Spend, TopUp); 0 = all that remains reversible."""
+    """Money to reverse: of a Spend, the amount refunded to the card; of a TopUp, the cash
+    taken off the card (the cash-out); 0 = all that remains reversible.
+    """
     reason: _builtins.str
     store_id: _builtins.str
     request_id: _builtins.str
@@ -1206,6 +1427,12 @@ class ReverseResponse(_message.Message):
     POINTS_REVERSED_FIELD_NUMBER: _builtins.int
     DEBT_ADDED_FIELD_NUMBER: _builtins.int
     REVERSES_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    CASH_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    REFUNDED_CASH_MINOR_FIELD_NUMBER: _builtins.int
+    FORFEITED_BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_DEDUCTED_MINOR_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     position: _builtins.int
     points_reversed: _builtins.int
@@ -1213,6 +1440,17 @@ class ReverseResponse(_message.Message):
     """Points of an Earn reversal that could not be taken back and became debt."""
     reverses_transaction_id: _builtins.str
     """The transaction this reversal reverses (the request's transaction_id)."""
+    cash_minor: _builtins.int
+    """A Spend refund: the stored value put back on the card, as the spend split it."""
+    bonus_minor: _builtins.int
+    refunded_cash_minor: _builtins.int
+    """A TopUp reversal (cash-out): the cash the cashier hands back, the bonus that lapses,
+    and the spent bonus kept from the cash under DEDUCT_SPENT_BONUS.
+    """
+    forfeited_bonus_minor: _builtins.int
+    bonus_deducted_minor: _builtins.int
+    value_minor: _builtins.int
+    """A ConvertPoints reversal: the bonus taken back off the card."""
     @_builtins.property
     def account(self) -> Global___Account: ...
     def __init__(
@@ -1224,10 +1462,16 @@ class ReverseResponse(_message.Message):
         points_reversed: _builtins.int = ...,
         debt_added: _builtins.int = ...,
         reverses_transaction_id: _builtins.str = ...,
+        cash_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int = ...,
+        refunded_cash_minor: _builtins.int = ...,
+        forfeited_bonus_minor: _builtins.int = ...,
+        bonus_deducted_minor: _builtins.int = ...,
+        value_minor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "debt_added", b"debt_added", "points_reversed", b"points_reversed", "position", b"position", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_deducted_minor", b"bonus_deducted_minor", "bonus_minor", b"bonus_minor", "cash_minor", b"cash_minor", "debt_added", b"debt_added", "forfeited_bonus_minor", b"forfeited_bonus_minor", "points_reversed", b"points_reversed", "position", b"position", "refunded_cash_minor", b"refunded_cash_minor", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id", "value_minor", b"value_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

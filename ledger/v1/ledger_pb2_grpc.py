@@ -105,6 +105,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_ledger__pb2.SpendRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_ledger__pb2.SpendResponse.FromString,
                 _registered_method=True)
+        self.ConvertPoints = channel.unary_unary(
+                '/ledger.v1.LedgerService/ConvertPoints',
+                request_serializer=ledger_dot_v1_dot_ledger__pb2.ConvertPointsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_ledger__pb2.ConvertPointsResponse.FromString,
+                _registered_method=True)
         self.Reverse = channel.unary_unary(
                 '/ledger.v1.LedgerService/Reverse',
                 request_serializer=ledger_dot_v1_dot_ledger__pb2.ReverseRequest.SerializeToString,
@@ -259,16 +264,39 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TopUp(self, request, context):
-        """Errors:
-        UNIMPLEMENTED: stored value is not available yet
+        """Stored value: a top-up is a lot of its own {cash, bonus, store of issue, payment_ref}.
+        Without bonus_minor the program's top_up_bonus schedule decides (the highest step met).
+        Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Spend(self, request, context):
-        """Errors:
-        UNIMPLEMENTED: stored value is not available yet
+        """Pays from stored value, split into cash and bonus by the program's stored_value_split,
+        drawing on lots oldest first. Points debt does not block it (docs/decisions/0015).
+        Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION INSUFFICIENT_STORED_VALUE: more than the card holds
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConvertPoints(self, request, context):
+        """Points into stored-value bonus at the program's points_conversion rate; the points
+        leave their lots as a redemption's do.
+        Errors (and those of every command):
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        FAILED_PRECONDITION CONVERSION_NOT_AVAILABLE: the program sets no rate
+        FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: points not a multiple of the rate's
+        FAILED_PRECONDITION ACCOUNT_IN_DEBT / INSUFFICIENT_POINTS: as for Redeem
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+        RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,13 +304,18 @@ class LedgerServiceServicer:
 
     def Reverse(self, request, context):
         """Errors (and those of every command):
-        INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+        INVALID_ARGUMENT: both points and amount_minor set
         NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
         NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
-        FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
-        FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
-        FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
-        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+        FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn, a redemption, a Spend,
+        a TopUp or a ConvertPoints
+        FAILED_PRECONDITION REVERSAL_IN_WRONG_UNIT: points for a Spend or TopUp, or
+        amount_minor for an Earn, a redemption or a ConvertPoints
+        FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full (or, for a
+        ConvertPoints, its value spent)
+        FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more than remains reversible
+        FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: a ConvertPoints reversal off its rate
+        FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: a balance or the debt would pass int64
         RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -309,7 +342,7 @@ class LedgerServiceServicer:
         INTERNAL: an unexpected server fault (logged)
         Errors of one command, in its result's `error`:
         INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
-        the batch's, or a kind not available in a batch (top_up, spend)
+        the batch's, or no command set
         the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
         ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
         ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
@@ -415,6 +448,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.Spend,
                     request_deserializer=ledger_dot_v1_dot_ledger__pb2.SpendRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_ledger__pb2.SpendResponse.SerializeToString,
+            ),
+            'ConvertPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConvertPoints,
+                    request_deserializer=ledger_dot_v1_dot_ledger__pb2.ConvertPointsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_ledger__pb2.ConvertPointsResponse.SerializeToString,
             ),
             'Reverse': grpc.unary_unary_rpc_method_handler(
                     servicer.Reverse,
@@ -782,6 +820,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/Spend',
             ledger_dot_v1_dot_ledger__pb2.SpendRequest.SerializeToString,
             ledger_dot_v1_dot_ledger__pb2.SpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConvertPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/ConvertPoints',
+            ledger_dot_v1_dot_ledger__pb2.ConvertPointsRequest.SerializeToString,
+            ledger_dot_v1_dot_ledger__pb2.ConvertPointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

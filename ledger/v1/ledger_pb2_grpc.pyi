@@ -117,22 +117,46 @@ class LedgerServiceStub:
       RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     TopUp: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.TopUpRequest, _ledger_pb2.TopUpResponse]
-    """Errors:
-      UNIMPLEMENTED: stored value is not available yet
+    """Stored value: a top-up is a lot of its own {cash, bonus, store of issue, payment_ref}.
+    Without bonus_minor the program's top_up_bonus schedule decides (the highest step met).
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     Spend: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.SpendRequest, _ledger_pb2.SpendResponse]
-    """Errors:
-      UNIMPLEMENTED: stored value is not available yet
+    """Pays from stored value, split into cash and bonus by the program's stored_value_split,
+    drawing on lots oldest first. Points debt does not block it (docs/decisions/0015).
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION INSUFFICIENT_STORED_VALUE: more than the card holds
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
+    ConvertPoints: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ConvertPointsRequest, _ledger_pb2.ConvertPointsResponse]
+    """Points into stored-value bonus at the program's points_conversion rate; the points
+    leave their lots as a redemption's do.
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION CONVERSION_NOT_AVAILABLE: the program sets no rate
+      FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: points not a multiple of the rate's
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT / INSUFFICIENT_POINTS: as for Redeem
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     Reverse: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ReverseRequest, _ledger_pb2.ReverseResponse]
     """Errors (and those of every command):
-      INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+      INVALID_ARGUMENT: both points and amount_minor set
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
       NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
-      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
-      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
-      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
-      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn, a redemption, a Spend,
+        a TopUp or a ConvertPoints
+      FAILED_PRECONDITION REVERSAL_IN_WRONG_UNIT: points for a Spend or TopUp, or
+        amount_minor for an Earn, a redemption or a ConvertPoints
+      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full (or, for a
+        ConvertPoints, its value spent)
+      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more than remains reversible
+      FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: a ConvertPoints reversal off its rate
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: a balance or the debt would pass int64
       RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     RunExpiry: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.RunExpiryRequest, _ledger_pb2.RunExpiryResponse]
@@ -151,7 +175,7 @@ class LedgerServiceStub:
       INTERNAL: an unexpected server fault (logged)
     Errors of one command, in its result's `error`:
       INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
-        the batch's, or a kind not available in a batch (top_up, spend)
+        the batch's, or no command set
       the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
         ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
       ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
@@ -264,22 +288,46 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
       RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     TopUp: _aio.UnaryUnaryMultiCallable[_ledger_pb2.TopUpRequest, _ledger_pb2.TopUpResponse]  # type: ignore[assignment]
-    """Errors:
-      UNIMPLEMENTED: stored value is not available yet
+    """Stored value: a top-up is a lot of its own {cash, bonus, store of issue, payment_ref}.
+    Without bonus_minor the program's top_up_bonus schedule decides (the highest step met).
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     Spend: _aio.UnaryUnaryMultiCallable[_ledger_pb2.SpendRequest, _ledger_pb2.SpendResponse]  # type: ignore[assignment]
-    """Errors:
-      UNIMPLEMENTED: stored value is not available yet
+    """Pays from stored value, split into cash and bonus by the program's stored_value_split,
+    drawing on lots oldest first. Points debt does not block it (docs/decisions/0015).
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION INSUFFICIENT_STORED_VALUE: more than the card holds
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+    """
+    ConvertPoints: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ConvertPointsRequest, _ledger_pb2.ConvertPointsResponse]  # type: ignore[assignment]
+    """Points into stored-value bonus at the program's points_conversion rate; the points
+    leave their lots as a redemption's do.
+    Errors (and those of every command):
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      FAILED_PRECONDITION CONVERSION_NOT_AVAILABLE: the program sets no rate
+      FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: points not a multiple of the rate's
+      FAILED_PRECONDITION ACCOUNT_IN_DEBT / INSUFFICIENT_POINTS: as for Redeem
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+      RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     Reverse: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ReverseRequest, _ledger_pb2.ReverseResponse]  # type: ignore[assignment]
     """Errors (and those of every command):
-      INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+      INVALID_ARGUMENT: both points and amount_minor set
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
       NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
-      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
-      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
-      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
-      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+      FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn, a redemption, a Spend,
+        a TopUp or a ConvertPoints
+      FAILED_PRECONDITION REVERSAL_IN_WRONG_UNIT: points for a Spend or TopUp, or
+        amount_minor for an Earn, a redemption or a ConvertPoints
+      FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full (or, for a
+        ConvertPoints, its value spent)
+      FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more than remains reversible
+      FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: a ConvertPoints reversal off its rate
+      FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: a balance or the debt would pass int64
       RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
     """
     RunExpiry: _aio.UnaryUnaryMultiCallable[_ledger_pb2.RunExpiryRequest, _ledger_pb2.RunExpiryResponse]  # type: ignore[assignment]
@@ -298,7 +346,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
       INTERNAL: an unexpected server fault (logged)
     Errors of one command, in its result's `error`:
       INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
-        the batch's, or a kind not available in a batch (top_up, spend)
+        the batch's, or no command set
       the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
         ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
       ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or
@@ -474,8 +522,12 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.TopUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.TopUpResponse, _abc.Awaitable[_ledger_pb2.TopUpResponse]]:
-        """Errors:
-          UNIMPLEMENTED: stored value is not available yet
+        """Stored value: a top-up is a lot of its own {cash, bonus, store of issue, payment_ref}.
+        Without bonus_minor the program's top_up_bonus schedule decides (the highest step met).
+        Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
 
     @_abc_1.abstractmethod
@@ -484,8 +536,29 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.SpendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.SpendResponse, _abc.Awaitable[_ledger_pb2.SpendResponse]]:
-        """Errors:
-          UNIMPLEMENTED: stored value is not available yet
+        """Pays from stored value, split into cash and bonus by the program's stored_value_split,
+        drawing on lots oldest first. Points debt does not block it (docs/decisions/0015).
+        Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION INSUFFICIENT_STORED_VALUE: more than the card holds
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
+        """
+
+    @_abc_1.abstractmethod
+    def ConvertPoints(
+        self,
+        request: _ledger_pb2.ConvertPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ConvertPointsResponse, _abc.Awaitable[_ledger_pb2.ConvertPointsResponse]]:
+        """Points into stored-value bonus at the program's points_conversion rate; the points
+        leave their lots as a redemption's do.
+        Errors (and those of every command):
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          FAILED_PRECONDITION CONVERSION_NOT_AVAILABLE: the program sets no rate
+          FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: points not a multiple of the rate's
+          FAILED_PRECONDITION ACCOUNT_IN_DEBT / INSUFFICIENT_POINTS: as for Redeem
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the stored value would pass int64
+          RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
 
     @_abc_1.abstractmethod
@@ -495,13 +568,18 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ReverseResponse, _abc.Awaitable[_ledger_pb2.ReverseResponse]]:
         """Errors (and those of every command):
-          INVALID_ARGUMENT: amount_minor set (stored-value reversals are not available yet)
+          INVALID_ARGUMENT: both points and amount_minor set
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
           NOT_FOUND TRANSACTION_NOT_FOUND: not a transaction of this account
-          FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn or a redemption
-          FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full
-          FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more points than remain reversible
-          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: the balance or debt would pass int64
+          FAILED_PRECONDITION TRANSACTION_NOT_REVERSIBLE: not an Earn, a redemption, a Spend,
+            a TopUp or a ConvertPoints
+          FAILED_PRECONDITION REVERSAL_IN_WRONG_UNIT: points for a Spend or TopUp, or
+            amount_minor for an Earn, a redemption or a ConvertPoints
+          FAILED_PRECONDITION NOTHING_LEFT_TO_REVERSE: already reversed in full (or, for a
+            ConvertPoints, its value spent)
+          FAILED_PRECONDITION REVERSAL_EXCEEDS_ORIGINAL: more than remains reversible
+          FAILED_PRECONDITION NOT_A_MULTIPLE_OF_RATE: a ConvertPoints reversal off its rate
+          FAILED_PRECONDITION BALANCE_LIMIT_EXCEEDED: a balance or the debt would pass int64
           RESOURCE_EXHAUSTED: the account's writer queue is full; retry shortly
         """
 
@@ -532,7 +610,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
           INTERNAL: an unexpected server fault (logged)
         Errors of one command, in its result's `error`:
           INVALID_ARGUMENT: its fields (named commands[i].<kind>.<field>), a program_id not
-            the batch's, or a kind not available in a batch (top_up, spend)
+            the batch's, or no command set
           the errors of that command's own RPC (NOT_FOUND, FAILED_PRECONDITION,
             ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED, ABORTED WRITE_CONFLICT)
           ABORTED ATOMIC_BATCH_ABORTED: (atomic) not applied: another command was invalid or

@@ -34,6 +34,7 @@ from ledger.application.transcodings import account_transcodings
 from ledger.domain import errors, journal
 from ledger.domain.account import MemberAccount
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
+from ledger.domain.reversals import Reversal
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -559,7 +560,7 @@ class AccountMachine(RuleBasedStateMachine):
             new.append(self.mapper.to_domain_event(stored))
         for decoded in new:
             self.totals.add(decoded)
-            entries = journal.postings(decoded, "member")
+            entries = journal.postings(decoded, "member", "CNY")
             assert type(decoded) in journal.NO_POSTINGS or entries, type(decoded)
             assert sum(p.amount for p in entries) == 0, entries  # each event balances
             for p in entries:
@@ -790,7 +791,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.execute(
             prov,
             lambda m: m.reverse(tx, now, target, 0),
-            lambda a: a.reverse(prov, now, target, 0),
+            lambda a: points_and_debt(a.reverse(prov, now, target, 0)),
         )
 
     @precondition(lambda self: bool(self.model.earns))
@@ -811,7 +812,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.execute(
             prov,
             lambda m: m.reverse(tx, now, target, 0),
-            lambda a: a.reverse(prov, now, target, 0),
+            lambda a: points_and_debt(a.reverse(prov, now, target, 0)),
         )
         self.now += data.draw(st.sampled_from([HOUR, 2 * HOUR, 2 * DAY]), label="later")
 
@@ -846,7 +847,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.execute(
             prov,
             lambda m: m.reverse(tx, now, target, points),
-            lambda a: a.reverse(prov, now, target, points),
+            lambda a: points_and_debt(a.reverse(prov, now, target, points)),
         )
 
     @rule(
@@ -992,3 +993,7 @@ AccountMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestAccountModel = AccountMachine.TestCase
+
+
+def points_and_debt(done: Reversal) -> tuple[int, int]:
+    return done.points_reversed, done.debt_added

@@ -340,6 +340,9 @@ def test_each_descriptor_presents_with_its_commands_presenter() -> None:
         "ReleaseHold": r.ReleaseResult(points_released=0),
         "Adjust": None,
         "Reverse": r.ReverseResult(points_reversed=0, debt_added=0, reverses_transaction_id=""),
+        "TopUp": r.TopUpResult(cash_minor=1, bonus_minor=0, bonus_step_min_cash=None),
+        "Spend": r.SpendResult(cash_minor=1, bonus_minor=0),
+        "ConvertPoints": r.ConvertResult(value_minor=1, consumed={}),
     }
     for d in descriptors.ACCOUNT_COMMANDS:
         response = d.present(outcome(results[d.rpc]))

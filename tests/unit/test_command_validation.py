@@ -155,9 +155,9 @@ def test_each_bad_value_is_its_fields_violation(kind: str, field: str, value: An
     assert all(description for _, description in found)
 
 
-def test_a_stored_value_reversal_is_refused_even_alone() -> None:
-    assert violations_of("Reverse", points=0, amount_minor=5) == [
-        ("amount_minor", "stored-value reversals are not available yet; use points")
+def test_a_reversal_names_points_or_money_not_both() -> None:
+    assert violations_of("Reverse", points=3, amount_minor=5) == [
+        ("amount_minor", "set points (for points) or amount_minor (for money), not both")
     ]
 
 
@@ -295,8 +295,8 @@ def test_a_record_builds_the_command_the_rpc_would() -> None:
         ("earn", {"points": 5, "store_id": "s", "qualifying": "maybe"},
          "qualifying: must be true or false"),
         ("earn", {"points": 5, "store_id": "a b"}, "store_id: must be 1..64 characters"),
-        ("reverse", {"reverses": "e-1", "store_id": "s", "amount_minor": 100},
-         "amount_minor: stored-value reversals are not available yet"),
+        ("top_up", {"store_id": "s", "cash_minor": 0}, "cash_minor: must be greater than 0"),
+        ("spend", {"store_id": "s", "amount_minor": "ten"}, "amount_minor: must be an integer"),
         ("member", {"referrer_member_id": "m"}, "referrer_member_id: a member cannot refer"),
         ("reverse", {"store_id": "s"}, "reverses: required"),
     ],

@@ -12,7 +12,7 @@ def posted(m: Member) -> dict[str, int]:
     """The postings of the account's new events, summed by ledger account."""
     totals: dict[str, int] = {}
     for event in m.account.collect_events():
-        entries = journal.postings(event, "m")
+        entries = journal.postings(event, "m", "CNY")
         assert sum(p.amount for p in entries) == 0
         for p in entries:
             assert p.unit == journal.POINTS

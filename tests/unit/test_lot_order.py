@@ -80,7 +80,8 @@ class Member:
 
     def reverse(self, transaction_id: str, points: int = 0) -> tuple[int, int]:
         p = self.prov(reverses=transaction_id)
-        return self.account.reverse(p, self.now, transaction_id, points)
+        done = self.account.reverse(p, self.now, transaction_id, points)
+        return done.points_reversed, done.debt_added
 
     def adjust(self, points: int, expires_in: timedelta | None = None) -> None:
         expires_at = None if expires_in is None else self.now + expires_in

@@ -34,4 +34,4 @@ def test_an_event_the_journal_has_no_rule_for_stops_it() -> None:
         pass
 
     with pytest.raises(journal.NoPostingRule, match="Surprise"):
-        journal.postings(Surprise(), "m")
+        journal.postings(Surprise(), "m", "CNY")
