@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Auditors' tools. They read the database and never change the log.",
     )
     audit_sub = audit.add_subparsers(
-        dest="audit_command", required=True, metavar="{verify,replay,checkpoint}"
+        dest="audit_command", required=True, metavar="{verify,replay,journal,checkpoint}"
     )
     verify = audit_sub.add_parser(
         "verify",
@@ -160,6 +160,15 @@ def _parser() -> argparse.ArgumentParser:
         "compare it row by row with the live one; exit 1 on any difference.",
     )
     _database_arg(replay)
+    journal = audit_sub.add_parser(
+        "journal",
+        help="check the journal's invariants; non-zero exit on findings",
+        description="Check that every event's postings balance, that each member's ledger "
+        "accounts equal the account's balances, and that the per-day sums the reports read "
+        "equal the postings (docs/accounting.md); exit 1 on any finding.",
+    )
+    _database_arg(journal)
+    journal.add_argument("--program", default="", help="only this program")
     checkpoint = audit_sub.add_parser(
         "checkpoint",
         help="write a checkpoint now",

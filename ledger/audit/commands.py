@@ -26,6 +26,8 @@ from ledger.audit.checkpoints import (
     write_checkpoint,
 )
 from ledger.audit.events import EventReader
+from ledger.audit.journal_check import TABLES as JOURNAL_TABLES
+from ledger.audit.journal_check import check_journal
 from ledger.audit.replay import replay
 from ledger.audit.verify import program_exists, read_rows, verify
 from ledger.infrastructure.database import (
@@ -52,6 +54,8 @@ def run_audit(args: argparse.Namespace) -> int:
             return _verify(args.database, args.program, args.public_key)
         if args.audit_command == "replay":
             return _replay(args.database)
+        if args.audit_command == "journal":
+            return _journal(args.database, args.program)
         return _checkpoint(args.database)
     except Refused as e:
         print(f"{command}: {e}", file=sys.stderr)
@@ -104,6 +108,35 @@ def _replay(url: str) -> int:
         print(f"... and {len(report.differences) - 100} more differences")
     status = "ok" if report.ok else f"FAILED: {len(report.differences)} rows differ"
     print(f"{status}: {report.rows_compared} rows compared, log replayed to {report.position}")
+    return 0 if report.ok else 1
+
+
+def _journal(url: str, program_id: str) -> int:
+    config = existing_database(url)
+    if program_id:
+        db = open_database(config)
+        try:
+            if not program_exists(db, program_id):
+                raise Refused(f"no program {program_id!r} in {config.display}")
+        finally:
+            db.close()
+    missing = [t for t in JOURNAL_TABLES if t not in _tables(config, JOURNAL_TABLES)]
+    if missing:
+        raise Refused(
+            f"{_where(config)} has no journal of this version (no {', '.join(missing)};"
+            " `ledger migrate` makes it)"
+        )
+    report = check_journal(config, program_id)
+    for finding in report.findings[:100]:
+        print(f"{finding.kind}: {finding.detail}")
+    if len(report.findings) > 100:
+        print(f"... and {len(report.findings) - 100} more findings")
+    status = "ok" if report.ok else f"FAILED: {len(report.findings)} findings"
+    print(
+        f"{status}: {report.postings} postings balanced to position {report.position},"
+        f" {report.members} members' ledger accounts against their balances,"
+        f" {report.day_rows} per-day sums against the postings"
+    )
     return 0 if report.ok else 1
 
 
@@ -211,8 +244,9 @@ def _where(config: DatabaseConfig) -> str:
     return f"database {config.dbname!r} on PostgreSQL at {config.host}:{config.port}"
 
 
-def _tables(config: DatabaseConfig) -> set[str]:
-    """Which tables the database has, read on a connection that cannot change anything."""
+def _tables(config: DatabaseConfig, wanted: tuple[str, ...] = ()) -> set[str]:
+    """Which tables the database has (on PostgreSQL: of `wanted`, default the log's), read
+    on a connection that cannot change anything."""
     if config.dialect is SQLITE:
         uri = f"file:{quote(str(Path(config.sqlite_path).resolve()))}?mode=ro"
         try:
@@ -228,7 +262,7 @@ def _tables(config: DatabaseConfig) -> set[str]:
         with psycopg.connect(config.conninfo(), connect_timeout=CONNECT_TIMEOUT_SECONDS) as pg:
             found = pg.execute(
                 "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(t) IS NOT NULL",
-                (list(_wanted(config)),),
+                (list(wanted or _wanted(config)),),
             ).fetchall()
     except psycopg.Error as e:
         lines = str(e).strip().splitlines()
