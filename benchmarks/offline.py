@@ -10,6 +10,11 @@
     accounts   RSS of a Tally server process with N accounts in its database after every
                one of them was read or written once (the writer cache is bounded)
                | reference: RSS of the same server with an empty database
+    reports    finance's reports over gRPC over a log of 1M events of points and stored
+               value spread over 120 days (made by the real aggregates, COPYed into the log,
+               then every projection caught up, which is timed too): liabilities now and
+               at a part-day, movements and settlement for a month with part-day bounds,
+               the trial balance | reference: GetAccount of one member
 
     python -m benchmarks.offline            # full: 200k records, 1M accounts (~10 min)
     python -m benchmarks.offline --quick    # 20k records, 50k accounts
@@ -32,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,14 +73,29 @@ class Sizes:
     history: int  # transactions of the list-10k member
     accounts: int  # the RSS case
     verify_events: int  # the verify case
+    report_events: int  # the reports case
 
 
 MODES = {
     "full": Sizes(
-        200_000, members=20_000, history=10_000, accounts=1_000_000, verify_events=1_000_000
+        200_000,
+        members=20_000,
+        history=10_000,
+        accounts=1_000_000,
+        verify_events=1_000_000,
+        report_events=1_000_000,
     ),
-    "quick": Sizes(20_000, members=2_000, history=10_000, accounts=50_000, verify_events=100_000),
-    "smoke": Sizes(2_000, members=200, history=300, accounts=1_000, verify_events=2_000),
+    "quick": Sizes(
+        20_000,
+        members=2_000,
+        history=10_000,
+        accounts=50_000,
+        verify_events=100_000,
+        report_events=100_000,
+    ),
+    "smoke": Sizes(
+        2_000, members=200, history=300, accounts=1_000, verify_events=2_000, report_events=2_000
+    ),
 }
 
 
@@ -123,11 +143,18 @@ def new_program(url: str, program_id: str = "p") -> None:
 @contextmanager
 def serving(url: str, folder: Path) -> Iterator[tuple[Any, int]]:
     """A Tally server on `url` until the block ends: (its LedgerService stub, its pid)."""
+    with serving_channel(url, folder) as (channel, pid):
+        yield pb_grpc.LedgerServiceStub(channel), pid
+
+
+@contextmanager
+def serving_channel(url: str, folder: Path) -> Iterator[tuple[grpc.Channel, int]]:
+    """A Tally server on `url` until the block ends: (a channel to it, its pid)."""
     server = ServerProcess(SERVERS[0], url, folder)
     try:
         asyncio.run(server.wait_serving())
         with grpc.insecure_channel(server.target) as channel:
-            yield pb_grpc.LedgerServiceStub(channel), server.pid
+            yield channel, server.pid
     finally:
         server.stop()
 
@@ -398,11 +425,189 @@ def verify_rate(url: str) -> dict[str, Any]:
     }
 
 
+REPORT_DAYS = 120
+REPORT_STORES = 10
+REPORT_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def stored_value_log(url: str, events: int) -> int:
+    """A log of about `events` events of one programme (CNY, Asia/Shanghai, a top-up bonus
+    and a conversion rate): members earning, redeeming, topping up, spending, refunding and
+    converting at ten stores, decided by the real aggregates, recorded `REPORT_DAYS` days
+    apart from first to last. Stored through the application's mapper and COPYed into the
+    events table with their hash chains (writing a million events through the service takes
+    most of an hour). Returns how many were written."""
+    import random
+
+    from ledger.domain.account import MemberAccount
+    from ledger.domain.errors import DomainError
+    from ledger.domain.program import PointsConversion, Program, TopUpBonusStep
+    from ledger.domain.provenance import Provenance
+
+    tally = Tally.from_url(url)  # applies the migrations; its mapper encodes the events
+    mapper = tally.app.mapper
+    tally.close()
+    rng = random.Random(7)
+    settings = ProgramSettings(
+        "Reports benchmark",
+        "CNY",
+        time_zone="Asia/Shanghai",
+        top_up_bonus=(TopUpBonusStep(10_000, 1_000), TopUpBonusStep(50_000, 8_000)),
+        points_conversion=PointsConversion(100, 100),
+    )
+    span = timedelta(days=REPORT_DAYS)
+    members = max(10, events // 20)
+    pending: list[Any] = []
+    program = Program(program_id="p", settings=settings, transaction_id="p")
+    pending += program.collect_events()
+    accounts: dict[int, MemberAccount] = {}
+    spends: dict[int, list[str]] = {}
+    count = 0
+
+    def prov(at: datetime, reverses: str = "") -> Provenance:
+        nonlocal count
+        count += 1
+        return Provenance(
+            transaction_id=f"tx-{count}",
+            request_id=f"r-{count}",
+            occurred_at=at,
+            store_id=f"s{rng.randrange(REPORT_STORES)}",
+            reverses_transaction_id=reverses,
+        )
+
+    while len(pending) < events:
+        at = REPORT_START + span * len(pending) / events
+        m = rng.randrange(members)
+        account = accounts.get(m)
+        if account is None:
+            accounts[m] = MemberAccount(
+                program_id="p", member_id=f"m{m}", referrer_member_id="", provenance=prov(at)
+            )
+            spends[m] = []
+        else:
+            roll = rng.random()
+            try:
+                if roll < 0.35:
+                    account.earn(prov(at), at, rng.randint(10, 500), 1000, None, None)
+                elif roll < 0.45:
+                    account.redeem(prov(at), at, rng.randint(1, 50))
+                elif roll < 0.6:
+                    cash = rng.choice((5_000, 10_000, 20_000, 50_000))
+                    step = settings.top_up_step(cash)
+                    bonus = step.bonus_for(cash) if step else 0
+                    account.top_up(prov(at), at, cash, bonus, "pay", None, 1)
+                elif roll < 0.85:
+                    p = prov(at)
+                    account.spend(p, at, rng.randint(100, 8_000), settings.stored_value_split)
+                    spends[m].append(p.transaction_id)
+                elif roll < 0.93 and spends[m]:
+                    spent = rng.choice(spends[m])
+                    account.reverse(prov(at, reverses=spent), at, spent, 0, rng.randint(1, 500))
+                else:
+                    account.convert_points(prov(at), at, 100, settings.points_conversion)
+            except DomainError:
+                pass  # refused: nothing happened, as at a till
+        for e in accounts[m].collect_events():
+            pending.append(replace(e, timestamp=at))
+    with psycopg.connect(url, autocommit=True) as conn:
+        chains: dict[Any, bytes] = {}
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY ledger_events (originator_id, originator_version, topic, state, prev_hash,"
+                " hash) FROM STDIN"
+            ) as copy,
+        ):
+            for event in pending:
+                stored = mapper.to_stored_event(event)
+                prev = chains.get(stored.originator_id, GENESIS)
+                digest = event_hash(
+                    prev, stored.originator_id, stored.originator_version, stored.topic,
+                    stored.state,
+                )  # fmt: skip
+                copy.write_row(
+                    (stored.originator_id, stored.originator_version, stored.topic,
+                     stored.state, prev, digest)
+                )  # fmt: skip
+                chains[stored.originator_id] = digest
+        conn.execute("ANALYZE ledger_events")
+    return len(pending)
+
+
+def case_reports(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    from ledger.v1 import report_pb2 as rpb
+    from ledger.v1 import report_pb2_grpc as rpb_grpc
+
+    with scratch("reports") as url:
+        written = stored_value_log(url, sizes.report_events)
+        tally = Tally.from_url(url)
+        try:
+            started = time.perf_counter()
+            for runner in tally.projections.values():
+                runner.run_until_caught_up()
+            catch_up_s = time.perf_counter() - started
+        finally:
+            tally.close()
+        # Bounds inside days (part-days are read from the postings), a month apart.
+        month_start = REPORT_START + timedelta(days=31, hours=5, minutes=17)
+        month_end = month_start + timedelta(days=30, hours=3)
+        with serving_channel(url, folder) as (channel, _):
+            stub = pb_grpc.LedgerServiceStub(channel)
+            reports = rpb_grpc.ReportServiceStub(channel)
+            calls: dict[str, Callable[[], Any]] = {
+                "liabilities": lambda: reports.GetLiabilities(
+                    rpb.GetLiabilitiesRequest(program_id="p", group_by_store=True)
+                ),
+                "liabilities-as-of": lambda: reports.GetLiabilities(
+                    rpb.GetLiabilitiesRequest(program_id="p", as_of=_ts(month_end))
+                ),
+                "movements": lambda: reports.GetMovements(
+                    rpb.GetMovementsRequest(
+                        program_id="p", since=_ts(month_start), until=_ts(month_end)
+                    )
+                ),
+                "settlement": lambda: reports.GetSettlement(
+                    rpb.GetSettlementRequest(
+                        program_id="p", since=_ts(month_start), until=_ts(month_end)
+                    )
+                ),
+                "trial-balance": lambda: reports.GetTrialBalance(
+                    rpb.GetTrialBalanceRequest(program_id="p", as_of=_ts(month_end))
+                ),
+            }
+            timings = {name: _latencies(call, 30) for name, call in calls.items()}
+            account = _latencies(
+                lambda: stub.GetAccount(pb.GetAccountRequest(program_id="p", member_id="m1")), 200
+            )
+    common = {"unit": "ms", "reference": "GetAccount of one member"}
+    rows: list[dict[str, Any]] = [
+        {"case": "reports-catch-up", "what": f"every projection from zero over {written:,} events",
+         "rate": written / catch_up_s, "unit": "events/s", "seconds": catch_up_s,
+         "reference": "none (absolute)", "reference_rate": 0},
+    ]  # fmt: skip
+    for name, values in timings.items():
+        rows.append(
+            {"case": f"report-{name}", "what": f"over {written:,} events, {REPORT_DAYS} days",
+             "p50": _p(values, 0.5), "p99": _p(values, 0.99),
+             "reference_p50": _p(account, 0.5), "reference_p99": _p(account, 0.99), **common}
+        )  # fmt: skip
+    return rows
+
+
+def _ts(moment: datetime) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
 CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "import": case_import_and_rebuild,  # also measures the rebuild, over the imported log
     "list": case_list,
     "accounts": case_accounts,
     "verify": case_verify,
+    "reports": case_reports,
 }
 
 
@@ -415,6 +620,8 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"{r['case']:<16} {r['rate']:>10,.0f} {r['unit']:<10} reference "
                 f"{r['reference_rate']:>10,.0f} ({ratio:.2f}x)  {r['what']}; "
                 f"reference: {r['reference']}"
+                if r.get("reference_rate")
+                else f"{r['case']:<16} {r['rate']:>10,.0f} {r['unit']:<10} {r['what']}"
             )
         elif "p50" in r:
             lines.append(
