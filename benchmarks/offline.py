@@ -508,7 +508,8 @@ def stored_value_log(url: str, events: int) -> int:
             except DomainError:
                 pass  # refused: nothing happened, as at a till
         for e in accounts[m].collect_events():
-            pending.append(replace(e, timestamp=at))
+            recorded: Any = e  # the library's events are frozen dataclasses
+            pending.append(replace(recorded, timestamp=at))
     with psycopg.connect(url, autocommit=True) as conn:
         chains: dict[Any, bytes] = {}
         with (
