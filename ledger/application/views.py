@@ -62,7 +62,7 @@ class ProgramView:
             program.program_id,
             program.settings,
             program.created_on,
-            program.updated_at,
+            program.modified_on,
             program.version,
         )
 

@@ -170,7 +170,9 @@ class ProgramSettingsAsDict(Transcoding):
 
 
 class Program(Aggregate):
-    """A loyalty programme. Changes apply to transactions recorded after them."""
+    """A loyalty programme. Changes apply to transactions recorded after them. When it was
+    last changed is the library's `modified_on` (the newest event's timestamp): an attribute
+    set while an event is applied would see the previous event's."""
 
     @staticmethod
     def create_id(program_id: str) -> UUID:
@@ -180,7 +182,6 @@ class Program(Aggregate):
     def __init__(self, program_id: str, settings: ProgramSettings, transaction_id: str) -> None:
         self.program_id = program_id
         self.settings = settings
-        self.updated_at = self.created_on
 
     def update(self, changes: dict[str, Any], transaction_id: str) -> None:
         """Apply `changes` (field name -> new value of ProgramSettings)."""
@@ -190,4 +191,3 @@ class Program(Aggregate):
     @event("ProgramUpdated")
     def _updated(self, settings: ProgramSettings, transaction_id: str) -> None:
         self.settings = settings
-        self.updated_at = self.modified_on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -10,14 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ledger.application.views import ProgramView
 from ledger.domain.program import (
+    CashOutPolicy,
     ExpiryKind,
     ExpiryPolicy,
+    PointsConversion,
+    Program,
     ProgramSettings,
     ProgramSettingsAsDict,
     StoredValueSplit,
     TierRule,
     TierStanding,
+    TopUpBonusStep,
 )
 
 SHANGHAI = "Asia/Shanghai"
@@ -191,6 +197,44 @@ def test_settings_survive_the_transcoding() -> None:
         tier_window_days=180,
         stored_value_split=StoredValueSplit.BONUS_FIRST,
         expected_redemption_rate_ppm=750_000,
+        top_up_bonus=(TopUpBonusStep(10_000, 1_000), TopUpBonusStep(50_000, 0, 200_000)),
+        points_conversion=PointsConversion(10, 100),
+        cash_out_policy=CashOutPolicy.DEDUCT_SPENT_BONUS,
     )
     transcoding = ProgramSettingsAsDict()
     assert transcoding.decode(transcoding.encode(settings)) == settings
+
+
+def test_settings_recorded_before_stored_value_decode_with_its_defaults() -> None:
+    transcoding = ProgramSettingsAsDict()
+    data = transcoding.encode(ProgramSettings("Old", "EUR"))
+    for added in ("top_up_bonus", "points_conversion", "cash_out_policy"):
+        del data[added]
+    old = transcoding.decode(data)
+    assert old.top_up_bonus == ()
+    assert old.points_conversion is None
+    assert old.cash_out_policy is CashOutPolicy.FORFEIT_REMAINING_BONUS
+
+
+def test_the_top_up_step_is_the_highest_met() -> None:
+    settings = ProgramSettings(
+        "P",
+        "CNY",
+        top_up_bonus=(TopUpBonusStep(50_000, 8_000), TopUpBonusStep(10_000, 1_000, 50_000)),
+    )
+    assert settings.top_up_step(9_999) is None
+    step = settings.top_up_step(10_000)
+    assert step == TopUpBonusStep(10_000, 1_000, 50_000)
+    assert step.bonus_for(10_000) == 1_000 + 500  # fixed plus 5% of the cash, rounded down
+    assert settings.top_up_step(49_999) == step
+    assert settings.top_up_step(10**15) == TopUpBonusStep(50_000, 8_000)
+
+
+def test_a_programs_update_time_is_its_newest_events() -> None:
+    program = Program(program_id="p", settings=ProgramSettings("P", "EUR"), transaction_id="t")
+    created = program.modified_on
+    time.sleep(0.002)
+    program.update({"display_name": "Q"}, "t2")
+    view = ProgramView.of(program)
+    assert view.created_at == created
+    assert view.updated_at == program.modified_on > created
