@@ -13,8 +13,10 @@ import pytest
 
 from ledger.application import commands as c
 from ledger.audit.journal_check import check_journal
+from ledger.audit.replay import replay
 from ledger.domain.program import PointsConversion, ProgramSettings, TopUpBonusStep
 from ledger.runtime import Tally
+from projections.journal import JournalProjection
 from tests.support import open_tally
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
@@ -149,3 +151,21 @@ def test_an_operators_mistake_is_one_line_and_exit_2(tally: Tally, tmp_path: Pat
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stderr.startswith("ledger audit journal: ")
         assert "Traceback" not in done.stderr
+
+
+def test_replay_rebuilds_the_journal_of_stored_value_and_finds_a_changed_day(
+    tally: Tally,
+) -> None:
+    """`ledger audit replay` covers the journal's tables: the same rows from the log, and a
+    per-day sum changed in place is a difference."""
+    url = tally.database.config.display
+    report = replay(url)
+    assert report.ok, report.differences[:3]
+    tables = set(JournalProjection.tables)
+    assert {"rm_postings", "rm_journal_daily", "rm_journal_programs"} <= tables
+    with tally.database.transaction() as cur:
+        cur.execute(
+            "UPDATE rm_journal_daily SET debit = debit + 1 WHERE ledger_account = 'member:*:cash'"
+        )
+    report = replay(url)
+    assert {d.table for d in report.differences} == {"rm_journal_daily"}
