@@ -137,6 +137,15 @@ class Client:
         self.stub.CreateProgram(request, timeout=30)
         return str(program_id)
 
+    def program(self, program_id: str) -> pb.Program:
+        response = self.stub.GetProgram(pb.GetProgramRequest(program_id=program_id), timeout=30)
+        program: pb.Program = response.program
+        return program
+
+    def update_program(self, program_id: str, **fields: Any) -> pb.UpdateProgramResponse:
+        fields.update(program_id=program_id)
+        return self._call("UpdateProgram", pb.UpdateProgramRequest, fields)  # type: ignore[no-any-return]
+
     def enroll(self, program_id: str, member_id: str | None = None, **fields: Any) -> str:
         member_id = member_id or new_id("mem")
         self.stub.EnrollMember(
@@ -228,6 +237,13 @@ class Client:
             amount_minor=amount,
         )
         return self._call("Reverse", pb.ReverseRequest, f)  # type: ignore[no-any-return]
+
+    def stored_value(
+        self, program_id: str, member_id: str, min_position: int = 0
+    ) -> tuple[int, int]:
+        """(cash, bonus) on the member's card, as GetAccount shows it."""
+        account = self.account(program_id, member_id, min_position=min_position)
+        return account.stored_value_cash_minor, account.stored_value_bonus_minor
 
     def run_expiry(self, program_id: str, **f: Any) -> pb.RunExpiryResponse:
         f.update(program_id=program_id)
