@@ -1167,3 +1167,53 @@ def test_concurrent_spends_never_overspend(
         assert len(done) == 10
         assert {(r.cash_minor, r.bonus_minor) for r in done} == {(80, 20)}
         assert (cash, bonus) == (0, 0)
+
+
+def test_a_conversion_reversal_in_debt_repays_the_debt_first(
+    client: Client, server: ServerThread
+) -> None:
+    program, member = client.member(points_conversion=RATE)
+    earned = client.earn(program, member, 100)
+    converted = client.convert(program, member, 50)  # 500 of bonus; 50 points left in the lot
+    in_debt = client.reverse(program, member, earned.transaction_id)  # 50 back, 50 owed
+    assert (in_debt.account.points_available, in_debt.account.points_debt) == (0, 50)
+
+    back = client.reverse(program, member, converted.transaction_id, 30)
+
+    # The 30 points coming back repay debt; the 300 of bonus they became leave the card.
+    assert (back.points_reversed, back.value_minor) == (30, 300)
+    assert (back.account.points_available, back.account.points_debt) == (0, 20)
+    assert card(back) == (0, 200)
+    row = last_row(client, program, member, back.position)
+    assert (row.points_delta, row.debt_delta, row.bonus_delta_minor) == (0, -30, -300)
+    assert (row.points_debt_after, row.bonus_balance_after_minor) == (20, 200)
+
+
+def test_refunds_and_cash_outs_are_not_themselves_reversible(
+    client: Client, server: ServerThread
+) -> None:
+    program, member = client.member()
+    topped = client.top_up(program, member, 100, bonus_minor=0)
+    spent = client.spend(program, member, 30)
+    refund = client.refund(program, member, spent.transaction_id, 10)
+    out = client.refund(program, member, topped.transaction_id, 10)
+
+    for transaction_id in (refund.transaction_id, out.transaction_id):
+        for call in (
+            partial(client.refund, program, member, transaction_id, 1),
+            partial(client.reverse, program, member, transaction_id),
+        ):
+            refused_writes_nothing(
+                client, server, program, member, call, "TRANSACTION_NOT_REVERSIBLE"
+            )
+    other_program, other_member = client.member()
+    foreign = client.top_up(other_program, other_member, 100)
+    refused_writes_nothing(
+        client,
+        server,
+        program,
+        member,
+        partial(client.refund, program, member, foreign.transaction_id),
+        "TRANSACTION_NOT_FOUND",
+        grpc.StatusCode.NOT_FOUND,
+    )

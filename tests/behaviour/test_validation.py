@@ -102,6 +102,54 @@ def setup_member(client: Client) -> Setup:
     return Setup(program, member, earned.transaction_id, hold.hold_id)
 
 
+@dataclass(frozen=True)
+class CardSetup(Setup):
+    """And a card: a top-up of 1000 + 200 bonus, 300 of it spent, 20 points converted (into
+    200 of bonus at the programme's rate of 10 points = 100)."""
+
+    top_up_id: str
+    spend_id: str
+    conversion_id: str
+
+
+def setup_card(client: Client) -> CardSetup:
+    program, member = client.member(
+        points_conversion=pb.PointsConversion(points=10, value_minor=100)
+    )
+    earned = client.earn(program, member, 100)
+    hold = client.hold(program, member, 10, ttl_seconds=3600)
+    topped = client.top_up(program, member, 1000, bonus_minor=200)
+    spent = client.spend(program, member, 300)
+    converted = client.convert(program, member, 20)
+    return CardSetup(
+        program,
+        member,
+        earned.transaction_id,
+        hold.hold_id,
+        topped.transaction_id,
+        spent.transaction_id,
+        converted.transaction_id,
+    )
+
+
+# Commands named for what they do; each is sent as this RPC.
+RPC_OF = {"RefundSpend": "Reverse", "CashOut": "Reverse", "ReverseConversion": "Reverse"}
+STORED_VALUE = ("TopUp", "Spend", "ConvertPoints", *RPC_OF)
+
+
+def setup_for(client: Client, command: str) -> Setup:
+    return setup_card(client) if command in STORED_VALUE else setup_member(client)
+
+
+def stub_call(client: Client, command: str) -> Callable[..., Any]:
+    return getattr(client.stub, RPC_OF.get(command, command))  # type: ignore[no-any-return]
+
+
+def _card(s: Setup) -> CardSetup:
+    assert isinstance(s, CardSetup)
+    return s
+
+
 # A valid request of each account command, for the Setup's member.
 BASE: dict[str, Callable[[Setup], Any]] = {
     "EnrollMember": lambda s: pb.EnrollMemberRequest(
@@ -166,6 +214,54 @@ BASE: dict[str, Callable[[Setup], Any]] = {
         store_id="store-1",
         request_id=new_id("req"),
     ),
+    "TopUp": lambda s: pb.TopUpRequest(
+        program_id=s.program,
+        member_id=s.member,
+        cash_minor=500,
+        bonus_minor=50,
+        store_id="store-1",
+        payment_ref="pay-1",
+        request_id=new_id("req"),
+    ),
+    "Spend": lambda s: pb.SpendRequest(
+        program_id=s.program,
+        member_id=s.member,
+        amount_minor=100,
+        store_id="store-1",
+        order_ref="order-1",
+        request_id=new_id("req"),
+    ),
+    "ConvertPoints": lambda s: pb.ConvertPointsRequest(
+        program_id=s.program,
+        member_id=s.member,
+        points=10,
+        store_id="store-1",
+        request_id=new_id("req"),
+    ),
+    "RefundSpend": lambda s: pb.ReverseRequest(
+        program_id=s.program,
+        member_id=s.member,
+        transaction_id=_card(s).spend_id,
+        amount_minor=50,
+        store_id="store-1",
+        request_id=new_id("req"),
+    ),
+    "CashOut": lambda s: pb.ReverseRequest(
+        program_id=s.program,
+        member_id=s.member,
+        transaction_id=_card(s).top_up_id,
+        amount_minor=100,
+        store_id="store-1",
+        request_id=new_id("req"),
+    ),
+    "ReverseConversion": lambda s: pb.ReverseRequest(
+        program_id=s.program,
+        member_id=s.member,
+        transaction_id=_card(s).conversion_id,
+        points=10,
+        store_id="store-1",
+        request_id=new_id("req"),
+    ),
 }
 ACCOUNT_COMMANDS = list(BASE)
 
@@ -181,15 +277,16 @@ BAD_OPTIONAL_IDS = {k: v for k, v in BAD_IDS.items() if k != "empty"}
 ID_FIELDS: list[tuple[str, list[str], dict[str, str]]] = [
     ("program_id", ACCOUNT_COMMANDS, BAD_IDS),
     ("member_id", ACCOUNT_COMMANDS, BAD_IDS),
-    # Earn, Redeem and Reverse must name the store; elsewhere it may be left out.
-    ("store_id", ["Earn", "Redeem", "Reverse"], BAD_IDS),
+    # Earn, Redeem, Reverse and the stored-value commands must name the store; elsewhere it
+    # may be left out.
+    ("store_id", ["Earn", "Redeem", "Reverse", *STORED_VALUE], BAD_IDS),
     (
         "store_id",
         ["EnrollMember", "Hold", "CaptureHold", "ReleaseHold", "Adjust"],
         BAD_OPTIONAL_IDS,
     ),
     ("hold_id", ["CaptureHold", "ReleaseHold"], BAD_IDS),
-    ("transaction_id", ["Reverse"], BAD_IDS),
+    ("transaction_id", ["Reverse", *RPC_OF], BAD_IDS),
     ("operator_id", ["Adjust"], BAD_IDS),
     ("referrer_member_id", ["EnrollMember"], BAD_OPTIONAL_IDS),
 ]
@@ -253,6 +350,42 @@ ACCOUNT_CASES += [
         ("Reverse", "points", "above-1e15", MAX_AMOUNT + 1, "points"),
         ("Reverse", "amount_minor", "negative", -1, "amount_minor"),
         ("EnrollMember", "referrer_member_id", "self", lambda r: r.member_id, "referrer_member_id"),
+        *[
+            (rpc, field, label, value, field)
+            for rpc, field in (
+                ("TopUp", "cash_minor"),
+                ("Spend", "amount_minor"),
+                ("ConvertPoints", "points"),
+            )
+            for label, value in {
+                "zero": 0,
+                "negative": -1,
+                "int64-min": -(2**63),
+                "above-1e15": MAX_AMOUNT + 1,
+                "int64-max": 2**63 - 1,
+            }.items()
+        ],
+        *[
+            (rpc, field, label, value, field)
+            for rpc, field in (
+                ("TopUp", "bonus_minor"),
+                ("RefundSpend", "amount_minor"),
+                ("CashOut", "amount_minor"),
+                ("ReverseConversion", "points"),
+            )
+            for label, value in {
+                "negative": -1,
+                "int64-min": -(2**63),
+                "above-1e15": MAX_AMOUNT + 1,
+                "int64-max": 2**63 - 1,
+            }.items()
+        ],
+        ("TopUp", "payment_ref", "257-chars", "p" * 257, "payment_ref"),
+        ("Spend", "order_ref", "257-chars", "o" * 257, "order_ref"),
+        ("RefundSpend", "reason", "257-chars", "r" * 257, "reason"),
+        ("RefundSpend", "points", "with-amount", 5, "amount_minor"),
+        ("CashOut", "points", "with-amount", 5, "amount_minor"),
+        ("ReverseConversion", "amount_minor", "with-points", 100, "amount_minor"),
     ]
 ]
 
@@ -261,10 +394,10 @@ ACCOUNT_CASES += [
 def test_bad_account_command_input_is_invalid_argument_and_writes_nothing(
     client: Client, server: ServerThread, rpc: str, field: str, value: Value, expected: str
 ) -> None:
-    s = setup_member(client)
+    s = setup_for(client, rpc)
     good = BASE[rpc](s)
     bad = with_field(good, field, value)
-    call = getattr(client.stub, rpc)
+    call = stub_call(client, rpc)
     before = account_state(client, server, s.program, s.member)
 
     assert_invalid(refused(call, bad), expected)
@@ -300,14 +433,24 @@ def test_store_id_may_be_left_out_where_no_till_is_involved(
         pytest.param("Earn", "store_id", "a.b_c:d-E9", id="store_id-all-classes"),
         pytest.param("EnrollMember", "member_id", "m" * 64, id="member_id-64"),
         pytest.param("Adjust", "operator_id", "o" * 64, id="operator_id-64"),
+        pytest.param("TopUp", "cash_minor", MAX_AMOUNT, id="top-up-cash-1e15"),
+        pytest.param("TopUp", "cash_minor", 1, id="top-up-cash-1"),
+        pytest.param("TopUp", "bonus_minor", MAX_AMOUNT, id="top-up-bonus-1e15"),
+        pytest.param("TopUp", "bonus_minor", 0, id="top-up-bonus-0"),
+        pytest.param("TopUp", "payment_ref", "p" * 256, id="payment_ref-256"),
+        pytest.param("Spend", "amount_minor", 1, id="spend-1"),
+        pytest.param("Spend", "order_ref", "o" * 256, id="spend-order_ref-256"),
+        pytest.param("RefundSpend", "amount_minor", 0, id="refund-all"),
+        pytest.param("CashOut", "amount_minor", 0, id="cash-out-all"),
+        pytest.param("ReverseConversion", "points", 0, id="unconvert-all"),
     ],
 )
 def test_values_at_the_limits_are_accepted(
     client: Client, rpc: str, field: str, value: Value
 ) -> None:
-    s = setup_member(client)
+    s = setup_for(client, rpc)
     request = with_field(BASE[rpc](s), field, value)
-    response = getattr(client.stub, rpc)(request, timeout=30)
+    response = stub_call(client, rpc)(request, timeout=30)
     assert response.transaction_id
     assert response.account.program_id == s.program
     assert response.account.member_id == request.member_id
@@ -342,6 +485,55 @@ def test_several_bad_fields_are_all_reported(client: Client, server: ServerThrea
     assert account_state(client, server, s.program, s.member) == before
 
 
+def test_several_bad_stored_value_fields_are_all_reported(
+    client: Client, server: ServerThread
+) -> None:
+    s = setup_card(client)
+    before = account_state(client, server, s.program, s.member)
+    top_up = pb.TopUpRequest(
+        program_id=s.program,
+        member_id=s.member,
+        cash_minor=0,
+        bonus_minor=-1,
+        store_id="",
+        payment_ref="p" * 257,
+        request_id=new_id("req"),
+    )
+    spend = pb.SpendRequest(
+        program_id=s.program,
+        member_id="a/b",
+        amount_minor=-5,
+        store_id="has space",
+        order_ref="o" * 257,
+        request_id="",
+    )
+    refund = pb.ReverseRequest(
+        program_id=s.program,
+        member_id=s.member,
+        transaction_id=s.spend_id,
+        points=1,
+        amount_minor=-1,
+        store_id="",
+        request_id=new_id("req"),
+    )
+
+    assert_invalid(
+        refused(client.stub.TopUp, top_up), "cash_minor", "bonus_minor", "store_id", "payment_ref"
+    )
+    assert_invalid(
+        refused(client.stub.Spend, spend),
+        "member_id",
+        "amount_minor",
+        "store_id",
+        "order_ref",
+        "request_id",
+    )
+    assert_invalid(refused(client.stub.Reverse, refund), "amount_minor", "store_id")
+    convert = pb.ConvertPointsRequest(program_id=s.program, member_id=s.member, points=0)
+    assert_invalid(refused(client.stub.ConvertPoints, convert), "points", "store_id", "request_id")
+    assert account_state(client, server, s.program, s.member) == before
+
+
 def test_several_bad_program_fields_are_all_reported(client: Client) -> None:
     program = new_id("prog")
     request = pb.CreateProgramRequest(
@@ -371,6 +563,72 @@ def test_several_bad_program_fields_are_all_reported(client: Client) -> None:
         grpc.StatusCode.NOT_FOUND,
         "PROGRAM_NOT_FOUND",
     )
+
+
+def test_several_bad_stored_value_program_fields_are_all_reported(client: Client) -> None:
+    program = new_id("prog")
+    request = pb.CreateProgramRequest(
+        program_id=program,
+        display_name="Card",
+        currency="CNY",
+        request_id=new_id("req"),
+        stored_value_split=9,  # type: ignore[arg-type]
+        top_up_bonus=[
+            pb.TopUpBonusStep(min_cash_minor=0, bonus_minor=-1, bonus_ppm=-1),
+            pb.TopUpBonusStep(min_cash_minor=5, bonus_ppm=100_000_001),
+        ],
+        points_conversion=pb.PointsConversion(),
+        cash_out_policy=7,  # type: ignore[arg-type]
+    )
+
+    problem = refused(client.stub.CreateProgram, request)
+
+    assert_invalid(
+        problem,
+        "stored_value_split",
+        "top_up_bonus[0].min_cash_minor",
+        "top_up_bonus[0].bonus_minor",
+        "top_up_bonus[0].bonus_ppm",
+        "top_up_bonus[1].bonus_ppm",
+        "points_conversion.points",
+        "points_conversion.value_minor",
+        "cash_out_policy",
+    )
+    assert_refused(
+        refused(client.stub.GetProgram, pb.GetProgramRequest(program_id=program)),
+        grpc.StatusCode.NOT_FOUND,
+        "PROGRAM_NOT_FOUND",
+    )
+
+
+def test_stored_value_program_fields_at_their_limits_are_accepted(client: Client) -> None:
+    steps = [
+        pb.TopUpBonusStep(min_cash_minor=MAX_AMOUNT - i, bonus_minor=MAX_AMOUNT, bonus_ppm=ppm)
+        for i, ppm in enumerate([100_000_000, 0, *range(1, 31)])
+    ]
+    request = pb.CreateProgramRequest(
+        program_id=new_id("prog"),
+        display_name="Card",
+        currency="CNY",
+        request_id=new_id("req"),
+        stored_value_split=pb.STORED_VALUE_SPLIT_BONUS_FIRST,
+        top_up_bonus=steps,
+        points_conversion=pb.PointsConversion(points=MAX_AMOUNT, value_minor=MAX_AMOUNT),
+        cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
+    )
+
+    created = client.stub.CreateProgram(request, timeout=30).program
+
+    assert len(created.top_up_bonus) == 32
+    assert created.top_up_bonus[0].min_cash_minor == MAX_AMOUNT - 31  # in order of min cash
+    assert created.top_up_bonus[-1].bonus_ppm == 100_000_000
+    assert (created.points_conversion.points, created.points_conversion.value_minor) == (
+        MAX_AMOUNT,
+        MAX_AMOUNT,
+    )
+    assert created.cash_out_policy == pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS
+    assert created.stored_value_split == pb.STORED_VALUE_SPLIT_BONUS_FIRST
+    assert get_program(client, created.program_id) == created
 
 
 def test_several_bad_query_fields_are_all_reported(client: Client) -> None:
@@ -404,6 +662,14 @@ def _create_base() -> pb.CreateProgramRequest:
 
 def _tiers(*pairs: tuple[str, int]) -> list[pb.Tier]:
     return [pb.Tier(code=code, name=code.title(), threshold=t) for code, t in pairs]
+
+
+def _step(min_cash: int, bonus: int, ppm: int = 0) -> pb.TopUpBonusStep:
+    return pb.TopUpBonusStep(min_cash_minor=min_cash, bonus_minor=bonus, bonus_ppm=ppm)
+
+
+def _rate(points: int, value: int) -> pb.PointsConversion:
+    return pb.PointsConversion(points=points, value_minor=value)
 
 
 CREATE_CASES = [
@@ -467,6 +733,49 @@ CREATE_CASES = [
         ("stored_value_split", "unknown", 42, "stored_value_split"),
         ("expected_redemption_rate_ppm", "above-1e6", 1_000_001, "expected_redemption_rate_ppm"),
         ("expected_redemption_rate_ppm", "negative", -5, "expected_redemption_rate_ppm"),
+        *[
+            ("top_up_bonus", label, [step], f"top_up_bonus[0].{field}")
+            for label, step, field in [
+                ("min-cash-0", _step(0, 100), "min_cash_minor"),
+                ("min-cash-negative", _step(-1, 100), "min_cash_minor"),
+                ("min-cash-above-1e15", _step(MAX_AMOUNT + 1, 100), "min_cash_minor"),
+                ("bonus-negative", _step(1000, -1), "bonus_minor"),
+                ("bonus-above-1e15", _step(1000, MAX_AMOUNT + 1), "bonus_minor"),
+                ("ppm-negative", _step(1000, 0, -1), "bonus_ppm"),
+                ("ppm-above-1e8", _step(1000, 0, 100_000_001), "bonus_ppm"),
+            ]
+        ],
+        (
+            "top_up_bonus",
+            "second-step-bad",
+            [_step(1000, 100), _step(0, 5)],
+            "top_up_bonus[1].min_cash_minor",
+        ),
+        (
+            "top_up_bonus",
+            "duplicate-min-cash",
+            [_step(1000, 100), _step(1000, 200)],
+            "top_up_bonus",
+        ),
+        (
+            "top_up_bonus",
+            "33-steps",
+            [_step(1000 + i, i) for i in range(33)],
+            "top_up_bonus",
+        ),
+        *[
+            ("points_conversion", label, rate, f"points_conversion.{field}")
+            for label, rate, field in [
+                ("points-0", _rate(0, 100), "points"),
+                ("points-negative", _rate(-10, 100), "points"),
+                ("points-above-1e15", _rate(MAX_AMOUNT + 1, 100), "points"),
+                ("value-0", _rate(10, 0), "value_minor"),
+                ("value-negative", _rate(10, -100), "value_minor"),
+                ("value-above-1e15", _rate(10, MAX_AMOUNT + 1), "value_minor"),
+            ]
+        ],
+        ("cash_out_policy", "unknown", 42, "cash_out_policy"),
+        ("cash_out_policy", "negative", -1, "cash_out_policy"),
     ]
 ]
 
@@ -514,6 +823,48 @@ UPDATE_CASES = [
         ),
         ("request_id-empty", {"display_name": "x", "request_id": ""}, "request_id"),
         ("program_id-bad", {"display_name": "x", "program_id": "a b"}, "program_id"),
+        (
+            "top_up_bonus-without-replace",
+            {"display_name": "x", "top_up_bonus": [_step(1000, 100)]},
+            "top_up_bonus",
+        ),
+        (
+            "replace-bad-step",
+            {"replace_top_up_bonus": True, "top_up_bonus": [_step(1000, 100), _step(0, 1)]},
+            "top_up_bonus[1].min_cash_minor",
+        ),
+        (
+            "replace-ppm-above-1e8",
+            {"replace_top_up_bonus": True, "top_up_bonus": [_step(1000, 0, 100_000_001)]},
+            "top_up_bonus[0].bonus_ppm",
+        ),
+        (
+            "replace-duplicate-steps",
+            {"replace_top_up_bonus": True, "top_up_bonus": [_step(5, 1), _step(5, 2)]},
+            "top_up_bonus",
+        ),
+        (
+            "replace-33-steps",
+            {"replace_top_up_bonus": True, "top_up_bonus": [_step(1 + i, i) for i in range(33)]},
+            "top_up_bonus",
+        ),
+        (
+            "rate-and-clear",
+            {
+                "display_name": "x",
+                "points_conversion": _rate(10, 100),
+                "clear_points_conversion": True,
+            },
+            "points_conversion",
+        ),
+        ("rate-points-0", {"points_conversion": _rate(0, 100)}, "points_conversion.points"),
+        (
+            "rate-value-negative",
+            {"points_conversion": _rate(10, -1)},
+            "points_conversion.value_minor",
+        ),
+        ("cash_out_policy-unknown", {"cash_out_policy": 42}, "cash_out_policy"),
+        ("stored_value_split-unknown", {"stored_value_split": 42}, "stored_value_split"),
     ]
 ]
 
@@ -522,7 +873,12 @@ UPDATE_CASES = [
 def test_bad_update_program_input_is_invalid_argument_and_writes_nothing(
     client: Client, changes: dict[str, Any], expected: str
 ) -> None:
-    program = client.create_program(tiers=_tiers(("SILVER", 100)))
+    program = client.create_program(
+        tiers=_tiers(("SILVER", 100)),
+        top_up_bonus=[_step(1000, 100)],
+        points_conversion=_rate(10, 100),
+        cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
+    )
     before = get_program(client, program)
     request = pb.UpdateProgramRequest(program_id=program, request_id=new_id("req"))
     for field, value in changes.items():
@@ -763,6 +1119,15 @@ UNKNOWN_PROGRAM_REQUESTS: dict[str, Callable[[str], Any]] = {
         member_id="m-1",
         transaction_id="t-1",
         request_id=new_id("req"),
+    ),
+    "TopUp": lambda p: pb.TopUpRequest(
+        store_id="store-1", program_id=p, member_id="m-1", cash_minor=1, request_id=new_id("req")
+    ),
+    "Spend": lambda p: pb.SpendRequest(
+        store_id="store-1", program_id=p, member_id="m-1", amount_minor=1, request_id=new_id("req")
+    ),
+    "ConvertPoints": lambda p: pb.ConvertPointsRequest(
+        store_id="store-1", program_id=p, member_id="m-1", points=1, request_id=new_id("req")
     ),
     "UpdateProgram": lambda p: pb.UpdateProgramRequest(
         program_id=p, display_name="x", request_id=new_id("req")
