@@ -186,6 +186,84 @@ def prepare_update_program(client: Client) -> Prepared:
     return Prepared(client.stub.UpdateProgram, request, changed, program, "")
 
 
+SCHEDULE = [pb.TopUpBonusStep(min_cash_minor=1_000, bonus_minor=150, bonus_ppm=10_000)]
+
+
+def prepare_top_up(client: Client) -> Prepared:
+    """Without bonus_minor: the schedule's step decides (150 + 1% of the cash)."""
+    program, member = client.member(top_up_bonus=SCHEDULE)
+    request = pb.TopUpRequest(
+        program_id=program,
+        member_id=member,
+        cash_minor=2_000,
+        store_id="store-1",
+        payment_ref="pay-1",
+        request_id=new_id("req"),
+    )
+    return Prepared(client.stub.TopUp, request, _with(request, cash_minor=2_001), program, member)
+
+
+def prepare_spend(client: Client) -> Prepared:
+    program, member = client.member()
+    client.top_up(program, member, 1_000, bonus_minor=200)
+    request = pb.SpendRequest(
+        program_id=program,
+        member_id=member,
+        amount_minor=700,
+        store_id="store-2",
+        order_ref="order-4",
+        request_id=new_id("req"),
+    )
+    changed = _with(request, amount_minor=701)
+    return Prepared(client.stub.Spend, request, changed, program, member)
+
+
+def prepare_refund(client: Client) -> Prepared:
+    program, member = client.member()
+    client.top_up(program, member, 1_000, bonus_minor=200)
+    spent = client.spend(program, member, 700)
+    request = pb.ReverseRequest(
+        store_id="store-3",
+        program_id=program,
+        member_id=member,
+        transaction_id=spent.transaction_id,
+        amount_minor=400,
+        request_id=new_id("req"),
+    )
+    changed = _with(request, amount_minor=401)
+    return Prepared(client.stub.Reverse, request, changed, program, member)
+
+
+def prepare_cash_out(client: Client) -> Prepared:
+    program, member = client.member(cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS)
+    topped = client.top_up(program, member, 1_000, bonus_minor=200)
+    client.spend(program, member, 600)
+    request = pb.ReverseRequest(
+        store_id="store-1",
+        program_id=program,
+        member_id=member,
+        transaction_id=topped.transaction_id,
+        amount_minor=300,
+        request_id=new_id("req"),
+    )
+    changed = _with(request, amount_minor=0)
+    return Prepared(client.stub.Reverse, request, changed, program, member)
+
+
+def prepare_convert(client: Client) -> Prepared:
+    program, member = client.member(points_conversion=pb.PointsConversion(points=10, value_minor=7))
+    client.earn(program, member, 100)
+    request = pb.ConvertPointsRequest(
+        program_id=program,
+        member_id=member,
+        points=50,
+        store_id="store-1",
+        request_id=new_id("req"),
+    )
+    changed = _with(request, points=60)
+    return Prepared(client.stub.ConvertPoints, request, changed, program, member)
+
+
 COMMANDS = {
     "Earn": prepare_earn,
     "Redeem": prepare_redeem,
@@ -197,6 +275,11 @@ COMMANDS = {
     "EnrollMember": prepare_enroll,
     "CreateProgram": prepare_create_program,
     "UpdateProgram": prepare_update_program,
+    "TopUp": prepare_top_up,
+    "Spend": prepare_spend,
+    "Reverse-refund": prepare_refund,
+    "Reverse-cash-out": prepare_cash_out,
+    "ConvertPoints": prepare_convert,
 }
 
 
@@ -265,6 +348,69 @@ def test_same_request_id_with_a_different_payload_is_refused(
     assert state_of(client, server, prepared) == before
     # The original is still what the key answers.
     assert prepared.method(prepared.request, timeout=30) == first
+
+
+def test_a_replayed_top_up_answers_the_bonus_granted_then(
+    client: Client, server: ServerThread
+) -> None:
+    prepared = prepare_top_up(client)
+    first = prepared.method(prepared.request, timeout=30)
+    assert (first.bonus_minor, first.bonus_step_min_cash_minor) == (170, 1_000)  # 150 + 1%
+    client.update_program(
+        prepared.program,
+        replace_top_up_bonus=True,
+        top_up_bonus=[pb.TopUpBonusStep(min_cash_minor=500, bonus_minor=999)],
+    )
+    before = account_state(client, server, prepared.program, prepared.member)
+
+    replay = prepared.method(prepared.request, timeout=30)
+
+    assert replay == first
+    assert account_state(client, server, prepared.program, prepared.member) == before
+    assert before.account.stored_value_bonus_minor == 170
+
+
+def test_a_replayed_spend_and_cash_out_answer_the_policy_in_force_then(
+    client: Client, server: ServerThread
+) -> None:
+    program, member = client.member(stored_value_split=pb.STORED_VALUE_SPLIT_CASH_FIRST)
+    topped = client.top_up(program, member, 1_000, bonus_minor=200)
+    spend_key, cash_out_key = new_id("spend"), new_id("cash-out")
+    spent = client.spend(program, member, 300, request_id=spend_key)
+    out = client.refund(program, member, topped.transaction_id, 100, request_id=cash_out_key)
+    assert (spent.cash_minor, spent.bonus_minor) == (300, 0)
+    assert (out.refunded_cash_minor, out.forfeited_bonus_minor) == (100, 28)  # 200 * 100 / 700
+    client.update_program(
+        program,
+        stored_value_split=pb.STORED_VALUE_SPLIT_BONUS_FIRST,
+        cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
+    )
+    before = account_state(client, server, program, member)
+
+    assert client.spend(program, member, 300, request_id=spend_key) == spent
+    assert (
+        client.refund(program, member, topped.transaction_id, 100, request_id=cash_out_key) == out
+    )
+    assert account_state(client, server, program, member) == before
+
+
+def test_a_top_up_naming_its_bonus_is_another_payload_than_one_leaving_it_to_the_schedule(
+    client: Client, server: ServerThread
+) -> None:
+    """Unset and 0 differ: a till that named no bonus cannot replay as one that named 0."""
+    prepared = prepare_top_up(client)
+    first = prepared.method(prepared.request, timeout=30)
+    before = state_of(client, server, prepared)
+    for bonus in (0, first.bonus_minor):
+        named = _with(prepared.request, bonus_minor=bonus)
+        with pytest.raises(grpc.RpcError) as failure:
+            prepared.method(named, timeout=30)
+        problem = refusal(failure.value)
+        assert (problem.code, problem.reason) == (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+    assert state_of(client, server, prepared) == before
 
 
 def test_same_request_id_for_another_member_of_the_program_is_reuse(
@@ -545,3 +691,59 @@ def test_concurrent_duplicate_program_creations_commit_once(
     first = results[0]
     assert all(r == first for r in results)
     assert program_state(client, program).version == first.program.version == 1
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_duplicate_spends_commit_once(
+    client: Client, server: ServerThread, attempt: int
+) -> None:
+    program, member = client.member()
+    client.top_up(program, member, 1_000, bonus_minor=0)
+    request = pb.SpendRequest(
+        store_id="store-1",
+        program_id=program,
+        member_id=member,
+        amount_minor=600,
+        order_ref=f"order-{attempt}",
+        request_id=new_id("req"),
+    )
+
+    results = deliver_concurrently(server.target, "Spend", request)
+
+    # A second commit would have been refused (600 + 600 > 1,000) or spent twice.
+    assert describe(results) == ["ok"] * DUPLICATES
+    first = results[0]
+    assert all(r == first for r in results)
+    assert first.account.stored_value_cash_minor == 400
+    state = account_state(client, server, program, member)
+    assert state.account.stored_value_cash_minor == 400
+    assert state.transaction_ids.count(first.transaction_id) == 1
+    assert len(state.transaction_ids) == 3  # enroll, top-up, spend
+    assert state.account.version == first.account.version
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_concurrent_duplicate_top_ups_commit_once(
+    client: Client, server: ServerThread, attempt: int
+) -> None:
+    program, member = client.member(top_up_bonus=SCHEDULE)
+    request = pb.TopUpRequest(
+        store_id="store-1",
+        program_id=program,
+        member_id=member,
+        cash_minor=1_000 + attempt,
+        payment_ref=f"pay-{attempt}",
+        request_id=new_id("req"),
+    )
+
+    results = deliver_concurrently(server.target, "TopUp", request)
+
+    assert describe(results) == ["ok"] * DUPLICATES
+    first = results[0]
+    assert all(r == first for r in results)
+    state = account_state(client, server, program, member)
+    assert (state.account.stored_value_cash_minor, state.account.stored_value_bonus_minor) == (
+        1_000 + attempt,
+        160,  # 150 + 1% of 1,000..1,002
+    )
+    assert len(state.transaction_ids) == 2  # enroll, top-up
