@@ -1,10 +1,11 @@
 """Model-based test of the MemberAccount aggregate.
 
 A hypothesis state machine drives random command sequences against a real `MemberAccount`
-and against `Model`, a plain-Python statement of the points rules written from DESIGN.md:
-lists and dicts, no cleverness. The model is the spec; the aggregate must agree with it
-after every step, refuse exactly what the model refuses, and be rebuilt exactly from its own
-events after a round trip through the JSON transcoder the application uses.
+and against `Model`, a plain-Python statement of the points and stored-value rules written
+from DESIGN.md and decision 15: lists and dicts, no cleverness. The model is the spec; the
+aggregate must agree with it after every step, refuse exactly what the model refuses, and be
+rebuilt exactly from its own events after a round trip through the JSON transcoder the
+application uses.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import pytest
 from eventsourcing.application import project_aggregate
 from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import (
@@ -24,17 +26,26 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     StoredEvent,
+    TranscodingNotRegisteredError,
     UUIDAsHex,
 )
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
-from ledger.application.transcodings import account_transcodings
+from ledger.application.transcodings import DataclassAsDict, account_transcodings
 from ledger.domain import errors, journal
 from ledger.domain.account import MemberAccount
+from ledger.domain.program import CashOutPolicy, PointsConversion, StoredValueSplit
 from ledger.domain.provenance import Provenance, ProvenanceAsDict
 from ledger.domain.reversals import Reversal
+from ledger.domain.stored_value import SpendRecord, ValueLot
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -92,6 +103,46 @@ class MEarn:
 
 
 @dataclass
+class MValueLot:
+    """A TopUp's (or ConvertPoints') stored value."""
+
+    store: str  # of issue
+    at: datetime  # occurred_at: lots are spent oldest first ...
+    opened: int  # ... then in the order they were opened
+    cash: int  # paid
+    bonus: int  # granted
+    cash_left: int
+    bonus_left: int
+    converted: bool = False
+    bonus_spent: int = 0  # bonus of this lot spent, less what refunds put back
+    deducted: int = 0  # spent bonus that cash-outs kept from the cash they handed back
+    cash_taken: int = 0  # cash taken off the card by cash-outs (handed back + deducted)
+    forfeited: int = 0  # bonus that lapsed on cash-out
+
+
+@dataclass
+class MSpend:
+    cash: int
+    bonus: int
+    # (lot id, amount) in the order drawn; and what is still out, less what refunds took
+    # back from the end.
+    cash_drawn: list[tuple[str, int]]
+    bonus_drawn: list[tuple[str, int]]
+    cash_out: list[list[Any]]
+    bonus_out: list[list[Any]]
+    cash_refunded: int = 0
+    bonus_refunded: int = 0
+
+    @property
+    def amount(self) -> int:
+        return self.cash + self.bonus
+
+    @property
+    def refunded(self) -> int:
+        return self.cash_refunded + self.bonus_refunded
+
+
+@dataclass
 class Model:
     lots: dict[str, MLot] = field(default_factory=dict)
     holds: dict[str, MHold] = field(default_factory=dict)
@@ -103,6 +154,11 @@ class Model:
     # Debt by the reversed earn it came from, oldest first: whatever repays it stands in
     # for that earn's lot.
     debt_of: dict[str, int] = field(default_factory=dict)
+    # Stored value: the card's lots (top-ups and conversions), spends, and conversions (each
+    # a redemption of points, with the rate it was made at).
+    value_lots: dict[str, MValueLot] = field(default_factory=dict)
+    spends: dict[str, MSpend] = field(default_factory=dict)
+    conversions: dict[str, tuple[PointsConversion, MRedemption]] = field(default_factory=dict)
 
     def clone(self) -> Model:
         return Model(
@@ -117,6 +173,19 @@ class Model:
             others=set(self.others),
             debt=self.debt,
             debt_of=dict(self.debt_of),
+            value_lots={i: replace(v) for i, v in self.value_lots.items()},
+            spends={
+                i: replace(
+                    x,
+                    cash_out=[list(p) for p in x.cash_out],
+                    bonus_out=[list(p) for p in x.bonus_out],
+                )
+                for i, x in self.spends.items()
+            },
+            conversions={
+                i: (rate, MRedemption([list(x) for x in r.unreversed]))
+                for i, (rate, r) in self.conversions.items()
+            },
         )
 
     # -- reads
@@ -128,6 +197,20 @@ class Model:
     @property
     def held(self) -> int:
         return sum(hold.points for hold in self.holds.values())
+
+    @property
+    def cash(self) -> int:
+        return sum(v.cash_left for v in self.value_lots.values())
+
+    @property
+    def bonus(self) -> int:
+        return sum(v.bonus_left for v in self.value_lots.values())
+
+    def value_order(self) -> list[str]:
+        """Value lots, oldest first, then in the order they were opened."""
+        return sorted(
+            self.value_lots, key=lambda i: (self.value_lots[i].at, self.value_lots[i].opened)
+        )
 
     def spend_order(self) -> list[str]:
         """Lots with points left: earliest expiry first, never-expiring last, then oldest."""
@@ -256,9 +339,6 @@ class Model:
             if e.until is not None and e.until >= at
         )
 
-    def knows(self, tx: str) -> bool:
-        return tx in self.earns or tx in self.redemptions or tx in self.others
-
     def earn(
         self,
         tx: str,
@@ -339,16 +419,47 @@ class Model:
         self.others.add(tx)
         self.bring_up_to(now)
 
-    def reverse(self, tx: str, now: datetime, target: str, points: int) -> tuple[int, int]:
+    def reverse(
+        self,
+        tx: str,
+        now: datetime,
+        target: str,
+        points: int,
+        amount: int = 0,
+        policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS,
+    ) -> Reversal:
+        """Points of an Earn, a redemption or a conversion; money (`amount`) of a Spend or
+        a TopUp. `policy`: the programme's cash-out policy."""
         self.bring_up_to(now)
         if target in self.earns:
-            result = self.reverse_earn(target, points)
+            kind = "earn"
+        elif target in self.conversions:
+            kind = "conversion"
         elif target in self.redemptions:
-            result = (self.reverse_redemption(target, points), 0)
+            kind = "redemption"
+        elif target in self.spends:
+            kind = "spend"
+        elif target in self.value_lots:
+            kind = "top-up"
         elif target in self.others:
             raise errors.TransactionNotReversible("model")
         else:
             raise errors.TransactionNotFound("model")
+        by_money = kind in ("spend", "top-up")
+        if (amount and not by_money) or (points and by_money):
+            raise errors.ReversalInWrongUnit("model")
+        if kind == "earn":
+            reversed_, owed = self.reverse_earn(target, points)
+            result = Reversal(points_reversed=reversed_, debt_added=owed)
+        elif kind == "redemption":
+            redemption = self.redemptions[target]
+            result = Reversal(points_reversed=self.undo(redemption, points))
+        elif kind == "conversion":
+            result = self.reverse_conversion(target, points)
+        elif kind == "spend":
+            result = self.refund(target, amount)
+        else:
+            result = self.cash_out(target, amount, policy)
         self.others.add(tx)
         self.bring_up_to(now)  # points put back into an expired lot expire at once
         return result
@@ -387,9 +498,11 @@ class Model:
             self.debt_of[target] = self.debt_of.get(target, 0) + owed
         return points, owed
 
-    def reverse_redemption(self, target: str, requested: int) -> int:
-        redemption = self.redemptions[target]
-        points = self.amount(redemption.reversible, requested)
+    def undo(self, redemption: MRedemption, requested: int, limit: int | None = None) -> int:
+        """Points of a redemption (or a conversion) come back: at most what it consumed and
+        was not reversed yet (and `limit`)."""
+        reversible = redemption.reversible if limit is None else min(limit, redemption.reversible)
+        points = self.amount(reversible, requested)
         repaid = min(self.debt, points)
         self.debt -= repaid
         # Last consumed first: put back into the lots what did not repay debt ...
@@ -411,21 +524,186 @@ class Model:
             if entry[1] == 0:
                 redemption.unreversed.pop()
 
+    # -- stored value
+
+    def top_up(
+        self, tx: str, now: datetime, cash: int, bonus: int, store: str, at: datetime
+    ) -> None:
+        self.bring_up_to(now)
+        self.value_lots[tx] = MValueLot(store, at, len(self.value_lots), cash, bonus, cash, bonus)
+
+    def spend(
+        self, tx: str, now: datetime, amount: int, policy: StoredValueSplit
+    ) -> tuple[int, int]:
+        """The split is decided on the card's balances; then each part is drawn on its own
+        from the lots, oldest first. Points debt does not matter."""
+        self.bring_up_to(now)
+        cash, bonus = self.cash, self.bonus
+        if amount > cash + bonus:
+            raise errors.InsufficientStoredValue("model")
+        if policy is StoredValueSplit.CASH_FIRST:
+            from_cash = min(cash, amount)  # all the cash it can, the rest from bonus
+        elif policy is StoredValueSplit.BONUS_FIRST:
+            from_cash = amount - min(bonus, amount)  # all the bonus it can, the rest cash
+        else:
+            # Cash in proportion to the balances, rounded down: a remainder unit is bonus.
+            from_cash = amount * cash // (cash + bonus)
+        from_bonus = amount - from_cash
+        cash_drawn = self.draw(from_cash, cash=True)
+        bonus_drawn = self.draw(from_bonus, cash=False)
+        self.spends[tx] = MSpend(
+            from_cash,
+            from_bonus,
+            cash_drawn,
+            bonus_drawn,
+            [list(x) for x in cash_drawn],
+            [list(x) for x in bonus_drawn],
+        )
+        return from_cash, from_bonus
+
+    def draw(self, amount: int, cash: bool) -> list[tuple[str, int]]:
+        drawn = []
+        for lot_id in self.value_order():
+            lot = self.value_lots[lot_id]
+            n = min(lot.cash_left if cash else lot.bonus_left, amount)
+            if n == 0:
+                continue
+            if cash:
+                lot.cash_left -= n
+            else:
+                lot.bonus_left -= n
+                lot.bonus_spent += n
+            drawn.append((lot_id, n))
+            amount -= n
+        assert amount == 0
+        return drawn
+
+    def refund(self, target: str, requested: int) -> Reversal:
+        """Pro rata to the spend's split, on the cumulative total refunded; back into the
+        lots it was drawn from, last drawn first."""
+        spend = self.spends[target]
+        amount = self.amount(spend.amount - spend.refunded, requested)
+        cash_after = spend.cash * (spend.refunded + amount) // spend.amount
+        cash = cash_after - spend.cash_refunded
+        bonus = amount - cash
+        spend.cash_refunded += cash
+        spend.bonus_refunded += bonus
+        for lot_id, n in self.put_back(spend.cash_out, cash):
+            self.value_lots[lot_id].cash_left += n
+        for lot_id, n in self.put_back(spend.bonus_out, bonus):
+            self.value_lots[lot_id].bonus_left += n
+            self.value_lots[lot_id].bonus_spent -= n
+        return Reversal(cash_minor=cash, bonus_minor=bonus)
+
+    @staticmethod
+    def put_back(out: list[list[Any]], amount: int) -> list[tuple[str, int]]:
+        back = []
+        while amount:
+            piece = out[-1]
+            n = min(piece[1], amount)
+            back.append((piece[0], n))
+            piece[1] -= n
+            amount -= n
+            if piece[1] == 0:
+                out.pop()
+        return back
+
+    def cash_out(self, target: str, requested: int, policy: CashOutPolicy) -> Reversal:
+        """Cash off the card (0: all the top-up's cash left); its bonus lapses pro rata
+        (all of it with the last of the cash); DEDUCT_SPENT_BONUS keeps the bonus spent of
+        this top-up, and not kept before, from the cash handed back."""
+        lot = self.value_lots[target]
+        if lot.cash_left == 0 and lot.bonus_left == 0:
+            raise errors.NothingLeftToReverse("model")
+        if requested > lot.cash_left:
+            raise errors.ReversalExceedsOriginal("model")
+        taken = requested or lot.cash_left
+        if taken == lot.cash_left:
+            forfeited = lot.bonus_left
+        else:
+            forfeited = lot.bonus_left * taken // lot.cash_left
+        deducted = 0
+        if policy is CashOutPolicy.DEDUCT_SPENT_BONUS:
+            deducted = max(0, min(taken, lot.bonus_spent - lot.deducted))
+        lot.cash_left -= taken
+        lot.cash_taken += taken
+        lot.bonus_left -= forfeited
+        lot.forfeited += forfeited
+        lot.deducted += deducted
+        return Reversal(
+            refunded_cash_minor=taken - deducted,
+            forfeited_bonus_minor=forfeited,
+            bonus_deducted_minor=deducted,
+        )
+
+    def convert(
+        self,
+        tx: str,
+        now: datetime,
+        points: int,
+        rate: PointsConversion | None,
+        store: str,
+        at: datetime,
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """Points taken like a Redeem; their value a bonus-only lot."""
+        self.bring_up_to(now)
+        if rate is None:
+            raise errors.ConversionNotAvailable("model")
+        if points % rate.points:
+            raise errors.NotAMultipleOfRate("model")
+        self.check_can_spend(points)
+        taken = self.take(points)
+        self.conversions[tx] = (rate, MRedemption([[i, n] for i, n in taken]))
+        value = points // rate.points * rate.value_minor
+        lot = MValueLot(store, at, len(self.value_lots), 0, value, 0, value, converted=True)
+        self.value_lots[tx] = lot
+        return value, taken
+
+    def reverse_conversion(self, target: str, requested: int) -> Reversal:
+        """By points, in steps of the rate it was made at, at most the points whose value is
+        still on the card; they come back like a redemption's, the value goes."""
+        rate, redemption = self.conversions[target]
+        if requested % rate.points:
+            raise errors.NotAMultipleOfRate("model")
+        lot = self.value_lots[target]
+        on_card = lot.bonus_left // rate.value_minor * rate.points
+        points = self.undo(redemption, requested, limit=on_card)
+        value = points // rate.points * rate.value_minor
+        lot.bonus_left -= value
+        return Reversal(points_reversed=points, value_minor=value)
+
 
 # ---------------------------------------------------------------------------------------
 # Events: the JSON round trip the application's event store makes, and totals by kind.
 # ---------------------------------------------------------------------------------------
 
 
-def make_mapper() -> Mapper[UUID]:
+def make_mapper(*, stored_value_records: bool = False) -> Mapper[UUID]:
+    """The application's transcoder. `stored_value_records`: also the transcodings of the
+    stored-value records a snapshot carries that `account_transcodings()` lacks (a bug:
+    test_a_snapshot_of_stored_value_through_the_applications_transcoder), so that the
+    machine can still check that snapshots keep the whole state."""
     transcoder = JSONTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DecimalAsStr())
     transcoder.register(DatetimeAsISO())
     transcoder.register(ProvenanceAsDict())
-    for transcoding in account_transcodings():
+    transcodings = account_transcodings()
+    for transcoding in transcodings:
         transcoder.register(transcoding)
+    if stored_value_records:
+        registered = {t.type for t in transcodings}
+        for cls, name in STORED_VALUE_RECORDS.items():
+            if cls not in registered:
+                transcoder.register(DataclassAsDict(cls, name))
     return Mapper(transcoder=transcoder)
+
+
+STORED_VALUE_RECORDS: dict[type, str] = {
+    ValueLot: "value_lot",
+    SpendRecord: "spend_record",
+    PointsConversion: "points_conversion",
+}
 
 
 @dataclass
@@ -444,6 +722,27 @@ class Totals:
     # Points put into lots (opened, restored) and taken out of them (spent, expired, clawed).
     into_lots: int = 0
     out_of_lots: int = 0
+    converted: int = 0  # points turned into stored value
+    conversion_reversed: int = 0
+    # Stored value, in minor units.
+    topped_up_cash: int = 0
+    topped_up_bonus: int = 0
+    converted_value: int = 0
+    spent_cash: int = 0
+    spent_bonus: int = 0
+    refunded_cash: int = 0
+    refunded_bonus: int = 0
+    cash_taken: int = 0  # by cash-outs: handed back + withheld
+    forfeited: int = 0
+    conversion_value_reversed: int = 0
+    # Per value lot: cash paid, cash spent net of refunds, cash handed back, cash withheld.
+    lot_paid: dict[str, int] = field(default_factory=dict)
+    lot_cash_spent: dict[str, int] = field(default_factory=dict)
+    lot_handed_back: dict[str, int] = field(default_factory=dict)
+    lot_withheld: dict[str, int] = field(default_factory=dict)
+    # Per spend: its split, and what its refunds put back of each part.
+    spend_split: dict[str, tuple[int, int]] = field(default_factory=dict)
+    spend_refunded: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, event: Any) -> None:
         kind = type(event).__name__
@@ -478,12 +777,61 @@ class Totals:
             assert all(n > 0 for n in event.lots.values())
             self.expired += sum(event.lots.values())
             self.out_of_lots += sum(event.lots.values())
+        elif kind == "PointsConverted":
+            self.converted += sum(event.consumed.values())
+            self.out_of_lots += sum(event.consumed.values())
+            self.converted_value += event.value
+            assert event.value == (
+                sum(event.consumed.values()) // event.rate_points * event.rate_value_minor
+            )
+        elif kind == "ConversionReversed":
+            assert sum(event.restored.values()) + event.debt_repaid == event.points
+            self.conversion_reversed += event.points
+            self.debt_repaid += event.debt_repaid
+            self.into_lots += sum(event.restored.values())
+            self.conversion_value_reversed += event.value
+        elif kind in ("StoredValueToppedUp", "StoredValueSpent", "SpendRefunded", "TopUpCashedOut"):
+            self.add_value(event)
         else:
             assert kind in ("MemberEnrolled", "PointsHeld", "HoldReleased", "HoldExpired"), kind
         if kind in ("HoldCaptured", "HoldReleased", "HoldExpired"):
             # Held points that repaid debt leave the lots for good.
             self.debt_repaid += event.debt_repaid
             self.out_of_lots += event.debt_repaid
+
+    def add_value(self, event: Any) -> None:
+        kind = type(event).__name__
+        tx = event.provenance.transaction_id
+        target = event.provenance.reverses_transaction_id
+        if kind == "StoredValueToppedUp":
+            self.topped_up_cash += event.cash
+            self.topped_up_bonus += event.bonus
+            self.lot_paid[tx] = event.cash
+        elif kind == "StoredValueSpent":
+            assert sum(event.cash_drawn.values()) == event.cash
+            assert sum(event.bonus_drawn.values()) == event.bonus
+            assert all(n > 0 for n in (*event.cash_drawn.values(), *event.bonus_drawn.values()))
+            self.spent_cash += event.cash
+            self.spent_bonus += event.bonus
+            for lot_id, n in event.cash_drawn.items():
+                self.lot_cash_spent[lot_id] = self.lot_cash_spent.get(lot_id, 0) + n
+            self.spend_split[tx] = (event.cash, event.bonus)
+            self.spend_refunded[tx] = (0, 0)
+        elif kind == "SpendRefunded":
+            assert sum(event.cash_restored.values()) == event.cash
+            assert sum(event.bonus_restored.values()) == event.bonus
+            self.refunded_cash += event.cash
+            self.refunded_bonus += event.bonus
+            for lot_id, n in event.cash_restored.items():
+                self.lot_cash_spent[lot_id] -= n
+            cash, bonus = self.spend_refunded[target]
+            self.spend_refunded[target] = (cash + event.cash, bonus + event.bonus)
+        else:
+            assert event.refunded_cash + event.bonus_deducted == event.cash_taken
+            self.cash_taken += event.cash_taken
+            self.forfeited += event.bonus_forfeited
+            self.lot_handed_back[target] = self.lot_handed_back.get(target, 0) + event.refunded_cash
+            self.lot_withheld[target] = self.lot_withheld.get(target, 0) + event.bonus_deducted
 
 
 def state_of(account: MemberAccount) -> dict[str, Any]:
@@ -519,6 +867,41 @@ EXPIRY: st.SearchStrategy[Expiry] = st.one_of(
 )
 
 
+CURRENCY = "CNY"
+STORES = st.sampled_from(["s1", "s2", ""])
+RATES = [PointsConversion(10, 100), PointsConversion(3, 7), PointsConversion(1, 2)]
+DIMENSIONS = ("points", "cash", "bonus")
+MEMBER_ACCOUNTS = {
+    "points": {
+        journal.member_points("member"),
+        journal.member_points_held("member"),
+        journal.member_points_debt("member"),
+    },
+    "cash": {journal.member_cash("member")},
+    "bonus": {journal.member_bonus("member")},
+}
+
+
+def dimension_of(posting: journal.Posting) -> str:
+    """Points, cash or bonus: what a ledger account measures (each contra kind one)."""
+    if posting.unit == journal.POINTS:
+        return "points"
+    assert posting.unit == CURRENCY
+    name = posting.ledger_account
+    if name in MEMBER_ACCOUNTS["cash"]:
+        return "cash"
+    if name in MEMBER_ACCOUNTS["bonus"]:
+        return "bonus"
+    kind = contra_kind(name)
+    assert (kind in journal.CASH_ACCOUNTS) != (kind in journal.BONUS_ACCOUNTS), name
+    return "cash" if kind in journal.CASH_ACCOUNTS else "bonus"
+
+
+def contra_kind(ledger_account: str) -> str:
+    """`store:s1:cash_spent` -> `cash_spent`, `program:points_expired` -> `points_expired`."""
+    return ledger_account.rsplit(":", 1)[1]
+
+
 class AccountMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -527,10 +910,19 @@ class AccountMachine(RuleBasedStateMachine):
         self.tier_window = 3 * DAY
         self.model = Model()
         self.mapper = make_mapper()
+        self.snapshot_mapper = make_mapper(stored_value_records=True)
         self.stored: list[StoredEvent] = []
         self.totals = Totals()
         self.journal: dict[tuple[str, str], int] = {}  # (ledger account, unit) -> balance
+        # Every posting with the log position of its event, and the account's balances by
+        # dimension (points, cash, bonus) at the position each command left it.
+        self.postings: list[tuple[int, journal.Posting]] = []
+        self.balances_at: dict[int, dict[str, int]] = {0: dict.fromkeys(DIMENSIONS, 0)}
         self.replayed: MemberAccount | None = None
+        # The programme's settings (UpdateProgram may change them between commands).
+        self.split = StoredValueSplit.PROPORTIONAL
+        self.cash_out_policy = CashOutPolicy.FORFEIT_REMAINING_BONUS
+        self.rate: PointsConversion | None = RATES[0]
         self.account = MemberAccount(
             program_id="prog",
             member_id="member",
@@ -541,12 +933,15 @@ class AccountMachine(RuleBasedStateMachine):
 
     # -- plumbing
 
-    def provenance(self, occurred_at: datetime | None = None, reverses: str = "") -> Provenance:
+    def provenance(
+        self, occurred_at: datetime | None = None, reverses: str = "", store: str = ""
+    ) -> Provenance:
         self.count += 1
         return Provenance(
             transaction_id=f"tx-{self.count:04d}",
             request_id=f"req-{self.count:04d}",
             occurred_at=occurred_at or self.now,
+            store_id=store,
             order_ref=f"order-{self.count}",
             reverses_transaction_id=reverses,
         )
@@ -558,15 +953,29 @@ class AccountMachine(RuleBasedStateMachine):
             stored = self.mapper.to_stored_event(pending)
             self.stored.append(stored)
             new.append(self.mapper.to_domain_event(stored))
+        position = len(self.stored) - len(new)
         for decoded in new:
+            position += 1
             self.totals.add(decoded)
-            entries = journal.postings(decoded, "member", "CNY")
+            entries = journal.postings(decoded, "member", CURRENCY)
             assert type(decoded) in journal.NO_POSTINGS or entries, type(decoded)
-            assert sum(p.amount for p in entries) == 0, entries  # each event balances
+            # Each event balances in each unit, and in each dimension: no posting moves
+            # value between cash and bonus (both in the currency) or points.
+            for unit in (journal.POINTS, CURRENCY):
+                assert sum(p.amount for p in entries if p.unit == unit) == 0, entries
+            for dimension in DIMENSIONS:
+                assert sum(p.amount for p in entries if dimension_of(p) == dimension) == 0
             for p in entries:
                 key = (p.ledger_account, p.unit)
                 self.journal[key] = self.journal.get(key, 0) + p.amount
+                self.postings.append((position, p))
         self.replayed = project_aggregate(self.replayed, new)
+        a = self.account
+        self.balances_at[len(self.stored)] = {
+            "points": a.available + a.held - a.debt,
+            "cash": a.cash,
+            "bonus": a.bonus,
+        }
 
     def expires_at(self, expiry: Expiry) -> datetime | None:
         if expiry is None:
@@ -791,7 +1200,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.execute(
             prov,
             lambda m: m.reverse(tx, now, target, 0),
-            lambda a: points_and_debt(a.reverse(prov, now, target, 0)),
+            lambda a: a.reverse(prov, now, target, 0),
         )
 
     @precondition(lambda self: bool(self.model.earns))
@@ -812,7 +1221,7 @@ class AccountMachine(RuleBasedStateMachine):
         self.execute(
             prov,
             lambda m: m.reverse(tx, now, target, 0),
-            lambda a: points_and_debt(a.reverse(prov, now, target, 0)),
+            lambda a: a.reverse(prov, now, target, 0),
         )
         self.now += data.draw(st.sampled_from([HOUR, 2 * HOUR, 2 * DAY]), label="later")
 
@@ -834,21 +1243,241 @@ class AccountMachine(RuleBasedStateMachine):
             reversible = self.model.redemptions[target].reversible
         else:
             reversible = 10
-        points = data.draw(
+        self.reverse_by(target, points=draw_up_to(data, reversible, "points"))
+
+    def reverse_by(self, target: str, points: int = 0, amount: int = 0) -> None:
+        prov = self.provenance(reverses=target, store=f"s{self.count % 3}")
+        tx, now, policy = prov.transaction_id, self.now, self.cash_out_policy
+        self.execute(
+            prov,
+            lambda m: m.reverse(tx, now, target, points, amount, policy),
+            lambda a: a.reverse(prov, now, target, points, amount, policy),
+        )
+
+    # -- stored value
+
+    @initialize(
+        split=st.sampled_from(StoredValueSplit),
+        cash_out=st.sampled_from(CashOutPolicy),
+        rate=st.sampled_from(RATES),
+    )
+    def create_program(
+        self, split: StoredValueSplit, cash_out: CashOutPolicy, rate: PointsConversion
+    ) -> None:
+        self.split, self.cash_out_policy, self.rate = split, cash_out, rate
+
+    @rule(
+        split=st.sampled_from(StoredValueSplit),
+        cash_out=st.sampled_from(CashOutPolicy),
+        rate=st.sampled_from([*RATES, *RATES, None]),
+    )
+    def update_stored_value_settings(
+        self, split: StoredValueSplit, cash_out: CashOutPolicy, rate: PointsConversion | None
+    ) -> None:
+        """An UpdateProgram: commands from now on follow the new policies and rate."""
+        self.split, self.cash_out_policy, self.rate = split, cash_out, rate
+
+    @rule(
+        cash=st.integers(1, 500),
+        bonus=st.one_of(st.just(0), st.integers(1, 150)),
+        store=STORES,
+        backdate=st.sampled_from([timedelta(0), timedelta(0), HOUR, DAY]),
+    )
+    def top_up(self, cash: int, bonus: int, store: str, backdate: timedelta) -> None:
+        prov = self.provenance(occurred_at=self.now - backdate, store=store)
+        tx, now, at = prov.transaction_id, self.now, prov.occurred_at
+        self.execute(
+            prov,
+            lambda m: m.top_up(tx, now, cash, bonus, store, at),
+            lambda a: a.top_up(prov, now, cash, bonus, f"pay-{tx}", None, 1),
+        )
+
+    def has_value_lots(self) -> bool:
+        return bool(self.model.value_lots)
+
+    @precondition(has_value_lots)
+    @rule(data=st.data(), store=STORES)
+    def spend(self, data: st.DataObject, store: str) -> None:
+        total = self.model.cash + self.model.bonus
+        amount = data.draw(
+            st.one_of(
+                st.integers(1, max(1, total)),
+                st.sampled_from([max(1, total), total + 1]),
+                st.integers(1, 300),
+            ),
+            label="amount",
+        )
+        self.place_spend(amount, store)
+
+    def place_spend(self, amount: int, store: str) -> str | None:
+        prov = self.provenance(store=store)
+        tx, now, policy = prov.transaction_id, self.now, self.split
+        cash, bonus = self.account.cash, self.account.bonus
+        self.execute(
+            prov,
+            lambda m: m.spend(tx, now, amount, policy),
+            lambda a: a.spend(prov, now, amount, policy),
+        )
+        if tx not in self.account.spends:
+            return None
+        # The split sums to the amount, and each part is within its balance.
+        record = self.account.spends[tx]
+        assert record.cash + record.bonus == amount
+        assert 0 <= record.cash <= cash
+        assert 0 <= record.bonus <= bonus
+        return tx
+
+    def unlikely_targets(self) -> list[str]:
+        return [*sorted(self.model.others), "no-such-transaction"]
+
+    @precondition(lambda self: bool(self.model.spends))
+    @rule(data=st.data())
+    def refund_spend(self, data: st.DataObject) -> None:
+        target = self.draw_target(data, sorted(self.model.spends), self.unlikely_targets())
+        spend = self.model.spends.get(target)
+        refundable = spend.amount - spend.refunded if spend else 10
+        self.reverse_by(target, amount=draw_up_to(data, refundable, "amount"))
+
+    @precondition(lambda self: bool(self.model.spends))
+    @rule(data=st.data(), pieces=st.integers(2, 4))
+    def refund_spend_in_pieces(self, data: st.DataObject, pieces: int) -> None:
+        """A spend refunded in a few partial refunds of random sizes, often to the end."""
+        target = data.draw(st.sampled_from(sorted(self.model.spends)), label="target")
+        for _ in range(pieces):
+            spend = self.model.spends[target]
+            left = spend.amount - spend.refunded
+            if left == 0:
+                break
+            self.reverse_by(target, amount=data.draw(st.integers(1, left), label="piece"))
+
+    def top_ups(self) -> list[str]:
+        return sorted(i for i, v in self.model.value_lots.items() if not v.converted)
+
+    @precondition(lambda self: bool(self.top_ups()))
+    @rule(data=st.data())
+    def cash_out(self, data: st.DataObject) -> None:
+        """Under the programme's cash-out policy."""
+        target = self.draw_target(data, self.top_ups(), self.unlikely_targets())
+        lot = self.model.value_lots.get(target)
+        self.reverse_by(target, amount=draw_up_to(data, lot.cash_left if lot else 10, "amount"))
+
+    @precondition(has_lots)
+    @rule(data=st.data(), store=STORES)
+    def convert_points(self, data: st.DataObject, store: str) -> None:
+        """On the rate, off it (not a multiple), beyond what is available, in debt."""
+        step = self.rate.points if self.rate else 10
+        available = self.peek().available
+        k = data.draw(st.integers(1, max(1, available // step + 1)), label="steps")
+        off = data.draw(st.sampled_from([0, 0, 0, 1]), label="off the rate")
+        self.place_conversion(k * step + off, store)
+
+    def place_conversion(self, points: int, store: str) -> str | None:
+        prov = self.provenance(store=store)
+        tx, now, rate, at = prov.transaction_id, self.now, self.rate, prov.occurred_at
+
+        def on_account(a: MemberAccount) -> tuple[int, list[tuple[str, int]]]:
+            value, consumed = a.convert_points(prov, now, points, rate)
+            return value, list(consumed.items())
+
+        self.execute(prov, lambda m: m.convert(tx, now, points, rate, store, at), on_account)
+        return tx if tx in self.model.conversions else None
+
+    @precondition(lambda self: bool(self.model.conversions))
+    @rule(data=st.data())
+    def reverse_conversion(self, data: st.DataObject) -> None:
+        """By points: whole steps of its rate (or not), up to or past the value on the card."""
+        target = self.draw_target(data, sorted(self.model.conversions), self.unlikely_targets())
+        if target in self.model.conversions:
+            rate, redemption = self.model.conversions[target]
+            k = data.draw(st.integers(0, redemption.reversible // rate.points + 1), label="steps")
+            points = k * rate.points
+        else:
+            points = data.draw(st.integers(0, 20), label="points")
+        points += data.draw(st.sampled_from([0, 0, 0, 1]), label="off the rate")
+        self.reverse_by(target, points=points)
+
+    @precondition(has_lots)
+    @rule(data=st.data())
+    def convert_spend_then_reverse(self, data: st.DataObject) -> None:
+        """A conversion whose value is partly spent, then reversed: at most what is left
+        (sometimes with the account in debt by then: the points repay it first)."""
+        if self.rate is None:
+            return
+        steps = self.peek().available // self.rate.points
+        if steps == 0:
+            return
+        points = data.draw(st.integers(1, steps), label="steps") * self.rate.points
+        target = self.place_conversion(points, "s1")
+        assert target is not None
+        on_card = self.model.cash + self.model.bonus
+        self.place_spend(data.draw(st.integers(1, max(1, on_card)), label="amount"), "s2")
+        if bool(self.model.earns) and data.draw(st.booleans(), label="into debt"):
+            self.spend_all_then_refund_a_purchase(data)
+        rate, redemption = self.model.conversions[target]
+        on_card = self.model.value_lots[target].bonus_left // rate.value_minor
+        k = data.draw(
             st.one_of(
                 st.just(0),
-                st.integers(1, max(1, reversible)),
-                st.sampled_from([max(1, reversible), reversible + 1]),
+                st.integers(1, max(1, on_card)),
+                st.sampled_from([on_card, on_card + 1, redemption.reversible // rate.points]),
             ),
-            label="points",
+            label="steps",
         )
-        prov = self.provenance(reverses=target)
+        self.reverse_by(target, points=k * rate.points)
+
+    @rule(
+        data=st.data(),
+        cash=st.integers(1, 500),
+        bonus=st.integers(1, 150),
+        refund=st.sampled_from(["none", "before", "after"]),
+    )
+    def spend_then_cash_out(self, data: st.DataObject, cash: int, bonus: int, refund: str) -> None:
+        """A top-up partly spent, then cashed out (partly or all), perhaps with a refund of
+        the spend before or after it: under DEDUCT_SPENT_BONUS the bonus spent of that
+        top-up is kept from the cash handed back."""
+        prov = self.provenance(store="s1")
         tx, now = prov.transaction_id, self.now
         self.execute(
             prov,
-            lambda m: m.reverse(tx, now, target, points),
-            lambda a: points_and_debt(a.reverse(prov, now, target, points)),
+            lambda m: m.top_up(tx, now, cash, bonus, "s1", now),
+            lambda a: a.top_up(prov, now, cash, bonus, "", None, 1),
         )
+        total = self.model.cash + self.model.bonus
+        spend = self.place_spend(data.draw(st.integers(1, total), label="amount"), "s2")
+        assert spend is not None
+        if refund == "before":
+            self.refund_part(data, spend)
+        spent_from = [
+            i
+            for i in self.top_ups()
+            if self.model.value_lots[i].bonus_spent and self.model.value_lots[i].cash_left
+        ]
+        target = data.draw(st.sampled_from(spent_from or [tx]), label="target")
+        self.reverse_by(
+            target, amount=draw_up_to(data, self.model.value_lots[target].cash_left, "amount")
+        )
+        if refund == "after":
+            self.refund_part(data, spend)
+
+    def refund_part(self, data: st.DataObject, spend_id: str) -> None:
+        spend = self.model.spends[spend_id]
+        left = spend.amount - spend.refunded
+        self.reverse_by(spend_id, amount=data.draw(st.integers(0, left), label="refund"))
+
+    @precondition(lambda self: bool(self.model.spends or self.model.value_lots or self.model.earns))
+    @rule(data=st.data(), n=st.integers(1, 50))
+    def reverse_in_the_wrong_unit(self, data: st.DataObject, n: int) -> None:
+        """Money named for a points transaction, points for a Spend or a TopUp."""
+        target = data.draw(
+            st.sampled_from(
+                sorted({*self.model.spends, *self.model.value_lots, *self.model.earns})
+            ),
+            label="target",
+        )
+        if target in self.model.spends or target in self.top_ups():
+            self.reverse_by(target, points=n)
+        else:
+            self.reverse_by(target, amount=n)
 
     @rule(
         step=st.sampled_from(
@@ -870,6 +1499,37 @@ class AccountMachine(RuleBasedStateMachine):
         self.record()
         assert self.account.expire_lots(as_of, prov) == {}
         assert not self.account.collect_events()
+
+    @rule(data=st.data())
+    def movements_tie(self, data: st.DataObject) -> None:
+        """For random period bounds a < b: opening(a) + the period's movements = closing(b)
+        for points, cash and bonus, where the movement of each contra account kind
+        (points_issued, cash_spent, bonus_forfeited, ...) is minus its net in (a, b]: the
+        identity finance's GetMovements relies on. Opening and closing are the member
+        accounts' journal balances, and equal the account's balances at those positions."""
+        positions = sorted(self.balances_at)
+        i = data.draw(st.integers(0, len(positions) - 2), label="a")
+        j = data.draw(st.integers(i + 1, len(positions) - 1), label="b")
+        a, b = positions[i], positions[j]
+        opening = dict.fromkeys(DIMENSIONS, 0)
+        closing = dict.fromkeys(DIMENSIONS, 0)
+        movements: dict[tuple[str, str], int] = {}
+        for position, p in self.postings:
+            if position > b:
+                break
+            dimension = dimension_of(p)
+            if p.ledger_account in MEMBER_ACCOUNTS[dimension]:
+                closing[dimension] += p.amount
+                if position <= a:
+                    opening[dimension] += p.amount
+            elif position > a:
+                key = (dimension, contra_kind(p.ledger_account))
+                movements[key] = movements.get(key, 0) - p.amount
+        assert opening == self.balances_at[a]
+        assert closing == self.balances_at[b]
+        for dimension in DIMENSIONS:
+            moved = sum(n for (d, _), n in movements.items() if d == dimension)
+            assert opening[dimension] + moved == closing[dimension], (dimension, movements)
 
     # -- invariants
 
@@ -899,14 +1559,50 @@ class AccountMachine(RuleBasedStateMachine):
         assert {k: (e.points, e.reversed) for k, e in a.earns.items()} == {
             k: (e.points, e.reversed) for k, e in m.earns.items()
         }
+        conversions = {k: r for k, (_, r) in m.conversions.items()}
         assert {k: r.reversible for k, r in a.redemptions.items()} == {
-            k: r.reversible for k, r in m.redemptions.items()
+            k: r.reversible for k, r in {**m.redemptions, **conversions}.items()
         }
         for at in (self.now, self.now + DAY, T0, self.now + 5 * DAY, self.now):
             assert a.qualifying_points(at) == m.qualifying_points(at)
         for tx in (*m.earns, *m.redemptions, *m.others):
             assert tx in a.earns or tx in a.redemptions or tx in a.other_transaction_ids
         assert "no-such-transaction" not in a.other_transaction_ids
+        self.stored_value_agrees_with_model()
+
+    def stored_value_agrees_with_model(self) -> None:
+        a, m = self.account, self.model
+        assert (a.cash, a.bonus) == (m.cash, m.bonus)
+        assert a.conversions == {k: rate for k, (rate, _) in m.conversions.items()}
+        assert set(a.value_lots) == set(m.value_lots)
+        for lot_id, lot in a.value_lots.items():
+            v = m.value_lots[lot_id]
+            assert (lot.store_id, lot.occurred_at, lot.cash, lot.bonus, lot.converted) == (
+                v.store,
+                v.at,
+                v.cash,
+                v.bonus,
+                v.converted,
+            ), lot_id
+            assert (lot.cash_remaining, lot.bonus_remaining) == (v.cash_left, v.bonus_left), lot_id
+            assert (lot.bonus_spent, lot.bonus_deducted, lot.cash_out, lot.bonus_forfeited) == (
+                v.bonus_spent,
+                v.deducted,
+                v.cash_taken,
+                v.forfeited,
+            ), lot_id
+        assert set(a.spends) == set(m.spends)
+        for spend_id, record in a.spends.items():
+            x = m.spends[spend_id]
+            assert (record.cash, record.bonus) == (x.cash, x.bonus), spend_id
+            assert (record.cash_refunded, record.bonus_refunded) == (
+                x.cash_refunded,
+                x.bonus_refunded,
+            ), spend_id
+            assert list(record.cash_drawn.items()) == x.cash_drawn, spend_id
+            assert list(record.bonus_drawn.items()) == x.bonus_drawn, spend_id
+            assert still_out(record.cash_drawn, record.cash_restored) == dict(x.cash_out)
+            assert still_out(record.bonus_drawn, record.bonus_restored) == dict(x.bonus_out)
 
     @invariant()
     def nothing_negative(self) -> None:
@@ -923,6 +1619,55 @@ class AccountMachine(RuleBasedStateMachine):
             assert all(0 <= record.reversed.get(i, 0) <= n for i, n in record.consumed.items())
         for earn in a.earns.values():
             assert 0 <= earn.reversed <= earn.points
+        assert a.cash >= 0
+        assert a.bonus >= 0
+        for v in a.value_lots.values():
+            assert v.cash_remaining >= 0
+            assert v.bonus_remaining >= 0
+            assert v.bonus_spent >= 0
+            assert 0 <= v.cash_out <= v.cash
+            assert v.bonus_deducted >= 0
+            assert v.bonus_forfeited >= 0
+
+    @invariant()
+    def stored_value_adds_up(self) -> None:
+        """The card's balances are its lots'; each spend's refunds stay within it and add
+        up to exactly its split once it is all refunded; a top-up never hands back, nor
+        lets be spent, more cash than was paid for it."""
+        a, t = self.account, self.totals
+        assert a.cash == sum(v.cash_remaining for v in a.value_lots.values())
+        assert a.bonus == sum(v.bonus_remaining for v in a.value_lots.values())
+        assert a.cash == t.topped_up_cash - t.spent_cash + t.refunded_cash - t.cash_taken
+        assert a.bonus == (
+            t.topped_up_bonus
+            + t.converted_value
+            - t.spent_bonus
+            + t.refunded_bonus
+            - t.forfeited
+            - t.conversion_value_reversed
+        )
+        assert set(t.spend_split) == set(a.spends)
+        for spend_id, (cash, bonus) in t.spend_split.items():
+            cash_back, bonus_back = t.spend_refunded[spend_id]
+            assert 0 <= cash_back <= cash
+            assert 0 <= bonus_back <= bonus
+            if cash_back + bonus_back == cash + bonus:
+                assert (cash_back, bonus_back) == (cash, bonus), spend_id
+            record = a.spends[spend_id]
+            for drawn, restored in (
+                (record.cash_drawn, record.cash_restored),
+                (record.bonus_drawn, record.bonus_restored),
+            ):
+                assert all(0 <= restored.get(i, 0) <= n for i, n in drawn.items())
+                assert set(restored) <= set(drawn)
+        for lot_id, paid in t.lot_paid.items():
+            handed_back = t.lot_handed_back.get(lot_id, 0)
+            spent = t.lot_cash_spent.get(lot_id, 0)
+            withheld = t.lot_withheld.get(lot_id, 0)
+            assert spent >= 0
+            assert handed_back + spent <= paid, lot_id
+            lot = a.value_lots[lot_id]
+            assert lot.cash_remaining + spent + handed_back + withheld == paid, lot_id
 
     @invariant()
     def balances_add_up(self) -> None:
@@ -948,9 +1693,11 @@ class AccountMachine(RuleBasedStateMachine):
             + t.adjusted_in
             - t.adjusted_out
             - t.redeemed
+            - t.converted
             - t.expired
             - t.earn_reversed_clawed
             + t.redemption_reversed
+            + t.conversion_reversed
         )
 
     @invariant()
@@ -958,22 +1705,29 @@ class AccountMachine(RuleBasedStateMachine):
         """Double entry: the postings of all events sum to zero, and the member's ledger
         accounts hold exactly what the account says."""
         a = self.account
-        assert sum(self.journal.values()) == 0
+        for unit in (journal.POINTS, CURRENCY):
+            assert sum(n for (_, u), n in self.journal.items() if u == unit) == 0, unit
+        assert {u for _, u in self.journal} <= {journal.POINTS, CURRENCY}
         balance = self.journal.get
         assert balance((journal.member_points("member"), journal.POINTS), 0) == a.available
         assert balance((journal.member_points_held("member"), journal.POINTS), 0) == a.held
         assert balance((journal.member_points_debt("member"), journal.POINTS), 0) == -a.debt
+        assert balance((journal.member_cash("member"), CURRENCY), 0) == a.cash
+        assert balance((journal.member_bonus("member"), CURRENCY), 0) == a.bonus
 
     @invariant()
     def rebuilt_from_events(self) -> None:
         assert self.replayed is not None
-        assert state_of(self.replayed) == state_of(self.account)
+        state = state_of(self.account)
+        # The comparison covers the stored value too.
+        assert {"cash", "bonus", "value_lots", "spends", "conversions"} <= set(state)
+        assert state_of(self.replayed) == state
 
     @invariant()
     def restored_from_a_snapshot(self) -> None:
         # A snapshot through the JSON transcoder, then the account rebuilt from it alone.
-        stored = self.mapper.to_stored_event(Snapshot.take(self.account))
-        restored = project_aggregate(None, [self.mapper.to_domain_event(stored)])
+        stored = self.snapshot_mapper.to_stored_event(Snapshot.take(self.account))
+        restored = project_aggregate(None, [self.snapshot_mapper.to_domain_event(stored)])
         assert isinstance(restored, MemberAccount)
         assert state_of(restored) == state_of(self.account)
 
@@ -995,5 +1749,44 @@ AccountMachine.TestCase.settings = settings(
 TestAccountModel = AccountMachine.TestCase
 
 
-def points_and_debt(done: Reversal) -> tuple[int, int]:
-    return done.points_reversed, done.debt_added
+@pytest.mark.xfail(
+    raises=TranscodingNotRegisteredError,
+    strict=True,
+    reason="account_transcodings() has no transcoding for ValueLot, SpendRecord and"
+    " PointsConversion: an account with stored value cannot be snapshotted (a load that"
+    " replays SNAPSHOT_AFTER_REPLAYING events fails). Remove this mark, and"
+    " make_mapper's stored_value_records, once they are registered.",
+)
+def test_a_snapshot_of_stored_value_through_the_applications_transcoder() -> None:
+    at = T0
+    account = MemberAccount(
+        program_id="prog",
+        member_id="member",
+        referrer_member_id="",
+        provenance=Provenance("tx-1", "req-1", at),
+    )
+    account.earn(Provenance("tx-2", "req-2", at), at, 100, 0, None, None)
+    account.top_up(Provenance("tx-3", "req-3", at, store_id="s1"), at, 100, 20, "", None, 1)
+    account.spend(Provenance("tx-4", "req-4", at), at, 30, StoredValueSplit.PROPORTIONAL)
+    account.convert_points(Provenance("tx-5", "req-5", at), at, 10, RATES[0])
+    mapper = make_mapper()
+    stored = mapper.to_stored_event(Snapshot.take(account))
+    restored = project_aggregate(None, [mapper.to_domain_event(stored)])
+    assert isinstance(restored, MemberAccount)
+    assert state_of(restored) == state_of(account)
+
+
+def still_out(drawn: dict[str, int], restored: dict[str, int]) -> dict[str, int]:
+    return {i: n - restored.get(i, 0) for i, n in drawn.items() if n - restored.get(i, 0)}
+
+
+def draw_up_to(data: st.DataObject, limit: int, label: str) -> int:
+    """0 (all), some, exactly all, or one more than `limit`."""
+    return data.draw(
+        st.one_of(
+            st.just(0),
+            st.integers(1, max(1, limit)),
+            st.sampled_from([max(1, limit), limit + 1]),
+        ),
+        label=label,
+    )
