@@ -1,18 +1,22 @@
-"""ReportService: the journal and the trial balance (docs/accounting.md), read from the
-journal read model. The servicer only translates; the sums are SQL over rm_postings."""
+"""ReportService: the journal, the trial balance (docs/accounting.md) and finance's reports
+(docs/reports.md), read from the journal read model. The servicer only checks the request
+and translates; the sums and the reports' rules are ledger/journal_queries.py, which
+`ledger report` calls too."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ledger.api import page_tokens
-from ledger.api.ledger_service import processed, reached, rpc
+from ledger.api.ledger_service import reached, rpc
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
 from ledger.journal_queries import JournalQueries, PostingsFilter
+from ledger.journal_queries import Movements as MovementLines
 from ledger.queries import from_micros
 from ledger.runtime import Tally
 from ledger.v1 import report_pb2 as pb
@@ -34,17 +38,18 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def _program(self, request: Any, context: Any) -> Any:
+        """Wait for min_position, then the programme (NOT_FOUND if there is none)."""
+        await reached(self.tally, request.min_position, context, READS)
+        return await self._run(self.tally.app.get_program, request.program_id)
+
     @rpc
     async def GetTrialBalance(self, request: Any, context: Any) -> pb.GetTrialBalanceResponse:
-        v = Violations()
-        v.identifier("program_id", request.program_id)
-        v.non_negative("min_position", request.min_position, limit=2**63 - 1)
+        v = _checked(request)
         as_of = v.timestamp("as_of", request.as_of, request.HasField("as_of"))
         v.raise_if_any()
-        await reached(self.tally, request.min_position, context, READS)
-        await self._run(self.tally.app.get_program, request.program_id)  # NOT_FOUND if not
-        position = processed(self.tally, READS)
-        rows = await self._run(self.journal.trial_balance, request.program_id, as_of)
+        await self._program(request, context)
+        trial = await self._run(self.journal.trial_balance, request.program_id, as_of)
         return pb.GetTrialBalanceResponse(
             rows=[
                 pb.TrialBalanceRow(
@@ -54,16 +59,97 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
                     credit=r.credit,
                     balance=r.balance,
                 )
-                for r in rows
+                for r in trial.rows
             ],
-            position=position,
+            position=trial.position,
+        )
+
+    @rpc
+    async def GetLiabilities(self, request: Any, context: Any) -> pb.GetLiabilitiesResponse:
+        v = _checked(request)
+        as_of = v.timestamp("as_of", request.as_of, request.HasField("as_of"))
+        v.raise_if_any()
+        program = await self._program(request, context)
+        found = await self._run(
+            self.journal.liabilities,
+            request.program_id,
+            program.settings.currency,
+            program.settings.point_value_minor,
+            as_of,
+        )
+        return pb.GetLiabilitiesResponse(
+            points_outstanding=found.points_outstanding,
+            points_debt=found.points_debt,
+            points_value_minor=found.points_value_minor,
+            point_value_minor=found.point_value_minor,
+            stored_value_cash_minor=found.stored_value_cash_minor,
+            stored_value_bonus_minor=found.stored_value_bonus_minor,
+            currency=found.currency,
+            stores=[
+                pb.StoreLiability(
+                    store_id=s.store_id,
+                    stored_value_cash_minor=s.stored_value_cash_minor,
+                    stored_value_bonus_minor=s.stored_value_bonus_minor,
+                )
+                for s in found.stores
+            ]
+            if request.group_by_store
+            else [],
+            position=found.position,
+        )
+
+    @rpc
+    async def GetMovements(self, request: Any, context: Any) -> pb.GetMovementsResponse:
+        since, until = _period(request)
+        program = await self._program(request, context)
+        found = await self._run(
+            self.journal.movements, request.program_id, program.settings.currency, since, until
+        )
+        return pb.GetMovementsResponse(
+            points=_movements(found.points),
+            cash=_movements(found.cash),
+            bonus=_movements(found.bonus),
+            currency=found.currency,
+            position=found.position,
+        )
+
+    @rpc
+    async def GetSettlement(self, request: Any, context: Any) -> pb.GetSettlementResponse:
+        since, until = _period(request)
+        program = await self._program(request, context)
+        found = await self._run(
+            self.journal.settlement, request.program_id, program.settings.currency, since, until
+        )
+        return pb.GetSettlementResponse(
+            rows=[
+                pb.SettlementRow(
+                    issuing_store_id=r.issuing_store_id,
+                    redeeming_store_id=r.redeeming_store_id,
+                    cash_minor=r.cash_minor,
+                    bonus_minor=r.bonus_minor,
+                )
+                for r in found.rows
+            ],
+            net=[
+                pb.SettlementNet(
+                    debtor_store_id=n.debtor_store_id,
+                    creditor_store_id=n.creditor_store_id,
+                    cash_minor=n.cash_minor,
+                    bonus_minor=n.bonus_minor,
+                )
+                for n in found.net
+            ],
+            total_cash_minor=found.total_cash_minor,
+            total_bonus_minor=found.total_bonus_minor,
+            spent_cash_minor=found.spent_cash_minor,
+            spent_bonus_minor=found.spent_bonus_minor,
+            currency=found.currency,
+            position=found.position,
         )
 
     @rpc
     async def ListPostings(self, request: Any, context: Any) -> pb.ListPostingsResponse:
-        v = Violations()
-        v.identifier("program_id", request.program_id)
-        v.non_negative("min_position", request.min_position, limit=2**63 - 1)
+        v = _checked(request)
         v.text("transaction_id", request.transaction_id, limit=64)
         v.text("ledger_account", request.ledger_account, limit=200)
         size = v.in_range("page_size", request.page_size or DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
@@ -80,8 +166,7 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
             decoded = page_tokens.decode(v, request.page_token, query, 2, "filters or time range")
             after = (decoded[0], decoded[1]) if decoded else after
         v.raise_if_any()
-        await reached(self.tally, request.min_position, context, READS)
-        await self._run(self.tally.app.get_program, request.program_id)
+        await self._program(request, context)
         page = await self._run(self.journal.postings, chosen, after, size)
         return pb.ListPostingsResponse(
             postings=[
@@ -101,3 +186,26 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
             total_count=page.total_count,
             total_amount=page.total_amount,
         )
+
+
+def _checked(request: Any) -> Violations:
+    """The checks every report request shares: its programme's id and min_position."""
+    v = Violations()
+    v.identifier("program_id", request.program_id)
+    v.non_negative("min_position", request.min_position, limit=2**63 - 1)
+    return v
+
+
+def _period(request: Any) -> tuple[datetime | None, datetime | None]:
+    """A report's period (since, until], checked: INVALID_ARGUMENT unless since < until."""
+    v = _checked(request)
+    since = v.timestamp("since", request.since, request.HasField("since"))
+    until = v.timestamp("until", request.until, request.HasField("until"))
+    if since and until and since >= until:
+        v.add("until", "must be after since")
+    v.raise_if_any()
+    return since, until
+
+
+def _movements(lines: MovementLines) -> pb.Movements:
+    return pb.Movements(**vars(lines))

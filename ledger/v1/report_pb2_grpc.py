@@ -44,16 +44,35 @@ class ReportServiceStub:
                 request_serializer=ledger_dot_v1_dot_report__pb2.ListPostingsRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_report__pb2.ListPostingsResponse.FromString,
                 _registered_method=True)
+        self.GetLiabilities = channel.unary_unary(
+                '/ledger.v1.ReportService/GetLiabilities',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetLiabilitiesRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetLiabilitiesResponse.FromString,
+                _registered_method=True)
+        self.GetMovements = channel.unary_unary(
+                '/ledger.v1.ReportService/GetMovements',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetMovementsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetMovementsResponse.FromString,
+                _registered_method=True)
+        self.GetSettlement = channel.unary_unary(
+                '/ledger.v1.ReportService/GetSettlement',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetSettlementRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetSettlementResponse.FromString,
+                _registered_method=True)
 
 
 class ReportServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetTrialBalance(self, request, context):
-        """Every ledger account of the programme with its balance as of `as_of` (default: now):
-        the postings recorded at or before it. Per unit the balances sum to zero.
+        """The general ledger as of `as_of` (recorded, inclusive; default: now): every contra
+        account, and one control account per kind of member account (member:*:points,
+        member:*:cash, ...: the sum of every member's); a member's own balance is ListPostings'
+        total_amount with ledger_account=member:<m>:<kind> (the subsidiary ledger), or GetAccount.
+        Per unit the balances sum to zero.
         Errors:
-        INVALID_ARGUMENT: program_id malformed, min_position negative (BadRequest)
+        INVALID_ARGUMENT: program_id malformed, min_position negative, as_of out of range
+        (BadRequest)
         NOT_FOUND PROGRAM_NOT_FOUND: no such program
         DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
         INTERNAL: an unexpected server fault (logged)
@@ -76,6 +95,52 @@ class ReportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLiabilities(self, request, context):
+        """What the programme owes its members as of `as_of` (recorded, inclusive; unset: now):
+        points outstanding (available + held) and their value, points owed back (debt), and
+        stored value (cash, bonus), with the stored value per store of issue when
+        group_by_store. Points are not broken down by store: the journal posts a redemption at
+        the redeeming store, not against the store that issued the points.
+        Errors:
+        INVALID_ARGUMENT: program_id malformed, min_position negative, as_of out of range
+        (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+        INTERNAL: the stores' stored value does not add up to the members' (a bug, logged),
+        the points' value exceeds int64, or an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMovements(self, request, context):
+        """Opening balance, the movements of the period (since, until] line by line, and closing
+        balance, for points, stored-value cash and stored-value bonus. opening + every line =
+        closing exactly, and opening / closing equal GetLiabilities as of since / until.
+        Errors:
+        INVALID_ARGUMENT: a malformed field, since >= until (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+        INTERNAL: the movements do not tie (a bug, logged), or an unexpected server fault
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSettlement(self, request, context):
+        """Stored value sold by one store (its store of issue) and spent at another in the period
+        (since, until], net of refunds at that other store: what the issuer, who holds the
+        money, owes the store that took it as payment. Also netted per pair of stores.
+        Errors:
+        INVALID_ARGUMENT: a malformed field, since >= until (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +153,21 @@ def add_ReportServiceServicer_to_server(servicer, server):
                     servicer.ListPostings,
                     request_deserializer=ledger_dot_v1_dot_report__pb2.ListPostingsRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_report__pb2.ListPostingsResponse.SerializeToString,
+            ),
+            'GetLiabilities': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiabilities,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetLiabilitiesRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetLiabilitiesResponse.SerializeToString,
+            ),
+            'GetMovements': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMovements,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetMovementsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetMovementsResponse.SerializeToString,
+            ),
+            'GetSettlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettlement,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetSettlementRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetSettlementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +224,87 @@ class ReportService:
             '/ledger.v1.ReportService/ListPostings',
             ledger_dot_v1_dot_report__pb2.ListPostingsRequest.SerializeToString,
             ledger_dot_v1_dot_report__pb2.ListPostingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiabilities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetLiabilities',
+            ledger_dot_v1_dot_report__pb2.GetLiabilitiesRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetLiabilitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetMovements',
+            ledger_dot_v1_dot_report__pb2.GetMovementsRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetMovementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetSettlement',
+            ledger_dot_v1_dot_report__pb2.GetSettlementRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetSettlementResponse.FromString,
             options,
             channel_credentials,
             insecure,
