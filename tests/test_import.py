@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from ledger.application import commands as c
-from ledger.domain.program import ExpiryKind, ExpiryPolicy, ProgramSettings
+from ledger.domain.program import (
+    CashOutPolicy,
+    ExpiryKind,
+    ExpiryPolicy,
+    ProgramSettings,
+    TopUpBonusStep,
+)
 from ledger.importer import Importer
 from ledger.runtime import Tally
 from projections.points import micros
@@ -187,6 +193,154 @@ def test_csv_records_import_like_json_lines(tally: Tally, tmp_path: Path) -> Non
 
     assert (report.applied, report.rejected) == (3, 0)
     assert tally.app.get_account("p", "cat").available == 100
+
+
+# ---------------------------------------------------------------------- stored value
+
+
+def _card_program(tally: Tally) -> None:
+    settings = ProgramSettings(
+        "Card",
+        "CNY",
+        top_up_bonus=(TopUpBonusStep(min_cash_minor=1000, bonus_minor=150),),
+        cash_out_policy=CashOutPolicy.DEDUCT_SPENT_BONUS,
+    )
+    tally.app.create_program(c.CreateProgram(program_id="sv", request_id="sv", settings=settings))
+
+
+def test_top_ups_spends_refunds_and_cash_outs_are_imported(tally: Tally, tmp_path: Path) -> None:
+    _card_program(tally)
+    path = _write(
+        tmp_path / "card.jsonl",
+        [
+            {"type": "member", "member_id": "kim", "occurred_at": _at(10)},
+            {"type": "top_up", "member_id": "kim", "cash_minor": 1000, "bonus_minor": 200,
+             "payment_ref": "pay-1", "store_id": "s1", "occurred_at": _at(9), "request_id": "t-1"},
+            # No bonus named: the schedule's 150.
+            {"type": "top_up", "member_id": "kim", "cash_minor": 1000, "store_id": "s2",
+             "occurred_at": _at(8), "request_id": "t-2"},
+            # Card 2000 + 350. PROPORTIONAL: cash 1200 * 2000 / 2350 = 1021.3 -> 1021, bonus
+            # 179; cash from t-1 (1000) then t-2 (21), bonus from t-1.
+            {"type": "spend", "member_id": "kim", "amount_minor": 1200, "order_ref": "o-1",
+             "store_id": "s3", "occurred_at": _at(7), "request_id": "sp-1"},
+            # Refund 235: cash 1021 * 235 / 1200 = 199.9 -> 199, bonus 36; cash back to t-2
+            # (21, drawn last) then t-1 (178), bonus to t-1.
+            {"type": "reverse", "member_id": "kim", "reverses": "sp-1", "amount_minor": 235,
+             "store_id": "s1", "occurred_at": _at(6)},
+            # Cash-out of t-1: 178 cash on the card, 179 - 36 = 143 of its bonus spent, so
+            # 35 handed back; its 200 - 179 + 36 = 57 bonus left lapses.
+            {"type": "reverse", "member_id": "kim", "reverses": "t-1", "amount_minor": 0,
+             "store_id": "s1", "occurred_at": _at(5), "request_id": "co-1"},
+            # 1000 + 150 left: refused.
+            {"type": "spend", "member_id": "kim", "amount_minor": 1151, "store_id": "s3"},
+            {"type": "reverse", "member_id": "kim", "reverses": "sp-1", "points": 5,
+             "store_id": "s1"},  # a spend is reversed by money
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "sv", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (6, 2)
+    rejects = {
+        r["line"]: r for r in map(json.loads, path.with_name("card.jsonl.rejects.jsonl").open())
+    }
+    assert {line: r["reason"] for line, r in rejects.items()} == {
+        7: "INSUFFICIENT_STORED_VALUE",
+        8: "REVERSAL_IN_WRONG_UNIT",
+    }
+    account = tally.app.get_account("sv", "kim")
+    assert (account.cash, account.bonus) == (1000, 150)
+    tally.points.wait_for(tally.app.recorder.max_notification_id() or 0, timeout=30)
+    rows = tally.queries.transactions("sv", "kim", 50, 0, None, None).rows
+    assert [(r.kind, r.cash_delta_minor, r.bonus_delta_minor) for r in rows[1:]] == [
+        ("TOP_UP", 1000, 200),
+        ("TOP_UP", 1000, 150),
+        ("SPEND", -1021, -179),
+        ("REVERSE", 199, 36),
+        ("REVERSE", -178, -57),
+    ]
+    assert [r.occurred_at for r in rows[1:]] == [
+        micros(NOW - timedelta(days=d)) for d in (9, 8, 7, 6, 5)
+    ]
+    assert (rows[1].order_ref, rows[1].store_id, rows[3].order_ref) == ("pay-1", "s1", "o-1")
+
+
+def test_bad_stored_value_records_are_set_aside_with_the_api_field_names(
+    tally: Tally, tmp_path: Path
+) -> None:
+    _card_program(tally)
+    path = _write(
+        tmp_path / "bad-card.jsonl",
+        [
+            {"type": "member", "member_id": "lou"},
+            {"type": "top_up", "member_id": "lou", "cash_minor": 0, "bonus_minor": -1,
+             "store_id": "s1"},
+            {"type": "top_up", "member_id": "lou", "cash_minor": "12x", "store_id": "s1"},
+            {"type": "top_up", "member_id": "lou", "cash_minor": 10**15 + 1, "store_id": "s1",
+             "payment_ref": "p" * 257},
+            {"type": "top_up", "member_id": "lou", "cash_minor": 100},  # no store
+            {"type": "spend", "member_id": "lou", "amount_minor": 0, "store_id": "s1"},
+            {"type": "spend", "member_id": "lou", "store_id": "s1"},  # no amount
+            {"type": "spend", "member_id": "lou", "amount_minor": 5, "order_ref": "o" * 257},
+            {"type": "reverse", "member_id": "lou", "reverses": "x", "store_id": "s1",
+             "points": 1, "amount_minor": 1},
+            {"type": "reverse", "member_id": "lou", "reverses": "x", "store_id": "s1",
+             "amount_minor": -1},
+            {"type": "top_up", "member_id": "lou", "cash_minor": 100, "bonus_minor": "",
+             "store_id": "s1"},  # an empty bonus: the schedule (none met at 100)
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "sv", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (2, 9)
+    rejects = {
+        r["line"]: r for r in map(json.loads, path.with_name("bad-card.jsonl.rejects.jsonl").open())
+    }
+    assert {line: r["reason"] for line, r in rejects.items()} == dict.fromkeys(
+        range(2, 11), "INVALID_ARGUMENT"
+    )
+    messages = {line: r["message"] for line, r in rejects.items()}
+    # A value that is not a number is said to be so first (the builder then sees 0).
+    assert messages.pop(3).startswith("cash_minor: must be an integer")
+    assert messages.pop(7).startswith("amount_minor: required")
+    assert messages == {
+        2: "cash_minor: must be greater than 0; bonus_minor: must not be negative",
+        4: "cash_minor: must be at most 1000000000000000; payment_ref: at most 256 characters",
+        5: "store_id: required: 1..64 characters of [A-Za-z0-9._:-]",
+        6: "amount_minor: must be greater than 0",
+        8: "store_id: required: 1..64 characters of [A-Za-z0-9._:-];"
+        " order_ref: at most 256 characters",
+        9: "amount_minor: set points (for points) or amount_minor (for money), not both",
+        10: "amount_minor: must not be negative",
+    }
+    account = tally.app.get_account("sv", "lou")
+    assert (account.cash, account.bonus, account.version) == (100, 0, 2)
+
+
+def test_csv_top_ups_and_spends_import_like_json_lines(tally: Tally, tmp_path: Path) -> None:
+    _card_program(tally)
+    path = tmp_path / "card.csv"
+    path.write_text(
+        "type,member_id,store_id,cash_minor,bonus_minor,amount_minor,payment_ref,order_ref\n"
+        "member,lee,,,,,,\n"
+        "top_up,lee,s1,1000,,,pay-9,\n"  # the schedule: 150
+        "top_up,lee,s1,500,0,,pay-10,\n"  # 0 named: none
+        # 115 * 1500 / 1650 = 104.5 -> cash 104, bonus 11.
+        "spend,lee,s2,,,115,,o-1\n"
+    )
+
+    report = Importer(tally, "sv", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (4, 0)
+    account = tally.app.get_account("sv", "lee")
+    assert (account.cash, account.bonus) == (1396, 139)
+
+    path.with_name("card.csv.import-state.json").unlink()  # forget where it got to
+    again = Importer(tally, "sv", path, progress=False).run()
+    assert (again.applied, again.replayed, again.rejected) == (0, 4, 0)
+    account = tally.app.get_account("sv", "lee")
+    assert (account.cash, account.bonus, account.version) == (1396, 139, 4)
 
 
 def test_running_an_import_again_applies_nothing_twice(tally: Tally, tmp_path: Path) -> None:
