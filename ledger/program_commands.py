@@ -28,6 +28,11 @@ SPLITS = {
     "cash-first": pb.STORED_VALUE_SPLIT_CASH_FIRST,
     "bonus-first": pb.STORED_VALUE_SPLIT_BONUS_FIRST,
 }
+INT64 = range(-(2**63), 2**63)  # what a request's int64 field can hold
+CASH_OUT_POLICIES = {
+    "forfeit-remaining-bonus": pb.CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS,
+    "deduct-spent-bonus": pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
+}
 
 
 class ProgramArgumentError(ValueError):
@@ -77,11 +82,43 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             help="a tier of the ladder (repeat for each); on update, replaces the ladder",
         )
         p.add_argument("--tier-window-days", type=int, help="qualifying window (default 365)")
-        p.add_argument("--stored-value-split", choices=sorted(SPLITS))
+        p.add_argument(
+            "--stored-value-split",
+            "--split",
+            dest="stored_value_split",
+            metavar="{" + ",".join(SPLITS) + "}",
+            help="how a Spend divides between cash and bonus (created with proportional)",
+        )
         p.add_argument(
             "--expected-redemption-rate-ppm", type=int, help="finance's estimate, 1..1000000"
         )
+        p.add_argument(
+            "--top-up-bonus",
+            action="append",
+            metavar="MIN_CASH:BONUS[:PPM]",
+            help="a step of the top-up promotion, in minor units: a top-up of at least "
+            "MIN_CASH gets BONUS plus PPM parts per million of its cash (1000:100 is "
+            "'top up 10.00, get 1.00'; 1000:0:50000 is 5%%); repeat for each step; on "
+            "update, replaces the schedule",
+        )
+        p.add_argument(
+            "--conversion",
+            metavar="POINTS:VALUE_MINOR",
+            help="ConvertPoints' rate: POINTS points become VALUE_MINOR of stored-value bonus",
+        )
+        p.add_argument(
+            "--cash-out-policy",
+            metavar="{" + ",".join(CASH_OUT_POLICIES) + "}",
+            help="what a cash-out pays back (created with forfeit-remaining-bonus): the unspent "
+            "cash, or that less the bonus already spent from the top-up",
+        )
         p.add_argument("--request-id", help="idempotency key (default: a new one)")
+    update.add_argument(
+        "--no-top-up-bonus", action="store_true", help="remove the top-up promotion"
+    )
+    update.add_argument(
+        "--no-conversion", action="store_true", help="remove the rate: ConvertPoints is refused"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace) -> Any:
     request_id = args.request_id or f"cli-{args.program_command}-{uuid.uuid4().hex[:12]}"
     tiers = [_tier(t) for t in args.tier or []]
+    steps = [_step(t) for t in args.top_up_bonus or []]
+    conversion = _conversion(args.conversion) if args.conversion is not None else None
+    split = _choice("--stored-value-split", args.stored_value_split, SPLITS)
+    cash_out_policy = _choice("--cash-out-policy", args.cash_out_policy, CASH_OUT_POLICIES)
     request: Any
     if args.program_command == "create":
         request = pb.CreateProgramRequest(
@@ -122,24 +163,38 @@ def _request(args: argparse.Namespace) -> Any:
             point_value_minor=args.point_value_minor,
             tiers=tiers,
             tier_window_days=args.tier_window_days or 0,
-            stored_value_split=SPLITS.get(
-                args.stored_value_split or "", pb.STORED_VALUE_SPLIT_UNSPECIFIED
-            ),
+            stored_value_split=split or pb.STORED_VALUE_SPLIT_UNSPECIFIED,
             expected_redemption_rate_ppm=args.expected_redemption_rate_ppm or 0,
+            top_up_bonus=steps,
+            points_conversion=conversion,
+            cash_out_policy=cash_out_policy or pb.CASH_OUT_POLICY_UNSPECIFIED,
             request_id=request_id,
         )
     else:
+        if steps and args.no_top_up_bonus:
+            raise ProgramArgumentError("give --top-up-bonus or --no-top-up-bonus, not both")
+        if conversion is not None and args.no_conversion:
+            raise ProgramArgumentError("give --conversion or --no-conversion, not both")
         request = pb.UpdateProgramRequest(
-            program_id=args.program, tiers=tiers, replace_tiers=bool(tiers), request_id=request_id
+            program_id=args.program,
+            tiers=tiers,
+            replace_tiers=bool(tiers),
+            top_up_bonus=steps,
+            replace_top_up_bonus=bool(steps) or args.no_top_up_bonus,
+            points_conversion=conversion,
+            clear_points_conversion=args.no_conversion,
+            request_id=request_id,
         )
         if args.name is not None:
             request.display_name = args.name
         if args.tier_window_days is not None:
             request.tier_window_days = args.tier_window_days
-        if args.stored_value_split is not None:
-            request.stored_value_split = SPLITS[args.stored_value_split]
+        if split is not None:
+            request.stored_value_split = split
         if args.expected_redemption_rate_ppm is not None:
             request.expected_redemption_rate_ppm = args.expected_redemption_rate_ppm
+        if cash_out_policy is not None:
+            request.cash_out_policy = cash_out_policy
     if args.expiry:
         request.expiry_policy.CopyFrom(_expiry(args.expiry))
     return request
@@ -149,7 +204,55 @@ def _tier(text: str) -> pb.Tier:
     parts = text.split(":")
     if len(parts) != 3 or not parts[2].isdigit():
         raise ProgramArgumentError(f"--tier {text!r}: give CODE:NAME:THRESHOLD, e.g. GOLD:Gold:500")
+    if int(parts[2]) not in INT64:
+        raise ProgramArgumentError(f"--tier {text!r}: {parts[2]} is out of range")
     return pb.Tier(code=parts[0], name=parts[1], threshold=int(parts[2]))
+
+
+def _choice(flag: str, text: str | None, table: dict[str, Any]) -> Any:
+    """The enum value a flag names (None: not given); a word it does not know is one line
+    (argparse's `choices` would print the whole usage)."""
+    if text is None:
+        return None
+    if text not in table:
+        raise ProgramArgumentError(f"{flag} {text!r}: give one of {', '.join(table)}")
+    return table[text]
+
+
+def _integers(flag: str, text: str, counts: tuple[int, ...], shape: str) -> list[int]:
+    """The colon-separated whole numbers of `text`, `counts` of them. Signed, so that the
+    API's parser says what is out of its range; only what cannot be an int64 is refused
+    here."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in counts:
+            raise ValueError
+        numbers = [int(part, 10) for part in parts]
+    except ValueError:
+        raise ProgramArgumentError(f"{flag} {text!r}: give {shape}") from None
+    for number in numbers:
+        if number not in INT64:
+            raise ProgramArgumentError(f"{flag} {text!r}: {number} is out of range")
+    return numbers
+
+
+def _step(text: str) -> pb.TopUpBonusStep:
+    min_cash, bonus, *ppm = _integers(
+        "--top-up-bonus",
+        text,
+        (2, 3),
+        "MIN_CASH:BONUS or MIN_CASH:BONUS:PPM in minor units, e.g. 10000:1500 or 10000:0:50000",
+    )
+    return pb.TopUpBonusStep(
+        min_cash_minor=min_cash, bonus_minor=bonus, bonus_ppm=ppm[0] if ppm else 0
+    )
+
+
+def _conversion(text: str) -> pb.PointsConversion:
+    points, value = _integers(
+        "--conversion", text, (2,), "POINTS:VALUE_MINOR, e.g. 10:100 (10 points = 1.00)"
+    )
+    return pb.PointsConversion(points=points, value_minor=value)
 
 
 def _expiry(text: str) -> pb.ExpiryPolicy:
