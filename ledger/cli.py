@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_program_parsers(sub, _database_arg)
 
+    from ledger.report_commands import add_parsers as add_report_parsers
+
+    add_report_parsers(sub, _database_arg)
+
     load = sub.add_parser(
         "import",
         help="load history (members, earns, redemptions...) from CSV or JSON lines",
@@ -273,6 +277,10 @@ def _run(args: argparse.Namespace) -> int:
         from ledger.program_commands import run as run_program
 
         return run_program(args)
+    if args.command == "report":
+        from ledger.report_commands import run as run_report
+
+        return run_report(args)
     if args.command == "import":
         return _import(args)
     if args.command == "audit":

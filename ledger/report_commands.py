@@ -1,0 +1,348 @@
+"""`ledger report trial-balance|journal|liabilities|movements|settlement`: finance's reports
+from the command line (docs/reports.md), read by the same functions as ReportService
+(ledger/journal_queries.py), so both give the same figures.
+
+The database must exist and hold a ledger (nothing is created, no migration applied). The
+journal is a lazy read model: before reading, the command brings it up to the log's last
+event, processing what is left itself, or, on PostgreSQL while a server writes the journal,
+waiting for that server's journal to get there. On SQLite the file serves one process at a
+time, so a running server makes this command refuse, as it does `ledger program`.
+
+Times: an ISO 8601 instant with its UTC offset (2024-05-01T00:00:00+02:00, ...Z), or a date
+(2024-05-01), which is the first instant of that day in the programme's time zone. Periods
+are (since, until] in recorded time, `journal` included (ListPostings' own since is
+inclusive and its until exclusive; here they follow the reports').
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ledger.api.validation import Violations
+from ledger.journal_queries import LINES, JournalQueries, PostingsFilter
+from ledger.queries import from_micros
+
+REPORTS = ("trial-balance", "journal", "liabilities", "movements", "settlement")
+ALIASES = {"postings": "journal"}
+# Catching up: refused when the journal has not moved for this long.
+STALL_SECONDS = 60.0
+MICROSECOND = timedelta(microseconds=1)
+
+
+class JournalBehind(Exception):
+    """The journal could not be brought up to the log; the message says where it is."""
+
+
+def add_parsers(sub: Any, database_arg: Any) -> None:
+    report = sub.add_parser(
+        "report",
+        help="finance's reports: trial balance, journal, liabilities, movements, settlement",
+        description="Finance's reports from the journal (docs/reports.md), as ReportService "
+        "gives them. Reads the database; brings the journal up to the log first.",
+    )
+    report_sub = report.add_subparsers(
+        dest="report_command", required=True, metavar="{" + ",".join(REPORTS) + "}"
+    )
+    parsers = {
+        "trial-balance": report_sub.add_parser(
+            "trial-balance",
+            help="every ledger account's debit, credit and balance as of a time",
+            description="The general ledger as of --as-of (default: now): every contra "
+            "account and one control account per kind of member account.",
+        ),
+        "journal": report_sub.add_parser(
+            "journal",
+            aliases=["postings"],
+            help="the postings of a period, with control totals",
+            description="The journal's postings recorded in (--since, --until], optionally of "
+            "one ledger account (a member's: member:<m>:<kind>) or one transaction.",
+        ),
+        "liabilities": report_sub.add_parser(
+            "liabilities",
+            help="points and stored value owed to members as of a time",
+            description="Points outstanding and their value, points debt, stored value (cash, "
+            "bonus) as of --as-of (default: now); --by-store: per store of issue.",
+        ),
+        "movements": report_sub.add_parser(
+            "movements",
+            help="opening, movements and closing of points, cash and bonus over a period",
+            description="Opening balance, the movements of (--since, --until] line by line, "
+            "and closing balance, for points, stored-value cash and bonus.",
+        ),
+        "settlement": report_sub.add_parser(
+            "settlement",
+            help="stored value sold by one store and spent at another over a period",
+            description="What each store of issue owes each store where its stored value was "
+            "spent in (--since, --until], net of refunds there, and netted per pair.",
+        ),
+    }
+    for p in parsers.values():
+        database_arg(p)
+        p.add_argument("--program", required=True, help="the programme's id")
+        p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    time_help = "ISO 8601 with offset, or a date (the programme's local midnight)"
+    for name in ("trial-balance", "liabilities"):
+        parsers[name].add_argument("--as-of", help=f"recorded at or before; {time_help}")
+    for name in ("journal", "movements", "settlement"):
+        parsers[name].add_argument(
+            "--since", help=f"recorded after (default: the start); {time_help}"
+        )
+        parsers[name].add_argument(
+            "--until", help=f"recorded at or before (default: now); {time_help}"
+        )
+    parsers["liabilities"].add_argument(
+        "--by-store", action="store_true", help="stored value per store of issue"
+    )
+    parsers["journal"].add_argument("--account", default="", help="only this ledger account")
+    parsers["journal"].add_argument("--transaction", default="", help="only this transaction")
+
+
+# ---------------------------------------------------------------------- running
+
+
+def run(args: argparse.Namespace) -> int:
+    from ledger.audit.commands import Refused, existing_database
+    from ledger.runtime import Tally
+    from projections.journal import NAME as JOURNAL
+
+    kind = ALIASES.get(args.report_command, args.report_command)
+    command = f"ledger report {kind}"
+    # Checked before the database is opened.
+    v = Violations()
+    v.identifier("--program", args.program)
+    texts = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in _TIME_FLAGS}
+    parsed = {flag: _parse_time(v, flag, text) for flag, text in texts.items() if text}
+    v.raise_if_any()
+    try:
+        config = existing_database(args.database)
+    except Refused as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2
+    tally = Tally(config, apply_migrations=False, exclusive="a `ledger report`")
+    try:
+        program = tally.app.get_program(args.program)  # PROGRAM_NOT_FOUND: one line
+        zone = ZoneInfo(program.settings.time_zone)
+        moments = {flag: _moment(v, flag, value, zone) for flag, value in parsed.items()}
+        since, until = moments.get("--since"), moments.get("--until")
+        if since and until and since >= until:
+            v.add("--until", "must be after --since")
+        v.raise_if_any()
+        try:
+            _catch_up(tally, tally.projections[JOURNAL])
+        except JournalBehind as e:
+            print(f"{command}: {e}", file=sys.stderr)
+            return 1
+        queries = JournalQueries(tally.database)
+        settings = program.settings
+        report = _report(kind, queries, args, settings, moments)
+    finally:
+        tally.close()
+    try:
+        _print(kind, report, args.format)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ledger report ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+_TIME_FLAGS = ("--as-of", "--since", "--until")
+
+
+def _parse_time(v: Violations, flag: str, text: str) -> datetime | date | None:
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        v.add(flag, f"{text!r} is not a date or an ISO 8601 time (e.g. 2024-05-01T00:00:00Z)")
+        return None
+    if moment.tzinfo is None:
+        v.add(flag, f"{text!r} has no UTC offset: add one (e.g. +02:00 or Z), or give a date")
+        return None
+    return moment
+
+
+def _moment(v: Violations, flag: str, value: datetime | date | None, zone: ZoneInfo) -> Any:
+    if isinstance(value, datetime) or value is None:
+        return v.moment(flag, value)
+    return v.moment(flag, datetime(value.year, value.month, value.day, tzinfo=zone))
+
+
+def _catch_up(tally: Any, runner: Any) -> None:
+    """Bring the journal to the log's last event (this process writes it, or follows the
+    process that does); JournalBehind if it stops moving or fails."""
+    head = int(tally.app.recorder.max_notification_id() or 0)
+    runner.start()
+    last_move, seen = time.monotonic(), runner.position
+    while not runner.wait_for(head, timeout=0.5):
+        if runner.errors:
+            raise JournalBehind(
+                f"the journal failed at position {runner.position} of {head} (logged above); "
+                "no report"
+            )
+        if runner.position != seen:
+            last_move, seen = time.monotonic(), runner.position
+        elif time.monotonic() - last_move > STALL_SECONDS:
+            raise JournalBehind(
+                f"the journal is at position {runner.position}, the log at {head}, and it has "
+                f"not moved for {STALL_SECONDS:.0f} s (is the server that writes it stuck?); "
+                "no report"
+            )
+
+
+def _report(
+    kind: str, queries: JournalQueries, args: argparse.Namespace, settings: Any, at: dict[str, Any]
+) -> dict[str, Any]:
+    """The report as plain data, named as ReportService names its fields."""
+    program_id, currency = args.program, settings.currency
+    since, until = at.get("--since"), at.get("--until")
+    if kind == "trial-balance":
+        trial = queries.trial_balance(program_id, at.get("--as-of"))
+        return {"rows": [asdict(r) for r in trial.rows], "position": trial.position}
+    if kind == "liabilities":
+        found = asdict(
+            queries.liabilities(program_id, currency, settings.point_value_minor, at.get("--as-of"))
+        )
+        if not args.by_store:
+            found.pop("stores")
+        return found
+    if kind == "movements":
+        return asdict(queries.movements(program_id, currency, since, until))
+    if kind == "settlement":
+        return asdict(queries.settlement(program_id, currency, since, until))
+    return _journal(queries, args, since, until)
+
+
+def _journal(
+    queries: JournalQueries, args: argparse.Namespace, since: Any, until: Any
+) -> dict[str, Any]:
+    """Every posting of (since, until]: PostingsFilter's since is inclusive and its until
+    exclusive, so both move on by one microsecond (the journal's resolution)."""
+    chosen = PostingsFilter(
+        args.program,
+        args.transaction,
+        args.account,
+        since + MICROSECOND if since else None,
+        until + MICROSECOND if until else None,
+    )
+    rows: list[dict[str, Any]] = []
+    after: tuple[int, int] | None = (0, -1)
+    total_count = total_amount = 0
+    while after is not None:
+        page = queries.postings(chosen, after, 1000)
+        total_count, total_amount = page.total_count, page.total_amount
+        for r in page.rows:
+            row = asdict(r)
+            del row["program_id"], row["seq"]
+            row["occurred_at"] = _time(r.occurred_at)
+            row["recorded_at"] = _time(r.recorded_at)
+            rows.append(row)
+        after = page.after
+    return {"postings": rows, "total_count": total_count, "total_amount": total_amount}
+
+
+def _time(value: int) -> str:
+    return from_micros(value).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------- printing
+
+
+def _print(kind: str, report: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+        return
+    headers, rows, notes = _tabulated(kind, report)
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+        return
+    print(_table(headers, rows))
+    for note in notes:
+        print(note)
+
+
+def _tabulated(kind: str, r: dict[str, Any]) -> tuple[list[str], list[list[Any]], list[str]]:
+    """One rectangular table per report (what csv writes), and the notes a table adds."""
+    position = f"journal position {r.get('position')}"
+    if kind == "trial-balance":
+        headers = ["ledger_account", "unit", "debit", "credit", "balance"]
+        return headers, [[row[h] for h in headers] for row in r["rows"]], [position]
+    if kind == "journal":
+        headers = [
+            "position",
+            "transaction_id",
+            "ledger_account",
+            "unit",
+            "amount",
+            "occurred_at",
+            "recorded_at",
+            "store_id",
+        ]
+        totals = f"{r['total_count']} postings, total amount {r['total_amount']}"
+        return headers, [[row[h] for h in headers] for row in r["postings"]], [totals]
+    if kind == "liabilities":
+        headers = [
+            "store_id",
+            "points_outstanding",
+            "points_debt",
+            "points_value_minor",
+            "stored_value_cash_minor",
+            "stored_value_bonus_minor",
+            "currency",
+        ]
+        rows = [["*", *[r[h] for h in headers[1:]]]]
+        for s in r.get("stores", []):
+            cash, bonus = s["stored_value_cash_minor"], s["stored_value_bonus_minor"]
+            rows.append([s["store_id"], "", "", "", cash, bonus, r["currency"]])
+        notes = [f"store_id *: the programme; other rows: per store of issue; {position}"]
+        return headers, rows, notes if r.get("stores") else [position]
+    if kind == "movements":
+        headers = ["line", "points", f"cash_{r['currency']}", f"bonus_{r['currency']}"]
+        rows = [[line, r["points"][line], r["cash"][line], r["bonus"][line]] for line in LINES]
+        return headers, rows, [position]
+    headers = ["kind", "from_store_id", "to_store_id", "cash_minor", "bonus_minor"]
+    rows = [
+        ["owed", s["issuing_store_id"], s["redeeming_store_id"], s["cash_minor"], s["bonus_minor"]]
+        for s in r["rows"]
+    ] + [
+        ["net", n["debtor_store_id"], n["creditor_store_id"], n["cash_minor"], n["bonus_minor"]]
+        for n in r["net"]
+    ]
+    notes = [
+        "each row: from_store_id owes to_store_id (owed: store of issue to store of spend, "
+        "net of refunds there; net: both directions of a pair netted)",
+        f"owed rows: total {r['total_cash_minor']} cash, {r['total_bonus_minor']} bonus "
+        f"({r['currency']}); spent in the period at any store: {r['spent_cash_minor']} cash, "
+        f"{r['spent_bonus_minor']} bonus; {position}",
+    ]
+    return headers, rows, notes
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) for row in cells[1:]) and rows for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        lines.append(
+            "  ".join(
+                c.rjust(w) if numeric[i] else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    return text.lstrip("-").isdigit() or text == ""

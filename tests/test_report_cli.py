@@ -1,0 +1,339 @@
+"""`ledger report`: the real command on both backends gives the figures ReportService gives
+(the same query functions), for every report and format; it brings a journal that is behind
+(or rebuilt from nothing) up to the log first; operators' mistakes are one line, exit 2."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from ledger.api.validation import Violations
+from ledger.infrastructure.database import parse_database_url
+from ledger.report_commands import _moment
+from ledger.v1 import report_pb2 as rpb
+from tests.behaviour.test_reports import (
+    History,
+    build_history,
+    liabilities,
+    moment,
+    movements,
+    postings,
+    reports,
+    settlement,
+)
+from tests.support import Client, ServerThread
+from tests.test_operator_errors import one_clear_line
+from tests.test_server import (
+    _kill_if_running,
+    _serve,
+    _sigterm,
+    _wait_serving,
+    free_port,
+    fresh_database,
+    run_ledger,
+)
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@dataclass
+class Ledger:
+    """A database with a history in it, and what ReportService answered about it."""
+
+    backend: str
+    url: str
+    history: History
+    times: list[datetime]  # the recorded times of its postings
+    answers: dict[str, Any]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def ledger(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Ledger]:
+    backend: str = request.param
+    with fresh_database(backend, tmp_path_factory.mktemp(backend)) as url:
+        server = ServerThread(url, lot_sweep_interval=3600)
+        client = Client(server.target, backend)
+        try:
+            h = build_history(client, time_zone="Asia/Shanghai")
+            journal = postings(client, h.program, h.last)
+            times = sorted({moment(p.recorded_at) for p in journal})
+            since, until = times[3], times[-4]
+            answers = {
+                "trial-balance": reports(client).GetTrialBalance(
+                    rpb.GetTrialBalanceRequest(program_id=h.program)
+                ),
+                "liabilities": liabilities(client, h.program, group_by_store=True),
+                "liabilities-mid": liabilities(client, h.program, since, group_by_store=True),
+                "movements": movements(client, h.program, None, None),
+                "movements-mid": movements(client, h.program, since, until),
+                "settlement": settlement(client, h.program),
+                "settlement-mid": settlement(client, h.program, since, until),
+                "journal": journal,
+            }
+        finally:
+            client.close()
+            server.stop()
+        yield Ledger(backend, url, h, times, answers)
+
+
+def report(ledger: Ledger, kind: str, *args: str, fmt: str = "json") -> Any:
+    result = run_ledger(
+        "report",
+        kind,
+        "--database",
+        ledger.url,
+        "--program",
+        ledger.history.program,
+        "--format",
+        fmt,
+        *args,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    return json.loads(result.stdout) if fmt == "json" else result.stdout
+
+
+def as_json(message: Any) -> dict[str, Any]:
+    """A response as the CLI's JSON has it: every field, numbers as numbers."""
+    fields: dict[str, Any] = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    numbers: dict[str, Any] = json.loads(json.dumps(fields), object_hook=_numbers)
+    return numbers
+
+
+def _numbers(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for k, v in d.items()
+    }
+
+
+def since_until(ledger: Ledger) -> list[str]:
+    since, until = ledger.times[3], ledger.times[-4]
+    return ["--since", since.isoformat(), "--until", until.isoformat()]
+
+
+# ---------------------------------------------------------------------- the figures
+
+
+def test_every_report_as_json_is_what_the_rpc_answers(ledger: Ledger) -> None:
+    a = ledger.answers
+    trial = report(ledger, "trial-balance")
+    assert trial["rows"] == as_json(a["trial-balance"])["rows"]
+
+    got = report(ledger, "liabilities", "--by-store")
+    assert {k: v for k, v in got.items() if k != "position"} == {
+        k: v for k, v in as_json(a["liabilities"]).items() if k != "position"
+    }
+    assert "stores" not in report(ledger, "liabilities")
+    mid = report(ledger, "liabilities", "--by-store", "--as-of", ledger.times[3].isoformat())
+    assert mid["stored_value_cash_minor"] == a["liabilities-mid"].stored_value_cash_minor
+    assert mid["points_outstanding"] == a["liabilities-mid"].points_outstanding
+
+    for kind in ("movements", "settlement"):
+        whole = report(ledger, kind)
+        expected = as_json(a[kind])
+        assert {k: v for k, v in whole.items() if k != "position"} == {
+            k: v for k, v in expected.items() if k != "position"
+        }, kind
+        period = report(ledger, kind, *since_until(ledger))
+        expected = as_json(a[f"{kind}-mid"])
+        assert {k: v for k, v in period.items() if k != "position"} == {
+            k: v for k, v in expected.items() if k != "position"
+        }, kind
+    assert report(ledger, "movements")["points"]["closing"] == 305
+
+
+def test_the_journal_lists_the_period_since_exclusive_until_inclusive(ledger: Ledger) -> None:
+    journal = ledger.answers["journal"]
+    since, until = ledger.times[3], ledger.times[-4]
+    got = report(ledger, "journal", *since_until(ledger))
+    expected = [
+        (p.position, p.ledger_account, p.amount)
+        for p in journal
+        if since < moment(p.recorded_at) <= until
+    ]
+    assert [(p["position"], p["ledger_account"], p["amount"]) for p in got["postings"]] == expected
+    assert got["total_count"] == len(expected)
+    # Through the alias, one member's account: its control total is its balance.
+    alice = ledger.history.members[0]
+    cash = report(ledger, "postings", "--account", f"member:{alice}:cash")
+    assert cash["total_amount"] == 0  # all cashed out
+    assert cash["total_count"] == sum(
+        1 for p in journal if p.ledger_account == f"member:{alice}:cash"
+    )
+
+
+def test_csv_and_table(ledger: Ledger) -> None:
+    rows = list(csv.reader(io.StringIO(report(ledger, "movements", fmt="csv"))))
+    assert rows[0] == ["line", "points", "cash_EUR", "bonus_EUR"]
+    assert rows[-1] == ["closing", "305", "0", "1000"]
+    assert len(rows) == 14
+
+    rows = list(csv.reader(io.StringIO(report(ledger, "liabilities", "--by-store", fmt="csv"))))
+    assert rows[1][:2] == ["*", "305"]
+    assert (rows[2][0], rows[2][5]) == ("D", "1000")
+
+    table = report(ledger, "settlement", fmt="table")
+    assert "owed  mall:A" in table or "owed" in table.splitlines()[1]
+    assert "journal position" in table
+    table = report(ledger, "trial-balance", fmt="table").splitlines()
+    assert table[0].split() == ["ledger_account", "unit", "debit", "credit", "balance"]
+    assert any(line.split()[0] == "member:*:points" for line in table[1:-1])
+
+
+def test_a_date_is_the_first_instant_of_that_day_in_the_programmes_zone() -> None:
+    v = Violations()
+    shanghai, berlin = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")
+    assert _moment(v, "--since", date(2024, 5, 1), shanghai) == datetime(
+        2024, 4, 30, 16, tzinfo=UTC
+    )
+    assert _moment(v, "--since", date(2024, 3, 31), berlin) == datetime(2024, 3, 30, 23, tzinfo=UTC)
+    assert _moment(v, "--since", date(2024, 4, 1), berlin) == datetime(
+        2024, 3, 31, 22, tzinfo=UTC
+    )  # after the spring change
+    assert v.items == []
+
+
+def test_dates_end_to_end(ledger: Ledger) -> None:
+    """The programme is in Asia/Shanghai: 2100-01-01 is 2099-12-31T16:00Z there."""
+    by_date = report(ledger, "movements", "--until", "2100-01-01")
+    by_time = report(ledger, "movements", "--until", "2099-12-31T16:00:00Z")
+    assert by_date == by_time
+    today = datetime.now(UTC).astimezone().date()
+    before = report(ledger, "liabilities", "--as-of", (today - timedelta(days=3)).isoformat())
+    assert before["points_outstanding"] == 0
+
+
+def test_a_journal_that_is_behind_is_caught_up_first(ledger: Ledger) -> None:
+    """The journal emptied and its tracking reset (as a migration that rebuilds it does):
+    the command replays the log into it before reading."""
+    statements = [
+        "DELETE FROM rm_postings",
+        "DELETE FROM rm_journal_daily",
+        "DELETE FROM rm_journal_accounts",
+        "DELETE FROM rm_journal_programs",
+        "UPDATE projection_tracking SET position = 0 WHERE name = 'journal'",
+    ]
+    config = parse_database_url(ledger.url)
+    if ledger.backend == "sqlite":
+        with sqlite3.connect(config.sqlite_path) as lite:
+            for sql in statements:
+                lite.execute(sql)
+    else:
+        with psycopg.connect(config.conninfo()) as pg:
+            for sql in statements:
+                pg.execute(sql)
+    got = report(ledger, "liabilities", "--by-store")
+    assert got["points_outstanding"] == 305
+    assert got["position"] >= ledger.history.last
+    assert (
+        report(ledger, "trial-balance")["rows"] == as_json(ledger.answers["trial-balance"])["rows"]
+    )
+
+
+def test_while_a_server_runs(ledger: Ledger) -> None:
+    """PostgreSQL: the `ledger serve` process writes the journal (lazily), the command waits
+    for it to reach the log, so a top-up just made is in the report. SQLite serves one
+    process at a time: refused in one line."""
+    target = f"127.0.0.1:{free_port()}"
+    process = _serve(target, ledger.url)
+    try:
+        _wait_serving(target, process)
+        client = Client(target, ledger.backend)
+        try:
+            program, member = client.member()
+            client.top_up(program, member, 1234, bonus_minor=0, store_id="S")
+        finally:
+            client.close()
+        result = run_ledger("report", "liabilities", "--database", ledger.url, "--program", program)
+        if ledger.backend == "sqlite":
+            one_clear_line(result, "ledger report", "is in use by a `ledger serve`")
+            assert result.returncode == 2
+        else:
+            assert result.returncode == 0, result.stderr
+            assert "1234" in result.stdout, result.stdout
+    finally:
+        _sigterm(process, timeout=30)
+        _kill_if_running(process)
+
+
+# ---------------------------------------------------------------------- mistakes
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["liabilities", "--as-of", "yesterday"], "--as-of: 'yesterday' is not a date"),
+        (
+            ["liabilities", "--as-of", "2024-05-01T00:00:00"],
+            "--as-of: '2024-05-01T00:00:00' has no",
+        ),
+        (["trial-balance", "--as-of", "2024-13-01"], "--as-of: '2024-13-01' is not a date"),
+        (["movements", "--until", "9999-12-31T23:00:00-05:00"], "--until: must be between"),
+        (["movements", "--since", "2024-05-02", "--until", "2024-05-01"], "--until: must be after"),
+        (
+            ["settlement", "--since", "2024-05-01", "--until", "2024-05-01"],
+            "--until: must be after",
+        ),
+        (["movements", "--program", "no such"], "--program: must be 1..64 characters"),
+        (["movements", "--program", "nosuch"], "program nosuch does not exist"),
+    ],
+)
+def test_mistakes_are_one_line(ledger: Ledger, args: list[str], expected: str) -> None:
+    program = [] if "--program" in args else ["--program", ledger.history.program]
+    result = run_ledger("report", *args[:1], "--database", ledger.url, *program, *args[1:])
+    one_clear_line(result, "ledger report", expected)
+    assert result.returncode == 2
+
+
+def test_a_missing_database_is_one_line_and_nothing_is_made(tmp_path: Path) -> None:
+    missing = tmp_path / "none.db"
+    result = run_ledger(
+        "report", "liabilities", "--database", f"sqlite:///{missing}", "--program", "p"
+    )
+    one_clear_line(result, "ledger report liabilities", "no database at")
+    assert result.returncode == 2
+    assert list(tmp_path.iterdir()) == []
+    result = run_ledger(
+        "report",
+        "movements",
+        "--database",
+        "postgresql://postgres@127.0.0.1:5432/tally_no_such_db",
+        "--program",
+        "p",
+    )
+    one_clear_line(result, "ledger report movements", "does not exist")
+    assert result.returncode == 2
+
+
+def test_a_database_that_is_not_a_ledger_is_one_line(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    result = run_ledger("report", "journal", "--database", f"sqlite:///{other}", "--program", "p")
+    one_clear_line(result, "is not a Tally ledger")
+    assert result.returncode == 2
+
+
+def test_report_describes_itself() -> None:
+    result = run_ledger("report", "--help")
+    assert result.returncode == 0
+    for kind in ("trial-balance", "journal", "liabilities", "movements", "settlement"):
+        assert kind in result.stdout
+    result = run_ledger("report")
+    assert result.returncode == 2
+    assert "required: {trial-balance,journal,liabilities,movements,settlement}" in result.stderr
