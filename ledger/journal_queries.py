@@ -226,7 +226,7 @@ class Liabilities:
     stored_value_cash_minor: int
     stored_value_bonus_minor: int
     currency: str
-    stores: list[StoreLiability]
+    rows: list[StoreLiability]  # per store of issue
     position: int
 
 
@@ -481,7 +481,7 @@ def _liabilities(sums: Sums, currency: str, point_value_minor: int, position: in
         stored_value_cash_minor=cash,
         stored_value_bonus_minor=bonus,
         currency=currency,
-        stores=stores,
+        rows=stores,
         position=position,
     )
 

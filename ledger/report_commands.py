@@ -213,7 +213,7 @@ def _report(
             queries.liabilities(program_id, currency, settings.point_value_minor, at.get("--as-of"))
         )
         if not args.by_store:
-            found.pop("stores")
+            found.pop("rows")
         return found
     if kind == "movements":
         return asdict(queries.movements(program_id, currency, since, until))
@@ -302,11 +302,11 @@ def _tabulated(kind: str, r: dict[str, Any]) -> tuple[list[str], list[list[Any]]
             "currency",
         ]
         rows = [["*", *[r[h] for h in headers[1:]]]]
-        for s in r.get("stores", []):
+        for s in r.get("rows", []):
             cash, bonus = s["stored_value_cash_minor"], s["stored_value_bonus_minor"]
             rows.append([s["store_id"], "", "", "", cash, bonus, r["currency"]])
         notes = [f"store_id *: the programme; other rows: per store of issue; {position}"]
-        return headers, rows, notes if r.get("stores") else [position]
+        return headers, rows, notes if r.get("rows") else [position]
     if kind == "movements":
         headers = ["line", "points", f"cash_{r['currency']}", f"bonus_{r['currency']}"]
         rows = [[line, r["points"][line], r["cash"][line], r["bonus"][line]] for line in LINES]

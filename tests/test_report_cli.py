@@ -139,7 +139,7 @@ def test_every_report_as_json_is_what_the_rpc_answers(ledger: Ledger) -> None:
     assert {k: v for k, v in got.items() if k != "position"} == {
         k: v for k, v in as_json(a["liabilities"]).items() if k != "position"
     }
-    assert "stores" not in report(ledger, "liabilities")
+    assert "rows" not in report(ledger, "liabilities")
     mid = report(ledger, "liabilities", "--by-store", "--as-of", ledger.times[3].isoformat())
     assert mid["stored_value_cash_minor"] == a["liabilities-mid"].stored_value_cash_minor
     assert mid["points_outstanding"] == a["liabilities-mid"].points_outstanding

@@ -85,13 +85,13 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
             stored_value_cash_minor=found.stored_value_cash_minor,
             stored_value_bonus_minor=found.stored_value_bonus_minor,
             currency=found.currency,
-            stores=[
+            rows=[
                 pb.StoreLiability(
                     store_id=s.store_id,
                     stored_value_cash_minor=s.stored_value_cash_minor,
                     stored_value_bonus_minor=s.stored_value_bonus_minor,
                 )
-                for s in found.stores
+                for s in found.rows
             ]
             if request.group_by_store
             else [],

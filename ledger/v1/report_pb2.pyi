@@ -247,7 +247,7 @@ class GetLiabilitiesRequest(_message.Message):
     MIN_POSITION_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     group_by_store: _builtins.bool
-    """fill `stores`"""
+    """fill `rows`"""
     min_position: _builtins.int
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
@@ -310,7 +310,7 @@ class GetLiabilitiesResponse(_message.Message):
     STORED_VALUE_CASH_MINOR_FIELD_NUMBER: _builtins.int
     STORED_VALUE_BONUS_MINOR_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
-    STORES_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     points_outstanding: _builtins.int
     """Points the members hold: member:*:points + member:*:points_held."""
@@ -330,7 +330,7 @@ class GetLiabilitiesResponse(_message.Message):
     position: _builtins.int
     """the journal's position the figures reflect"""
     @_builtins.property
-    def stores(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreLiability]:
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreLiability]:
         """With group_by_store: per store of issue (stores with nothing outstanding left out),
         by store_id; their sums are the two totals above.
         """
@@ -345,12 +345,12 @@ class GetLiabilitiesResponse(_message.Message):
         stored_value_cash_minor: _builtins.int = ...,
         stored_value_bonus_minor: _builtins.int = ...,
         currency: _builtins.str = ...,
-        stores: _abc.Iterable[Global___StoreLiability] | None = ...,
+        rows: _abc.Iterable[Global___StoreLiability] | None = ...,
         position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "point_value_minor", b"point_value_minor", "points_debt", b"points_debt", "points_outstanding", b"points_outstanding", "points_value_minor", b"points_value_minor", "position", b"position", "stored_value_bonus_minor", b"stored_value_bonus_minor", "stored_value_cash_minor", b"stored_value_cash_minor", "stores", b"stores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "point_value_minor", b"point_value_minor", "points_debt", b"points_debt", "points_outstanding", b"points_outstanding", "points_value_minor", b"points_value_minor", "position", b"position", "rows", b"rows", "stored_value_bonus_minor", b"stored_value_bonus_minor", "stored_value_cash_minor", b"stored_value_cash_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

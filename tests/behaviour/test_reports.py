@@ -318,9 +318,7 @@ def test_liabilities_are_the_members_balances_and_the_stores_add_up(client: Clie
     assert got.stored_value_cash_minor == sum(a.stored_value_cash_minor for a in accounts)
     assert got.stored_value_bonus_minor == sum(a.stored_value_bonus_minor for a in accounts)
     assert got.currency == "EUR"
-    stores = {
-        s.store_id: (s.stored_value_cash_minor, s.stored_value_bonus_minor) for s in got.stores
-    }
+    stores = {s.store_id: (s.stored_value_cash_minor, s.stored_value_bonus_minor) for s in got.rows}
     assert sum(c for c, _ in stores.values()) == got.stored_value_cash_minor
     assert sum(b for _, b in stores.values()) == got.stored_value_bonus_minor
     # A: 1000 + 100 sold, 500 + 50 spent at B, 100 + 10 refunded at C, all the rest cashed
@@ -332,7 +330,7 @@ def test_liabilities_are_the_members_balances_and_the_stores_add_up(client: Clie
     assert by_hand == (305, 0, 0)
 
     plain = liabilities(client, h.program)  # not grouped: no rows, the same totals
-    assert list(plain.stores) == []
+    assert list(plain.rows) == []
     assert balances_at(plain) == balances_at(got)
 
 
@@ -344,9 +342,7 @@ def test_liabilities_by_store_while_stored_value_is_outstanding(client: Client) 
     client.spend(program, alice, 220, store_id=B)  # 200 cash, 20 bonus of A's
     last = client.spend(program, bob, 110, store_id=A)  # 100 cash, 10 bonus of B's
     got = liabilities(client, program, group_by_store=True, min_position=last.position)
-    stores = {
-        s.store_id: (s.stored_value_cash_minor, s.stored_value_bonus_minor) for s in got.stores
-    }
+    stores = {s.store_id: (s.stored_value_cash_minor, s.stored_value_bonus_minor) for s in got.rows}
     assert stores == {A: (800, 80), B: (300, 30)}
     assert (got.stored_value_cash_minor, got.stored_value_bonus_minor) == (1100, 110)
 
@@ -373,8 +369,8 @@ def test_liabilities_as_of_a_moment_inside_the_history(client: Client) -> None:
     assert got.points_debt == -member_sum("points_debt", "points")
     assert got.stored_value_cash_minor == member_sum("cash", "EUR")
     assert got.stored_value_bonus_minor == member_sum("bonus", "EUR")
-    assert sum(s.stored_value_cash_minor for s in got.stores) == got.stored_value_cash_minor
-    assert sum(s.stored_value_bonus_minor for s in got.stores) == got.stored_value_bonus_minor
+    assert sum(s.stored_value_cash_minor for s in got.rows) == got.stored_value_cash_minor
+    assert sum(s.stored_value_bonus_minor for s in got.rows) == got.stored_value_bonus_minor
     nothing = liabilities(client, h.program, moment(journal[0].recorded_at) - MICRO)
     assert balances_at(nothing) == {"points": 0, "cash": 0, "bonus": 0}
 
