@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 from ledger.domain import journal
@@ -125,11 +126,17 @@ class Sums:
                 rows[key] = (d1 - d0, c1 - c0)
         return Sums(rows)
 
-    def select(self, unit: str, scope: str, kind: str) -> Iterable[tuple[Key, int, int]]:
+    @cached_property
+    def _by_kind(self) -> dict[tuple[str, str, str], list[tuple[Key, int, int]]]:
+        """(unit, scope, kind) -> its rows: each account name parsed once, not once a line."""
+        index: dict[tuple[str, str, str], list[tuple[Key, int, int]]] = {}
         for key, (debit, credit) in self.rows.items():
             account = Account.parse(key[0])
-            if key[1] == unit and account.scope == scope and account.kind == kind:
-                yield key, debit, credit
+            index.setdefault((key[1], account.scope, account.kind), []).append((key, debit, credit))
+        return index
+
+    def select(self, unit: str, scope: str, kind: str) -> Iterable[tuple[Key, int, int]]:
+        return self._by_kind.get((unit, scope, kind), [])
 
     def debit(self, unit: str, scope: str, kind: str) -> int:
         return sum(d for _, d, _ in self.select(unit, scope, kind))
