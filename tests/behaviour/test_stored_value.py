@@ -1086,7 +1086,7 @@ def test_replays_answer_the_original_and_write_nothing(
 SPENDERS = 16
 
 
-def spend_concurrently(target: str, requests: list[pb.SpendRequest]) -> list[Any]:
+def send_concurrently(target: str, method: str, requests: list[Any]) -> list[Any]:
     """Send every request at once, each over its own connection: responses or RpcErrors."""
     channels = [
         grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -1102,7 +1102,7 @@ def spend_concurrently(target: str, requests: list[pb.SpendRequest]) -> list[Any
             stub = pb_grpc.LedgerServiceStub(channels[i])
             barrier.wait(timeout=30)
             try:
-                results[i] = stub.Spend(requests[i], timeout=60)
+                results[i] = getattr(stub, method)(requests[i], timeout=60)
             except grpc.RpcError as e:
                 results[i] = e
 
@@ -1141,7 +1141,7 @@ def test_concurrent_spends_never_overspend(
         for amount in amounts
     ]
 
-    results = spend_concurrently(server.target, requests)
+    results = send_concurrently(server.target, "Spend", requests)
 
     done = [r for r in results if not isinstance(r, grpc.RpcError)]
     problems = [refusal(r) for r in results if isinstance(r, grpc.RpcError)]
@@ -1217,3 +1217,38 @@ def test_refunds_and_cash_outs_are_not_themselves_reversible(
         "TRANSACTION_NOT_FOUND",
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+def test_concurrent_refunds_of_one_spend_never_refund_more_than_it(
+    client: Client, server: ServerThread
+) -> None:
+    program, member = client.member(stored_value_split=PROPORTIONAL)
+    client.top_up(program, member, 800, bonus_minor=200)
+    spent = client.spend(program, member, 500)  # 400 cash, 100 bonus
+    requests = [
+        pb.ReverseRequest(
+            program_id=program,
+            member_id=member,
+            transaction_id=spent.transaction_id,
+            amount_minor=45,
+            store_id="store-2",
+            request_id=new_id("refund"),
+        )
+        for _ in range(SPENDERS)
+    ]
+
+    results = send_concurrently(server.target, "Reverse", requests)
+
+    done = [r for r in results if not isinstance(r, grpc.RpcError)]
+    problems = [refusal(r) for r in results if isinstance(r, grpc.RpcError)]
+    # 500 / 45: eleven fit (495), the rest exceed the 5 left.
+    assert len(done) == 11
+    assert {(p.code, p.reason) for p in problems} == {(FAILED, "REVERSAL_EXCEEDS_ORIGINAL")}
+    assert sum(r.cash_minor + r.bonus_minor for r in done) == 495
+    rest = client.refund(program, member, spent.transaction_id)
+    # Cumulatively pro rata: all refunded, the parts add up to the split exactly.
+    assert sum(r.cash_minor for r in done) + rest.cash_minor == 400
+    assert sum(r.bonus_minor for r in done) + rest.bonus_minor == 100
+    assert card(rest) == (800, 200)
+    state = account_state(client, server, program, member)
+    assert len(state.transaction_ids) == 3 + 11 + 1
