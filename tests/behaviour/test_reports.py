@@ -615,3 +615,20 @@ def test_a_position_the_journal_has_not_reached_is_waited_for(client: Client, rp
     request = REQUESTS[rpc](program_id=program, min_position=2**62)
     problem = refused(lambda: getattr(reports(client), rpc)(request, timeout=0.5))
     assert problem.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_the_extreme_times_are_accepted_in_any_zone(client: Client, zone: str) -> None:
+    """1970-01-01 and 9999-12-31 (UTC), the API's bounds, fall on other local days in
+    zones far from UTC: still whole days the journal can name."""
+    program, member = client.member(time_zone=zone)
+    last = client.top_up(program, member, 100, bonus_minor=0, store_id=A)
+    first, end = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+    assert balances_at(liabilities(client, program, first, min_position=last.position)) == {
+        "points": 0,
+        "cash": 0,
+        "bonus": 0,
+    }
+    assert liabilities(client, program, end).stored_value_cash_minor == 100
+    assert movements(client, program, first, end).cash.issued == 100
+    assert settlement(client, program, first, end).spent_cash_minor == 0
