@@ -1,4 +1,4 @@
-"""The `ledger` command: serve, migrate, import, audit, export, demo."""
+"""The `ledger` command: serve, migrate, program, report, import, audit, export, demo."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{serve,migrate,program,import,audit,export,demo}",
+        metavar="{serve,migrate,program,report,import,audit,export,demo}",
     )
 
     serve = sub.add_parser(

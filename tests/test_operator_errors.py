@@ -133,10 +133,10 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
             ["export", "events", "--since-position", "-1"],
             "--since-position: must be at least 0, got -1",
         ),
-        (["audit"], "required: {verify,replay,checkpoint}"),
+        (["audit"], "required: {verify,replay,journal,checkpoint}"),
         (["export"], "required: {events}"),
         (["program"], "required: {create,show,update}"),
-        ([], "required: {serve,migrate,program,import,audit,export,demo}"),
+        ([], "required: {serve,migrate,program,report,import,audit,export,demo}"),
     ],
 )
 def test_a_flag_out_of_range_or_a_missing_subcommand_says_what_is_wanted(
