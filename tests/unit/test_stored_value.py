@@ -283,10 +283,11 @@ def test_cash_outs_in_pieces_forfeit_all_the_bonus_and_deduct_the_spent_bonus_on
     far as the cash goes."""
     bonus_left, cash_left = lot.bonus_remaining, lot.cash_remaining
     owed = max(0, lot.bonus_spent - lot.bonus_deducted)
+    cuts = data.draw(st.lists(st.integers(0, cash_left), max_size=5), label="cuts")
+    bounds = sorted({0, cash_left, *cuts})
+    pieces = [b - a for a, b in pairwise(bounds)] or [0]  # no cash left: one closing it
     forfeited = deducted = 0
-    while True:
-        left = lot.cash_remaining
-        taken = data.draw(st.integers(min(1, left), left), label="taken")
+    for taken in pieces:
         out = cash_out(lot, taken, policy)
         # As the account applies a TopUpCashedOut.
         lot.cash_remaining -= out.cash_taken
@@ -294,8 +295,7 @@ def test_cash_outs_in_pieces_forfeit_all_the_bonus_and_deduct_the_spent_bonus_on
         lot.bonus_deducted += out.bonus_deducted
         forfeited += out.bonus_forfeited
         deducted += out.bonus_deducted
-        if lot.cash_remaining == 0:
-            break
+    assert lot.cash_remaining == 0
     assert forfeited == bonus_left
     if policy is CashOutPolicy.DEDUCT_SPENT_BONUS:
         assert deducted == min(owed, cash_left)
