@@ -384,7 +384,9 @@ class PointsProjection:
     @apply.register(events.SpendRefunded)
     def _on_SpendRefunded(self, event: Any, batch: Batch, position: int) -> None:
         account = batch.account(event.originator_id.hex)
-        self._record(batch, position, event, account, "REVERSE", cash=event.cash, bonus=event.bonus)
+        # With any cash a DEDUCT_SPENT_BONUS cash-out had withheld for the bonus coming back.
+        cash = event.cash + _sum(event.cash_unwithheld)
+        self._record(batch, position, event, account, "REVERSE", cash=cash, bonus=event.bonus)
 
     @apply.register(events.TopUpCashedOut)
     def _on_TopUpCashedOut(self, event: Any, batch: Batch, position: int) -> None:

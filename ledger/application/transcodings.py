@@ -1,5 +1,7 @@
 """JSON transcodings for what the event store holds besides plain values: the account's
-inner records, which snapshots carry (events carry only plain values and Provenance)."""
+inner records, which snapshots carry (events carry only plain values and Provenance).
+Every record type an account holds must be here, or the first snapshot of an account that
+holds one fails (tests/unit/test_account_model.py snapshots every state it reaches)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from eventsourcing.persistence import Transcoding
 
 from ledger.domain.holds import ActiveHold
 from ledger.domain.lots import Lot
+from ledger.domain.program import PointsConversion
 from ledger.domain.reversals import RedemptionRecord
+from ledger.domain.stored_value import SpendRecord, ValueLot
 from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 
@@ -57,6 +61,9 @@ def account_transcodings() -> list[Transcoding]:
         DataclassAsDict(ActiveHold, "active_hold"),
         DataclassAsDict(EarnRecord, "earn_record"),
         DataclassAsDict(RedemptionRecord, "redemption_record"),
+        DataclassAsDict(ValueLot, "value_lot"),
+        DataclassAsDict(SpendRecord, "spend_record"),
+        DataclassAsDict(PointsConversion, "points_conversion"),
         SetAsList(),
         QualifyingWindowAsDict(),
     ]

@@ -42,6 +42,7 @@ from ledger.domain.stored_value import (
     refund_split,
     restore,
     split_spend,
+    withheld_to_return,
 )
 from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
@@ -490,15 +491,17 @@ class MemberAccount(Aggregate):
         self.bring_up_to(now, provenance)
         cash_restored = restore(record.cash_drawn, record.cash_restored, cash)
         bonus_restored = restore(record.bonus_drawn, record.bonus_restored, bonus)
+        unwithheld = withheld_to_return(self.value_lots, bonus_restored)
         self._spend_refunded(
             provenance=provenance,
             cash=cash,
             bonus=bonus,
             cash_restored=cash_restored,
             bonus_restored=bonus_restored,
+            cash_unwithheld=unwithheld,
             issued_at=self._issuers(cash_restored, bonus_restored),
         )
-        return Reversal(cash_minor=cash, bonus_minor=bonus)
+        return Reversal(cash_minor=cash + sum(unwithheld.values()), bonus_minor=bonus)
 
     def _cash_out(
         self,
@@ -891,8 +894,11 @@ class MemberAccount(Aggregate):
         bonus: int,
         cash_restored: Allocation,
         bonus_restored: Allocation,
+        cash_unwithheld: Allocation,
         issued_at: dict[str, str],
     ) -> None:
+        """`cash_unwithheld`: cash a DEDUCT_SPENT_BONUS cash-out kept for spent bonus that
+        this refund brings back, back on the card (decision 15)."""
         record = self.spends[provenance.reverses_transaction_id]
         record.cash_refunded += cash
         record.bonus_refunded += bonus
@@ -904,7 +910,11 @@ class MemberAccount(Aggregate):
             lot.bonus_remaining += amount
             lot.bonus_spent -= amount
             record.bonus_restored[lot_id] = record.bonus_restored.get(lot_id, 0) + amount
-        self.cash += cash
+        for lot_id, amount in cash_unwithheld.items():
+            lot = self.value_lots[lot_id]
+            lot.bonus_deducted -= amount
+            lot.cash_remaining += amount
+        self.cash += cash + sum(cash_unwithheld.values())
         self.bonus += bonus
         self.other_transaction_ids.add(provenance.transaction_id)
 

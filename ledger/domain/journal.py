@@ -220,9 +220,11 @@ def _spent(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
 
 
 def _spend_refunded(e: Any, m: str, store: str) -> tuple[Entries, Entries]:
+    # Cash a cash-out withheld for spent bonus this refund brings back goes back on the card.
     return [], [
-        (member_cash(m), e.cash),
+        (member_cash(m), e.cash + _sum(e.cash_unwithheld)),
         *_per_issuer(e.cash_restored, e.issued_at, CASH_SPENT, -1),
+        *_per_issuer(e.cash_unwithheld, e.issued_at, CASH_WITHHELD, -1),
         (member_bonus(m), e.bonus),
         *_per_issuer(e.bonus_restored, e.issued_at, BONUS_SPENT, -1),
     ]

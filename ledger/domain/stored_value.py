@@ -141,3 +141,16 @@ def cash_out(lot: ValueLot, cash_taken: int, policy: CashOutPolicy) -> CashOut:
     else:
         forfeited = lot.bonus_remaining * cash_taken // lot.cash_remaining
     return CashOut(cash_taken, cash_taken - deducted, deducted, forfeited)
+
+
+def withheld_to_return(lots: dict[str, ValueLot], bonus_restored: Allocation) -> Allocation:
+    """Per lot, the cash a DEDUCT_SPENT_BONUS cash-out kept for spent bonus that a refund now
+    brings back: once that bonus is on the card again, keeping its price too would take it
+    twice. So a lot never has more deducted than it has bonus spent."""
+    back: Allocation = {}
+    for lot_id, amount in bonus_restored.items():
+        lot = lots[lot_id]
+        excess = lot.bonus_deducted - (lot.bonus_spent - amount)
+        if excess > 0:
+            back[lot_id] = excess
+    return back

@@ -14,14 +14,19 @@ in the comments are worked out by hand from the rules (docs/api.md), not read of
 
 from __future__ import annotations
 
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from ledger.application.service import SNAPSHOT_AFTER_REPLAYING
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 from tests.support import (
@@ -33,6 +38,7 @@ from tests.support import (
     new_id,
     refusal,
     refused,
+    scratch_postgres,
     ts,
 )
 
@@ -1252,3 +1258,78 @@ def test_concurrent_refunds_of_one_spend_never_refund_more_than_it(
     assert card(rest) == (800, 200)
     state = account_state(client, server, program, member)
     assert len(state.transaction_ids) == 3 + 11 + 1
+
+
+# ---------------------------------------------------------------------- found by review
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="tally-test-") as folder:
+            yield f"sqlite:///{Path(folder) / 'ledger.db'}"
+    else:
+        with scratch_postgres() as url:
+            yield url
+
+
+@contextmanager
+def serving(url: str) -> Iterator[Client]:
+    server = ServerThread(url)
+    client = Client(server.target, "")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_card_with_a_long_history_is_usable_after_a_restart(backend: str) -> None:
+    """A cold load that replays SNAPSHOT_AFTER_REPLAYING events takes a snapshot; the
+    account's stored value (ValueLot, SpendRecord, PointsConversion) must survive it."""
+    with database(backend) as url:
+        with serving(url) as client:
+            program, member = client.member(
+                points_conversion=pb.PointsConversion(points=1, value_minor=1)
+            )
+            client.earn(program, member, 10)
+            client.convert(program, member, 10)
+            client.top_up(program, member, 10_000, bonus_minor=0)
+            for _ in range(SNAPSHOT_AFTER_REPLAYING):
+                client.spend(program, member, 1)
+        with serving(url) as client:  # a restart: the account is loaded cold
+            spent = client.spend(program, member, 1)
+            assert (
+                spent.account.stored_value_cash_minor + spent.account.stored_value_bonus_minor
+                == 10_010 - 201
+            )
+        with serving(url) as client:  # and from the snapshot that load left behind
+            spent = client.spend(program, member, 1)
+            assert spent.account.version == 4 + SNAPSHOT_AFTER_REPLAYING + 2
+
+
+def test_a_cash_out_refunded_and_cashed_out_again_pays_back_all_the_cash_under_deduct(
+    client: Client,
+) -> None:
+    """Everything bought is refunded and everything on the card cashed out: the member gets
+    back all the cash paid, under DEDUCT_SPENT_BONUS as under FORFEIT_REMAINING_BONUS. The
+    refund brings the spent bonus back onto the card, so the cash withheld for it comes back
+    too (it would otherwise be taken twice: withheld, and the bonus lapsing again)."""
+    program, member = client.member(
+        stored_value_split=pb.STORED_VALUE_SPLIT_PROPORTIONAL,
+        cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
+    )
+    topped = client.top_up(program, member, 100, bonus_minor=20)
+    spent = client.spend(program, member, 60)  # 50 cash, 10 bonus
+    first = client.refund(program, member, topped.transaction_id)  # 50 - 10 = 40 back
+    assert (first.refunded_cash_minor, first.bonus_deducted_minor) == (40, 10)
+    back = client.refund(program, member, spent.transaction_id)
+    # 50 cash and 10 bonus back, and the 10 of cash withheld for that bonus with them.
+    assert (back.cash_minor, back.bonus_minor) == (60, 10)
+    second = client.refund(program, member, topped.transaction_id)
+    assert (second.refunded_cash_minor, second.bonus_deducted_minor) == (60, 0)
+    assert second.forfeited_bonus_minor == 10
+    assert first.refunded_cash_minor + second.refunded_cash_minor == 100
+    card = client.account(program, member, min_position=second.position)
+    assert (card.stored_value_cash_minor, card.stored_value_bonus_minor) == (0, 0)
