@@ -23,6 +23,7 @@ from ledger.domain.stored_value import (
     refund_split,
     restore,
     split_spend,
+    withheld_to_return,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -301,3 +302,32 @@ def test_cash_outs_in_pieces_forfeit_all_the_bonus_and_deduct_the_spent_bonus_on
         assert deducted == min(owed, cash_left)
     else:
         assert deducted == 0
+
+
+# ----------------------------------------------------------------------- withheld_to_return
+
+
+@given(
+    st.one_of(st.integers(1, 30), st.integers(1, 10**9)),
+    st.data(),
+)
+def test_a_refund_of_spent_bonus_gives_back_what_was_withheld_for_it_and_no_more(
+    spent: int, data: st.DataObject
+) -> None:
+    """After a refund brings `restored` of a lot's spent bonus back, the lot keeps cash for
+    at most the bonus still spent: the rest of what cash-outs withheld comes back, and
+    nothing comes back while the withheld cash stays within the bonus still spent."""
+    lot = value_lot(0, 10**9, spent)
+    lot.bonus_remaining = 0
+    lot.bonus_spent = spent
+    lot.bonus_deducted = data.draw(
+        st.one_of(st.integers(0, spent), st.sampled_from([0, spent])), label="withheld"
+    )
+    restored = data.draw(st.one_of(st.integers(1, spent), st.just(spent)), label="restored")
+    back = withheld_to_return({"lot": lot, "other": value_lot(1, 5, 5)}, {"lot": restored})
+    assert set(back) <= {"lot"}
+    assert all(n > 0 for n in back.values())
+    returned = back.get("lot", 0)
+    assert 0 <= returned <= lot.bonus_deducted
+    still_spent = spent - restored
+    assert lot.bonus_deducted - returned == min(lot.bonus_deducted, still_spent)
