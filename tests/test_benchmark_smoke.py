@@ -66,9 +66,17 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "list-all-pages",
         "accounts-rss",
         "verify",
+        "reports-catch-up",
+        "report-liabilities",
+        "report-liabilities-as-of",
+        "report-movements",
+        "report-settlement",
+        "report-trial-balance",
     }
     assert rows["import"]["rate"] > 0
     assert rows["rebuild"]["rate"] > 0
     assert rows["list-first-page"]["p50"] > 0
     assert rows["accounts-rss"]["rss_mib"] > 0
     assert rows["verify"]["rate"] > 0
+    assert rows["reports-catch-up"]["rate"] > 0
+    assert all(r["p50"] > 0 for name, r in rows.items() if name.startswith("report-"))
