@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from ledger.infrastructure.database import DatabaseConfig
 from ledger.infrastructure.dialect import POSTGRES
+from ledger.journal_queries import Account
 from projections.journal import NAME as JOURNAL
 from projections.journal import control_account, local_day
 from projections.points import NAME as POINTS
@@ -113,8 +114,8 @@ def _members(cur: Any, where: str, params: list[object], report: JournalReport) 
     )
     journal: dict[tuple[str, str, str], int] = {}
     for program, account, total in cur.fetchall():
-        member, kind = str(account)[len("member:") :].rsplit(":", 1)
-        journal[(str(program), member, kind)] = int(total)
+        name = Account.parse(str(account))
+        journal[(str(program), name.owner, name.kind)] = int(total)
     columns = ", ".join(column for column, _ in _MEMBER_KINDS.values())
     t_where = where.replace("program_id", "t.program_id")
     cur.execute(
