@@ -1,47 +1,38 @@
-"""ReportService: the journal, the trial balance (docs/accounting.md) and finance's reports
-(docs/reports.md), read from the journal read model. The servicer only checks the request
-and translates; the sums and the reports' rules are ledger/journal_queries.py, which
-`ledger report` calls too."""
+"""ReportService: the journal, the trial balance (docs/accounting.md) and the reports read
+from the journal read model (docs/reports.md), and the servicer put together from the other
+reports' classes (report_base.py). The servicer only checks the request and translates; the
+sums and the reports' rules are ledger/journal_queries.py, which `ledger report` calls
+too."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from ledger.api import page_tokens
-from ledger.api.ledger_service import reached, rpc
+from ledger.api.forecast_rpcs import ForecastRpcs
+from ledger.api.ledger_service import rpc
+from ledger.api.reconciliation_rpcs import ReconciliationRpcs
+from ledger.api.report_base import ReportBase
+from ledger.api.report_base import checked as _checked
+from ledger.api.report_base import period as _period
 from ledger.api.responses import timestamp
-from ledger.api.validation import Violations
+from ledger.api.revenue_rpcs import RevenueRpcs
 from ledger.journal_queries import JournalQueries, PostingsFilter
 from ledger.journal_queries import Movements as MovementLines
 from ledger.queries import from_micros
 from ledger.runtime import Tally
 from ledger.v1 import report_pb2 as pb
 from ledger.v1 import report_pb2_grpc as pb_grpc
-from projections.journal import NAME as JOURNAL
 
-T = TypeVar("T")
-READS = (JOURNAL,)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-class ReportServicer(pb_grpc.ReportServiceServicer):
+class JournalRpcs(ReportBase):
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
-        self.tally = tally
-        self.executor = executor
+        super().__init__(tally, executor)
         self.journal = JournalQueries(tally.database)
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def _program(self, request: Any, context: Any) -> Any:
-        """Wait for min_position, then the programme (NOT_FOUND if there is none)."""
-        await reached(self.tally, request.min_position, context, READS)
-        return await self._run(self.tally.app.get_program, request.program_id)
 
     @rpc
     async def GetTrialBalance(self, request: Any, context: Any) -> pb.GetTrialBalanceResponse:
@@ -188,24 +179,12 @@ class ReportServicer(pb_grpc.ReportServiceServicer):
         )
 
 
-def _checked(request: Any) -> Violations:
-    """The checks every report request shares: its programme's id and min_position."""
-    v = Violations()
-    v.identifier("program_id", request.program_id)
-    v.non_negative("min_position", request.min_position, limit=2**63 - 1)
-    return v
-
-
-def _period(request: Any) -> tuple[datetime | None, datetime | None]:
-    """A report's period (since, until], checked: INVALID_ARGUMENT unless since < until."""
-    v = _checked(request)
-    since = v.timestamp("since", request.since, request.HasField("since"))
-    until = v.timestamp("until", request.until, request.HasField("until"))
-    if since and until and since >= until:
-        v.add("until", "must be after since")
-    v.raise_if_any()
-    return since, until
-
-
 def _movements(lines: MovementLines) -> pb.Movements:
     return pb.Movements(**vars(lines))
+
+
+class ReportServicer(
+    JournalRpcs, RevenueRpcs, ForecastRpcs, ReconciliationRpcs, pb_grpc.ReportServiceServicer
+):
+    """Every ReportService method, one class per concept; an RPC none of them defines is
+    UNIMPLEMENTED (the generated base class)."""

@@ -6,8 +6,9 @@ reports built on it: liabilities, movements, settlement (docs/reports.md). Every
 reads the journal's per-day sums for whole local days and the postings of the part-day at
 a bound only. Periods are (since, until] in recorded time: a posting recorded exactly at
 `since` belongs to the period before, one at `until` to this one; unset since is the
-beginning, unset until is now. The other reports of the contract (deferred revenue,
-breakage, expiry forecast, reconciliation) are still to come.
+beginning, unset until is now. Deferred revenue, breakage and the expiry forecast read
+read models of their own (docs/accounting.md, docs/reports.md); reconciliation matches a
+statement against the ledger's payments and stores the run (docs/reconciliation.md).
 """
 
 from collections import abc as _abc
@@ -15,6 +16,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -25,6 +27,65 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Cohort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CohortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Cohort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COHORT_UNSPECIFIED: _Cohort.ValueType  # 0
+    COHORT_MONTH: _Cohort.ValueType  # 1
+    COHORT_QUARTER: _Cohort.ValueType  # 2
+    COHORT_YEAR: _Cohort.ValueType  # 3
+
+class Cohort(_Cohort, metaclass=_CohortEnumTypeWrapper): ...
+
+COHORT_UNSPECIFIED: Cohort.ValueType  # 0
+COHORT_MONTH: Cohort.ValueType  # 1
+COHORT_QUARTER: Cohort.ValueType  # 2
+COHORT_YEAR: Cohort.ValueType  # 3
+Global___Cohort: _TypeAlias = Cohort  # noqa: Y015
+
+class _CustodyPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CustodyPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CustodyPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CUSTODY_PERIOD_UNSPECIFIED: _CustodyPeriod.ValueType  # 0
+    CUSTODY_PERIOD_MONTH: _CustodyPeriod.ValueType  # 1
+    CUSTODY_PERIOD_QUARTER: _CustodyPeriod.ValueType  # 2
+    CUSTODY_PERIOD_YEAR: _CustodyPeriod.ValueType  # 3
+
+class CustodyPeriod(_CustodyPeriod, metaclass=_CustodyPeriodEnumTypeWrapper): ...
+
+CUSTODY_PERIOD_UNSPECIFIED: CustodyPeriod.ValueType  # 0
+CUSTODY_PERIOD_MONTH: CustodyPeriod.ValueType  # 1
+CUSTODY_PERIOD_QUARTER: CustodyPeriod.ValueType  # 2
+CUSTODY_PERIOD_YEAR: CustodyPeriod.ValueType  # 3
+Global___CustodyPeriod: _TypeAlias = CustodyPeriod  # noqa: Y015
+
+class _StatementLineKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementLineKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementLineKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_LINE_KIND_UNSPECIFIED: _StatementLineKind.ValueType  # 0
+    STATEMENT_LINE_KIND_TOP_UP: _StatementLineKind.ValueType  # 1
+    """money the processor took from the member for us"""
+    STATEMENT_LINE_KIND_REFUND: _StatementLineKind.ValueType  # 2
+    """money it handed back to the member (a cash-out)"""
+
+class StatementLineKind(_StatementLineKind, metaclass=_StatementLineKindEnumTypeWrapper): ...
+
+STATEMENT_LINE_KIND_UNSPECIFIED: StatementLineKind.ValueType  # 0
+STATEMENT_LINE_KIND_TOP_UP: StatementLineKind.ValueType  # 1
+"""money the processor took from the member for us"""
+STATEMENT_LINE_KIND_REFUND: StatementLineKind.ValueType  # 2
+"""money it handed back to the member (a cash-out)"""
+Global___StatementLineKind: _TypeAlias = StatementLineKind  # noqa: Y015
 
 @_typing.final
 class GetTrialBalanceRequest(_message.Message):
@@ -644,3 +705,843 @@ class GetSettlementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSettlementResponse: _TypeAlias = GetSettlementResponse  # noqa: Y015
+
+@_typing.final
+class GetDeferredRevenueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    EXPECTED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    expected_redemption_rate_ppm: _builtins.int
+    """The estimate at as_of of the share of points issued that will be redeemed; unset: the
+    programme's expected_redemption_rate_ppm in force at as_of.
+    """
+    min_position: _builtins.int
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """recorded time, inclusive; unset: now"""
+
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        expected_redemption_rate_ppm: _builtins.int | None = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "as_of", b"as_of", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "as_of", b"as_of", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "min_position", b"min_position", "program_id", b"program_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_redemption_rate_ppm: _TypeAlias = _typing.Literal["expected_redemption_rate_ppm"]  # noqa: Y015
+    _WhichOneofArgType__expected_redemption_rate_ppm: _TypeAlias = _typing.Literal["_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_redemption_rate_ppm) -> _WhichOneofReturnType__expected_redemption_rate_ppm | None: ...
+
+Global___GetDeferredRevenueRequest: _TypeAlias = GetDeferredRevenueRequest  # noqa: Y015
+
+@_typing.final
+class GetDeferredRevenueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_ISSUED_FIELD_NUMBER: _builtins.int
+    POINTS_REDEEMED_FIELD_NUMBER: _builtins.int
+    PURCHASES_MINOR_FIELD_NUMBER: _builtins.int
+    ALLOCATED_MINOR_FIELD_NUMBER: _builtins.int
+    REVENUE_RECOGNISED_MINOR_FIELD_NUMBER: _builtins.int
+    CONTRACT_LIABILITY_MINOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
+    POINTS_EXPECTED_TO_BE_REDEEMED_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    points_issued: _builtins.int
+    """earned, less reversed earns (adjustments are not sold)"""
+    points_redeemed: _builtins.int
+    """redeemed, captured and converted, less their reversals"""
+    purchases_minor: _builtins.int
+    """the earns' purchases, less the reversed share"""
+    allocated_minor: _builtins.int
+    """the purchases' share allocated to the points"""
+    revenue_recognised_minor: _builtins.int
+    """cumulative"""
+    contract_liability_minor: _builtins.int
+    """allocated_minor - revenue_recognised_minor"""
+    expected_redemption_rate_ppm: _builtins.int
+    """the estimate used"""
+    points_expected_to_be_redeemed: _builtins.int
+    """points_issued x the estimate, rounded half up"""
+    currency: _builtins.str
+    position: _builtins.int
+    """the read model's position the figures reflect"""
+    def __init__(
+        self,
+        *,
+        points_issued: _builtins.int = ...,
+        points_redeemed: _builtins.int = ...,
+        purchases_minor: _builtins.int = ...,
+        allocated_minor: _builtins.int = ...,
+        revenue_recognised_minor: _builtins.int = ...,
+        contract_liability_minor: _builtins.int = ...,
+        expected_redemption_rate_ppm: _builtins.int = ...,
+        points_expected_to_be_redeemed: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_minor", b"allocated_minor", "contract_liability_minor", b"contract_liability_minor", "currency", b"currency", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "points_expected_to_be_redeemed", b"points_expected_to_be_redeemed", "points_issued", b"points_issued", "points_redeemed", b"points_redeemed", "position", b"position", "purchases_minor", b"purchases_minor", "revenue_recognised_minor", b"revenue_recognised_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeferredRevenueResponse: _TypeAlias = GetDeferredRevenueResponse  # noqa: Y015
+
+@_typing.final
+class GetBreakageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    COHORT_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    cohort: Global___Cohort.ValueType
+    min_position: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """cohorts starting at or after; unset: the first"""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """cohorts starting before; unset: all"""
+
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        cohort: Global___Cohort.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort", b"cohort", "min_position", b"min_position", "program_id", b"program_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageRequest: _TypeAlias = GetBreakageRequest  # noqa: Y015
+
+@_typing.final
+class BreakageRow(_message.Message):
+    """One earn cohort. issued - reversed - redeemed - expired = outstanding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COHORT_START_FIELD_NUMBER: _builtins.int
+    COHORT_LABEL_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
+    REDEEMED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    REVERSED_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    OBSERVED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
+    PROJECTED_REDEMPTION_RATE_PPM_FIELD_NUMBER: _builtins.int
+    cohort_label: _builtins.str
+    """2024-05, 2024-Q2, 2024"""
+    issued: _builtins.int
+    redeemed: _builtins.int
+    expired: _builtins.int
+    reversed: _builtins.int
+    outstanding: _builtins.int
+    closed: _builtins.bool
+    """nothing left outstanding: its redemption rate is final"""
+    observed_redemption_rate_ppm: _builtins.int
+    """redeemed / (issued - reversed), ppm: final for a closed cohort, so far for an open one."""
+    projected_redemption_rate_ppm: _builtins.int
+    @_builtins.property
+    def cohort_start(self) -> _timestamp_pb2.Timestamp:
+        """local midnight of its first day"""
+
+    def __init__(
+        self,
+        *,
+        cohort_start: _timestamp_pb2.Timestamp | None = ...,
+        cohort_label: _builtins.str = ...,
+        issued: _builtins.int = ...,
+        redeemed: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        reversed: _builtins.int = ...,
+        outstanding: _builtins.int = ...,
+        closed: _builtins.bool = ...,
+        observed_redemption_rate_ppm: _builtins.int = ...,
+        projected_redemption_rate_ppm: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cohort_start", b"cohort_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "cohort_label", b"cohort_label", "cohort_start", b"cohort_start", "expired", b"expired", "issued", b"issued", "observed_redemption_rate_ppm", b"observed_redemption_rate_ppm", "outstanding", b"outstanding", "projected_redemption_rate_ppm", b"projected_redemption_rate_ppm", "redeemed", b"redeemed", "reversed", b"reversed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakageRow: _TypeAlias = BreakageRow  # noqa: Y015
+
+@_typing.final
+class GetBreakageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    CLOSED_REDEEMED_SHARE_PPM_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    closed_redeemed_share_ppm: _builtins.int
+    """Over every closed cohort of the programme (not only those in range): the share of the
+    points that left them redeemed rather than expired, ppm; the projection's basis.
+    """
+    position: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakageRow]:
+        """by cohort_start"""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___BreakageRow] | None = ...,
+        closed_redeemed_share_ppm: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_redeemed_share_ppm", b"closed_redeemed_share_ppm", "position", b"position", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBreakageResponse: _TypeAlias = GetBreakageResponse  # noqa: Y015
+
+@_typing.final
+class GetExpiryForecastRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    member_id: _builtins.str
+    """optional: one member"""
+    page_size: _builtins.int
+    """members per page, default 100, at most 1000"""
+    page_token: _builtins.str
+    min_position: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """expiring at or after; unset: now"""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """expiring before; at most 366 days after since"""
+
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        member_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token", "program_id", b"program_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExpiryForecastRequest: _TypeAlias = GetExpiryForecastRequest  # noqa: Y015
+
+@_typing.final
+class ExpiryBucket(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """the local date (YYYY-MM-DD) of the day the points expire in"""
+    points: _builtins.int
+    members: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """the earliest expiry instant in the bucket"""
+
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        points: _builtins.int = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "expires_at", b"expires_at", "members", b"members", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiryBucket: _TypeAlias = ExpiryBucket  # noqa: Y015
+
+@_typing.final
+class ExpiringMember(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    points: _builtins.int
+    """expiring in the window"""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """the first of them"""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "member_id", b"member_id", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiringMember: _TypeAlias = ExpiringMember  # noqa: Y015
+
+@_typing.final
+class GetExpiryForecastResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_POINTS_FIELD_NUMBER: _builtins.int
+    TOTAL_MEMBERS_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    total_points: _builtins.int
+    """control totals of the whole window"""
+    total_members: _builtins.int
+    position: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiryBucket]:
+        """by date; days with nothing expiring left out"""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiringMember]:
+        """most points first, then member_id"""
+
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[Global___ExpiryBucket] | None = ...,
+        members: _abc.Iterable[Global___ExpiringMember] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_points: _builtins.int = ...,
+        total_members: _builtins.int = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "members", b"members", "next_page_token", b"next_page_token", "position", b"position", "total_members", b"total_members", "total_points", b"total_points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExpiryForecastResponse: _TypeAlias = GetExpiryForecastResponse  # noqa: Y015
+
+@_typing.final
+class GetPrepaidCustodyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    RATIO_PPM_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    period: Global___CustodyPeriod.ValueType
+    ratio_ppm: _builtins.int
+    """the share to hold in custody, 0..1000000"""
+    min_position: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """periods ending after; unset: the programme's start"""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """periods ending at or before; unset: now"""
+
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        period: Global___CustodyPeriod.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        ratio_ppm: _builtins.int = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_position", b"min_position", "period", b"period", "program_id", b"program_id", "ratio_ppm", b"ratio_ppm", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPrepaidCustodyRequest: _TypeAlias = GetPrepaidCustodyRequest  # noqa: Y015
+
+@_typing.final
+class CustodyStore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    CASH_BALANCE_MINOR_FIELD_NUMBER: _builtins.int
+    CUSTODY_MINOR_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    cash_balance_minor: _builtins.int
+    custody_minor: _builtins.int
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+        cash_balance_minor: _builtins.int = ...,
+        custody_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_balance_minor", b"cash_balance_minor", "custody_minor", b"custody_minor", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustodyStore: _TypeAlias = CustodyStore  # noqa: Y015
+
+@_typing.final
+class CustodyPeriodRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    PERIOD_LABEL_FIELD_NUMBER: _builtins.int
+    CASH_BALANCE_MINOR_FIELD_NUMBER: _builtins.int
+    CUSTODY_MINOR_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
+    period_label: _builtins.str
+    """2024-Q2"""
+    cash_balance_minor: _builtins.int
+    """stored-value cash outstanding at period_end"""
+    custody_minor: _builtins.int
+    """the sum of the stores' custody"""
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """local midnight after the period's last day"""
+
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustodyStore]:
+        """per store of issue, by store_id"""
+
+    def __init__(
+        self,
+        *,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        period_label: _builtins.str = ...,
+        cash_balance_minor: _builtins.int = ...,
+        custody_minor: _builtins.int = ...,
+        stores: _abc.Iterable[Global___CustodyStore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_balance_minor", b"cash_balance_minor", "custody_minor", b"custody_minor", "period_end", b"period_end", "period_label", b"period_label", "stores", b"stores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustodyPeriodRow: _TypeAlias = CustodyPeriodRow  # noqa: Y015
+
+@_typing.final
+class GetPrepaidCustodyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIODS_FIELD_NUMBER: _builtins.int
+    RATIO_PPM_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    ratio_ppm: _builtins.int
+    currency: _builtins.str
+    position: _builtins.int
+    @_builtins.property
+    def periods(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustodyPeriodRow]: ...
+    def __init__(
+        self,
+        *,
+        periods: _abc.Iterable[Global___CustodyPeriodRow] | None = ...,
+        ratio_ppm: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "periods", b"periods", "position", b"position", "ratio_ppm", b"ratio_ppm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPrepaidCustodyResponse: _TypeAlias = GetPrepaidCustodyResponse  # noqa: Y015
+
+@_typing.final
+class StatementLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_REF_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    external_id: _builtins.str
+    """the statement's own id for the line, unique in the statement"""
+    payment_ref: _builtins.str
+    kind: Global___StatementLineKind.ValueType
+    amount_minor: _builtins.int
+    """positive, in the programme's currency"""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        external_id: _builtins.str = ...,
+        payment_ref: _builtins.str = ...,
+        kind: Global___StatementLineKind.ValueType = ...,
+        amount_minor: _builtins.int = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "external_id", b"external_id", "kind", b"kind", "occurred_at", b"occurred_at", "payment_ref", b"payment_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementLine: _TypeAlias = StatementLine  # noqa: Y015
+
+@_typing.final
+class Period(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """inclusive"""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """exclusive"""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Period: _TypeAlias = Period  # noqa: Y015
+
+@_typing.final
+class ReconcileStatementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    DATE_TOLERANCE_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    source: _builtins.str
+    """the processor's or bank's name"""
+    date_tolerance_seconds: _builtins.int
+    """how far apart a line and an entry may be dated"""
+    request_id: _builtins.str
+    min_position: _builtins.int
+    @_builtins.property
+    def period(self) -> Global___Period:
+        """business time (occurred_at) of the ledger's entries and the lines"""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]: ...
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        period: Global___Period | None = ...,
+        lines: _abc.Iterable[Global___StatementLine] | None = ...,
+        date_tolerance_seconds: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date_tolerance_seconds", b"date_tolerance_seconds", "lines", b"lines", "min_position", b"min_position", "period", b"period", "program_id", b"program_id", "request_id", b"request_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileStatementRequest: _TypeAlias = ReconcileStatementRequest  # noqa: Y015
+
+@_typing.final
+class LedgerPayment(_message.Message):
+    """A paid-cash entry of the ledger: a top-up's cash, or the cash a cash-out handed back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_REF_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    member_id: _builtins.str
+    payment_ref: _builtins.str
+    kind: Global___StatementLineKind.ValueType
+    amount_minor: _builtins.int
+    store_id: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        payment_ref: _builtins.str = ...,
+        kind: Global___StatementLineKind.ValueType = ...,
+        amount_minor: _builtins.int = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "kind", b"kind", "member_id", b"member_id", "occurred_at", b"occurred_at", "payment_ref", b"payment_ref", "store_id", b"store_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerPayment: _TypeAlias = LedgerPayment  # noqa: Y015
+
+@_typing.final
+class Match(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_REF_FIELD_NUMBER: _builtins.int
+    TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_IDS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    payment_ref: _builtins.str
+    amount_minor: _builtins.int
+    kind: Global___StatementLineKind.ValueType
+    @_builtins.property
+    def transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def external_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        payment_ref: _builtins.str = ...,
+        transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        external_ids: _abc.Iterable[_builtins.str] | None = ...,
+        amount_minor: _builtins.int = ...,
+        kind: Global___StatementLineKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "external_ids", b"external_ids", "kind", b"kind", "payment_ref", b"payment_ref", "transaction_ids", b"transaction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Match: _TypeAlias = Match  # noqa: Y015
+
+@_typing.final
+class AmountMismatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_REF_FIELD_NUMBER: _builtins.int
+    TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    EXTERNAL_IDS_FIELD_NUMBER: _builtins.int
+    LEDGER_AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    STATEMENT_AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    payment_ref: _builtins.str
+    ledger_amount_minor: _builtins.int
+    statement_amount_minor: _builtins.int
+    kind: Global___StatementLineKind.ValueType
+    @_builtins.property
+    def transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def external_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        payment_ref: _builtins.str = ...,
+        transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        external_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ledger_amount_minor: _builtins.int = ...,
+        statement_amount_minor: _builtins.int = ...,
+        kind: Global___StatementLineKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_ids", b"external_ids", "kind", b"kind", "ledger_amount_minor", b"ledger_amount_minor", "payment_ref", b"payment_ref", "statement_amount_minor", b"statement_amount_minor", "transaction_ids", b"transaction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AmountMismatch: _TypeAlias = AmountMismatch  # noqa: Y015
+
+@_typing.final
+class Reconciliation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    DATE_TOLERANCE_SECONDS_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    MISSING_IN_LEDGER_FIELD_NUMBER: _builtins.int
+    MISSING_IN_STATEMENT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MISMATCHES_FIELD_NUMBER: _builtins.int
+    DUPLICATE_LINES_FIELD_NUMBER: _builtins.int
+    LEDGER_TOTAL_MINOR_FIELD_NUMBER: _builtins.int
+    STATEMENT_TOTAL_MINOR_FIELD_NUMBER: _builtins.int
+    RECONCILED_AT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    SIGNED_OFF_BY_FIELD_NUMBER: _builtins.int
+    SIGNED_OFF_AT_FIELD_NUMBER: _builtins.int
+    SIGN_OFF_NOTE_FIELD_NUMBER: _builtins.int
+    reconciliation_id: _builtins.str
+    program_id: _builtins.str
+    source: _builtins.str
+    date_tolerance_seconds: _builtins.int
+    ledger_total_minor: _builtins.int
+    """control totals: the period's entries (refunds negative)"""
+    statement_total_minor: _builtins.int
+    """the lines (refunds negative)"""
+    position: _builtins.int
+    """the ledger position it was reconciled at: a re-run there is equal"""
+    signed_off_by: _builtins.str
+    sign_off_note: _builtins.str
+    @_builtins.property
+    def period(self) -> Global___Period: ...
+    @_builtins.property
+    def matched(self) -> _containers.RepeatedCompositeFieldContainer[Global___Match]: ...
+    @_builtins.property
+    def missing_in_ledger(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """lines no ledger entry matched"""
+
+    @_builtins.property
+    def missing_in_statement(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerPayment]:
+        """entries no line matched"""
+
+    @_builtins.property
+    def amount_mismatches(self) -> _containers.RepeatedCompositeFieldContainer[Global___AmountMismatch]: ...
+    @_builtins.property
+    def duplicate_lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """a line repeated (same id, ref, amount, date)"""
+
+    @_builtins.property
+    def reconciled_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def signed_off_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reconciliation_id: _builtins.str = ...,
+        program_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        period: Global___Period | None = ...,
+        date_tolerance_seconds: _builtins.int = ...,
+        matched: _abc.Iterable[Global___Match] | None = ...,
+        missing_in_ledger: _abc.Iterable[Global___StatementLine] | None = ...,
+        missing_in_statement: _abc.Iterable[Global___LedgerPayment] | None = ...,
+        amount_mismatches: _abc.Iterable[Global___AmountMismatch] | None = ...,
+        duplicate_lines: _abc.Iterable[Global___StatementLine] | None = ...,
+        ledger_total_minor: _builtins.int = ...,
+        statement_total_minor: _builtins.int = ...,
+        reconciled_at: _timestamp_pb2.Timestamp | None = ...,
+        position: _builtins.int = ...,
+        signed_off_by: _builtins.str = ...,
+        signed_off_at: _timestamp_pb2.Timestamp | None = ...,
+        sign_off_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "reconciled_at", b"reconciled_at", "signed_off_at", b"signed_off_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_mismatches", b"amount_mismatches", "date_tolerance_seconds", b"date_tolerance_seconds", "duplicate_lines", b"duplicate_lines", "ledger_total_minor", b"ledger_total_minor", "matched", b"matched", "missing_in_ledger", b"missing_in_ledger", "missing_in_statement", b"missing_in_statement", "period", b"period", "position", b"position", "program_id", b"program_id", "reconciled_at", b"reconciled_at", "reconciliation_id", b"reconciliation_id", "sign_off_note", b"sign_off_note", "signed_off_at", b"signed_off_at", "signed_off_by", b"signed_off_by", "source", b"source", "statement_total_minor", b"statement_total_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reconciliation: _TypeAlias = Reconciliation  # noqa: Y015
+
+@_typing.final
+class GetReconciliationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
+    reconciliation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        reconciliation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reconciliation_id", b"reconciliation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReconciliationRequest: _TypeAlias = GetReconciliationRequest  # noqa: Y015
+
+@_typing.final
+class SignOffReconciliationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECONCILIATION_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    reconciliation_id: _builtins.str
+    operator_id: _builtins.str
+    note: _builtins.str
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        reconciliation_id: _builtins.str = ...,
+        operator_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "operator_id", b"operator_id", "reconciliation_id", b"reconciliation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignOffReconciliationRequest: _TypeAlias = SignOffReconciliationRequest  # noqa: Y015

@@ -59,6 +59,41 @@ class ReportServiceStub:
                 request_serializer=ledger_dot_v1_dot_report__pb2.GetSettlementRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_report__pb2.GetSettlementResponse.FromString,
                 _registered_method=True)
+        self.GetDeferredRevenue = channel.unary_unary(
+                '/ledger.v1.ReportService/GetDeferredRevenue',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetDeferredRevenueRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetDeferredRevenueResponse.FromString,
+                _registered_method=True)
+        self.GetBreakage = channel.unary_unary(
+                '/ledger.v1.ReportService/GetBreakage',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetBreakageRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetBreakageResponse.FromString,
+                _registered_method=True)
+        self.GetExpiryForecast = channel.unary_unary(
+                '/ledger.v1.ReportService/GetExpiryForecast',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetExpiryForecastRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetExpiryForecastResponse.FromString,
+                _registered_method=True)
+        self.GetPrepaidCustody = channel.unary_unary(
+                '/ledger.v1.ReportService/GetPrepaidCustody',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyResponse.FromString,
+                _registered_method=True)
+        self.ReconcileStatement = channel.unary_unary(
+                '/ledger.v1.ReportService/ReconcileStatement',
+                request_serializer=ledger_dot_v1_dot_report__pb2.ReconcileStatementRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
+                _registered_method=True)
+        self.GetReconciliation = channel.unary_unary(
+                '/ledger.v1.ReportService/GetReconciliation',
+                request_serializer=ledger_dot_v1_dot_report__pb2.GetReconciliationRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
+                _registered_method=True)
+        self.SignOffReconciliation = channel.unary_unary(
+                '/ledger.v1.ReportService/SignOffReconciliation',
+                request_serializer=ledger_dot_v1_dot_report__pb2.SignOffReconciliationRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
+                _registered_method=True)
 
 
 class ReportServiceServicer:
@@ -141,6 +176,113 @@ class ReportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeferredRevenue(self, request, context):
+        """IFRS 15 / ASC 606 deferred revenue for points as of `as_of` (recorded, inclusive;
+        default now), cumulative since the programme began: each earn's purchase is split
+        between the goods and the points by relative stand-alone selling price when it is
+        recorded (a point's = point_value_minor x the expected redemption rate then in force);
+        revenue recognised = allocated x points redeemed / points expected to be redeemed
+        (points issued x the estimate at as_of), at most allocated; liability = allocated -
+        recognised. Exact rational arithmetic, rounded half up to the minor unit once, at the
+        end. A period's revenue is the difference of two reports (docs/accounting.md has the
+        method and IFRS 15 Illustrative Example 52 worked through).
+        Errors:
+        INVALID_ARGUMENT: program_id malformed, as_of out of range, expected_redemption_rate_ppm
+        outside 1..1000000 (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBreakage(self, request, context):
+        """The programme's own redemption history per earn cohort (the month, quarter or year of
+        the earn, in the programme's time zone) with cohort_start in [since, until): what
+        finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
+        rate of an open cohort is worked out).
+        Errors:
+        INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExpiryForecast(self, request, context):
+        """Points that will expire in [since, until) if nobody uses them, per local day of the
+        programme's time zone, programme-wide or for one member, and the members to warn, a
+        page at a time, most points first. Year-end clearing shows as one big bucket.
+        Errors:
+        INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
+        page token (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrepaidCustody(self, request, context):
+        """The prepaid (stored-value) cash balance at the end of each period in (since, until],
+        per store of issue, and the amount to hold in custody at ratio_ppm of it (rounded up):
+        China's single-purpose prepaid card rules ask for a share of the previous quarter's
+        balance; the ratio and the period are the request's, so other rules fit too.
+        Errors:
+        INVALID_ARGUMENT: a malformed field, period unset, ratio_ppm outside 0..1000000, more
+        than 400 periods (BadRequest)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconcileStatement(self, request, context):
+        """Match a processor's or bank's statement against the ledger's paid cash (top-ups, and
+        the cash handed back by cash-outs) of the period, by payment reference, amount and
+        date; every ledger entry and every statement line matches at most once. The run is
+        stored, never changed, and idempotent by request_id.
+        Errors:
+        INVALID_ARGUMENT: a malformed field or line (BadRequest names lines[i].field)
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        ALREADY_EXISTS: request_id reused with a different statement
+        DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReconciliation(self, request, context):
+        """A stored reconciliation, with its sign-off if it has one.
+        Errors:
+        INVALID_ARGUMENT: reconciliation_id malformed (BadRequest)
+        NOT_FOUND RECONCILIATION_NOT_FOUND
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignOffReconciliation(self, request, context):
+        """Record who signed a reconciliation off, and when. One with anything unmatched needs a
+        note. Signed off once: a repeat with the same request_id answers the same; any other
+        is FAILED_PRECONDITION.
+        Errors:
+        INVALID_ARGUMENT: a malformed field (BadRequest)
+        NOT_FOUND RECONCILIATION_NOT_FOUND
+        FAILED_PRECONDITION NOTE_REQUIRED: unmatched lines and no note;
+        ALREADY_SIGNED_OFF: signed off by another request
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +310,41 @@ def add_ReportServiceServicer_to_server(servicer, server):
                     servicer.GetSettlement,
                     request_deserializer=ledger_dot_v1_dot_report__pb2.GetSettlementRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_report__pb2.GetSettlementResponse.SerializeToString,
+            ),
+            'GetDeferredRevenue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeferredRevenue,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetDeferredRevenueRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetDeferredRevenueResponse.SerializeToString,
+            ),
+            'GetBreakage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBreakage,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetBreakageRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetBreakageResponse.SerializeToString,
+            ),
+            'GetExpiryForecast': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExpiryForecast,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetExpiryForecastRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetExpiryForecastResponse.SerializeToString,
+            ),
+            'GetPrepaidCustody': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrepaidCustody,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyResponse.SerializeToString,
+            ),
+            'ReconcileStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileStatement,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.ReconcileStatementRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.Reconciliation.SerializeToString,
+            ),
+            'GetReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReconciliation,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.GetReconciliationRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.Reconciliation.SerializeToString,
+            ),
+            'SignOffReconciliation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignOffReconciliation,
+                    request_deserializer=ledger_dot_v1_dot_report__pb2.SignOffReconciliationRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_report__pb2.Reconciliation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +482,195 @@ class ReportService:
             '/ledger.v1.ReportService/GetSettlement',
             ledger_dot_v1_dot_report__pb2.GetSettlementRequest.SerializeToString,
             ledger_dot_v1_dot_report__pb2.GetSettlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeferredRevenue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetDeferredRevenue',
+            ledger_dot_v1_dot_report__pb2.GetDeferredRevenueRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetDeferredRevenueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBreakage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetBreakage',
+            ledger_dot_v1_dot_report__pb2.GetBreakageRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetBreakageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExpiryForecast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetExpiryForecast',
+            ledger_dot_v1_dot_report__pb2.GetExpiryForecastRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetExpiryForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrepaidCustody(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetPrepaidCustody',
+            ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.GetPrepaidCustodyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/ReconcileStatement',
+            ledger_dot_v1_dot_report__pb2.ReconcileStatementRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/GetReconciliation',
+            ledger_dot_v1_dot_report__pb2.GetReconciliationRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignOffReconciliation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.ReportService/SignOffReconciliation',
+            ledger_dot_v1_dot_report__pb2.SignOffReconciliationRequest.SerializeToString,
+            ledger_dot_v1_dot_report__pb2.Reconciliation.FromString,
             options,
             channel_credentials,
             insecure,

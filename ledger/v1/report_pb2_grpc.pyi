@@ -6,8 +6,9 @@ reports built on it: liabilities, movements, settlement (docs/reports.md). Every
 reads the journal's per-day sums for whole local days and the postings of the part-day at
 a bound only. Periods are (since, until] in recorded time: a posting recorded exactly at
 `since` belongs to the period before, one at `until` to this one; unset since is the
-beginning, unset until is now. The other reports of the contract (deferred revenue,
-breakage, expiry forecast, reconciliation) are still to come.
+beginning, unset until is now. Deferred revenue, breakage and the expiry forecast read
+read models of their own (docs/accounting.md, docs/reports.md); reconciliation matches a
+statement against the ledger's payments and stores the run (docs/reconciliation.md).
 """
 
 from collections import abc as _abc
@@ -95,6 +96,85 @@ class ReportServiceStub:
       DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
       INTERNAL: an unexpected server fault (logged)
     """
+    GetDeferredRevenue: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetDeferredRevenueRequest, _report_pb2.GetDeferredRevenueResponse]
+    """IFRS 15 / ASC 606 deferred revenue for points as of `as_of` (recorded, inclusive;
+    default now), cumulative since the programme began: each earn's purchase is split
+    between the goods and the points by relative stand-alone selling price when it is
+    recorded (a point's = point_value_minor x the expected redemption rate then in force);
+    revenue recognised = allocated x points redeemed / points expected to be redeemed
+    (points issued x the estimate at as_of), at most allocated; liability = allocated -
+    recognised. Exact rational arithmetic, rounded half up to the minor unit once, at the
+    end. A period's revenue is the difference of two reports (docs/accounting.md has the
+    method and IFRS 15 Illustrative Example 52 worked through).
+    Errors:
+      INVALID_ARGUMENT: program_id malformed, as_of out of range, expected_redemption_rate_ppm
+        outside 1..1000000 (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetBreakage: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetBreakageRequest, _report_pb2.GetBreakageResponse]
+    """The programme's own redemption history per earn cohort (the month, quarter or year of
+    the earn, in the programme's time zone) with cohort_start in [since, until): what
+    finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
+    rate of an open cohort is worked out).
+    Errors:
+      INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetExpiryForecast: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetExpiryForecastRequest, _report_pb2.GetExpiryForecastResponse]
+    """Points that will expire in [since, until) if nobody uses them, per local day of the
+    programme's time zone, programme-wide or for one member, and the members to warn, a
+    page at a time, most points first. Year-end clearing shows as one big bucket.
+    Errors:
+      INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
+        page token (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetPrepaidCustody: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetPrepaidCustodyRequest, _report_pb2.GetPrepaidCustodyResponse]
+    """The prepaid (stored-value) cash balance at the end of each period in (since, until],
+    per store of issue, and the amount to hold in custody at ratio_ppm of it (rounded up):
+    China's single-purpose prepaid card rules ask for a share of the previous quarter's
+    balance; the ratio and the period are the request's, so other rules fit too.
+    Errors:
+      INVALID_ARGUMENT: a malformed field, period unset, ratio_ppm outside 0..1000000, more
+        than 400 periods (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    ReconcileStatement: _grpc.UnaryUnaryMultiCallable[_report_pb2.ReconcileStatementRequest, _report_pb2.Reconciliation]
+    """Match a processor's or bank's statement against the ledger's paid cash (top-ups, and
+    the cash handed back by cash-outs) of the period, by payment reference, amount and
+    date; every ledger entry and every statement line matches at most once. The run is
+    stored, never changed, and idempotent by request_id.
+    Errors:
+      INVALID_ARGUMENT: a malformed field or line (BadRequest names lines[i].field)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      ALREADY_EXISTS: request_id reused with a different statement
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetReconciliation: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetReconciliationRequest, _report_pb2.Reconciliation]
+    """A stored reconciliation, with its sign-off if it has one.
+    Errors:
+      INVALID_ARGUMENT: reconciliation_id malformed (BadRequest)
+      NOT_FOUND RECONCILIATION_NOT_FOUND
+    """
+    SignOffReconciliation: _grpc.UnaryUnaryMultiCallable[_report_pb2.SignOffReconciliationRequest, _report_pb2.Reconciliation]
+    """Record who signed a reconciliation off, and when. One with anything unmatched needs a
+    note. Signed off once: a repeat with the same request_id answers the same; any other
+    is FAILED_PRECONDITION.
+    Errors:
+      INVALID_ARGUMENT: a malformed field (BadRequest)
+      NOT_FOUND RECONCILIATION_NOT_FOUND
+      FAILED_PRECONDITION NOTE_REQUIRED: unmatched lines and no note;
+        ALREADY_SIGNED_OFF: signed off by another request
+    """
 
 @_typing.type_check_only
 class ReportServiceAsyncStub(ReportServiceStub):
@@ -155,6 +235,85 @@ class ReportServiceAsyncStub(ReportServiceStub):
       NOT_FOUND PROGRAM_NOT_FOUND: no such program
       DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
       INTERNAL: an unexpected server fault (logged)
+    """
+    GetDeferredRevenue: _aio.UnaryUnaryMultiCallable[_report_pb2.GetDeferredRevenueRequest, _report_pb2.GetDeferredRevenueResponse]  # type: ignore[assignment]
+    """IFRS 15 / ASC 606 deferred revenue for points as of `as_of` (recorded, inclusive;
+    default now), cumulative since the programme began: each earn's purchase is split
+    between the goods and the points by relative stand-alone selling price when it is
+    recorded (a point's = point_value_minor x the expected redemption rate then in force);
+    revenue recognised = allocated x points redeemed / points expected to be redeemed
+    (points issued x the estimate at as_of), at most allocated; liability = allocated -
+    recognised. Exact rational arithmetic, rounded half up to the minor unit once, at the
+    end. A period's revenue is the difference of two reports (docs/accounting.md has the
+    method and IFRS 15 Illustrative Example 52 worked through).
+    Errors:
+      INVALID_ARGUMENT: program_id malformed, as_of out of range, expected_redemption_rate_ppm
+        outside 1..1000000 (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetBreakage: _aio.UnaryUnaryMultiCallable[_report_pb2.GetBreakageRequest, _report_pb2.GetBreakageResponse]  # type: ignore[assignment]
+    """The programme's own redemption history per earn cohort (the month, quarter or year of
+    the earn, in the programme's time zone) with cohort_start in [since, until): what
+    finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
+    rate of an open cohort is worked out).
+    Errors:
+      INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetExpiryForecast: _aio.UnaryUnaryMultiCallable[_report_pb2.GetExpiryForecastRequest, _report_pb2.GetExpiryForecastResponse]  # type: ignore[assignment]
+    """Points that will expire in [since, until) if nobody uses them, per local day of the
+    programme's time zone, programme-wide or for one member, and the members to warn, a
+    page at a time, most points first. Year-end clearing shows as one big bucket.
+    Errors:
+      INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
+        page token (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetPrepaidCustody: _aio.UnaryUnaryMultiCallable[_report_pb2.GetPrepaidCustodyRequest, _report_pb2.GetPrepaidCustodyResponse]  # type: ignore[assignment]
+    """The prepaid (stored-value) cash balance at the end of each period in (since, until],
+    per store of issue, and the amount to hold in custody at ratio_ppm of it (rounded up):
+    China's single-purpose prepaid card rules ask for a share of the previous quarter's
+    balance; the ratio and the period are the request's, so other rules fit too.
+    Errors:
+      INVALID_ARGUMENT: a malformed field, period unset, ratio_ppm outside 0..1000000, more
+        than 400 periods (BadRequest)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    ReconcileStatement: _aio.UnaryUnaryMultiCallable[_report_pb2.ReconcileStatementRequest, _report_pb2.Reconciliation]  # type: ignore[assignment]
+    """Match a processor's or bank's statement against the ledger's paid cash (top-ups, and
+    the cash handed back by cash-outs) of the period, by payment reference, amount and
+    date; every ledger entry and every statement line matches at most once. The run is
+    stored, never changed, and idempotent by request_id.
+    Errors:
+      INVALID_ARGUMENT: a malformed field or line (BadRequest names lines[i].field)
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      ALREADY_EXISTS: request_id reused with a different statement
+      DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+      INTERNAL: an unexpected server fault (logged)
+    """
+    GetReconciliation: _aio.UnaryUnaryMultiCallable[_report_pb2.GetReconciliationRequest, _report_pb2.Reconciliation]  # type: ignore[assignment]
+    """A stored reconciliation, with its sign-off if it has one.
+    Errors:
+      INVALID_ARGUMENT: reconciliation_id malformed (BadRequest)
+      NOT_FOUND RECONCILIATION_NOT_FOUND
+    """
+    SignOffReconciliation: _aio.UnaryUnaryMultiCallable[_report_pb2.SignOffReconciliationRequest, _report_pb2.Reconciliation]  # type: ignore[assignment]
+    """Record who signed a reconciliation off, and when. One with anything unmatched needs a
+    note. Signed off once: a repeat with the same request_id answers the same; any other
+    is FAILED_PRECONDITION.
+    Errors:
+      INVALID_ARGUMENT: a malformed field (BadRequest)
+      NOT_FOUND RECONCILIATION_NOT_FOUND
+      FAILED_PRECONDITION NOTE_REQUIRED: unmatched lines and no note;
+        ALREADY_SIGNED_OFF: signed off by another request
     """
 
 class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -243,6 +402,127 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
           NOT_FOUND PROGRAM_NOT_FOUND: no such program
           DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
           INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeferredRevenue(
+        self,
+        request: _report_pb2.GetDeferredRevenueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.GetDeferredRevenueResponse, _abc.Awaitable[_report_pb2.GetDeferredRevenueResponse]]:
+        """IFRS 15 / ASC 606 deferred revenue for points as of `as_of` (recorded, inclusive;
+        default now), cumulative since the programme began: each earn's purchase is split
+        between the goods and the points by relative stand-alone selling price when it is
+        recorded (a point's = point_value_minor x the expected redemption rate then in force);
+        revenue recognised = allocated x points redeemed / points expected to be redeemed
+        (points issued x the estimate at as_of), at most allocated; liability = allocated -
+        recognised. Exact rational arithmetic, rounded half up to the minor unit once, at the
+        end. A period's revenue is the difference of two reports (docs/accounting.md has the
+        method and IFRS 15 Illustrative Example 52 worked through).
+        Errors:
+          INVALID_ARGUMENT: program_id malformed, as_of out of range, expected_redemption_rate_ppm
+            outside 1..1000000 (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def GetBreakage(
+        self,
+        request: _report_pb2.GetBreakageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.GetBreakageResponse, _abc.Awaitable[_report_pb2.GetBreakageResponse]]:
+        """The programme's own redemption history per earn cohort (the month, quarter or year of
+        the earn, in the programme's time zone) with cohort_start in [since, until): what
+        finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
+        rate of an open cohort is worked out).
+        Errors:
+          INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def GetExpiryForecast(
+        self,
+        request: _report_pb2.GetExpiryForecastRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.GetExpiryForecastResponse, _abc.Awaitable[_report_pb2.GetExpiryForecastResponse]]:
+        """Points that will expire in [since, until) if nobody uses them, per local day of the
+        programme's time zone, programme-wide or for one member, and the members to warn, a
+        page at a time, most points first. Year-end clearing shows as one big bucket.
+        Errors:
+          INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
+            page token (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def GetPrepaidCustody(
+        self,
+        request: _report_pb2.GetPrepaidCustodyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.GetPrepaidCustodyResponse, _abc.Awaitable[_report_pb2.GetPrepaidCustodyResponse]]:
+        """The prepaid (stored-value) cash balance at the end of each period in (since, until],
+        per store of issue, and the amount to hold in custody at ratio_ppm of it (rounded up):
+        China's single-purpose prepaid card rules ask for a share of the previous quarter's
+        balance; the ratio and the period are the request's, so other rules fit too.
+        Errors:
+          INVALID_ARGUMENT: a malformed field, period unset, ratio_ppm outside 0..1000000, more
+            than 400 periods (BadRequest)
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          DEADLINE_EXCEEDED / UNAVAILABLE: the journal did not reach min_position in time
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def ReconcileStatement(
+        self,
+        request: _report_pb2.ReconcileStatementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.Reconciliation, _abc.Awaitable[_report_pb2.Reconciliation]]:
+        """Match a processor's or bank's statement against the ledger's paid cash (top-ups, and
+        the cash handed back by cash-outs) of the period, by payment reference, amount and
+        date; every ledger entry and every statement line matches at most once. The run is
+        stored, never changed, and idempotent by request_id.
+        Errors:
+          INVALID_ARGUMENT: a malformed field or line (BadRequest names lines[i].field)
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          ALREADY_EXISTS: request_id reused with a different statement
+          DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def GetReconciliation(
+        self,
+        request: _report_pb2.GetReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.Reconciliation, _abc.Awaitable[_report_pb2.Reconciliation]]:
+        """A stored reconciliation, with its sign-off if it has one.
+        Errors:
+          INVALID_ARGUMENT: reconciliation_id malformed (BadRequest)
+          NOT_FOUND RECONCILIATION_NOT_FOUND
+        """
+
+    @_abc_1.abstractmethod
+    def SignOffReconciliation(
+        self,
+        request: _report_pb2.SignOffReconciliationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_report_pb2.Reconciliation, _abc.Awaitable[_report_pb2.Reconciliation]]:
+        """Record who signed a reconciliation off, and when. One with anything unmatched needs a
+        note. Signed off once: a repeat with the same request_id answers the same; any other
+        is FAILED_PRECONDITION.
+        Errors:
+          INVALID_ARGUMENT: a malformed field (BadRequest)
+          NOT_FOUND RECONCILIATION_NOT_FOUND
+          FAILED_PRECONDITION NOTE_REQUIRED: unmatched lines and no note;
+            ALREADY_SIGNED_OFF: signed off by another request
         """
 
 def add_ReportServiceServicer_to_server(servicer: ReportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
