@@ -1436,6 +1436,7 @@ class Reconciliation(_message.Message):
     SIGNED_OFF_BY_FIELD_NUMBER: _builtins.int
     SIGNED_OFF_AT_FIELD_NUMBER: _builtins.int
     SIGN_OFF_NOTE_FIELD_NUMBER: _builtins.int
+    OUTSIDE_PERIOD_FIELD_NUMBER: _builtins.int
     reconciliation_id: _builtins.str
     program_id: _builtins.str
     source: _builtins.str
@@ -1470,6 +1471,12 @@ class Reconciliation(_message.Message):
     def reconciled_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def signed_off_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def outside_period(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """Lines dated outside the period: never matched (they belong to another period's run),
+        reported so that none is dropped silently.
+        """
+
     def __init__(
         self,
         *,
@@ -1490,10 +1497,11 @@ class Reconciliation(_message.Message):
         signed_off_by: _builtins.str = ...,
         signed_off_at: _timestamp_pb2.Timestamp | None = ...,
         sign_off_note: _builtins.str = ...,
+        outside_period: _abc.Iterable[Global___StatementLine] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period", "reconciled_at", b"reconciled_at", "signed_off_at", b"signed_off_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_mismatches", b"amount_mismatches", "date_tolerance_seconds", b"date_tolerance_seconds", "duplicate_lines", b"duplicate_lines", "ledger_total_minor", b"ledger_total_minor", "matched", b"matched", "missing_in_ledger", b"missing_in_ledger", "missing_in_statement", b"missing_in_statement", "period", b"period", "position", b"position", "program_id", b"program_id", "reconciled_at", b"reconciled_at", "reconciliation_id", b"reconciliation_id", "sign_off_note", b"sign_off_note", "signed_off_at", b"signed_off_at", "signed_off_by", b"signed_off_by", "source", b"source", "statement_total_minor", b"statement_total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_mismatches", b"amount_mismatches", "date_tolerance_seconds", b"date_tolerance_seconds", "duplicate_lines", b"duplicate_lines", "ledger_total_minor", b"ledger_total_minor", "matched", b"matched", "missing_in_ledger", b"missing_in_ledger", "missing_in_statement", b"missing_in_statement", "outside_period", b"outside_period", "period", b"period", "position", b"position", "program_id", b"program_id", "reconciled_at", b"reconciled_at", "reconciliation_id", b"reconciliation_id", "sign_off_note", b"sign_off_note", "signed_off_at", b"signed_off_at", "signed_off_by", b"signed_off_by", "source", b"source", "statement_total_minor", b"statement_total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
