@@ -8,7 +8,14 @@ waits for the ones it reads. A new read model is one projection class added here
 from __future__ import annotations
 
 from projections.journal import JournalProjection
+from projections.payments import PaymentsProjection
 from projections.points import PointsProjection
+from projections.revenue import RevenueProjection
 from projections.runner import Projection
 
-REGISTERED: tuple[type[Projection], ...] = (PointsProjection, JournalProjection)
+REGISTERED: tuple[type[Projection], ...] = (
+    PointsProjection,
+    JournalProjection,
+    RevenueProjection,
+    PaymentsProjection,
+)
