@@ -131,3 +131,19 @@ class InternalFault(DomainError):
     written (maps to INTERNAL)."""
 
     reason = "INTERNAL"
+
+
+class ReconciliationNotFound(NotFound):
+    reason = "RECONCILIATION_NOT_FOUND"
+
+
+class NoteRequired(RuleViolation):
+    """A reconciliation with anything unmatched is signed off only with a note saying why."""
+
+    reason = "NOTE_REQUIRED"
+
+
+class AlreadySignedOff(RuleViolation):
+    """A reconciliation is signed off once; this one was, by another request."""
+
+    reason = "ALREADY_SIGNED_OFF"
