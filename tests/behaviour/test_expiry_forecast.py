@@ -12,6 +12,7 @@ not take them), a partly redeemed lot, a reversed earn; pages with ties; every b
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -257,20 +258,17 @@ def test_members_are_paged_most_points_first_ties_by_member_id(client: Client) -
     first = forecast(client, program, page_size=2)
     # The token carries the window the first page resolved (since unset: its now): a
     # token is refused with other filters, a member, or another time range.
-    for changed in (
+    stub = report_pb2_grpc.ReportServiceStub(client.channel)
+    changes: list[dict[str, Any]] = [
         {"member_id": ids["a"]},
         {"until": ts(datetime.now(UTC) + timedelta(days=30))},
         {"since": ts(datetime.now(UTC))},
-    ):
-        problem = refused(
-            lambda changed=changed: report_pb2_grpc.ReportServiceStub(
-                client.channel
-            ).GetExpiryForecast(
-                rpb.GetExpiryForecastRequest(
-                    program_id=program, page_size=2, page_token=first.next_page_token, **changed
-                )
-            )
+    ]
+    for changed in changes:
+        request = rpb.GetExpiryForecastRequest(
+            program_id=program, page_size=2, page_token=first.next_page_token, **changed
         )
+        problem = refused(functools.partial(stub.GetExpiryForecast, request))
         assert problem.code == grpc.StatusCode.INVALID_ARGUMENT
         assert set(problem.fields) == {"page_token"}, changed
 
