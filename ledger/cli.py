@@ -1,4 +1,5 @@
-"""The `ledger` command: serve, migrate, program, report, import, audit, export, demo."""
+"""The `ledger` command: serve, migrate, program, report, reconcile, import, audit, export,
+demo."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{serve,migrate,program,report,import,audit,export,demo}",
+        metavar="{serve,migrate,program,report,reconcile,import,audit,export,demo}",
     )
 
     serve = sub.add_parser(
@@ -119,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     from ledger.report_commands import add_parsers as add_report_parsers
 
     add_report_parsers(sub, _database_arg)
+
+    from ledger.reconcile_command import add_parsers as add_reconcile_parsers
+
+    add_reconcile_parsers(sub, _database_arg)
 
     load = sub.add_parser(
         "import",
@@ -281,6 +286,10 @@ def _run(args: argparse.Namespace) -> int:
         from ledger.report_commands import run as run_report
 
         return run_report(args)
+    if args.command == "reconcile":
+        from ledger.reconcile_command import run as run_reconcile
+
+        return run_reconcile(args)
     if args.command == "import":
         return _import(args)
     if args.command == "audit":
