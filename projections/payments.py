@@ -70,9 +70,9 @@ class PaymentsProjection:
                 ref, kind, amount = event.payment_ref, TOP_UP, event.cash  # type: ignore[attr-defined]
                 refs[(program_id, p.transaction_id)] = ref
             else:
-                ref = refs.get((program_id, p.reverses_transaction_id)) or self._ref_of(
-                    cur, program_id, p.reverses_transaction_id
-                )
+                key = (program_id, p.reverses_transaction_id)
+                # A payment_ref may be empty: look in this batch by key, not by truth.
+                ref = refs[key] if key in refs else self._ref_of(cur, *key)
                 kind, amount = REFUND, event.refunded_cash  # type: ignore[attr-defined]
             rows.append(
                 (
