@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from ledger.application.validation import MAX_TIME, Violations
 from ledger.infrastructure.database import Database
 from ledger.journal_queries import COLLAPSED, Sums, _liabilities
 from projections.journal import NAME as JOURNAL
@@ -68,6 +69,23 @@ class ExpiryForecast:
     total_points: int  # the whole window's
     total_members: int
     position: int  # the points read model's
+
+
+def expiry_window(
+    v: Violations, since: datetime, until: datetime | None, field: str = "until"
+) -> tuple[datetime, datetime] | None:
+    """The forecast's window [since, until), checked (None, with a violation on `field`):
+    until after since and at most 366 days later; unset, since + 366 days (at most the
+    API's last instant)."""
+    if until is None:
+        return since, min(since + MAX_WINDOW, MAX_TIME)
+    if since >= until:
+        v.add(field, "must be after since (unset: now)")
+        return None
+    if until - since > MAX_WINDOW:
+        v.add(field, f"at most {MAX_WINDOW.days} days after since")
+        return None
+    return since, until
 
 
 def bucket_date(expires_at: datetime, zone: ZoneInfo) -> date:

@@ -1,12 +1,14 @@
-"""`ledger report trial-balance|journal|liabilities|movements|settlement`: finance's reports
-from the command line (docs/reports.md), read by the same functions as ReportService
-(ledger/journal_queries.py), so both give the same figures.
+"""`ledger report trial-balance|journal|liabilities|movements|settlement|expiry-forecast|
+custody`: finance's reports from the command line (docs/reports.md), read by the same
+functions as ReportService (ledger/journal_queries.py, ledger/forecast_queries.py), so both
+give the same figures.
 
-The database must exist and hold a ledger (nothing is created, no migration applied). The
-journal is a lazy read model: before reading, the command brings it up to the log's last
-event, processing what is left itself, or, on PostgreSQL while a server writes the journal,
-waiting for that server's journal to get there. On SQLite the file serves one process at a
-time, so a running server makes this command refuse, as it does `ledger program`.
+The database must exist and hold a ledger (nothing is created, no migration applied). Each
+report reads one read model (READS: the journal, or the points read model's lots for the
+expiry forecast); before reading, the command brings that read model up to the log's last
+event, processing what is left itself, or, on PostgreSQL while a server writes it, waiting
+for that server's to get there. On SQLite the file serves one process at a time, so a
+running server makes this command refuse, as it does `ledger program`.
 
 Times: an ISO 8601 instant with its UTC offset (2024-05-01T00:00:00+02:00, ...Z), or a date
 (2024-05-01), which is the first instant of that day in the programme's time zone. Periods
@@ -23,31 +25,49 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger.api.validation import Violations
+from ledger.forecast_queries import ForecastQueries, Period, expiry_window, period_ends
 from ledger.journal_queries import LINES, JournalQueries, PostingsFilter
 from ledger.queries import from_micros
+from projections.journal import NAME as JOURNAL
+from projections.points import NAME as POINTS
 
-REPORTS = ("trial-balance", "journal", "liabilities", "movements", "settlement")
+# Each report, and the read model it reads (what the command catches up first).
+READS = {
+    "trial-balance": JOURNAL,
+    "journal": JOURNAL,
+    "liabilities": JOURNAL,
+    "movements": JOURNAL,
+    "settlement": JOURNAL,
+    "expiry-forecast": POINTS,
+    "custody": JOURNAL,
+}
+REPORTS = tuple(READS)
 ALIASES = {"postings": "journal"}
-# Catching up: refused when the journal has not moved for this long.
+READ_MODEL_NAMES = {JOURNAL: "journal", POINTS: "points read model"}
+# Catching up: refused when the read model has not moved for this long.
 STALL_SECONDS = 60.0
 MICROSECOND = timedelta(microseconds=1)
 
 
-class JournalBehind(Exception):
-    """The journal could not be brought up to the log; the message says where it is."""
+class ReadModelBehind(Exception):
+    """A read model could not be brought up to the log; the message says where it is."""
+
+
+JournalBehind = ReadModelBehind  # its name before other read models were caught up
 
 
 def add_parsers(sub: Any, database_arg: Any) -> None:
     report = sub.add_parser(
         "report",
-        help="finance's reports: trial balance, journal, liabilities, movements, settlement",
-        description="Finance's reports from the journal (docs/reports.md), as ReportService "
-        "gives them. Reads the database; brings the journal up to the log first.",
+        help="finance's reports: trial balance, journal, liabilities, movements, settlement, "
+        "expiry forecast, prepaid custody",
+        description="Finance's reports (docs/reports.md), as ReportService gives them. Reads "
+        "the database; brings the read model a report reads up to the log first.",
     )
     report_sub = report.add_subparsers(
         dest="report_command", required=True, metavar="{" + ",".join(REPORTS) + "}"
@@ -84,6 +104,20 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             description="What each store of issue owes each store where its stored value was "
             "spent in (--since, --until], net of refunds there, and netted per pair.",
         ),
+        "expiry-forecast": report_sub.add_parser(
+            "expiry-forecast",
+            help="points that will expire per local day, and the members to warn",
+            description="Points of lots expiring in [--since, --until) (default: now, and 366 "
+            "days later) if nobody uses them, per local day (the last day they can be used), "
+            "and the members they belong to, most points first.",
+        ),
+        "custody": report_sub.add_parser(
+            "custody",
+            help="stored-value cash per store at each period end, and the custody share",
+            description="The stored-value cash each store of issue owes at the end of each "
+            "month, quarter or year ending in (--since, --until], and --ratio-ppm of it "
+            "rounded up: the amount to hold in custody (单用途商业预付卡).",
+        ),
     }
     for p in parsers.values():
         database_arg(p)
@@ -99,6 +133,22 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
         parsers[name].add_argument(
             "--until", help=f"recorded at or before (default: now); {time_help}"
         )
+    forecast = parsers["expiry-forecast"]
+    forecast.add_argument("--since", help=f"expiring at or after (default: now); {time_help}")
+    forecast.add_argument(
+        "--until", help=f"expiring before (default: since + 366 days, the most); {time_help}"
+    )
+    forecast.add_argument("--member", default="", help="only this member")
+    forecast.add_argument("--limit", help="list at most this many members (default: all)")
+    custody = parsers["custody"]
+    custody.add_argument("--period", help="month, quarter or year (required)")
+    custody.add_argument(
+        "--ratio-ppm", help="the share to hold in custody, parts per million, 0..1000000 (required)"
+    )
+    custody.add_argument(
+        "--since", help=f"periods ending after (default: the programme's start); {time_help}"
+    )
+    custody.add_argument("--until", help=f"periods ending at or before (default: now); {time_help}")
     parsers["liabilities"].add_argument(
         "--by-store", action="store_true", help="stored value per store of issue"
     )
@@ -109,16 +159,38 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
 # ---------------------------------------------------------------------- running
 
 
+PERIOD_WORDS = {"month": Period.MONTH, "quarter": Period.QUARTER, "year": Period.YEAR}
+
+
+def _whole(v: Violations, flag: str, text: str | None, high: int, required: bool) -> int:
+    """A whole number 0..high given as text (here, not by argparse: one line, not its usage)."""
+    if text is None:
+        if required:
+            v.add(flag, f"required: a whole number 0..{high}")
+        return 0
+    if not text.isdigit() or int(text) > high:
+        v.add(flag, f"must be between 0 and {high}, not {text!r}")
+        return 0
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
     from ledger.audit.commands import Refused, existing_database
     from ledger.runtime import Tally
-    from projections.journal import NAME as JOURNAL
 
     kind = ALIASES.get(args.report_command, args.report_command)
     command = f"ledger report {kind}"
     # Checked before the database is opened.
     v = Violations()
     v.identifier("--program", args.program)
+    if kind == "expiry-forecast":
+        v.identifier("--member", args.member, required=False)
+        args.limit = _whole(v, "--limit", args.limit, 2**62, required=False)
+    if kind == "custody":
+        args.ratio_ppm = _whole(v, "--ratio-ppm", args.ratio_ppm, 1_000_000, required=True)
+        args.period = PERIOD_WORDS.get(args.period or "")
+        if args.period is None:
+            v.add("--period", "required: month, quarter or year")
     texts = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in _TIME_FLAGS}
     parsed = {flag: _parse_time(v, flag, text) for flag, text in texts.items() if text}
     v.raise_if_any()
@@ -133,17 +205,32 @@ def run(args: argparse.Namespace) -> int:
         zone = ZoneInfo(program.settings.time_zone)
         moments = {flag: _moment(v, flag, value, zone) for flag, value in parsed.items()}
         since, until = moments.get("--since"), moments.get("--until")
-        if since and until and since >= until:
+        if kind == "expiry-forecast":
+            since = moments["--since"] = since or tally.app.clock()
+            moments["--until"] = _window(v, since, until)
+        elif kind == "custody":
+            ends = _custody_periods(v, args, program, zone, since, until, tally.app.clock())
+        elif since and until and since >= until:
             v.add("--until", "must be after --since")
         v.raise_if_any()
+        read_model = READS[kind]
         try:
-            _catch_up(tally, tally.projections[JOURNAL])
-        except JournalBehind as e:
+            _catch_up(tally, tally.projections[read_model], READ_MODEL_NAMES[read_model])
+        except ReadModelBehind as e:
             print(f"{command}: {e}", file=sys.stderr)
             return 1
-        queries = JournalQueries(tally.database)
         settings = program.settings
-        report = _report(kind, queries, args, settings, moments)
+        if kind == "expiry-forecast":
+            report = _expiry_forecast(ForecastQueries(tally.database), args, zone, moments)
+        elif kind == "custody":
+            found = ForecastQueries(tally.database).prepaid_custody(
+                args.program, settings.currency, zone, ends, args.ratio_ppm
+            )
+            report = asdict(found)
+            for period in report["periods"]:
+                period["period_end"] = _time_of(period["period_end"])
+        else:
+            report = _report(kind, JournalQueries(tally.database), args, settings, moments)
     finally:
         tally.close()
     try:
@@ -177,23 +264,51 @@ def _moment(v: Violations, flag: str, value: datetime | date | None, zone: ZoneI
     return v.moment(flag, datetime(value.year, value.month, value.day, tzinfo=zone))
 
 
-def _catch_up(tally: Any, runner: Any) -> None:
-    """Bring the journal to the log's last event (this process writes it, or follows the
-    process that does); JournalBehind if it stops moving or fails."""
+def _window(v: Violations, since: datetime, until: datetime | None) -> datetime | None:
+    window = expiry_window(v, since, until, field="--until")
+    return window[1] if window else None
+
+
+def _custody_periods(
+    v: Violations,
+    args: argparse.Namespace,
+    program: Any,
+    zone: ZoneInfo,
+    since: datetime | None,
+    until: datetime | None,
+    now: datetime,
+) -> list[tuple[str, datetime]]:
+    if v.items:  # a time that did not parse: nothing to say about the periods
+        return []
+    since, until = since or program.created_on, until or now
+    if since >= until:
+        if args.since and args.until:
+            v.add("--until", "must be after --since")
+        return []
+    ends = period_ends(args.period, zone, since, until)
+    if ends is None:
+        v.add("--until", "at most 400 periods in (--since, --until]")
+        return []
+    return ends
+
+
+def _catch_up(tally: Any, runner: Any, name: str = "journal") -> None:
+    """Bring a read model (`name` in messages) to the log's last event (this process writes
+    it, or follows the process that does); ReadModelBehind if it stops moving or fails."""
     head = int(tally.app.recorder.max_notification_id() or 0)
     runner.start()
     last_move, seen = time.monotonic(), runner.position
     while not runner.wait_for(head, timeout=0.5):
         if runner.errors:
-            raise JournalBehind(
-                f"the journal failed at position {runner.position} of {head} (logged above); "
+            raise ReadModelBehind(
+                f"the {name} failed at position {runner.position} of {head} (logged above); "
                 "no report"
             )
         if runner.position != seen:
             last_move, seen = time.monotonic(), runner.position
         elif time.monotonic() - last_move > STALL_SECONDS:
-            raise JournalBehind(
-                f"the journal is at position {runner.position}, the log at {head}, and it has "
+            raise ReadModelBehind(
+                f"the {name} is at position {runner.position}, the log at {head}, and it has "
                 f"not moved for {STALL_SECONDS:.0f} s (is the server that writes it stuck?); "
                 "no report"
             )
@@ -250,8 +365,47 @@ def _journal(
     return {"postings": rows, "total_count": total_count, "total_amount": total_amount}
 
 
+def _expiry_forecast(
+    queries: ForecastQueries, args: argparse.Namespace, zone: ZoneInfo, at: dict[str, Any]
+) -> dict[str, Any]:
+    """The whole window's buckets and its members (all of them, or the first --limit)."""
+    found = queries.expiry_forecast(
+        args.program,
+        zone,
+        at["--since"],
+        at["--until"],
+        args.member,
+        None,
+        args.limit or 2**62,
+    )
+    return {
+        "since": _time_of(at["--since"]),
+        "until": _time_of(at["--until"]),
+        "buckets": [
+            {
+                "date": b.date.isoformat(),
+                "expires_at": _time(b.expires_at),
+                "points": b.points,
+                "members": b.members,
+            }
+            for b in found.buckets
+        ],
+        "members": [
+            {"member_id": m.member_id, "points": m.points, "expires_at": _time(m.expires_at)}
+            for m in found.members
+        ],
+        "total_points": found.total_points,
+        "total_members": found.total_members,
+        "position": found.position,
+    }
+
+
 def _time(value: int) -> str:
     return from_micros(value).isoformat().replace("+00:00", "Z")
+
+
+def _time_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------- printing
@@ -311,6 +465,58 @@ def _tabulated(kind: str, r: dict[str, Any]) -> tuple[list[str], list[list[Any]]
         headers = ["line", "points", f"cash_{r['currency']}", f"bonus_{r['currency']}"]
         rows = [[line, r["points"][line], r["cash"][line], r["bonus"][line]] for line in LINES]
         return headers, rows, [position]
+    if kind == "expiry-forecast":
+        headers = ["kind", "date", "member_id", "expires_at", "points", "members"]
+        rows = [
+            ["day", b["date"], "", b["expires_at"], b["points"], b["members"]] for b in r["buckets"]
+        ]
+        rows += [
+            ["member", "", m["member_id"], m["expires_at"], m["points"], ""] for m in r["members"]
+        ]
+        notes = [
+            "day: points expiring per local day (the last day they can be used); member: "
+            "each member's points expiring in the window and the first expiry",
+            f"[{r['since']}, {r['until']}): {r['total_points']} points of "
+            f"{r['total_members']} members; points read model position {r['position']}",
+        ]
+        return headers, rows, notes
+    if kind == "custody":
+        headers = [
+            "period",
+            "period_end",
+            "store_id",
+            "cash_balance_minor",
+            "custody_minor",
+            "currency",
+        ]
+        rows = []
+        for p in r["periods"]:
+            rows.append(
+                [
+                    p["period_label"],
+                    p["period_end"],
+                    "*",
+                    p["cash_balance_minor"],
+                    p["custody_minor"],
+                    r["currency"],
+                ]
+            )
+            rows += [
+                [
+                    p["period_label"],
+                    p["period_end"],
+                    s["store_id"],
+                    s["cash_balance_minor"],
+                    s["custody_minor"],
+                    r["currency"],
+                ]
+                for s in p["stores"]
+            ]
+        notes = [
+            f"store_id *: the programme; other rows: per store of issue; custody "
+            f"{r['ratio_ppm']} ppm of the cash, rounded up per store; {position}"
+        ]
+        return headers, rows, notes
     headers = ["kind", "from_store_id", "to_store_id", "cash_minor", "bonus_minor"]
     rows = [
         ["owed", s["issuing_store_id"], s["redeeming_store_id"], s["cash_minor"], s["bonus_minor"]]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,14 +15,13 @@ from ledger.api.ledger_service import rpc
 from ledger.api.report_base import ReportBase, checked
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
-from ledger.application.validation import MAX_TIME
 from ledger.domain import errors
 from ledger.forecast_queries import (
     MAX_PERIODS,
-    MAX_WINDOW,
     PPM,
     ForecastQueries,
     Period,
+    expiry_window,
     period_ends,
 )
 from ledger.queries import from_micros
@@ -68,7 +66,7 @@ class ForecastRpcs(ReportBase):
                 since, after = from_micros(decoded[0]), (decoded[1], decoded[2])
         v.raise_if_any()
         since = since or self.tally.app.clock()
-        window = _window(v, since, until)
+        window = expiry_window(v, since, until)
         v.raise_if_any()
         assert window is not None
         program = await self._program(request, context, reads=(POINTS,))
@@ -167,21 +165,6 @@ class ForecastRpcs(ReportBase):
             currency=found.currency,
             position=found.position,
         )
-
-
-def _window(
-    v: Violations, since: datetime, until: datetime | None
-) -> tuple[datetime, datetime] | None:
-    """[since, until): until unset is since + 366 days (at most the API's last instant)."""
-    if until is None:
-        return since, min(since + MAX_WINDOW, MAX_TIME)
-    if since >= until:
-        v.add("until", "must be after since (unset: now)")
-        return None
-    if until - since > MAX_WINDOW:
-        v.add("until", f"at most {MAX_WINDOW.days} days after since")
-        return None
-    return since, until
 
 
 # A forecast's page token: where the last page ended, (points, member_id), and the window's
