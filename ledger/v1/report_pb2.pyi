@@ -973,7 +973,10 @@ class ExpiryBucket(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     date: _builtins.str
-    """the local date (YYYY-MM-DD) of the day the points expire in"""
+    """The programme's local date (YYYY-MM-DD) of the last microsecond the points can be
+    used (expires_at - 1 us): points expiring at exactly local midnight belong to the day
+    that ends then, so a year-end clearing (1 January 00:00) is one bucket on 31 December.
+    """
     points: _builtins.int
     members: _builtins.int
     @_builtins.property
