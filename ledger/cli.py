@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{serve,migrate,program,report,reconcile,import,audit,export,demo}",
+        metavar="{serve,migrate,program,report,import,audit,export,demo}",
     )
 
     serve = sub.add_parser(
