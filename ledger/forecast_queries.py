@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from ledger.application.validation import MAX_TIME, Violations
 from ledger.infrastructure.database import Database
-from ledger.journal_queries import COLLAPSED, Sums, _liabilities
+from ledger.journal_queries import COLLAPSED, Sums, liabilities_from_sums
 from projections.journal import NAME as JOURNAL
 from projections.journal import control_account
 from projections.points import NAME as POINTS
@@ -278,7 +278,7 @@ class ForecastQueries:
             for key, (debit, credit) in exact[k].items():
                 d, c = as_of.get(key, (0, 0))
                 as_of[key] = (d + debit, c + credit)
-            found = _liabilities(Sums(as_of), currency, 0, position)
+            found = liabilities_from_sums(Sums(as_of), currency, 0, position)
             stores = [
                 CustodyStore(
                     s.store_id,

@@ -403,7 +403,7 @@ class JournalQueries:
         self, program_id: str, currency: str, point_value_minor: int, as_of: datetime | None
     ) -> Liabilities:
         position, (sums,) = self.sums(program_id, as_of)
-        return _liabilities(sums, currency, point_value_minor, position)
+        return liabilities_from_sums(sums, currency, point_value_minor, position)
 
     def movements(
         self, program_id: str, currency: str, since: datetime | None, until: datetime | None
@@ -456,7 +456,9 @@ class JournalQueries:
 # ---------------------------------------------------------------------- the reports' rules
 
 
-def _liabilities(sums: Sums, currency: str, point_value_minor: int, position: int) -> Liabilities:
+def liabilities_from_sums(
+    sums: Sums, currency: str, point_value_minor: int, position: int
+) -> Liabilities:
     points = sum(sums.net(journal.POINTS, "member", kind) for kind in POINTS_BALANCE)
     cash = sums.net(currency, "member", CASH)
     bonus = sums.net(currency, "member", BONUS)

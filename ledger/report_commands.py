@@ -1,14 +1,16 @@
 """`ledger report trial-balance|journal|liabilities|movements|settlement|expiry-forecast|
-custody`: finance's reports from the command line (docs/reports.md), read by the same
-functions as ReportService (ledger/journal_queries.py, ledger/forecast_queries.py), so both
+custody|deferred-revenue|breakage`: finance's reports from the command line
+(docs/reports.md, docs/accounting.md), read by the same functions as ReportService
+(ledger/journal_queries.py, ledger/forecast_queries.py, ledger/revenue_queries.py), so both
 give the same figures.
 
 The database must exist and hold a ledger (nothing is created, no migration applied). Each
-report reads one read model (READS: the journal, or the points read model's lots for the
-expiry forecast); before reading, the command brings that read model up to the log's last
-event, processing what is left itself, or, on PostgreSQL while a server writes it, waiting
-for that server's to get there. On SQLite the file serves one process at a time, so a
-running server makes this command refuse, as it does `ledger program`.
+report reads one read model (READS: the journal, the points read model's lots for the
+expiry forecast, the revenue read model for deferred revenue and breakage); before reading,
+the command brings that read model up to the log's last event, processing what is left
+itself, or, on PostgreSQL while a server writes it, waiting for that server's to get there.
+On SQLite the file serves one process at a time, so a running server makes this command
+refuse, as it does `ledger program`.
 
 Times: an ISO 8601 instant with its UTC offset (2024-05-01T00:00:00+02:00, ...Z), or a date
 (2024-05-01), which is the first instant of that day in the programme's time zone. Periods
@@ -33,8 +35,10 @@ from ledger.api.validation import Violations
 from ledger.forecast_queries import ForecastQueries, Period, expiry_window, period_ends
 from ledger.journal_queries import LINES, JournalQueries, PostingsFilter
 from ledger.queries import from_micros
+from ledger.revenue_queries import CohortKind, RevenueQueries
 from projections.journal import NAME as JOURNAL
 from projections.points import NAME as POINTS
+from projections.revenue import NAME as REVENUE
 
 # Each report, and the read model it reads (what the command catches up first).
 READS = {
@@ -45,10 +49,16 @@ READS = {
     "settlement": JOURNAL,
     "expiry-forecast": POINTS,
     "custody": JOURNAL,
+    "deferred-revenue": REVENUE,
+    "breakage": REVENUE,
 }
 REPORTS = tuple(READS)
 ALIASES = {"postings": "journal"}
-READ_MODEL_NAMES = {JOURNAL: "journal", POINTS: "points read model"}
+READ_MODEL_NAMES = {
+    JOURNAL: "journal",
+    POINTS: "points read model",
+    REVENUE: "revenue read model",
+}
 # Catching up: refused when the read model has not moved for this long.
 STALL_SECONDS = 60.0
 MICROSECOND = timedelta(microseconds=1)
@@ -65,7 +75,7 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
     report = sub.add_parser(
         "report",
         help="finance's reports: trial balance, journal, liabilities, movements, settlement, "
-        "expiry forecast, prepaid custody",
+        "expiry forecast, prepaid custody, deferred revenue, breakage",
         description="Finance's reports (docs/reports.md), as ReportService gives them. Reads "
         "the database; brings the read model a report reads up to the log first.",
     )
@@ -118,14 +128,38 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             "month, quarter or year ending in (--since, --until], and --ratio-ppm of it "
             "rounded up: the amount to hold in custody (单用途商业预付卡).",
         ),
+        "deferred-revenue": report_sub.add_parser(
+            "deferred-revenue",
+            help="IFRS 15 allocation, revenue recognised and contract liability for points",
+            description="Cumulative to --as-of (recorded, default now): each earn's purchase "
+            "allocated to its points by relative stand-alone selling price, the revenue "
+            "recognised as points are redeemed against the estimate, and the liability left "
+            "(docs/accounting.md). A period's revenue is the difference of two reports.",
+        ),
+        "breakage": report_sub.add_parser(
+            "breakage",
+            help="per earn cohort: issued, redeemed, expired, reversed, outstanding, rates",
+            description="The programme's redemption history per cohort (the month, quarter "
+            "or year of the earn, local time) starting in [--since, --until): what to set "
+            "expected_redemption_rate_ppm from.",
+        ),
     }
     for p in parsers.values():
         database_arg(p)
         p.add_argument("--program", required=True, help="the programme's id")
         p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     time_help = "ISO 8601 with offset, or a date (the programme's local midnight)"
-    for name in ("trial-balance", "liabilities"):
+    for name in ("trial-balance", "liabilities", "deferred-revenue"):
         parsers[name].add_argument("--as-of", help=f"recorded at or before; {time_help}")
+    parsers["deferred-revenue"].add_argument(
+        "--rate-ppm",
+        help="the estimate of the share of points redeemed, 1..1000000 "
+        "(default: the programme's in force at --as-of)",
+    )
+    breakage = parsers["breakage"]
+    breakage.add_argument("--cohort", help="month, quarter or year (required)")
+    breakage.add_argument("--since", help=f"cohorts starting at or after; {time_help}")
+    breakage.add_argument("--until", help=f"cohorts starting before; {time_help}")
     for name in ("journal", "movements", "settlement"):
         parsers[name].add_argument(
             "--since", help=f"recorded after (default: the start); {time_help}"
@@ -160,6 +194,7 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
 
 
 PERIOD_WORDS = {"month": Period.MONTH, "quarter": Period.QUARTER, "year": Period.YEAR}
+COHORT_WORDS: dict[str, CohortKind] = {"month": "MONTH", "quarter": "QUARTER", "year": "YEAR"}
 
 
 def _whole(v: Violations, flag: str, text: str | None, high: int, required: bool) -> int:
@@ -186,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
     if kind == "expiry-forecast":
         v.identifier("--member", args.member, required=False)
         args.limit = _whole(v, "--limit", args.limit, 2**62, required=False)
+    if kind == "deferred-revenue" and args.rate_ppm is not None:
+        args.rate_ppm = _whole(v, "--rate-ppm", args.rate_ppm, 1_000_000, required=True)
+        if args.rate_ppm == 0:
+            v.add("--rate-ppm", "must be between 1 and 1000000, not '0'")
+    if kind == "breakage":
+        args.cohort = COHORT_WORDS.get(args.cohort or "")
+        if args.cohort is None:
+            v.add("--cohort", "required: month, quarter or year")
     if kind == "custody":
         args.ratio_ppm = _whole(v, "--ratio-ppm", args.ratio_ppm, 1_000_000, required=True)
         args.period = PERIOD_WORDS.get(args.period or "")
@@ -229,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
             report = asdict(found)
             for period in report["periods"]:
                 period["period_end"] = _time_of(period["period_end"])
+        elif kind in ("deferred-revenue", "breakage"):
+            report = _revenue(kind, RevenueQueries(tally.database), args, settings, moments)
         else:
             report = _report(kind, JournalQueries(tally.database), args, settings, moments)
     finally:
@@ -335,6 +380,25 @@ def _report(
     if kind == "settlement":
         return asdict(queries.settlement(program_id, currency, since, until))
     return _journal(queries, args, since, until)
+
+
+def _revenue(
+    kind: str, queries: RevenueQueries, args: argparse.Namespace, settings: Any, at: dict[str, Any]
+) -> dict[str, Any]:
+    if kind == "deferred-revenue":
+        return asdict(queries.deferred_revenue(args.program, at.get("--as-of"), args.rate_ppm))
+    found = asdict(
+        queries.breakage(
+            args.program,
+            args.cohort,
+            at.get("--since"),
+            at.get("--until"),
+            settings.expected_redemption_rate_ppm,
+        )
+    )
+    for row in found["rows"]:
+        row["cohort_start"] = _time_of(row["cohort_start"])
+    return found
 
 
 def _journal(
@@ -480,6 +544,29 @@ def _tabulated(kind: str, r: dict[str, Any]) -> tuple[list[str], list[list[Any]]
             f"{r['total_members']} members; points read model position {r['position']}",
         ]
         return headers, rows, notes
+    if kind == "deferred-revenue":
+        headers = list(r)
+        return headers, [[r[h] for h in headers]], []
+    if kind == "breakage":
+        headers = [
+            "cohort_label",
+            "cohort_start",
+            "issued",
+            "redeemed",
+            "expired",
+            "reversed",
+            "outstanding",
+            "closed",
+            "observed_redemption_rate_ppm",
+            "projected_redemption_rate_ppm",
+        ]
+        notes = [
+            "outstanding = issued - reversed - redeemed - expired; projected: redeemed plus "
+            f"outstanding x {r['closed_redeemed_share_ppm']} ppm (the share of closed cohorts' "
+            "points that ended redeemed), over issued - reversed",
+            f"revenue read model position {r['position']}",
+        ]
+        return headers, [[row[h] for h in headers] for row in r["rows"]], notes
     if kind == "custody":
         headers = [
             "period",

@@ -33,7 +33,7 @@ from tests.behaviour.test_reports import (
     reports,
     settlement,
 )
-from tests.support import Client, ServerThread
+from tests.support import Client, ServerThread, ts
 from tests.test_operator_errors import one_clear_line
 from tests.test_server import (
     _kill_if_running,
@@ -83,6 +83,21 @@ def ledger(
                 "settlement": settlement(client, h.program),
                 "settlement-mid": settlement(client, h.program, since, until),
                 "journal": journal,
+                "deferred-revenue": reports(client).GetDeferredRevenue(
+                    rpb.GetDeferredRevenueRequest(program_id=h.program, min_position=h.last)
+                ),
+                "deferred-revenue-mid": reports(client).GetDeferredRevenue(
+                    rpb.GetDeferredRevenueRequest(
+                        program_id=h.program,
+                        as_of=ts(since),
+                        expected_redemption_rate_ppm=800_000,
+                    )
+                ),
+                "breakage": reports(client).GetBreakage(
+                    rpb.GetBreakageRequest(
+                        program_id=h.program, cohort=rpb.COHORT_MONTH, min_position=h.last
+                    )
+                ),
             }
         finally:
             client.close()
@@ -338,7 +353,7 @@ def test_report_describes_itself() -> None:
     assert result.returncode == 2
     assert (
         "required: {trial-balance,journal,liabilities,movements,settlement,expiry-forecast,"
-        "custody}" in result.stderr
+        "custody,deferred-revenue,breakage}" in result.stderr
     )
 
 
@@ -575,6 +590,65 @@ def test_the_forecast_catches_up_the_points_read_model(ledger: Ledger) -> None:
 def test_forecast_and_custody_mistakes_are_one_line(
     ledger: Ledger, args: list[str], expected: str
 ) -> None:
+    program = [] if "--program" in args else ["--program", ledger.history.program]
+    result = run_ledger("report", *args[:1], "--database", ledger.url, *program, *args[1:])
+    one_clear_line(result, "ledger report", expected)
+    assert result.returncode == 2
+
+
+# ---------------------------------------------------------------------- deferred revenue, breakage
+
+
+def without_position(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "position"}
+
+
+def test_deferred_revenue_and_breakage_are_what_the_rpcs_answer(ledger: Ledger) -> None:
+    a = ledger.answers
+    got = report(ledger, "deferred-revenue")
+    assert without_position(got) == without_position(as_json(a["deferred-revenue"]))
+    assert got["points_issued"] > 0
+    mid = report(
+        ledger, "deferred-revenue", "--as-of", ledger.times[3].isoformat(), "--rate-ppm", "800000"
+    )
+    assert without_position(mid) == without_position(as_json(a["deferred-revenue-mid"]))
+    assert mid["expected_redemption_rate_ppm"] == 800_000
+
+    got = report(ledger, "breakage", "--cohort", "month")
+    expected = as_json(a["breakage"])
+    for row in expected["rows"]:
+        row["cohort_start"] = row["cohort_start"].replace(".000Z", "Z")
+    assert got["rows"] == expected["rows"]
+    assert got["closed_redeemed_share_ppm"] == expected["closed_redeemed_share_ppm"]
+    assert report(ledger, "breakage", "--cohort", "year", "--since", "2999-01-01")["rows"] == []
+
+    table = report(ledger, "breakage", "--cohort", "quarter", fmt="table")
+    assert "observed_redemption_rate_ppm" in table.splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO(report(ledger, "deferred-revenue", fmt="csv"))))
+    assert int(rows[0]["points_issued"]) == got_issued(ledger)
+
+
+def got_issued(ledger: Ledger) -> int:
+    return int(ledger.answers["deferred-revenue"].points_issued)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["breakage"], "--cohort: required: month, quarter or year"),
+        (["breakage", "--cohort", "week"], "--cohort: required: month, quarter or year"),
+        (["breakage", "--cohort", "year", "--since", "soon"], "--since: 'soon' is not a date"),
+        (
+            ["breakage", "--cohort", "year", "--since", "2024-01-01", "--until", "2023-01-01"],
+            "--until: must be after",
+        ),
+        (["deferred-revenue", "--rate-ppm", "0"], "--rate-ppm: must be between 1 and 1000000"),
+        (["deferred-revenue", "--rate-ppm", "95%"], "--rate-ppm: must be between 0 and 1000000"),
+        (["deferred-revenue", "--as-of", "2024-02-30"], "--as-of: '2024-02-30' is not a date"),
+        (["deferred-revenue", "--program", "nosuch"], "program nosuch does not exist"),
+    ],
+)
+def test_revenue_mistakes_are_one_line(ledger: Ledger, args: list[str], expected: str) -> None:
     program = [] if "--program" in args else ["--program", ledger.history.program]
     result = run_ledger("report", *args[:1], "--database", ledger.url, *program, *args[1:])
     one_clear_line(result, "ledger report", expected)

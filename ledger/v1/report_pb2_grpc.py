@@ -200,8 +200,8 @@ class ReportServiceServicer:
     def GetBreakage(self, request, context):
         """The programme's own redemption history per earn cohort (the month, quarter or year of
         the earn, in the programme's time zone) with cohort_start in [since, until): what
-        finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
-        rate of an open cohort is worked out).
+        finance sets expected_redemption_rate_ppm from (docs/accounting.md says how the
+        projected rate of an open cohort is worked out).
         Errors:
         INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
         NOT_FOUND PROGRAM_NOT_FOUND: no such program
@@ -219,7 +219,8 @@ class ReportServiceServicer:
         Errors:
         INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
         page token (BadRequest)
-        NOT_FOUND PROGRAM_NOT_FOUND: no such program
+        NOT_FOUND PROGRAM_NOT_FOUND: no such program; MEMBER_NOT_FOUND: member_id is not
+        enrolled
         DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
         INTERNAL: an unexpected server fault (logged)
         """

@@ -116,8 +116,8 @@ class ReportServiceStub:
     GetBreakage: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetBreakageRequest, _report_pb2.GetBreakageResponse]
     """The programme's own redemption history per earn cohort (the month, quarter or year of
     the earn, in the programme's time zone) with cohort_start in [since, until): what
-    finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
-    rate of an open cohort is worked out).
+    finance sets expected_redemption_rate_ppm from (docs/accounting.md says how the
+    projected rate of an open cohort is worked out).
     Errors:
       INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND: no such program
@@ -131,7 +131,8 @@ class ReportServiceStub:
     Errors:
       INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
         page token (BadRequest)
-      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program; MEMBER_NOT_FOUND: member_id is not
+        enrolled
       DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
       INTERNAL: an unexpected server fault (logged)
     """
@@ -256,8 +257,8 @@ class ReportServiceAsyncStub(ReportServiceStub):
     GetBreakage: _aio.UnaryUnaryMultiCallable[_report_pb2.GetBreakageRequest, _report_pb2.GetBreakageResponse]  # type: ignore[assignment]
     """The programme's own redemption history per earn cohort (the month, quarter or year of
     the earn, in the programme's time zone) with cohort_start in [since, until): what
-    finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
-    rate of an open cohort is worked out).
+    finance sets expected_redemption_rate_ppm from (docs/accounting.md says how the
+    projected rate of an open cohort is worked out).
     Errors:
       INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
       NOT_FOUND PROGRAM_NOT_FOUND: no such program
@@ -271,7 +272,8 @@ class ReportServiceAsyncStub(ReportServiceStub):
     Errors:
       INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
         page token (BadRequest)
-      NOT_FOUND PROGRAM_NOT_FOUND: no such program
+      NOT_FOUND PROGRAM_NOT_FOUND: no such program; MEMBER_NOT_FOUND: member_id is not
+        enrolled
       DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
       INTERNAL: an unexpected server fault (logged)
     """
@@ -435,8 +437,8 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_report_pb2.GetBreakageResponse, _abc.Awaitable[_report_pb2.GetBreakageResponse]]:
         """The programme's own redemption history per earn cohort (the month, quarter or year of
         the earn, in the programme's time zone) with cohort_start in [since, until): what
-        finance sets expected_redemption_rate_ppm from (docs/reports.md says how the projected
-        rate of an open cohort is worked out).
+        finance sets expected_redemption_rate_ppm from (docs/accounting.md says how the
+        projected rate of an open cohort is worked out).
         Errors:
           INVALID_ARGUMENT: a malformed field, cohort unset, since >= until (BadRequest)
           NOT_FOUND PROGRAM_NOT_FOUND: no such program
@@ -456,7 +458,8 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors:
           INVALID_ARGUMENT: a malformed field, since >= until, a window over 366 days, a bad
             page token (BadRequest)
-          NOT_FOUND PROGRAM_NOT_FOUND: no such program
+          NOT_FOUND PROGRAM_NOT_FOUND: no such program; MEMBER_NOT_FOUND: member_id is not
+            enrolled
           DEADLINE_EXCEEDED / UNAVAILABLE: the read model did not reach min_position in time
           INTERNAL: an unexpected server fault (logged)
         """
