@@ -441,7 +441,13 @@ def stored_value_log(url: str, events: int) -> int:
 
     from ledger.domain.account import MemberAccount
     from ledger.domain.errors import DomainError
-    from ledger.domain.program import PointsConversion, Program, TopUpBonusStep
+    from ledger.domain.program import (
+        ExpiryKind,
+        ExpiryPolicy,
+        PointsConversion,
+        Program,
+        TopUpBonusStep,
+    )
     from ledger.domain.provenance import Provenance
 
     tally = Tally.from_url(url)  # applies the migrations; its mapper encodes the events
@@ -452,6 +458,10 @@ def stored_value_log(url: str, events: int) -> int:
         "Reports benchmark",
         "CNY",
         time_zone="Asia/Shanghai",
+        point_value_minor=1,
+        # Year-end clearing (积分清零): every lot in one bucket, the forecast's worst case.
+        expiry_policy=ExpiryPolicy(ExpiryKind.END_OF_YEAR_AFTER_YEARS, years=0),
+        expected_redemption_rate_ppm=900_000,
         top_up_bonus=(TopUpBonusStep(10_000, 1_000), TopUpBonusStep(50_000, 8_000)),
         points_conversion=PointsConversion(100, 100),
     )
@@ -488,14 +498,17 @@ def stored_value_log(url: str, events: int) -> int:
             roll = rng.random()
             try:
                 if roll < 0.35:
-                    account.earn(prov(at), at, rng.randint(10, 500), 1000, None, None)
+                    expires_at = settings.expiry_policy.expires_at(at, settings.time_zone)
+                    purchase = rng.randint(1_000, 50_000)
+                    account.earn(prov(at), at, rng.randint(10, 500), purchase, expires_at, None)
                 elif roll < 0.45:
                     account.redeem(prov(at), at, rng.randint(1, 50))
                 elif roll < 0.6:
                     cash = rng.choice((5_000, 10_000, 20_000, 50_000))
                     step = settings.top_up_step(cash)
                     bonus = step.bonus_for(cash) if step else 0
-                    account.top_up(prov(at), at, cash, bonus, "pay", None, 1)
+                    p = prov(at)
+                    account.top_up(p, at, cash, bonus, f"pay-{p.transaction_id}", None, 1)
                 elif roll < 0.85:
                     p = prov(at)
                     account.spend(p, at, rng.randint(100, 8_000), settings.stored_value_split)
@@ -549,6 +562,10 @@ def case_reports(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             catch_up_s = time.perf_counter() - started
         finally:
             tally.close()
+        # Fresh statistics for the planner, as autovacuum would give them after a bulk load
+        # (before them, PostgreSQL guesses one row per table and sorts the forecast on disk).
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
         # Bounds inside days (part-days are read from the postings), a month apart.
         month_start = REPORT_START + timedelta(days=31, hours=5, minutes=17)
         month_end = month_start + timedelta(days=30, hours=3)
@@ -575,7 +592,39 @@ def case_reports(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
                 "trial-balance": lambda: reports.GetTrialBalance(
                     rpb.GetTrialBalanceRequest(program_id="p", as_of=_ts(month_end))
                 ),
+                "deferred-revenue": lambda: reports.GetDeferredRevenue(
+                    rpb.GetDeferredRevenueRequest(program_id="p", as_of=_ts(month_end))
+                ),
+                "breakage": lambda: reports.GetBreakage(
+                    rpb.GetBreakageRequest(program_id="p", cohort=rpb.COHORT_MONTH)
+                ),
+                "expiry-forecast": lambda: reports.GetExpiryForecast(
+                    rpb.GetExpiryForecastRequest(
+                        program_id="p", since=_ts(FORECAST_SINCE), until=_ts(FORECAST_UNTIL)
+                    )
+                ),
+                "custody": lambda: reports.GetPrepaidCustody(
+                    rpb.GetPrepaidCustodyRequest(
+                        program_id="p", period=rpb.CUSTODY_PERIOD_MONTH, ratio_ppm=200_000
+                    )
+                ),
             }
+            # A week's statement: the week's top-ups, one line each, matched afresh each
+            # time (every run is stored).
+            week = _statement(tally_url=url, since=month_start, days=7)
+            calls["reconcile-week"] = lambda: reports.ReconcileStatement(
+                rpb.ReconcileStatementRequest(
+                    program_id="p",
+                    source="bench",
+                    period=rpb.Period(
+                        since=_ts(month_start), until=_ts(month_start + timedelta(days=7))
+                    ),
+                    lines=week,
+                    date_tolerance_seconds=60,
+                    request_id=str(uuid.uuid4()),
+                ),
+                timeout=120,
+            )
             timings = {name: _latencies(call, 30) for name, call in calls.items()}
             account = _latencies(
                 lambda: stub.GetAccount(pb.GetAccountRequest(program_id="p", member_id="m1")), 200
@@ -593,6 +642,35 @@ def case_reports(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
              "reference_p50": _p(account, 0.5), "reference_p99": _p(account, 0.99), **common}
         )  # fmt: skip
     return rows
+
+
+FORECAST_SINCE = datetime(2026, 12, 1, tzinfo=UTC)
+FORECAST_UNTIL = datetime(2027, 1, 31, tzinfo=UTC)
+
+
+def _statement(tally_url: str, since: datetime, days: int) -> list[Any]:
+    """The processor's lines for the top-ups that occurred in [since, since + days): what a
+    clean statement of the period says (one line per payment)."""
+    from ledger.v1 import report_pb2 as rpb
+
+    until = since + timedelta(days=days)
+    with psycopg.connect(tally_url) as conn:
+        rows = conn.execute(
+            "SELECT transaction_id, payment_ref, amount_minor, occurred_at FROM rm_payments"
+            " WHERE program_id = 'p' AND kind = 'TOP_UP' AND occurred_at >= %s"
+            " AND occurred_at < %s ORDER BY occurred_at",
+            (int(since.timestamp() * 1e6), int(until.timestamp() * 1e6)),
+        ).fetchall()
+    return [
+        rpb.StatementLine(
+            external_id=f"x-{tx}",
+            payment_ref=ref,
+            kind=rpb.STATEMENT_LINE_KIND_TOP_UP,
+            amount_minor=amount,
+            occurred_at=_ts(datetime.fromtimestamp(at / 1e6, UTC)),
+        )
+        for tx, ref, amount, at in rows
+    ]
 
 
 def _ts(moment: datetime) -> Any:

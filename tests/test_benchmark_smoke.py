@@ -72,6 +72,11 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "report-movements",
         "report-settlement",
         "report-trial-balance",
+        "report-deferred-revenue",
+        "report-breakage",
+        "report-expiry-forecast",
+        "report-custody",
+        "report-reconcile-week",
     }
     assert rows["import"]["rate"] > 0
     assert rows["rebuild"]["rate"] > 0
