@@ -39,7 +39,7 @@ from ledger.reconciliation_store import (
     check_tolerance,
     statement_line,
 )
-from ledger.report_commands import _moment, _parse_time, _table
+from ledger.report_commands import local_moment, parse_time, text_table
 from projections.points import micros
 
 FIELDS = ("external_id", "payment_ref", "kind", "amount_minor", "occurred_at")
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> Run | None:
         if args.request_id:
             v.request_id(args.request_id, "--request-id")
         times = {f: getattr(args, f[2:]) for f in ("--since", "--until")}
-        parsed = {f: _parse_time(v, f, text) for f, text in times.items() if text}
+        parsed = {f: parse_time(v, f, text) for f, text in times.items() if text}
         _stop_if_any(v)
         lines = _read_statement(args.statement)
     else:
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace) -> Run | None:
             return store.sign_off(args.reconciliation, args.operator, args.note, request_id, now)
         program = tally.app.get_program(args.program)  # PROGRAM_NOT_FOUND: one line
         zone = ZoneInfo(program.settings.time_zone)
-        at = {f: _moment(v, f, value, zone) for f, value in parsed.items()}
+        at = {f: local_moment(v, f, value, zone) for f, value in parsed.items()}
         since, until = _period(lines, at.get("--since"), at.get("--until"), zone)
         if since is not None and until is not None and since >= until:
             v.add("--until", "must be after --since")
@@ -233,7 +233,7 @@ def _read_statement(path: str) -> list[StatementLine]:
         if not cell["occurred_at"]:
             v.add(f"{where}.occurred_at", "required")
         else:
-            parsed = _parse_time(v, f"{where}.occurred_at", cell["occurred_at"])
+            parsed = parse_time(v, f"{where}.occurred_at", cell["occurred_at"])
             if isinstance(parsed, date) and not isinstance(parsed, datetime):
                 v.add(f"{where}.occurred_at", "needs a time with its UTC offset, not a date")
             else:
@@ -449,7 +449,7 @@ def _print(run: Run, fmt: str) -> None:
         writer.writerow(HEADERS)
         writer.writerows(rows(run))
         return
-    print(_table(HEADERS, rows(run)))
+    print(text_table(HEADERS, rows(run)))
     r = run.result
     print(
         f"reconciliation {run.reconciliation_id}: {len(r.matched)} matched, "

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         if args.period is None:
             v.add("--period", "required: month, quarter or year")
     texts = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in _TIME_FLAGS}
-    parsed = {flag: _parse_time(v, flag, text) for flag, text in texts.items() if text}
+    parsed = {flag: parse_time(v, flag, text) for flag, text in texts.items() if text}
     v.raise_if_any()
     try:
         config = existing_database(args.database)
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         program = tally.app.get_program(args.program)  # PROGRAM_NOT_FOUND: one line
         zone = ZoneInfo(program.settings.time_zone)
-        moments = {flag: _moment(v, flag, value, zone) for flag, value in parsed.items()}
+        moments = {flag: local_moment(v, flag, value, zone) for flag, value in parsed.items()}
         since, until = moments.get("--since"), moments.get("--until")
         if kind == "expiry-forecast":
             since = moments["--since"] = since or tally.app.clock()
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
 _TIME_FLAGS = ("--as-of", "--since", "--until")
 
 
-def _parse_time(v: Violations, flag: str, text: str) -> datetime | date | None:
+def parse_time(v: Violations, flag: str, text: str) -> datetime | date | None:
     try:
         if len(text) == 10:
             return date.fromisoformat(text)
@@ -303,7 +303,7 @@ def _parse_time(v: Violations, flag: str, text: str) -> datetime | date | None:
     return moment
 
 
-def _moment(v: Violations, flag: str, value: datetime | date | None, zone: ZoneInfo) -> Any:
+def local_moment(v: Violations, flag: str, value: datetime | date | None, zone: ZoneInfo) -> Any:
     if isinstance(value, datetime) or value is None:
         return v.moment(flag, value)
     return v.moment(flag, datetime(value.year, value.month, value.day, tzinfo=zone))
@@ -485,7 +485,7 @@ def _print(kind: str, report: dict[str, Any], fmt: str) -> None:
         writer.writerow(headers)
         writer.writerows(rows)
         return
-    print(_table(headers, rows))
+    print(text_table(headers, rows))
     for note in notes:
         print(note)
 
@@ -622,7 +622,7 @@ def _tabulated(kind: str, r: dict[str, Any]) -> tuple[list[str], list[list[Any]]
     return headers, rows, notes
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def text_table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [headers, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(_is_number(row[i]) for row in cells[1:]) and rows for i in range(len(headers))]

@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ledger.api.validation import Violations
 from ledger.infrastructure.database import parse_database_url
-from ledger.report_commands import _moment
+from ledger.report_commands import local_moment
 from ledger.v1 import report_pb2 as rpb
 from tests.behaviour.test_reports import (
     History,
@@ -214,11 +214,13 @@ def test_csv_and_table(ledger: Ledger) -> None:
 def test_a_date_is_the_first_instant_of_that_day_in_the_programmes_zone() -> None:
     v = Violations()
     shanghai, berlin = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")
-    assert _moment(v, "--since", date(2024, 5, 1), shanghai) == datetime(
+    assert local_moment(v, "--since", date(2024, 5, 1), shanghai) == datetime(
         2024, 4, 30, 16, tzinfo=UTC
     )
-    assert _moment(v, "--since", date(2024, 3, 31), berlin) == datetime(2024, 3, 30, 23, tzinfo=UTC)
-    assert _moment(v, "--since", date(2024, 4, 1), berlin) == datetime(
+    assert local_moment(v, "--since", date(2024, 3, 31), berlin) == datetime(
+        2024, 3, 30, 23, tzinfo=UTC
+    )
+    assert local_moment(v, "--since", date(2024, 4, 1), berlin) == datetime(
         2024, 3, 31, 22, tzinfo=UTC
     )  # after the spring change
     assert v.items == []
