@@ -259,8 +259,8 @@ class RevenueProjection:
             " GROUP BY program_id) last"
             " ON last.program_id = r.program_id AND last.position = r.position"
         )
-        for program_id, value, rate in cur.fetchall():
-            self._rates[str(program_id)] = (int(value), int(rate))
+        # Replaced, not updated: a programme whose creation rolled back has no rates yet.
+        self._rates = {str(p): (int(v), int(r)) for p, v, r in cur.fetchall()}
 
     def _load(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]], b: _Batch) -> None:
         """Read, in a few statements, every row the batch's events refer to that an earlier
