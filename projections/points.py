@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import singledispatchmethod
 from typing import Any, ClassVar, overload
 
@@ -17,6 +17,7 @@ from ledger.infrastructure.database import Cursor
 from ledger.infrastructure.dialect import Dialect
 
 NAME = "points"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @overload
@@ -29,7 +30,10 @@ def micros(moment: datetime | None) -> int | None:
     """A moment as the read models keep it: integer microseconds (decision 5)."""
     if moment is None:
         return None
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    # Exact integers from the epoch (int(timestamp()) truncates toward zero: wrong by a
+    # second for a fractional moment before 1970).
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass
