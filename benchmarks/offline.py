@@ -469,7 +469,10 @@ def stored_value_log(url: str, events: int) -> int:
     members = max(10, events // 20)
     pending: list[Any] = []
     program = Program(program_id="p", settings=settings, transaction_id="p")
-    pending += program.collect_events()
+    # Recorded when the log starts, like everything else in it (custody counts periods
+    # from the programme's creation).
+    created: list[Any] = list(program.collect_events())  # frozen dataclasses
+    pending += [replace(e, timestamp=REPORT_START) for e in created]
     accounts: dict[int, MemberAccount] = {}
     spends: dict[int, list[str]] = {}
     count = 0
@@ -605,7 +608,11 @@ def case_reports(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
                 ),
                 "custody": lambda: reports.GetPrepaidCustody(
                     rpb.GetPrepaidCustodyRequest(
-                        program_id="p", period=rpb.CUSTODY_PERIOD_MONTH, ratio_ppm=200_000
+                        program_id="p",
+                        period=rpb.CUSTODY_PERIOD_MONTH,
+                        ratio_ppm=200_000,
+                        since=_ts(REPORT_START),
+                        until=_ts(REPORT_START + timedelta(days=REPORT_DAYS)),
                     )
                 ),
             }

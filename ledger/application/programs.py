@@ -101,3 +101,18 @@ class ProgramUseCases(LedgerBase):
             else:
                 program = cached
         return program
+
+    def program_as_of(self, program_id: str, as_of: datetime) -> Program:
+        """The program as recorded at `as_of` (inclusive): its last version whose event was
+        recorded then or before. ProgramNotFound if it did not exist yet. Programs have few
+        events, so this reads them all (one indexed read) rather than keep a history."""
+        key = program_id_key(program_id)
+        recorded = [e for e in self.events.get(key) if e.timestamp <= as_of]  # type: ignore[attr-defined]
+        if not recorded:
+            raise errors.ProgramNotFound(
+                f"program {program_id} did not exist at {as_of.isoformat()}",
+                program_id=program_id,
+            )
+        program: Program | None = project_aggregate(None, recorded)
+        assert program is not None
+        return program

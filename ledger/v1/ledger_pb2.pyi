@@ -135,6 +135,36 @@ TRANSACTION_KIND_SPEND: TransactionKind.ValueType  # 12
 TRANSACTION_KIND_CONVERT: TransactionKind.ValueType  # 13
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
+class _TierChangeCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TierChangeCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TierChangeCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIER_CHANGE_CAUSE_UNSPECIFIED: _TierChangeCause.ValueType  # 0
+    TIER_CHANGE_CAUSE_EARN: _TierChangeCause.ValueType  # 1
+    """a qualifying earn crossed a threshold"""
+    TIER_CHANGE_CAUSE_REVERSAL: _TierChangeCause.ValueType  # 2
+    """a reversed earn took qualifying points back"""
+    TIER_CHANGE_CAUSE_WINDOW: _TierChangeCause.ValueType  # 3
+    """the window slid past an earn's qualifies_until"""
+    TIER_CHANGE_CAUSE_RULES: _TierChangeCause.ValueType  # 4
+    """UpdateProgram changed the tiers (thresholds, codes)"""
+
+class TierChangeCause(_TierChangeCause, metaclass=_TierChangeCauseEnumTypeWrapper):
+    """---------------------------------------------------------------- tier history"""
+
+TIER_CHANGE_CAUSE_UNSPECIFIED: TierChangeCause.ValueType  # 0
+TIER_CHANGE_CAUSE_EARN: TierChangeCause.ValueType  # 1
+"""a qualifying earn crossed a threshold"""
+TIER_CHANGE_CAUSE_REVERSAL: TierChangeCause.ValueType  # 2
+"""a reversed earn took qualifying points back"""
+TIER_CHANGE_CAUSE_WINDOW: TierChangeCause.ValueType  # 3
+"""the window slid past an earn's qualifies_until"""
+TIER_CHANGE_CAUSE_RULES: TierChangeCause.ValueType  # 4
+"""UpdateProgram changed the tiers (thresholds, codes)"""
+Global___TierChangeCause: _TypeAlias = TierChangeCause  # noqa: Y015
+
 @_typing.final
 class ExpiryPolicy(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -259,6 +289,7 @@ class Program(_message.Message):
     TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
     POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
     CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_POSITION_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     currency: _builtins.str
@@ -269,6 +300,10 @@ class Program(_message.Message):
     expected_redemption_rate_ppm: _builtins.int
     version: _builtins.int
     cash_out_policy: Global___CashOutPolicy.ValueType
+    effective_position: _builtins.int
+    """The log position of the change that made this version (CreateProgram: version 1):
+    commands recorded after it are decided under it.
+    """
     @_builtins.property
     def expiry_policy(self) -> Global___ExpiryPolicy: ...
     @_builtins.property
@@ -302,10 +337,11 @@ class Program(_message.Message):
         top_up_bonus: _abc.Iterable[Global___TopUpBonusStep] | None = ...,
         points_conversion: Global___PointsConversion | None = ...,
         cash_out_policy: Global___CashOutPolicy.ValueType = ...,
+        effective_position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "effective_position", b"effective_position", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,15 +555,21 @@ class GetProgramRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The programme as it was then (recorded time, inclusive); unset: now."""
+
     def __init__(
         self,
         *,
         program_id: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["program_id", b"program_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "program_id", b"program_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1755,6 +1797,7 @@ class Transaction(_message.Message):
     HELD_DELTA_FIELD_NUMBER: _builtins.int
     DEBT_DELTA_FIELD_NUMBER: _builtins.int
     HOLD_ID_FIELD_NUMBER: _builtins.int
+    PROGRAM_VERSION_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     kind: Global___TransactionKind.ValueType
     points_delta: _builtins.int
@@ -1776,6 +1819,10 @@ class Transaction(_message.Message):
     held_delta: _builtins.int
     debt_delta: _builtins.int
     hold_id: _builtins.str
+    program_version: _builtins.int
+    """The programme version the transaction was decided under (0: recorded before versions
+    were recorded with each event).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1805,10 +1852,11 @@ class Transaction(_message.Message):
         held_delta: _builtins.int = ...,
         debt_delta: _builtins.int = ...,
         hold_id: _builtins.str = ...,
+        program_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_balance_after_minor", b"bonus_balance_after_minor", "bonus_delta_minor", b"bonus_delta_minor", "cash_balance_after_minor", b"cash_balance_after_minor", "cash_delta_minor", b"cash_delta_minor", "debt_delta", b"debt_delta", "held_delta", b"held_delta", "hold_id", b"hold_id", "kind", b"kind", "occurred_at", b"occurred_at", "operator_id", b"operator_id", "order_ref", b"order_ref", "points_balance_after", b"points_balance_after", "points_debt_after", b"points_debt_after", "points_delta", b"points_delta", "points_held_after", b"points_held_after", "position", b"position", "reason", b"reason", "recorded_at", b"recorded_at", "request_id", b"request_id", "reverses_transaction_id", b"reverses_transaction_id", "store_id", b"store_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_balance_after_minor", b"bonus_balance_after_minor", "bonus_delta_minor", b"bonus_delta_minor", "cash_balance_after_minor", b"cash_balance_after_minor", "cash_delta_minor", b"cash_delta_minor", "debt_delta", b"debt_delta", "held_delta", b"held_delta", "hold_id", b"hold_id", "kind", b"kind", "occurred_at", b"occurred_at", "operator_id", b"operator_id", "order_ref", b"order_ref", "points_balance_after", b"points_balance_after", "points_debt_after", b"points_debt_after", "points_delta", b"points_delta", "points_held_after", b"points_held_after", "position", b"position", "program_version", b"program_version", "reason", b"reason", "recorded_at", b"recorded_at", "request_id", b"request_id", "reverses_transaction_id", b"reverses_transaction_id", "store_id", b"store_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1825,6 +1873,7 @@ class ListTransactionsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     member_id: _builtins.str
     page_size: _builtins.int
@@ -1837,6 +1886,12 @@ class ListTransactionsRequest(_message.Message):
 
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Only what was recorded at or before as_of (recorded time, inclusive); since/until stay
+        on business time (occurred_at).
+        """
+
     def __init__(
         self,
         *,
@@ -1847,10 +1902,11 @@ class ListTransactionsRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         min_position: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token", "program_id", b"program_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "member_id", b"member_id", "min_position", b"min_position", "page_size", b"page_size", "page_token", b"page_token", "program_id", b"program_id", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1928,11 +1984,16 @@ class ListLotsRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     MIN_POSITION_FIELD_NUMBER: _builtins.int
     INCLUDE_CLOSED_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     member_id: _builtins.str
     min_position: _builtins.int
     include_closed: _builtins.bool
     """Include lots with nothing remaining (spent, reversed or expired)."""
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The lots as they stood then (recorded time, inclusive); unset: now."""
+
     def __init__(
         self,
         *,
@@ -1940,10 +2001,11 @@ class ListLotsRequest(_message.Message):
         member_id: _builtins.str = ...,
         min_position: _builtins.int = ...,
         include_closed: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_closed", b"include_closed", "member_id", b"member_id", "min_position", b"min_position", "program_id", b"program_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "include_closed", b"include_closed", "member_id", b"member_id", "min_position", b"min_position", "program_id", b"program_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1968,3 +2030,108 @@ class ListLotsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLotsResponse: _TypeAlias = ListLotsResponse  # noqa: Y015
+
+@_typing.final
+class ListTierHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    program_id: _builtins.str
+    member_id: _builtins.str
+    min_position: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Changes taking effect at or after since and before until (recorded time); unset: all
+        up to now.
+        """
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        program_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "min_position", b"min_position", "program_id", b"program_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTierHistoryRequest: _TypeAlias = ListTierHistoryRequest  # noqa: Y015
+
+@_typing.final
+class TierChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_AT_FIELD_NUMBER: _builtins.int
+    FROM_TIER_CODE_FIELD_NUMBER: _builtins.int
+    TO_TIER_CODE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    QUALIFYING_POINTS_FIELD_NUMBER: _builtins.int
+    PROGRAM_VERSION_FIELD_NUMBER: _builtins.int
+    from_tier_code: _builtins.str
+    """"" = no tier"""
+    to_tier_code: _builtins.str
+    cause: Global___TierChangeCause.ValueType
+    transaction_id: _builtins.str
+    """The earn, reversal or programme change that caused it; for WINDOW, the earn whose
+    qualifying points left the window.
+    """
+    qualifying_points: _builtins.int
+    """after the change"""
+    program_version: _builtins.int
+    """the tier rules in force after the change"""
+    @_builtins.property
+    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        changed_at: _timestamp_pb2.Timestamp | None = ...,
+        from_tier_code: _builtins.str = ...,
+        to_tier_code: _builtins.str = ...,
+        cause: Global___TierChangeCause.ValueType = ...,
+        transaction_id: _builtins.str = ...,
+        qualifying_points: _builtins.int = ...,
+        program_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "changed_at", b"changed_at", "from_tier_code", b"from_tier_code", "program_version", b"program_version", "qualifying_points", b"qualifying_points", "to_tier_code", b"to_tier_code", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierChange: _TypeAlias = TierChange  # noqa: Y015
+
+@_typing.final
+class ListTierHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    TIER_CODE_FIELD_NUMBER: _builtins.int
+    tier_code: _builtins.str
+    """the tier now (as of until, if set)"""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___TierChange] | None = ...,
+        tier_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "tier_code", b"tier_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTierHistoryResponse: _TypeAlias = ListTierHistoryResponse  # noqa: Y015

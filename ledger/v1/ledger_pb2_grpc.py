@@ -140,6 +140,11 @@ class LedgerServiceStub:
                 request_serializer=ledger_dot_v1_dot_ledger__pb2.ListLotsRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_ledger__pb2.ListLotsResponse.FromString,
                 _registered_method=True)
+        self.ListTierHistory = channel.unary_unary(
+                '/ledger.v1.LedgerService/ListTierHistory',
+                request_serializer=ledger_dot_v1_dot_ledger__pb2.ListTierHistoryRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_ledger__pb2.ListTierHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -386,6 +391,20 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTierHistory(self, request, context):
+        """Every change of the member's tier, up or down, with its cause and the instant it took
+        effect (recorded time), oldest first: an earn that crossed a threshold, a reversal
+        that dropped it, the window sliding past old earns (at the instant it passed them, not
+        when someone next called), a change of the tier rules.
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+        INVALID_ARGUMENT: program_id, member_id or min_position malformed, since >= until
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        INTERNAL: an unexpected server fault (logged)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -483,6 +502,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.ListLots,
                     request_deserializer=ledger_dot_v1_dot_ledger__pb2.ListLotsRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_ledger__pb2.ListLotsResponse.SerializeToString,
+            ),
+            'ListTierHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTierHistory,
+                    request_deserializer=ledger_dot_v1_dot_ledger__pb2.ListTierHistoryRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_ledger__pb2.ListTierHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1009,6 +1033,33 @@ class LedgerService:
             '/ledger.v1.LedgerService/ListLots',
             ledger_dot_v1_dot_ledger__pb2.ListLotsRequest.SerializeToString,
             ledger_dot_v1_dot_ledger__pb2.ListLotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTierHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.LedgerService/ListTierHistory',
+            ledger_dot_v1_dot_ledger__pb2.ListTierHistoryRequest.SerializeToString,
+            ledger_dot_v1_dot_ledger__pb2.ListTierHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

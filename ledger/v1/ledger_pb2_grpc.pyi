@@ -203,6 +203,16 @@ class LedgerServiceStub:
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
       INTERNAL: an unexpected server fault (logged)
     """
+    ListTierHistory: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTierHistoryRequest, _ledger_pb2.ListTierHistoryResponse]
+    """Every change of the member's tier, up or down, with its cause and the instant it took
+    effect (recorded time), oldest first: an earn that crossed a threshold, a reversal
+    that dropped it, the window sliding past old earns (at the instant it passed them, not
+    when someone next called), a change of the tier rules.
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed, since >= until
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      INTERNAL: an unexpected server fault (logged)
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -371,6 +381,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     ListLots: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]  # type: ignore[assignment]
     """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
       INVALID_ARGUMENT: program_id, member_id or min_position malformed
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+      INTERNAL: an unexpected server fault (logged)
+    """
+    ListTierHistory: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTierHistoryRequest, _ledger_pb2.ListTierHistoryResponse]  # type: ignore[assignment]
+    """Every change of the member's tier, up or down, with its cause and the instant it took
+    effect (recorded time), oldest first: an earn that crossed a threshold, a reversal
+    that dropped it, the window sliding past old earns (at the instant it passed them, not
+    when someone next called), a change of the tier rules.
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed, since >= until
       NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
       INTERNAL: an unexpected server fault (logged)
     """
@@ -653,6 +673,22 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.ListLotsResponse, _abc.Awaitable[_ledger_pb2.ListLotsResponse]]:
         """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
           INVALID_ARGUMENT: program_id, member_id or min_position malformed
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+          INTERNAL: an unexpected server fault (logged)
+        """
+
+    @_abc_1.abstractmethod
+    def ListTierHistory(
+        self,
+        request: _ledger_pb2.ListTierHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListTierHistoryResponse, _abc.Awaitable[_ledger_pb2.ListTierHistoryResponse]]:
+        """Every change of the member's tier, up or down, with its cause and the instant it took
+        effect (recorded time), oldest first: an earn that crossed a threshold, a reversal
+        that dropped it, the window sliding past old earns (at the instant it passed them, not
+        when someone next called), a change of the tier rules.
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
+          INVALID_ARGUMENT: program_id, member_id or min_position malformed, since >= until
           NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
           INTERNAL: an unexpected server fault (logged)
         """
