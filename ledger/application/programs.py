@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -22,8 +23,21 @@ from ledger.application.base import LedgerBase, cmd_transaction_id, utc_now
 from ledger.application.views import Outcome, ProgramView
 from ledger.domain import errors
 from ledger.domain.ids import program_id_key
-from ledger.domain.program import Program
+from ledger.domain.program import Program, ProgramSettings
 from ledger.infrastructure.database import Database
+
+
+@dataclass(frozen=True)
+class ProgramVersion:
+    """One version of a programme: what its CreateProgram (version 1) or an UpdateProgram
+    made it, when that was recorded and the log position of that event. Commands recorded
+    after it are decided under it until the next version."""
+
+    version: int
+    recorded_at: datetime
+    position: int
+    settings: ProgramSettings
+    transaction_id: str
 
 
 class ProgramUseCases(LedgerBase):
@@ -52,7 +66,7 @@ class ProgramUseCases(LedgerBase):
                 cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
             )
 
-        return self.idempotency.retrying(cmd, attempt)
+        return _effective(self.idempotency.retrying(cmd, attempt))
 
     def update_program(self, cmd: c.UpdateProgram) -> Outcome:
         def attempt() -> Outcome:
@@ -68,7 +82,7 @@ class ProgramUseCases(LedgerBase):
                 cmd, "", [program], Outcome(transaction_id, 0, program=ProgramView.of(program))
             )
 
-        return self.idempotency.retrying(cmd, attempt)
+        return _effective(self.idempotency.retrying(cmd, attempt))
 
     def get_program(self, program_id: str) -> Program:
         """The program as recorded now. Kept in memory and brought forward by its new events
@@ -116,3 +130,58 @@ class ProgramUseCases(LedgerBase):
         program: Program | None = project_aggregate(None, recorded)
         assert program is not None
         return program
+
+    def program_view(self, program_id: str, as_of: datetime | None = None) -> ProgramView:
+        """GetProgram: the version in force now, or at `as_of` (recorded time, inclusive),
+        with the log position of the event that made it. ProgramNotFound before creation."""
+        program = (
+            self.get_program(program_id) if as_of is None else self.program_as_of(program_id, as_of)
+        )
+        position = self._program_positions(program.id).get(program.version, 0)
+        return replace(ProgramView.of(program), effective_position=position)
+
+    def program_versions(self, program_id: str) -> list[ProgramVersion]:
+        """Every version of the programme, oldest first (ProgramNotFound: none). Programs
+        have few events: one read of them and one of their positions."""
+        key = program_id_key(program_id)
+        events = list(self.events.get(key))
+        if not events:
+            raise errors.ProgramNotFound(
+                f"program {program_id} does not exist", program_id=program_id
+            )
+        positions = self._program_positions(key)
+        versions: list[ProgramVersion] = []
+        program: Program | None = None
+        for e in events:
+            program = project_aggregate(program, [e])
+            assert program is not None
+            versions.append(
+                ProgramVersion(
+                    version=program.version,
+                    recorded_at=e.timestamp,  # type: ignore[attr-defined]
+                    position=positions.get(program.version, 0),
+                    settings=program.settings,
+                    transaction_id=str(getattr(e, "transaction_id", "")),
+                )
+            )
+        return versions
+
+    def _program_positions(self, key: UUID) -> dict[int, int]:
+        """version -> log position of each of the programme's events."""
+        dialect = self.database.dialect
+        sql = (
+            f"SELECT originator_version, {dialect.position_column} FROM {dialect.events_table}"
+            " WHERE originator_id = ?"
+        )
+        with self.database.read() as cur:
+            cur.execute(sql, (dialect.stored_id(key),))
+            return {int(v): int(p) for v, p in cur.fetchall()}
+
+
+def _effective(outcome: Outcome) -> Outcome:
+    """CreateProgram's and UpdateProgram's answer: the position it reports is that of the
+    programme event it recorded (also when replayed from its request record), which is the
+    new version's effective position."""
+    if outcome.program is None or outcome.program.effective_position or not outcome.position:
+        return outcome
+    return replace(outcome, program=replace(outcome.program, effective_position=outcome.position))

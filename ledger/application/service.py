@@ -60,7 +60,7 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
     def enroll(self, cmd: c.EnrollMember, program: Program) -> tuple[Outcome, MemberAccount]:
         """A new account (unsaved); the caller has checked that the member is not enrolled."""
         now = self.clock()
-        provenance = self._provenance(cmd, now)
+        provenance = self._provenance(cmd, now, program)
         account = MemberAccount(
             program_id=cmd.program_id,
             member_id=cmd.member_id,
@@ -216,7 +216,7 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
         now = self.clock()
         if at_occurred and cmd.occurred_at is not None and cmd.occurred_at < now:
             now = cmd.occurred_at
-        provenance = self._provenance(cmd, now)
+        provenance = self._provenance(cmd, now, program)
         result = handler_for(type(cmd))(cmd, CommandContext(program, account, provenance, now))
         view = AccountView.of(account, program.settings, now) if cmd.recorded else None
         return Outcome(provenance.transaction_id, 0, account=view, result=result)
@@ -244,7 +244,8 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
                 self.snapshots.put(snapshots)
         return accounts
 
-    def _provenance(self, cmd: c.AccountCommand, now: datetime) -> Provenance:
+    def _provenance(self, cmd: c.AccountCommand, now: datetime, program: Program) -> Provenance:
+        """Who, where, why, and the programme version the command is decided under."""
         notes = cmd.notes()
         return Provenance(
             transaction_id=cmd.new_transaction_id(),
@@ -255,4 +256,5 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
             reason=notes.reason,
             operator_id=notes.operator_id,
             reverses_transaction_id=notes.reverses_transaction_id,
+            program_version=program.version,
         )

@@ -55,6 +55,9 @@ class ProgramView:
     created_at: datetime
     updated_at: datetime
     version: int
+    # The log position of the event that made this version (0: not known here, e.g. in
+    # answers recorded before positions were answered).
+    effective_position: int = 0
 
     @classmethod
     def of(cls, program: Program) -> ProgramView:

@@ -93,6 +93,18 @@ class TierStanding:
 DEFAULT_TIER_WINDOW_DAYS = 365
 
 
+def tier_standing(tiers: tuple[TierRule, ...], qualifying_points: int) -> TierStanding:
+    """The highest tier of this ladder whose threshold is met, and how far the next one is."""
+    ladder = sorted(tiers, key=lambda t: t.threshold)
+    current = ""
+    for tier in ladder:
+        if qualifying_points >= tier.threshold:
+            current = tier.code
+        else:
+            return TierStanding(current, tier.code, tier.threshold - qualifying_points)
+    return TierStanding(current, "", 0)
+
+
 @dataclass(frozen=True)
 class ProgramSettings:
     display_name: str
@@ -121,14 +133,7 @@ class ProgramSettings:
 
     def standing(self, qualifying_points: int) -> TierStanding:
         """The highest tier whose threshold is met, and how far the next one is."""
-        ladder = sorted(self.tiers, key=lambda t: t.threshold)
-        current = ""
-        for tier in ladder:
-            if qualifying_points >= tier.threshold:
-                current = tier.code
-            else:
-                return TierStanding(current, tier.code, tier.threshold - qualifying_points)
-        return TierStanding(current, "", 0)
+        return tier_standing(self.tiers, qualifying_points)
 
 
 class ProgramSettingsAsDict(Transcoding):

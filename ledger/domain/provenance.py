@@ -19,6 +19,9 @@ class Provenance:
     reason: str = ""
     operator_id: str = ""
     reverses_transaction_id: str = ""
+    # The programme version (Program.version) the command was decided under; 0 in events
+    # recorded before versions were recorded with each event (they decode without it).
+    program_version: int = 0
 
     def derived(self, transaction_id: str, reason: str) -> Provenance:
         """Provenance of a consequence (an expiry) of the transaction this one describes."""
