@@ -44,7 +44,15 @@ class ExpiryPolicy:
     years: int = 0
 
     def expires_at(self, occurred_at: datetime, time_zone: str) -> datetime | None:
-        """When points earned at `occurred_at` expire: the instant they stop being spendable."""
+        """When points earned at `occurred_at` expire: the instant they stop being spendable.
+
+        ROLLING_DAYS: exactly N x 24 hours after occurred_at (decision 21), the same instant
+        in every time zone; across a DST change the local clock reads an hour earlier or
+        later (as docs/reports.md and decision 19 describe the forecast of such lots).
+        END_OF_YEAR_AFTER_YEARS: points earned in local year Y (in `time_zone`) expire at
+        the first instant of 1 January Y+N+1, local time (the end of year Y+N). Fixed in
+        each earn's event, so a change of the policy applies only to earns recorded after
+        it."""
         if self.kind is ExpiryKind.ROLLING_DAYS:
             return occurred_at + timedelta(days=self.days)
         if self.kind is ExpiryKind.END_OF_YEAR_AFTER_YEARS:
