@@ -23,11 +23,14 @@ from ledger.api.errors import (
     invalid_argument_status,
     to_grpc,
 )
+from ledger.api.validation import Violations
 from ledger.application.commands import AccountCommand
 from ledger.application.group_commit import Overloaded
-from ledger.application.views import Outcome, ProgramView
+from ledger.application.views import Outcome
 from ledger.domain import errors
+from ledger.domain.tier_history import TierCause
 from ledger.runtime import Tally
+from ledger.tier_queries import TierQueries, rules_versions
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 from projections.points import NAME as POINTS
@@ -149,8 +152,63 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
 
     @rpc
     async def GetProgram(self, request: Any, context: Any) -> pb.GetProgramResponse:
-        program = await self._run(self.app.get_program, parse.program_id(request))
-        return pb.GetProgramResponse(program=present.program(ProgramView.of(program)))
+        program_id, as_of = parse.get_program(request, self.app.clock())
+        view = await self._run(self.app.program_view, program_id, as_of)
+        return pb.GetProgramResponse(program=present.program(view))
+
+    # ------------------------------------------------------------------ tier history
+
+    @rpc
+    async def ListTierHistory(self, request: Any, context: Any) -> pb.ListTierHistoryResponse:
+        """Projected from the points read model at each call (ledger/tier_queries.py,
+        decision 21); `until` may be later than now: the changes the window makes by then
+        to what is recorded now."""
+        v = Violations()
+        v.identifier("program_id", request.program_id)
+        v.identifier("member_id", request.member_id)
+        v.non_negative("min_position", request.min_position, limit=2**63 - 1)
+        since = v.timestamp("since", request.since, request.HasField("since"))
+        until = v.timestamp("until", request.until, request.HasField("until"))
+        if since is not None and until is not None and since >= until:
+            v.add("until", "must be after since")
+        v.raise_if_any()
+        await self._reached(request.min_position, context)
+        versions = await self._run(self.app.program_versions, request.program_id)
+        history = await self._run(
+            TierQueries(self.tally.database).history,
+            request.program_id,
+            request.member_id,
+            rules_versions(versions),
+            since,
+            self.app.clock() if until is None else until,
+            until is None,
+        )
+        if history is None:
+            raise errors.MemberNotFound(
+                f"member {request.member_id} is not enrolled in program {request.program_id}",
+                member_id=request.member_id,
+            )
+        causes = {
+            TierCause.EARN: pb.TIER_CHANGE_CAUSE_EARN,
+            TierCause.REVERSAL: pb.TIER_CHANGE_CAUSE_REVERSAL,
+            TierCause.WINDOW: pb.TIER_CHANGE_CAUSE_WINDOW,
+            TierCause.RULES: pb.TIER_CHANGE_CAUSE_RULES,
+        }
+        return pb.ListTierHistoryResponse(
+            changes=[
+                pb.TierChange(
+                    changed_at=present.timestamp(c.changed_at),
+                    from_tier_code=c.from_tier_code,
+                    to_tier_code=c.to_tier_code,
+                    cause=causes[c.cause],
+                    transaction_id=c.transaction_id,
+                    qualifying_points=c.qualifying_points,
+                    program_version=c.program_version,
+                )
+                for c in history.changes
+            ],
+            tier_code=history.tier_code,
+        )
 
     # ------------------------------------------------------------------ commands
 

@@ -335,6 +335,17 @@ def program_id(r: Any) -> str:
     return str(r.program_id)
 
 
+def get_program(r: pb.GetProgramRequest, now: datetime) -> tuple[str, datetime | None]:
+    """GetProgram: the program id and the recorded time asked about (None: now)."""
+    v = Violations()
+    v.identifier("program_id", r.program_id)
+    as_of = v.timestamp("as_of", r.as_of, r.HasField("as_of"))
+    if as_of is not None and as_of > now:
+        v.add("as_of", "must not be in the future")
+    v.raise_if_any()
+    return str(r.program_id), as_of
+
+
 def member_query(r: Any) -> tuple[str, str, int]:
     v = Violations()
     fields = _member_query_fields(v, r)

@@ -91,6 +91,7 @@ def program(view: ProgramView | None) -> pb.Program:
         created_at=timestamp(view.created_at),
         updated_at=timestamp(view.updated_at),
         version=view.version,
+        effective_position=view.effective_position,
         top_up_bonus=[
             pb.TopUpBonusStep(
                 min_cash_minor=t.min_cash_minor, bonus_minor=t.bonus_minor, bonus_ppm=t.bonus_ppm
