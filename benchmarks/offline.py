@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ from projections.points import PointsProjection
 from projections.runner import ProjectionRunner
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
-READ_MODELS = ("rm_accounts", "rm_transactions", "rm_lots", "rm_holds", "rm_programs")
+READ_MODELS = tuple(PointsProjection.tables)
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,49 @@ def case_list(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
          "reference_p50": _p(account, 0.5), "reference_p99": _p(account, 0.99), **common},
         {"case": "list-all-pages", "what": f"{len(pages) + 1} pages of 100, one after another",
          "seconds": walk_s, "unit": "s"},
+    ]  # fmt: skip
+
+
+def case_as_of(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    """as_of reads of one member with `history` transactions (decision 20): GetAccount and
+    ListLots as of random recorded instants inside the history, beside GetAccount now."""
+    path = folder / "as-of-member.jsonl"
+    path.write_text("\n".join(history_lines(1, sizes.history + 1, member_prefix="asof")) + "\n")
+    with scratch("asof") as url:
+        new_program(url)
+        run_import(url, path)
+        last = datetime.now(UTC)
+        pick = random.Random(20)
+        with serving(url, folder) as (stub, _):
+            member: dict[str, Any] = {"program_id": "p", "member_id": "asof0"}
+            stub.GetAccount(pb.GetAccountRequest(**member, as_of=_ts(last)))  # caught up
+            enrolment = stub.ListTransactions(pb.ListTransactionsRequest(**member, page_size=1))
+            first = enrolment.transactions[0].recorded_at.ToDatetime(tzinfo=UTC)
+
+            def moment() -> Any:
+                """A random recorded instant from the enrolment to the end of the import."""
+                return _ts(first + (last - first) * pick.random())
+
+            account = _latencies(
+                lambda: stub.GetAccount(pb.GetAccountRequest(**member, as_of=moment())), 200
+            )
+            lots = _latencies(
+                lambda: stub.ListLots(pb.ListLotsRequest(**member, as_of=moment())), 200
+            )
+            lots_now = _latencies(lambda: stub.ListLots(pb.ListLotsRequest(**member)), 200)
+            now = _latencies(lambda: stub.GetAccount(pb.GetAccountRequest(**member)), 200)
+    common = {
+        "unit": "ms",
+        "reference": "GetAccount now, the same member",
+        "reference_p50": _p(now, 0.5),
+        "reference_p99": _p(now, 0.99),
+    }
+    return [
+        {"case": "as-of-account", "what": f"GetAccount(as_of) at random T, {sizes.history:,}"
+         " transactions", "p50": _p(account, 0.5), "p99": _p(account, 0.99), **common},
+        {"case": "as-of-lots", "what": f"ListLots(as_of) at random T (ListLots now p50"
+         f" {_p(lots_now, 0.5):.2f} ms)", "p50": _p(lots, 0.5), "p99": _p(lots, 0.99),
+         "now_p50": _p(lots_now, 0.5), "now_p99": _p(lots_now, 0.99), **common},
     ]  # fmt: skip
 
 
@@ -691,6 +735,7 @@ def _ts(moment: datetime) -> Any:
 CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "import": case_import_and_rebuild,  # also measures the rebuild, over the imported log
     "list": case_list,
+    "as-of": case_as_of,
     "accounts": case_accounts,
     "verify": case_verify,
     "reports": case_reports,

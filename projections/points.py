@@ -96,6 +96,10 @@ class TransactionRow:
     hold_id: str = ""
     # The last instant the qualifying_delta counts toward the tier (the earn's window).
     qualifies_until: int | None = None
+    # The account's aggregate version after this row's event (as_of reads, decision 20).
+    version: int = 0
+    # The programme version the event was decided under (0: not recorded with it).
+    program_version: int = 0
 
 
 _SELECT_ACCOUNT = (
@@ -122,6 +126,10 @@ class Batch:
     holds_new: list[tuple[Any, ...]] = field(default_factory=list)
     holds_closed: list[tuple[str, str, str, str]] = field(default_factory=list)
     programs: list[tuple[str, int]] = field(default_factory=list)
+    # Lots the current event changed (written to rm_lot_history by `_record`), and the
+    # history rows of the batch.
+    touched: dict[tuple[str, str], LotRow] = field(default_factory=dict)
+    lot_history: list[tuple[Any, ...]] = field(default_factory=list)
 
     def account(self, account_id: str) -> AccountRow:
         row = self.accounts.get(account_id)
@@ -183,6 +191,12 @@ class Batch:
             self.lots[key] = row
         return row
 
+    def changed_lot(self, account: AccountRow, lot_id: str) -> LotRow:
+        """The lot, marked as changed by the event being applied (a history row)."""
+        row = self.lot(account, lot_id)
+        self.touched[(account.account_id, lot_id)] = row
+        return row
+
 
 class UnhandledEvent(TypeError):
     """An event type no handler of the projection names: fail loudly, never skip it (a
@@ -198,6 +212,7 @@ class PointsProjection:
         "rm_transactions": ("program_id", "member_id", "position"),
         "rm_lots": ("program_id", "member_id", "lot_id"),
         "rm_holds": ("program_id", "member_id", "hold_id"),
+        "rm_lot_history": ("program_id", "member_id", "lot_id", "position"),
     }
 
     handled: ClassVar[frozenset[type]]  # set below, from the handlers registered
@@ -282,7 +297,7 @@ class PointsProjection:
     def _on_HoldCaptured(self, event: Any, batch: Batch, position: int) -> None:
         account = batch.account(event.originator_id.hex)
         for lot_id, pts in event.consumed.items():
-            batch.lot(account, lot_id).held -= pts
+            batch.changed_lot(account, lot_id).held -= pts
         back = self._return_from_hold(batch, account, event.released, event.credited)
         self._close_hold(batch, account, event.hold_id, "CAPTURED")
         row = self._record(
@@ -364,7 +379,7 @@ class PointsProjection:
         account = batch.account(event.originator_id.hex)
         self._take(batch, account, event.lots)
         for lot_id, pts in event.lots.items():
-            batch.lot(account, lot_id).expired += pts
+            batch.changed_lot(account, lot_id).expired += pts
         self._record(batch, position, event, account, "EXPIRE", points=-_sum(event.lots))
 
     # ------------------------------------------------------------------ stored value
@@ -463,7 +478,7 @@ class PointsProjection:
     ) -> None:
         lot_id = event.provenance.transaction_id
         key = (account.account_id, lot_id)
-        batch.lots[key] = LotRow(
+        batch.lots[key] = batch.touched[key] = LotRow(
             account.program_id,
             account.member_id,
             lot_id,
@@ -480,7 +495,7 @@ class PointsProjection:
         self, batch: Batch, account: AccountRow, allocation: dict[str, int], held: bool = False
     ) -> None:
         for lot_id, pts in allocation.items():
-            lot = batch.lot(account, lot_id)
+            lot = batch.changed_lot(account, lot_id)
             lot.remaining -= pts
             if held:
                 lot.held += pts
@@ -492,13 +507,13 @@ class PointsProjection:
         credited where the event says (debt first, see MemberAccount._coming_back).
         Returns the points credited to lots."""
         for lot_id, pts in returned.items():
-            batch.lot(account, lot_id).held -= pts
+            batch.changed_lot(account, lot_id).held -= pts
         self._credit(batch, account, credited)
         return _sum(credited)
 
     def _credit(self, batch: Batch, account: AccountRow, allocation: dict[str, int]) -> None:
         for lot_id, pts in allocation.items():
-            batch.lot(account, lot_id).remaining += pts
+            batch.changed_lot(account, lot_id).remaining += pts
 
     def _close_hold(self, batch: Batch, account: AccountRow, hold_id: str, status: str) -> None:
         batch.holds_closed.append((status, account.program_id, account.member_id, hold_id))
@@ -524,6 +539,21 @@ class PointsProjection:
         account.version = event.originator_version
         account.position = position
         p = event.provenance
+        recorded_at = micros(event.timestamp) or 0
+        for lot in batch.touched.values():
+            batch.lot_history.append(
+                (
+                    lot.program_id,
+                    lot.member_id,
+                    lot.lot_id,
+                    position,
+                    lot.remaining,
+                    lot.held,
+                    lot.expired,
+                    recorded_at,
+                )
+            )
+        batch.touched.clear()
         row = TransactionRow(
             program_id=account.program_id,
             member_id=account.member_id,
@@ -541,13 +571,16 @@ class PointsProjection:
             cash_after_minor=account.cash_minor,
             bonus_after_minor=account.bonus_minor,
             occurred_at=micros(p.occurred_at) or 0,
-            recorded_at=micros(event.timestamp) or 0,
+            recorded_at=recorded_at,
             store_id=p.store_id,
             order_ref=p.order_ref,
             reason=p.reason,
             operator_id=p.operator_id,
             request_id=p.request_id,
             reverses_transaction_id=p.reverses_transaction_id,
+            version=event.originator_version,
+            # Recorded with each event by programme versions (issue 12); 0 before them.
+            program_version=getattr(p, "program_version", 0),
         )
         batch.transactions.append(row)
         return row
@@ -601,6 +634,18 @@ class PointsProjection:
                 cur,
                 f"INSERT INTO rm_transactions ({_columns(TransactionRow)}) {{rows}}",
                 [_values(t) for t in batch.transactions],
+            )
+        if batch.lot_history:
+            self.dialect.insert_rows(
+                cur,
+                "INSERT INTO rm_lot_history (program_id, member_id, lot_id, position, remaining,"
+                " held, expired, recorded_at) {rows}"
+                # A row is a function of the log: writing it again (a rebuild over a history
+                # a reset forgot to empty) writes the same values.
+                " ON CONFLICT (program_id, member_id, lot_id, position) DO UPDATE SET"
+                " remaining = excluded.remaining, held = excluded.held,"
+                " expired = excluded.expired, recorded_at = excluded.recorded_at",
+                batch.lot_history,
             )
 
 

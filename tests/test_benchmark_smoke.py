@@ -64,6 +64,8 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "list-first-page",
         "list-deep-page",
         "list-all-pages",
+        "as-of-account",
+        "as-of-lots",
         "accounts-rss",
         "verify",
         "reports-catch-up",

@@ -9,11 +9,13 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 
-from ledger.api import descriptors
+from ledger.api import descriptors, page_tokens
 from ledger.api import requests as parse
 from ledger.api import responses as present
 from ledger.api.errors import (
@@ -295,8 +297,18 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     @rpc
     async def GetAccount(self, request: Any, context: Any) -> pb.GetAccountResponse:
         program_id, member_id, min_position = parse.member_query(request)
-        if request.HasField("as_of"):
-            raise InvalidArgument([("as_of", "as_of reads are not available yet")])
+        as_of = self._as_of(request)
+        if as_of is not None:
+            await self._reached_as_of(min_position, context)
+            program = await self._run(self.app.program_as_of, program_id, as_of)
+            position = self._position(READS)
+            view = await self._run(
+                self.tally.queries.account_as_of, program_id, member_id, program.settings, as_of
+            )
+            if view is None:
+                await self._known_member(program_id, member_id)
+                raise self._not_yet_enrolled(program_id, member_id, as_of)
+            return pb.GetAccountResponse(account=present.account(view), position=position)
         await self._reached(min_position, context)
         program = await self._run(self.app.get_program, program_id)
         position = self._position(READS)
@@ -312,9 +324,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
 
     @rpc
     async def ListTransactions(self, request: Any, context: Any) -> pb.ListTransactionsResponse:
-        query = parse.list_transactions(request)
-        await self._reached(query.min_position, context)
-        await self._known_member(query.program_id, query.member_id)
+        query, as_of = self._transactions_query(request)
+        if as_of is None:
+            await self._reached(query.min_position, context)
+            await self._known_member(query.program_id, query.member_id)
+        else:
+            await self._reached_as_of(query.min_position, context)
+            await self._known_member_at(query.program_id, query.member_id, as_of)
         page = await self._run(
             self.tally.queries.transactions,
             query.program_id,
@@ -323,8 +339,13 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             query.after_position,
             query.since,
             query.until,
+            as_of,
         )
-        token = query.token_for(page.last_position) if page.last_position is not None else ""
+        token = ""
+        if page.last_position is not None:
+            token = page_tokens.encode(
+                (page.last_position,), _transactions_fingerprint(query, as_of)
+            )
         return pb.ListTransactionsResponse(
             transactions=[present.transaction(r) for r in page.rows], next_page_token=token
         )
@@ -332,12 +353,83 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
     @rpc
     async def ListLots(self, request: Any, context: Any) -> pb.ListLotsResponse:
         program_id, member_id, min_position = parse.member_query(request)
+        as_of = self._as_of(request)
+        if as_of is not None:
+            await self._reached_as_of(min_position, context)
+            await self._known_member_at(program_id, member_id, as_of)
+            rows = await self._run(
+                self.tally.queries.lots_as_of,
+                program_id,
+                member_id,
+                request.include_closed,
+                as_of,
+            )
+            return pb.ListLotsResponse(lots=[present.lot(r) for r in rows])
         await self._reached(min_position, context)
         await self._known_member(program_id, member_id)
         rows = await self._run(
             self.tally.queries.lots, program_id, member_id, request.include_closed
         )
         return pb.ListLotsResponse(lots=[present.lot(r) for r in rows])
+
+    # as_of reads (GetAccount, ListTransactions, ListLots): recorded time, decision 20.
+
+    def _as_of(self, request: Any) -> datetime | None:
+        """The request's as_of (None: now): a valid instant, not in the future."""
+        v = Violations()
+        as_of = v.timestamp("as_of", request.as_of, request.HasField("as_of"))
+        if as_of is not None and as_of > self.app.clock():
+            v.add("as_of", "must not be in the future")
+        v.raise_if_any()
+        return as_of
+
+    def _transactions_query(self, request: Any) -> tuple[parse.TransactionsQuery, datetime | None]:
+        """ListTransactions' query and its as_of; the page token bound to both."""
+        v = Violations()
+        as_of = v.timestamp("as_of", request.as_of, request.HasField("as_of"))
+        if as_of is not None and as_of > self.app.clock():
+            v.add("as_of", "must not be in the future")
+        without_token = pb.ListTransactionsRequest()
+        without_token.CopyFrom(request)
+        without_token.page_token = ""
+        try:
+            query = parse.list_transactions(without_token)
+        except InvalidArgument as e:
+            raise InvalidArgument(e.violations + v.items) from None
+        after = 0
+        if request.page_token:
+            decoded = page_tokens.decode(
+                v,
+                request.page_token,
+                _transactions_fingerprint(query, as_of),
+                1,
+                "member, time range or as_of",
+            )
+            after = decoded[0] if decoded else 0
+        v.raise_if_any()
+        return replace(query, after_position=after), as_of
+
+    async def _reached_as_of(self, min_position: int, context: grpc.aio.ServicerContext) -> None:
+        """Before an as_of read: the read models have processed the whole log as it stood
+        when the request came (every event recorded by as_of and committed by then)."""
+        latest = await self._run(self.tally.app.recorder.max_notification_id)
+        await self._reached(max(min_position, latest or 0), context)
+
+    async def _known_member_at(self, program_id: str, member_id: str, as_of: datetime) -> None:
+        """NOT_FOUND unless the programme and the member's enrolment were recorded by as_of."""
+        await self._run(self.app.program_as_of, program_id, as_of)
+        if not await self._run(self.tally.queries.member_recorded_by, program_id, member_id, as_of):
+            await self._known_member(program_id, member_id)
+            raise self._not_yet_enrolled(program_id, member_id, as_of)
+
+    @staticmethod
+    def _not_yet_enrolled(
+        program_id: str, member_id: str, as_of: datetime
+    ) -> errors.MemberNotFound:
+        return errors.MemberNotFound(
+            f"member {member_id} did not exist in program {program_id} at {as_of.isoformat()}",
+            member_id=member_id,
+        )
 
     async def _known_member(self, program_id: str, member_id: str) -> None:
         await self._run(self.app.get_program, program_id)
@@ -346,6 +438,14 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 f"member {member_id} is not enrolled in program {program_id}",
                 member_id=member_id,
             )
+
+
+def _transactions_fingerprint(query: parse.TransactionsQuery, as_of: datetime | None) -> str:
+    """What a ListTransactions page token is bound to: the query's member and time range,
+    and its as_of when given (a token made without as_of stays valid without it)."""
+    if as_of is None:
+        return query.fingerprint()
+    return page_tokens.fingerprint(query.fingerprint(), "as_of", as_of.isoformat())
 
 
 def _account_command_rpc(descriptor: descriptors.CommandRpc) -> Handler:

@@ -274,6 +274,7 @@ def transaction(row: TransactionRow) -> pb.Transaction:
         request_id=row.request_id,
         position=row.position,
         hold_id=row.hold_id,
+        program_version=row.program_version,
     )
 
 

@@ -1730,7 +1730,11 @@ class GetAccountRequest(_message.Message):
     min_position: _builtins.int
     """Wait (bounded by the deadline) until the projections reached this position."""
     @_builtins.property
-    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The account as recorded at this instant (recorded time, inclusive; not occurred_at);
+        unset: now. Not in the future.
+        """
+
     def __init__(
         self,
         *,
@@ -1888,8 +1892,8 @@ class ListTransactionsRequest(_message.Message):
     def until(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Only what was recorded at or before as_of (recorded time, inclusive); since/until stay
-        on business time (occurred_at).
+        """Only what was recorded at or before as_of (recorded time, inclusive; not in the
+        future); since/until stay on business time (occurred_at).
         """
 
     def __init__(
@@ -1992,7 +1996,7 @@ class ListLotsRequest(_message.Message):
     """Include lots with nothing remaining (spent, reversed or expired)."""
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """The lots as they stood then (recorded time, inclusive); unset: now."""
+        """The lots as they stood then (recorded time, inclusive; not in the future); unset: now."""
 
     def __init__(
         self,

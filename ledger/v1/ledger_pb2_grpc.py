@@ -360,10 +360,26 @@ class LedgerServiceServicer:
     def GetAccount(self, request, context):
         """Member accounts: queries, served from projections.
 
-        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-        INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
-        (as_of reads are not available yet)
-        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        as_of (GetAccount, ListTransactions, ListLots) is RECORDED time, inclusive: the
+        account as the ledger knew it after its last event recorded at or before as_of
+        (Transaction.recorded_at), answered from read models that keep history. It is not
+        business time: a purchase that occurred on the 3rd but was recorded on the 5th is not
+        in an as_of of the 4th. To ask about business time, list the transactions with
+        since/until (occurred_at), or read the log itself (`ledger export events`, or
+        AuditService). An as_of read first waits until the read models processed the log as
+        it stood when the request arrived.
+
+        GetAccount(as_of): balances, held, debt, stored value and version after that event;
+        tier_code, qualifying_points, next_tier_code and points_to_next_tier at as_of
+        (qualifying earns recorded by then whose window still counted at as_of, less
+        reversals recorded by then, under the tier rules recorded by then). Nothing is
+        expired that was not recorded as expired by then.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+        INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
         INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -371,10 +387,15 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTransactions(self, request, context):
-        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-        INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
-        page_token not issued for this query
-        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        """In log order. as_of: only the transactions recorded at or before it; since/until
+        filter business time (occurred_at). A page token is bound to the member, since, until
+        and as_of.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+        INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, as_of
+        (malformed or in the future), or a page_token not issued for this query
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
         INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -382,9 +403,14 @@ class LedgerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLots(self, request, context):
-        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-        INVALID_ARGUMENT: program_id, member_id or min_position malformed
-        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        """In spend order. as_of: the lots recorded at or before it, each with remaining, held
+        and expired as its last event recorded by then left them.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+        INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+        NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
         INTERNAL: an unexpected server fault (logged)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -184,23 +184,49 @@ class LedgerServiceStub:
     GetAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]
     """Member accounts: queries, served from projections.
 
-    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
-        (as_of reads are not available yet)
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    as_of (GetAccount, ListTransactions, ListLots) is RECORDED time, inclusive: the
+    account as the ledger knew it after its last event recorded at or before as_of
+    (Transaction.recorded_at), answered from read models that keep history. It is not
+    business time: a purchase that occurred on the 3rd but was recorded on the 5th is not
+    in an as_of of the 4th. To ask about business time, list the transactions with
+    since/until (occurred_at), or read the log itself (`ledger export events`, or
+    AuditService). An as_of read first waits until the read models processed the log as
+    it stood when the request arrived.
+
+    GetAccount(as_of): balances, held, debt, stored value and version after that event;
+    tier_code, qualifying_points, next_tier_code and points_to_next_tier at as_of
+    (qualifying earns recorded by then whose window still counted at as_of, less
+    reversals recorded by then, under the tier rules recorded by then). Nothing is
+    expired that was not recorded as expired by then.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]
-    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
-        page_token not issued for this query
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    """In log order. as_of: only the transactions recorded at or before it; since/until
+    filter business time (occurred_at). A page token is bound to the member, since, until
+    and as_of.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, as_of
+        (malformed or in the future), or a page_token not issued for this query
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListLots: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]
-    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: program_id, member_id or min_position malformed
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    """In spend order. as_of: the lots recorded at or before it, each with remaining, held
+    and expired as its last event recorded by then left them.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListTierHistory: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListTierHistoryRequest, _ledger_pb2.ListTierHistoryResponse]
@@ -365,23 +391,49 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     GetAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetAccountRequest, _ledger_pb2.GetAccountResponse]  # type: ignore[assignment]
     """Member accounts: queries, served from projections.
 
-    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
-        (as_of reads are not available yet)
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    as_of (GetAccount, ListTransactions, ListLots) is RECORDED time, inclusive: the
+    account as the ledger knew it after its last event recorded at or before as_of
+    (Transaction.recorded_at), answered from read models that keep history. It is not
+    business time: a purchase that occurred on the 3rd but was recorded on the 5th is not
+    in an as_of of the 4th. To ask about business time, list the transactions with
+    since/until (occurred_at), or read the log itself (`ledger export events`, or
+    AuditService). An as_of read first waits until the read models processed the log as
+    it stood when the request arrived.
+
+    GetAccount(as_of): balances, held, debt, stored value and version after that event;
+    tier_code, qualifying_points, next_tier_code and points_to_next_tier at as_of
+    (qualifying earns recorded by then whose window still counted at as_of, less
+    reversals recorded by then, under the tier rules recorded by then). Nothing is
+    expired that was not recorded as expired by then.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTransactionsRequest, _ledger_pb2.ListTransactionsResponse]  # type: ignore[assignment]
-    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
-        page_token not issued for this query
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    """In log order. as_of: only the transactions recorded at or before it; since/until
+    filter business time (occurred_at). A page token is bound to the member, since, until
+    and as_of.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, as_of
+        (malformed or in the future), or a page_token not issued for this query
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListLots: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListLotsRequest, _ledger_pb2.ListLotsResponse]  # type: ignore[assignment]
-    """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-      INVALID_ARGUMENT: program_id, member_id or min_position malformed
-      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+    """In spend order. as_of: the lots recorded at or before it, each with remaining, held
+    and expired as its last event recorded by then left them.
+
+    Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+      INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+        or in the future
+      NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+        not exist yet at as_of
       INTERNAL: an unexpected server fault (logged)
     """
     ListTierHistory: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListTierHistoryRequest, _ledger_pb2.ListTierHistoryResponse]  # type: ignore[assignment]
@@ -645,10 +697,26 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.GetAccountResponse, _abc.Awaitable[_ledger_pb2.GetAccountResponse]]:
         """Member accounts: queries, served from projections.
 
-        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-          INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of set
-            (as_of reads are not available yet)
-          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        as_of (GetAccount, ListTransactions, ListLots) is RECORDED time, inclusive: the
+        account as the ledger knew it after its last event recorded at or before as_of
+        (Transaction.recorded_at), answered from read models that keep history. It is not
+        business time: a purchase that occurred on the 3rd but was recorded on the 5th is not
+        in an as_of of the 4th. To ask about business time, list the transactions with
+        since/until (occurred_at), or read the log itself (`ledger export events`, or
+        AuditService). An as_of read first waits until the read models processed the log as
+        it stood when the request arrived.
+
+        GetAccount(as_of): balances, held, debt, stored value and version after that event;
+        tier_code, qualifying_points, next_tier_code and points_to_next_tier at as_of
+        (qualifying earns recorded by then whose window still counted at as_of, less
+        reversals recorded by then, under the tier rules recorded by then). Nothing is
+        expired that was not recorded as expired by then.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+          INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+            or in the future
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+            not exist yet at as_of
           INTERNAL: an unexpected server fault (logged)
         """
 
@@ -658,10 +726,15 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListTransactionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListTransactionsResponse, _abc.Awaitable[_ledger_pb2.ListTransactionsResponse]]:
-        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-          INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, or a
-            page_token not issued for this query
-          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        """In log order. as_of: only the transactions recorded at or before it; since/until
+        filter business time (occurred_at). A page token is bound to the member, since, until
+        and as_of.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+          INVALID_ARGUMENT: ids, min_position, page_size (1..1000), since/until, as_of
+            (malformed or in the future), or a page_token not issued for this query
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+            not exist yet at as_of
           INTERNAL: an unexpected server fault (logged)
         """
 
@@ -671,9 +744,14 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.ListLotsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ListLotsResponse, _abc.Awaitable[_ledger_pb2.ListLotsResponse]]:
-        """Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position):
-          INVALID_ARGUMENT: program_id, member_id or min_position malformed
-          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member
+        """In spend order. as_of: the lots recorded at or before it, each with remaining, held
+        and expired as its last event recorded by then left them.
+
+        Errors (and DEADLINE_EXCEEDED / UNAVAILABLE for min_position or an as_of read):
+          INVALID_ARGUMENT: program_id, member_id or min_position malformed; as_of malformed
+            or in the future
+          NOT_FOUND PROGRAM_NOT_FOUND / MEMBER_NOT_FOUND: no such program / member, or it did
+            not exist yet at as_of
           INTERNAL: an unexpected server fault (logged)
         """
 
