@@ -10,6 +10,7 @@ worked out by hand, in Asia/Shanghai, whose year ends before UTC's.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -188,10 +189,9 @@ def test_bad_deferred_revenue_requests(client: Client) -> None:
         ({"expected_redemption_rate_ppm": 1_000_001}, "expected_redemption_rate_ppm"),
         ({"min_position": -1}, "min_position"),
     ):
-        request = {"program_id": program, **fields}
-        got = refused(
-            lambda r=request: reports(client).GetDeferredRevenue(rpb.GetDeferredRevenueRequest(**r))
-        )
+        chosen: dict[str, Any] = {"program_id": program, **fields}
+        request = rpb.GetDeferredRevenueRequest(**chosen)
+        got = refused(partial(reports(client).GetDeferredRevenue, request))
         assert got.code == grpc.StatusCode.INVALID_ARGUMENT
         assert field in got.fields
     got = refused(
@@ -205,11 +205,13 @@ def test_bad_deferred_revenue_requests(client: Client) -> None:
 # ---------------------------------------------------------------------- breakage
 
 
-def local(*args: int) -> Any:
-    return ts(datetime(*args, tzinfo=SHANGHAI))
+def local(year: int, month: int, day: int, hour: int = 0) -> Any:
+    return ts(datetime(year, month, day, hour, tzinfo=SHANGHAI))
 
 
-def breakage(client: Client, program: str, cohort: int, **f: Any) -> rpb.GetBreakageResponse:
+def breakage(
+    client: Client, program: str, cohort: rpb.Cohort.ValueType, **f: Any
+) -> rpb.GetBreakageResponse:
     got: rpb.GetBreakageResponse = reports(client).GetBreakage(
         rpb.GetBreakageRequest(program_id=program, cohort=cohort, **f), timeout=30
     )
@@ -315,8 +317,9 @@ def test_bad_breakage_requests(client: Client) -> None:
         ({"program_id": ""}, "program_id"),
         ({"since": ts(now), "until": ts(now - timedelta(days=1))}, "until"),
     ):
-        request = {"program_id": program, "cohort": rpb.COHORT_YEAR, **fields}
-        got = refused(lambda r=request: reports(client).GetBreakage(rpb.GetBreakageRequest(**r)))
+        chosen: dict[str, Any] = {"program_id": program, "cohort": rpb.COHORT_YEAR, **fields}
+        request = rpb.GetBreakageRequest(**chosen)
+        got = refused(partial(reports(client).GetBreakage, request))
         assert got.code == grpc.StatusCode.INVALID_ARGUMENT
         assert field in got.fields
     got = refused(

@@ -22,7 +22,9 @@ def reports(client: Client) -> report_pb2_grpc.ReportServiceStub:
     return report_pb2_grpc.ReportServiceStub(client.channel)
 
 
-def line(ext: str, ref: str, amount: int, at: datetime, kind: int = TOP_UP) -> rpb.StatementLine:
+def line(
+    ext: str, ref: str, amount: int, at: datetime, kind: rpb.StatementLineKind.ValueType = TOP_UP
+) -> rpb.StatementLine:
     return rpb.StatementLine(
         external_id=ext, payment_ref=ref, kind=kind, amount_minor=amount, occurred_at=ts(at)
     )
