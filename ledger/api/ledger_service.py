@@ -392,10 +392,22 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         without_token = pb.ListTransactionsRequest()
         without_token.CopyFrom(request)
         without_token.page_token = ""
+        bad: list[tuple[str, str]] = []
         try:
             query = parse.list_transactions(without_token)
         except InvalidArgument as e:
-            raise InvalidArgument(e.violations + v.items) from None
+            # Every bad field at once, the page token's too: check it against the query as
+            # given (its fingerprint is what the token must match).
+            bad, given = e.violations, Violations()
+            query = parse.TransactionsQuery(
+                request.program_id,
+                request.member_id,
+                0,
+                0,
+                0,
+                given.timestamp("since", request.since, request.HasField("since")),
+                given.timestamp("until", request.until, request.HasField("until")),
+            )
         after = 0
         if request.page_token:
             decoded = page_tokens.decode(
@@ -406,7 +418,8 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
                 "member, time range or as_of",
             )
             after = decoded[0] if decoded else 0
-        v.raise_if_any()
+        if bad or v.items:
+            raise InvalidArgument(bad + v.items)
         return replace(query, after_position=after), as_of
 
     async def _reached_as_of(self, min_position: int, context: grpc.aio.ServicerContext) -> None:
