@@ -639,12 +639,8 @@ class PointsProjection:
             self.dialect.insert_rows(
                 cur,
                 "INSERT INTO rm_lot_history (program_id, member_id, lot_id, position, remaining,"
-                " held, expired, recorded_at) {rows}"
-                # A row is a function of the log: writing it again (a rebuild over a history
-                # a reset forgot to empty) writes the same values.
-                " ON CONFLICT (program_id, member_id, lot_id, position) DO UPDATE SET"
-                " remaining = excluded.remaining, held = excluded.held,"
-                " expired = excluded.expired, recorded_at = excluded.recorded_at",
+                # A plain insert: exactly once, so a row written twice is a bug to hear of.
+                " held, expired, recorded_at) {rows}",
                 batch.lot_history,
             )
 

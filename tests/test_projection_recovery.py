@@ -18,7 +18,7 @@ from projections.points import PointsProjection
 from projections.runner import ProjectionRunner
 from tests.support import open_tally
 
-READ_MODELS = ("rm_accounts", "rm_transactions", "rm_lots", "rm_holds", "rm_programs")
+READ_MODELS = tuple(PointsProjection.tables)  # every table the projection writes
 
 
 class CrashingProjection(PointsProjection):
