@@ -2,8 +2,8 @@
 row each in `rm_postings`.
 
 An account's events name only the account's id; the member is known from its enrolment,
-which this projection keeps in a table of its own (`rm_journal_accounts`), so that it
-depends on no other read model's progress.
+which this projection keeps in a table of its own (`rm_journal_accounts`,
+projections/accounts.py), so that it depends on no other read model's progress.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from ledger.domain import events, journal
 from ledger.infrastructure.database import Cursor
 from ledger.infrastructure.dialect import Dialect
+from projections.accounts import members_of
 from projections.points import micros
 
 NAME = "journal"
@@ -71,7 +72,13 @@ class JournalProjection:
 
     def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
         self._note_programs(cur, batch_events)
-        members = self._members(cur, batch_events)
+        members = members_of(
+            cur,
+            self.dialect,
+            "rm_journal_accounts",
+            batch_events,
+            {e.originator_id.hex for _, e in batch_events if type(e) not in journal.NO_POSTINGS},
+        )
         rows: list[tuple[Any, ...]] = []
         daily: dict[tuple[str, int, str, str, str], list[int]] = {}
         for position, event in batch_events:
@@ -151,34 +158,3 @@ class JournalProjection:
                 raise LookupError(f"program {program_id} has accounts but no ProgramCreated")
             found = self._programs[program_id] = (str(row[0]), ZoneInfo(str(row[1])))
         return found
-
-    def _members(
-        self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]
-    ) -> dict[str, tuple[str, str]]:
-        """account id (hex) -> (program, member) for the accounts of these events."""
-        members: dict[str, tuple[str, str]] = {}
-        enrolled: list[tuple[str, str, str]] = []
-        for _, e in batch_events:
-            if isinstance(e, events.MemberEnrolled):
-                account = (e.originator_id.hex, e.program_id, e.member_id)  # type: ignore[attr-defined]
-                enrolled.append(account)
-                members[account[0]] = account[1:]
-        wanted = {
-            e.originator_id.hex for _, e in batch_events if type(e) not in journal.NO_POSTINGS
-        } - members.keys()
-        if wanted:
-            marks = self.dialect.placeholders(len(wanted))
-            cur.execute(
-                "SELECT account_id, program_id, member_id FROM rm_journal_accounts"
-                f" WHERE account_id IN ({marks})",
-                [*wanted],
-            )
-            for account_id, program_id, member_id in cur.fetchall():
-                members[str(account_id)] = (str(program_id), str(member_id))
-        if enrolled:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_journal_accounts (account_id, program_id, member_id) {rows}",
-                enrolled,
-            )
-        return members

@@ -19,6 +19,7 @@ from ledger.domain import events
 from ledger.domain.reconciliation import REFUND, TOP_UP
 from ledger.infrastructure.database import Cursor
 from ledger.infrastructure.dialect import Dialect
+from projections.accounts import members_of
 from projections.points import micros
 
 NAME = "payments"
@@ -54,7 +55,13 @@ class PaymentsProjection:
             for position, e in batch_events
             if isinstance(e, (events.StoredValueToppedUp, events.TopUpCashedOut))
         ]
-        members = self._members(cur, batch_events, {e.originator_id.hex for _, e in money})
+        members = members_of(
+            cur,
+            self.dialect,
+            "rm_payment_accounts",
+            batch_events,
+            {e.originator_id.hex for _, e in money},
+        )
         if not money:
             return
         rows: list[tuple[Any, ...]] = []
@@ -100,33 +107,3 @@ class PaymentsProjection:
         if row is None:
             raise LookupError(f"a cash-out reverses {top_up_id}, which is no top-up of ours")
         return str(row[0])
-
-    def _members(
-        self, cur: Cursor, batch_events: Sequence[tuple[int, Any]], wanted: set[str]
-    ) -> dict[str, tuple[str, str]]:
-        """account id (hex) -> (program, member) for the accounts in `wanted`; records this
-        batch's enrolments."""
-        members: dict[str, tuple[str, str]] = {}
-        enrolled: list[tuple[str, str, str]] = []
-        for _, e in batch_events:
-            if isinstance(e, events.MemberEnrolled):
-                account = (e.originator_id.hex, e.program_id, e.member_id)  # type: ignore[attr-defined]
-                enrolled.append(account)
-                members[account[0]] = account[1:]
-        wanted = wanted - members.keys()
-        if wanted:
-            marks = self.dialect.placeholders(len(wanted))
-            cur.execute(
-                "SELECT account_id, program_id, member_id FROM rm_payment_accounts"
-                f" WHERE account_id IN ({marks})",
-                [*wanted],
-            )
-            for account_id, program_id, member_id in cur.fetchall():
-                members[str(account_id)] = (str(program_id), str(member_id))
-        if enrolled:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_payment_accounts (account_id, program_id, member_id) {rows}",
-                enrolled,
-            )
-        return members
