@@ -19,7 +19,6 @@ rounded up per store (the custody must be at least the share).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -35,7 +34,6 @@ from projections.points import micros
 DAY_US = 86_400_000_000
 MICROSECOND = timedelta(microseconds=1)
 MAX_WINDOW = timedelta(days=366)
-MAX_PERIODS = 400
 PPM = 1_000_000
 EPOCH = date(1970, 1, 1)
 # Added before the integer division that gives a local day, so that the dividend is never
@@ -309,16 +307,6 @@ class ForecastQueries:
 # ---------------------------------------------------------------------- custody's rules
 
 
-class Period(enum.Enum):
-    MONTH = 1
-    QUARTER = 3
-    YEAR = 12
-
-    @property
-    def months(self) -> int:
-        return self.value
-
-
 @dataclass(frozen=True)
 class CustodyStore:
     store_id: str  # the store of issue
@@ -349,42 +337,3 @@ def custody_share(cash_minor: int, ratio_ppm: int) -> int:
     if cash_minor <= 0:
         return 0
     return -(-cash_minor * ratio_ppm // PPM)
-
-
-def period_label(period: Period, start: date) -> str:
-    if period is Period.MONTH:
-        return f"{start.year:04d}-{start.month:02d}"
-    if period is Period.QUARTER:
-        return f"{start.year:04d}-Q{(start.month - 1) // 3 + 1}"
-    return f"{start.year:04d}"
-
-
-def period_ends(
-    period: Period, zone: ZoneInfo, since: datetime, until: datetime, limit: int = MAX_PERIODS
-) -> list[tuple[str, datetime]] | None:
-    """(label, end) of every period ending in (since, until], in the programme's time zone:
-    an end is the local midnight after the period's last day. None if more than `limit`."""
-    local = since.astimezone(zone)
-    # The period holding `since` (a since exactly at an end holds the period after it).
-    month = (local.month - 1) // period.months * period.months + 1
-    start = date(local.year, month, 1)
-    ends: list[tuple[str, datetime]] = []
-    while True:
-        following = _add_months(start, period.months)
-        if following is None:
-            return ends
-        end = datetime(following.year, following.month, 1, tzinfo=zone).astimezone(UTC)
-        if end > until:
-            return ends
-        if len(ends) == limit:
-            return None
-        ends.append((period_label(period, start), end))
-        start = following
-
-
-def _add_months(start: date, months: int) -> date | None:
-    index = start.year * 12 + start.month - 1 + months
-    year, month = divmod(index, 12)
-    if year > 9999:
-        return None
-    return date(year, month + 1, 1)

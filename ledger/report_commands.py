@@ -32,10 +32,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger.api.validation import Violations
-from ledger.forecast_queries import ForecastQueries, Period, expiry_window, period_ends
+from ledger.forecast_queries import ForecastQueries, expiry_window
 from ledger.journal_queries import LINES, JournalQueries, PostingsFilter
+from ledger.periods import Period, period_ends
 from ledger.queries import from_micros
-from ledger.revenue_queries import CohortKind, RevenueQueries
+from ledger.revenue_queries import RevenueQueries
 from projections.journal import NAME as JOURNAL
 from projections.points import NAME as POINTS
 from projections.revenue import NAME as REVENUE
@@ -194,7 +195,6 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
 
 
 PERIOD_WORDS = {"month": Period.MONTH, "quarter": Period.QUARTER, "year": Period.YEAR}
-COHORT_WORDS: dict[str, CohortKind] = {"month": "MONTH", "quarter": "QUARTER", "year": "YEAR"}
 
 
 def _whole(v: Violations, flag: str, text: str | None, high: int, required: bool) -> int:
@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         if args.rate_ppm == 0:
             v.add("--rate-ppm", "must be between 1 and 1000000, not '0'")
     if kind == "breakage":
-        args.cohort = COHORT_WORDS.get(args.cohort or "")
+        args.cohort = PERIOD_WORDS.get(args.cohort or "")
         if args.cohort is None:
             v.add("--cohort", "required: month, quarter or year")
     if kind == "custody":

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 from fractions import Fraction
-from typing import Literal
 from zoneinfo import ZoneInfo
 
 from ledger.domain import breakage
@@ -26,11 +25,10 @@ from ledger.domain.deferred_revenue import (
     recognise,
 )
 from ledger.infrastructure.database import Cursor, Database
+from ledger.periods import Period, period_label, period_start
 from projections.journal import local_day
 from projections.points import micros
 from projections.revenue import NAME
-
-CohortKind = Literal["MONTH", "QUARTER", "YEAR"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +113,7 @@ class RevenueQueries:
     def breakage(
         self,
         program_id: str,
-        cohort: CohortKind,
+        cohort: Period,
         since: datetime | None,
         until: datetime | None,
         fallback_rate_ppm: int,
@@ -135,7 +133,7 @@ class RevenueQueries:
             days = cur.fetchall()
         cohorts: dict[date, breakage.CohortFigures] = {}
         for day, issued, reversed_points, redeemed, expired in days:
-            start = _cohort_start(datetime.fromtimestamp(int(day) / 1e6, zone).date(), cohort)
+            start = period_start(cohort, datetime.fromtimestamp(int(day) / 1e6, zone).date())
             figures = breakage.CohortFigures(
                 int(issued), int(reversed_points), int(redeemed), int(expired)
             )
@@ -153,7 +151,7 @@ class RevenueQueries:
             rows.append(
                 BreakageRow(
                     cohort_start=moment,
-                    cohort_label=_label(start, cohort),
+                    cohort_label=period_label(cohort, start),
                     issued=c.issued,
                     redeemed=c.redeemed,
                     expired=c.expired,
@@ -238,19 +236,3 @@ def _report(
 
 def _nothing(rate_ppm: int, position: int) -> DeferredRevenueReport:
     return _report(recognise(Allocated(Fraction(0)), 0, 0, rate_ppm), 0, rate_ppm, "", position)
-
-
-def _cohort_start(day: date, cohort: CohortKind) -> date:
-    if cohort == "MONTH":
-        return day.replace(day=1)
-    if cohort == "QUARTER":
-        return date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
-    return date(day.year, 1, 1)
-
-
-def _label(start: date, cohort: CohortKind) -> str:
-    if cohort == "MONTH":
-        return f"{start.year}-{start.month:02d}"
-    if cohort == "QUARTER":
-        return f"{start.year}-Q{(start.month - 1) // 3 + 1}"
-    return str(start.year)

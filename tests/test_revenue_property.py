@@ -40,6 +40,7 @@ from ledger.application import commands as c
 from ledger.application import results as r
 from ledger.domain import errors
 from ledger.domain.program import PointsConversion, ProgramSettings
+from ledger.periods import Period
 from ledger.revenue_queries import RevenueQueries
 from ledger.runtime import Tally
 from projections.points import NAME as POINTS
@@ -559,7 +560,7 @@ def deferred(
 
 def check_breakage(h: History) -> None:
     tally, m = h.shared.tally, h.model
-    got = RevenueQueries(tally.database).breakage(h.program, "MONTH", None, None, 900_000)
+    got = RevenueQueries(tally.database).breakage(h.program, Period.MONTH, None, None, 900_000)
     rows = {row.cohort_label: row for row in got.rows}
     assert set(rows) == set(m.issued), "a cohort for each month something was issued in"
     expired: dict[str, int] = {}

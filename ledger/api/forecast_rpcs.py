@@ -12,18 +12,12 @@ from zoneinfo import ZoneInfo
 
 from ledger.api import page_tokens
 from ledger.api.ledger_service import rpc
-from ledger.api.report_base import ReportBase, checked
+from ledger.api.report_base import ReportBase, checked, time_range
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
 from ledger.domain import errors
-from ledger.forecast_queries import (
-    MAX_PERIODS,
-    PPM,
-    ForecastQueries,
-    Period,
-    expiry_window,
-    period_ends,
-)
+from ledger.forecast_queries import PPM, ForecastQueries, expiry_window
+from ledger.periods import MAX_PERIODS, Period, period_ends
 from ledger.queries import from_micros
 from ledger.runtime import Tally
 from ledger.v1 import report_pb2 as pb
@@ -120,10 +114,7 @@ class ForecastRpcs(ReportBase):
         if period is None:
             v.add("period", "required: CUSTODY_PERIOD_MONTH, _QUARTER or _YEAR")
         v.in_range("ratio_ppm", request.ratio_ppm, 0, PPM)
-        since = v.timestamp("since", request.since, request.HasField("since"))
-        until = v.timestamp("until", request.until, request.HasField("until"))
-        if since and until and since >= until:
-            v.add("until", "must be after since")
+        since, until = time_range(v, request)
         v.raise_if_any()
         assert period is not None
         program = await self._program(request, context)

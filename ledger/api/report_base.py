@@ -47,12 +47,19 @@ def checked(request: Any) -> Violations:
     return v
 
 
-def period(request: Any) -> tuple[datetime | None, datetime | None]:
-    """A report's period (since, until], checked: INVALID_ARGUMENT unless since < until."""
-    v = checked(request)
+def time_range(v: Violations, request: Any) -> tuple[datetime | None, datetime | None]:
+    """A request's `since` and `until` (either may be unset), checked into `v`: since must
+    come before until."""
     since = v.timestamp("since", request.since, request.HasField("since"))
     until = v.timestamp("until", request.until, request.HasField("until"))
     if since and until and since >= until:
         v.add("until", "must be after since")
+    return since, until
+
+
+def period(request: Any) -> tuple[datetime | None, datetime | None]:
+    """A report's period (since, until], checked: INVALID_ARGUMENT unless since < until."""
+    v = checked(request)
+    since, until = time_range(v, request)
     v.raise_if_any()
     return since, until

@@ -13,7 +13,7 @@ from ledger.api import page_tokens
 from ledger.api.forecast_rpcs import ForecastRpcs
 from ledger.api.ledger_service import rpc
 from ledger.api.reconciliation_rpcs import ReconciliationRpcs
-from ledger.api.report_base import ReportBase
+from ledger.api.report_base import ReportBase, time_range
 from ledger.api.report_base import checked as _checked
 from ledger.api.report_base import period as _period
 from ledger.api.responses import timestamp
@@ -144,10 +144,7 @@ class JournalRpcs(ReportBase):
         v.text("transaction_id", request.transaction_id, limit=64)
         v.text("ledger_account", request.ledger_account, limit=200)
         size = v.in_range("page_size", request.page_size or DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-        since = v.timestamp("since", request.since, request.HasField("since"))
-        until = v.timestamp("until", request.until, request.HasField("until"))
-        if since and until and since >= until:
-            v.add("until", "must be after since")
+        since, until = time_range(v, request)
         chosen = PostingsFilter(
             request.program_id, request.transaction_id, request.ledger_account, since, until
         )

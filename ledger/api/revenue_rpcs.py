@@ -8,15 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ledger.api.ledger_service import rpc
-from ledger.api.report_base import ReportBase, checked
+from ledger.api.report_base import ReportBase, checked, time_range
 from ledger.api.responses import timestamp
+from ledger.periods import Period
 from ledger.revenue_queries import RevenueQueries
 from ledger.runtime import Tally
 from ledger.v1 import report_pb2 as pb
 from projections.revenue import NAME as REVENUE
 
 READS = (REVENUE,)
-COHORTS = {pb.COHORT_MONTH: "MONTH", pb.COHORT_QUARTER: "QUARTER", pb.COHORT_YEAR: "YEAR"}
+COHORTS = {
+    pb.COHORT_MONTH: Period.MONTH,
+    pb.COHORT_QUARTER: Period.QUARTER,
+    pb.COHORT_YEAR: Period.YEAR,
+}
 
 
 class RevenueRpcs(ReportBase):
@@ -44,10 +49,7 @@ class RevenueRpcs(ReportBase):
         cohort = COHORTS.get(request.cohort)
         if cohort is None:
             v.add("cohort", "must be COHORT_MONTH, COHORT_QUARTER or COHORT_YEAR")
-        since = v.timestamp("since", request.since, request.HasField("since"))
-        until = v.timestamp("until", request.until, request.HasField("until"))
-        if since and until and since >= until:
-            v.add("until", "must be after since")
+        since, until = time_range(v, request)
         v.raise_if_any()
         assert cohort is not None
         program = await self._program(request, context, READS)

@@ -23,7 +23,8 @@ import pytest
 from eventsourcing.domain import CanCreateTimestamp
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.forecast_queries import Period, custody_share, period_ends
+from ledger.forecast_queries import custody_share
+from ledger.periods import Period, period_ends
 from ledger.v1 import report_pb2 as rpb
 from ledger.v1 import report_pb2_grpc
 from tests.support import Client, new_id, refused, ts
