@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{serve,migrate,program,report,import,audit,export,demo}",
+        metavar="{serve,migrate,program,report,reconcile,credentials,relay,import,audit,export,demo}",
     )
 
     serve = sub.add_parser(
@@ -105,6 +105,54 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to start if migrations are pending instead of applying them",
     )
+    security = serve.add_argument_group("security (docs/security.md)")
+    security.add_argument(
+        "--credentials",
+        default=os.environ.get("TALLY_CREDENTIALS", ""),
+        help="a credentials file (`ledger credentials create`): clients must send a bearer "
+        "token; needed to listen beyond loopback (env TALLY_CREDENTIALS)",
+    )
+    security.add_argument(
+        "--tls-cert", default=os.environ.get("TALLY_TLS_CERT", ""), help="server certificate (PEM)"
+    )
+    security.add_argument(
+        "--tls-key", default=os.environ.get("TALLY_TLS_KEY", ""), help="its private key (PEM)"
+    )
+    security.add_argument(
+        "--tls-client-ca",
+        default=os.environ.get("TALLY_TLS_CLIENT_CA", ""),
+        help="mutual TLS: clients must present a certificate this CA signed (PEM)",
+    )
+    operations = serve.add_argument_group("operations (docs/operations.md)")
+    operations.add_argument(
+        "--metrics-port",
+        type=_position,
+        default=os.environ.get("TALLY_METRICS_PORT", "0"),
+        help="serve Prometheus metrics on 127.0.0.1:PORT (env TALLY_METRICS_PORT; 0: none). "
+        "Traces and metrics go by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set",
+    )
+    operations.add_argument(
+        "--report-database",
+        default=os.environ.get("TALLY_REPORT_DATABASE_URL", ""),
+        help="a PostgreSQL replica the reports read (env TALLY_REPORT_DATABASE_URL)",
+    )
+    operations.add_argument(
+        "--routes",
+        default=os.environ.get("TALLY_ROUTES", ""),
+        help="a routing table placing programmes on other PostgreSQL clusters (env TALLY_ROUTES)",
+    )
+    operations.add_argument(
+        "--nats",
+        default=os.environ.get("TALLY_NATS_URL", ""),
+        help="relay every event to NATS JetStream at this URL, e.g. nats://127.0.0.1:4222 "
+        "(env TALLY_NATS_URL)",
+    )
+    operations.add_argument(
+        "--grace",
+        type=float,
+        default=float(os.environ.get("TALLY_SHUTDOWN_GRACE", "10")),
+        help="seconds in-flight calls get to finish on SIGTERM (default 10)",
+    )
 
     migrate = sub.add_parser(
         "migrate",
@@ -124,6 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     from ledger.reconcile_command import add_parsers as add_reconcile_parsers
 
     add_reconcile_parsers(sub, _database_arg)
+
+    from ledger.credentials_command import add_parsers as add_credentials_parsers
+
+    add_credentials_parsers(sub)
+
+    from ledger.relay_command import add_parsers as add_relay_parsers
+
+    add_relay_parsers(sub, _database_arg)
 
     load = sub.add_parser(
         "import",
@@ -258,15 +314,43 @@ def _operator_error(error: Exception) -> str | None:
     return str(error) if isinstance(error, known) else None
 
 
+def _serve_options(args: argparse.Namespace) -> Any:
+    from ledger.api.server import ServeOptions
+
+    return ServeOptions(
+        database_url=args.database,
+        listen=args.listen,
+        apply_migrations=not args.no_migrate,
+        credentials=args.credentials,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
+        report_database=args.report_database,
+        routes=args.routes,
+        nats=args.nats,
+        grace_seconds=args.grace,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from ledger.api.server import serve as run_server
         from ledger.api.server import serve_processes
 
+        options = _serve_options(args)
         if args.processes > 1:
-            return serve_processes(args.database, args.listen, args.processes, not args.no_migrate)
-        asyncio.run(run_server(args.database, args.listen, not args.no_migrate))
+            return serve_processes(options, args.processes)
+        asyncio.run(run_server(options))
         return 0
+    if args.command == "credentials":
+        from ledger.credentials_command import run as run_credentials
+
+        return run_credentials(args)
+    if args.command == "relay":
+        from ledger.relay_command import run as run_relay
+
+        return run_relay(args)
     if args.command == "migrate":
         from ledger.infrastructure.database import check_database, parse_database_url
         from ledger.infrastructure.migrations import migrate as apply

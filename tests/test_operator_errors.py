@@ -136,7 +136,11 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
         (["audit"], "required: {verify,replay,journal,checkpoint}"),
         (["export"], "required: {events}"),
         (["program"], "required: {create,show,update}"),
-        ([], "required: {serve,migrate,program,report,import,audit,export,demo}"),
+        (
+            [],
+            "required: {serve,migrate,program,report,reconcile,credentials,relay,import,"
+            "audit,export,demo}",
+        ),
     ],
 )
 def test_a_flag_out_of_range_or_a_missing_subcommand_says_what_is_wanted(
@@ -147,7 +151,11 @@ def test_a_flag_out_of_range_or_a_missing_subcommand_says_what_is_wanted(
     assert result.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert expected in stderr, stderr
-    assert len(stderr.splitlines()) <= 6, stderr  # argparse's usage, then the one error
+    # argparse's usage (its first line, then indented continuations), then the one error
+    *usage, error = stderr.splitlines()
+    assert usage[0].startswith("usage: ledger"), stderr
+    assert all(line.startswith(" ") for line in usage[1:]), stderr
+    assert expected in error, stderr
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,11 +21,15 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ledger.api.audit_service import AuditServicer
+from ledger.api.auth import Security
+from ledger.api.database_health import watch_database
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
+from ledger.relay import Relay
 from ledger.runtime import Tally
+from ledger.telemetry import Telemetry
 from ledger.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -37,6 +41,12 @@ from ledger.v1 import (
 
 log = logging.getLogger(__name__)
 FREEZE_INTERVAL_SECONDS = 10.0
+# Resource limits (docs/security.md): no request, and no number of them, makes the server
+# hold unbounded memory. A message above the cap is refused by grpc (RESOURCE_EXHAUSTED);
+# calls above MAX_CONCURRENT_RPCS are refused at once rather than queued without end.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_STREAMS_PER_CONNECTION = 1000
+MAX_CONCURRENT_RPCS = 4096
 SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
@@ -50,6 +60,27 @@ class ListenAddressError(ValueError):
 
 class InsecureListenAddress(ListenAddressError):
     pass
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `ledger serve` is told, by its flags or the TALLY_* environment."""
+
+    database_url: str = "sqlite:///ledger.db"
+    listen: str = "127.0.0.1:50051"
+    apply_migrations: bool = True
+    share_port: bool = False  # several processes on one port (SO_REUSEPORT)
+    # A credentials file turns authentication on (ledger/api/auth.py, docs/security.md).
+    credentials: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""  # mutual TLS: clients must present a certificate this CA signed
+    metrics_port: int = 0  # Prometheus text on 127.0.0.1:<port>; 0 is none
+    report_database: str = ""  # a replica the reports read (docs/operations.md)
+    routes: str = ""  # a routing table placing programmes on other clusters
+    nats: str = ""  # relay every event to NATS JetStream at this URL (ledger/relay.py)
+    # SIGTERM: stop accepting, give in-flight calls this long, then flush and exit.
+    grace_seconds: float = 10.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -66,11 +97,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def check_listen_address(listen: str) -> None:
-    """Refuse a malformed address, and a non-loopback one: no credentials can be configured
-    yet."""
+def check_listen_address(listen: str, authenticated: bool = False) -> None:
+    """Refuse a malformed address, and a non-loopback one unless clients must authenticate
+    (a credentials file, or mutual TLS)."""
     host, _ = parse_listen(listen)
-    if host == "localhost":
+    if authenticated or host == "localhost":
         return
     try:
         loopback = ipaddress.ip_address(host).is_loopback
@@ -79,8 +110,8 @@ def check_listen_address(listen: str) -> None:
     if not loopback:
         raise InsecureListenAddress(
             f"refusing to listen on {listen}: it is not a loopback address and no client "
-            "credentials (bearer tokens, TLS) are configured. Listen on 127.0.0.1 behind "
-            "an authenticating proxy, or configure credentials."
+            "credentials are configured. Give --credentials FILE (see `ledger credentials "
+            "create`), or listen on 127.0.0.1 behind an authenticating proxy."
         )
 
 
@@ -91,12 +122,23 @@ class RunningServer:
     tally: Tally
     port: int
     executor: ThreadPoolExecutor
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    relay: Relay | None = None
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight calls finish for up to `grace` seconds, then stop
+        the writers and projections, hand the relay's last events over, flush telemetry."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await asyncio.get_running_loop().run_in_executor(None, self.tally.close)
+        for task in self.background:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        if self.relay is not None:
+            await self.relay.stop()
+        await loop.run_in_executor(None, self.tally.close)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        await loop.run_in_executor(None, self.telemetry.shutdown)
 
 
 def check_port_free(listen: str) -> None:
@@ -119,25 +161,31 @@ def check_port_free(listen: str) -> None:
 
 
 async def start_server(
-    tally: Tally, listen: str, workers: int = 16, share_port: bool = False
+    tally: Tally,
+    listen: str,
+    workers: int = 16,
+    share_port: bool = False,
+    options: ServeOptions | None = None,
 ) -> RunningServer:
     """`share_port`: several server processes listen on one port (`ledger serve --processes`,
     SO_REUSEPORT: the kernel spreads connections between them). Off otherwise, so that a
     second server on a busy port fails instead of silently sharing it."""
+    options = replace(options or ServeOptions(), listen=listen, share_port=share_port)
+    security = Security.from_options(options)
+    telemetry = Telemetry.from_options(options)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
     server = grpc.aio.server(
+        # Outermost first: a span covers the whole call, a refused credential included.
+        interceptors=[*telemetry.interceptors(), *security.interceptors()],
         options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.max_concurrent_streams", 1000),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             ("grpc.so_reuseport", 1 if share_port else 0),
-        ]
+        ],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    # The account-command RPCs are set on the class from ledger/api/descriptors.py, which the
-    # generated stub's abstract methods cannot see.
-    servicer = LedgerServicer(tally, executor)  # type: ignore[abstract]
-    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
-    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(tally, executor), server)
+    _add_services(server, tally, executor)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVICE_NAMES):
@@ -151,7 +199,7 @@ async def start_server(
         server,
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = security.add_port(server, listen)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -161,20 +209,34 @@ async def start_server(
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, tally.start)
     await loop.run_in_executor(None, tally.wait_ready, 60.0)
+    telemetry.start(tally)
+    relay = Relay.from_options(options, tally)
+    if relay is not None:
+        await relay.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # NOT_SERVING while the database cannot be reached, SERVING again when it can.
+    background = [asyncio.create_task(watch_database(tally, health, ("", *SERVICE_NAMES)))]
     log.info(
         "serving on %s (database %s)", listen.rsplit(":", 1)[0] + f":{port}", tally.config.display
     )
-    return RunningServer(server, health, tally, port, executor)
+    return RunningServer(server, health, tally, port, executor, telemetry, background, relay)
 
 
-async def serve(
-    database_url: str, listen: str, apply_migrations: bool = True, share_port: bool = False
-) -> None:
-    check_listen_address(listen)
-    if not share_port:
-        check_port_free(listen)
+def _add_services(server: grpc.aio.Server, tally: Tally, executor: ThreadPoolExecutor) -> None:
+    # The account-command RPCs are set on the class from ledger/api/descriptors.py, which the
+    # generated stub's abstract methods cannot see.
+    servicer = LedgerServicer(tally, executor)  # type: ignore[abstract]
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
+    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(tally, executor), server)
+
+
+async def serve(options: ServeOptions) -> None:
+    security = Security.from_options(options)  # a bad credentials file fails here, first
+    check_listen_address(options.listen, authenticated=security.enabled)
+    if not options.share_port:
+        check_port_free(options.listen)
     loop = asyncio.get_running_loop()
     # From the start: a signal while starting up stops the server once it is up, gracefully,
     # instead of killing the process half-started.
@@ -184,19 +246,23 @@ async def serve(
     tally = await loop.run_in_executor(
         None,
         lambda: Tally.from_url(
-            database_url, apply_migrations=apply_migrations, exclusive="a `ledger serve`"
+            options.database_url,
+            apply_migrations=options.apply_migrations,
+            exclusive="a `ledger serve`",
         ),
     )
     try:
-        running = await start_server(tally, listen, share_port=share_port)
+        running = await start_server(
+            tally, options.listen, share_port=options.share_port, options=options
+        )
     except BaseException:
         await loop.run_in_executor(None, tally.close)
         raise
     survivors = asyncio.create_task(freeze_survivors())
     await stopping.wait()
-    log.info("shutting down: draining in-flight calls")
+    log.info("shutting down: draining in-flight calls (up to %.0f s)", options.grace_seconds)
     survivors.cancel()
-    await running.stop()
+    await running.stop(options.grace_seconds)
     log.info("stopped")
 
 
@@ -220,24 +286,25 @@ class ProcessesNeedPostgres(ValueError):
     """Several server processes need PostgreSQL: SQLite has one writing process."""
 
 
-def serve_processes(database_url: str, listen: str, processes: int, apply_migrations: bool) -> int:
+def serve_processes(options: ServeOptions, processes: int) -> int:
     """One server process per core, all on one port (SO_REUSEPORT): each has its own Python
     core, writer and caches. A command for an account another process has cached makes that
     process's next save of it conflict, and the group is re-run on fresh state (correct, at
     the cost of a round). Projections: one process writes them (the advisory lock), the
     others follow."""
-    config = parse_database_url(database_url)
+    config = parse_database_url(options.database_url)
     if not config.dialect.several_processes:
         raise ProcessesNeedPostgres("--processes above 1 needs a PostgreSQL database")
-    if listen.rsplit(":", 1)[-1] == "0":
+    if options.listen.rsplit(":", 1)[-1] == "0":
         raise ValueError("--processes above 1 needs a fixed port, not 0")
-    check_listen_address(listen)
-    check_port_free(listen)
-    if apply_migrations:
+    check_listen_address(options.listen, authenticated=Security.from_options(options).enabled)
+    check_port_free(options.listen)
+    if options.apply_migrations:
         migrate(config)
+    child_options = replace(options, apply_migrations=False, share_port=True)
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_serve_child, args=(database_url, listen), name=f"server-{i}")
+        context.Process(target=_serve_child, args=(child_options,), name=f"server-{i}")
         for i in range(processes)
     ]
     for child in children:
@@ -256,8 +323,8 @@ def serve_processes(database_url: str, listen: str, processes: int, apply_migrat
     return 1 if any(child.exitcode for child in children) else 0
 
 
-def _serve_child(database_url: str, listen: str) -> None:
+def _serve_child(options: ServeOptions) -> None:
     from ledger.cli import configure_logging  # a spawned process starts unconfigured
 
     configure_logging()
-    asyncio.run(serve(database_url, listen, apply_migrations=False, share_port=True))
+    asyncio.run(serve(options))
