@@ -62,6 +62,7 @@ class ServerProcess:
             env=server_env(),
         )
         self.pid = self.process.pid
+        self._stderr = ""
 
     def wait_serving(self, limit: float = START_LIMIT_SECONDS) -> None:
         deadline = time.monotonic() + limit
@@ -102,14 +103,18 @@ class ServerProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stderr(self) -> str:
-        self._log.flush()
+        if self._log.closed:
+            return self._stderr
         return Path(self._log.name).read_text(errors="replace")
 
     def close(self) -> None:
+        """Kill it if it still runs; its stderr stays readable."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
-        self._log.close()
+        if not self._log.closed:
+            self._stderr = self.stderr()
+            self._log.close()
 
 
 @contextmanager
