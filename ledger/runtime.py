@@ -17,17 +17,21 @@ from ledger.application.group import Answer
 from ledger.application.group_commit import GroupCommitWriter
 from ledger.application.service import LedgerApplication, utc_now
 from ledger.audit.checkpoints import Checkpointer, load_signing_key, raw
+from ledger.domain.ids import program_id_key
 from ledger.infrastructure.database import (
     DatabaseConfig,
+    DatabaseUrlError,
     PostgresDatabase,
     SqliteDatabase,
     check_database,
     open_database,
     parse_database_url,
 )
+from ledger.infrastructure.eventlog import existing_originators
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
 from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
+from ledger.routing import RoutingTable, RoutingTableError
 from projections import REGISTERED
 from projections.points import NAME as POINTS
 from projections.runner import ProjectionRunner
@@ -48,18 +52,25 @@ class Tally:
         writers: int | None = None,
         max_group: int = 256,
         exclusive: str = "",
+        report_database: str = "",
     ) -> None:
         """`exclusive`: this process is `ledger serve` or `ledger import` (named so): on
         SQLite it holds the file for its life, and a second one is refused
-        (ledger/infrastructure/single_process.py)."""
+        (ledger/infrastructure/single_process.py). `report_database`: a PostgreSQL replica
+        of this database, which the ReportService reads instead (docs/scaling.md)."""
         self.config = config
         check_database(config, must_exist=False)
         self._single = config.dialect.process_lock(config)
         if self._single is not None and exclusive:
             self._single.acquire(exclusive)
+        self.replica: PostgresDatabase | None = None
         try:
+            if report_database:
+                self.replica = open_replica(report_database, config)
             self._open(config, apply_migrations, clock, cache_size, writers, max_group)
         except BaseException:
+            if self.replica is not None:
+                self.replica.close()
             self._release()
             raise
 
@@ -162,11 +173,100 @@ class Tally:
             runner.stop()
         self.app.close()
         self.database.close()
+        if self.replica is not None:
+            self.replica.close()
         self._release()
 
     def _release(self) -> None:
         if self._single is not None:
             self._single.release()
+
+
+def open_replica(url: str, primary: DatabaseConfig) -> PostgresDatabase:
+    """The replica the reports read: a hot standby streaming from `primary`, so it has the
+    same read models and tracking rows, only later."""
+    config = parse_database_url(url)
+    if config.kind != "postgres" or primary.kind != "postgres":
+        raise DatabaseUrlError(
+            f"--report-database {config.display}: a report replica is a PostgreSQL standby of "
+            "a PostgreSQL --database (postgresql://USER@HOST:PORT/DB)"
+        )
+    check_database(config, must_exist=True)
+    return PostgresDatabase(config)
+
+
+class RoutedTally(Tally):
+    """Programmes on several clusters (ledger/routing.py): this object is the default
+    cluster's Tally (--database), the one the server's single-database parts use (health,
+    telemetry, relay), and holds one more Tally per cluster of the routing table, each with
+    its own writer, projections, sweeper and checkpointer, started and closed together."""
+
+    def __init__(self, table: RoutingTable, **kwargs: Any) -> None:
+        self.table = table
+        default = parse_database_url(table.default.database_url)
+        if default.kind != "postgres":
+            raise RoutingTableError(
+                f"--routes places programmes on PostgreSQL clusters: --database "
+                f"{default.display} must be one too (postgresql://USER@HOST:PORT/DB)"
+            )
+        super().__init__(default, **kwargs)
+        self.clusters: dict[str, Tally] = {table.default.name: self}
+        # A replica serves the default cluster's reports only; the others read their primary.
+        kwargs.pop("report_database", None)
+        try:
+            for cluster in table.others:
+                self.clusters[cluster.name] = Tally.from_url(cluster.database_url, **kwargs)
+            self._check_placement()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_placement(self) -> None:
+        """Refuse to start if a cluster holds a programme the table places elsewhere: its
+        commands would go to the other cluster, which could even create it a second time.
+        Moving a programme is an export and an import (docs/scaling.md), then the table."""
+        table = self.table
+        for cluster in table.others:
+            keys = {program_id_key(p): p for p in cluster.programs}
+            for name, tally in self.clusters.items():
+                if name == cluster.name:
+                    continue
+                for key in existing_originators(tally.database, list(keys)):
+                    raise RoutingTableError(
+                        f"programme {keys[key]!r} is on cluster {name} "
+                        f"({tally.config.display}) but the routing table places it on "
+                        f"{cluster.name}: move it first (docs/scaling.md) or fix the table"
+                    )
+            # Programmes it holds that the table sends elsewhere (as far as its read model
+            # knows at start: a programme created in the instant before a crash may be missed).
+            strays = set(self.clusters[cluster.name].queries.program_ids()) - cluster.programs
+            if strays:
+                raise RoutingTableError(
+                    f"cluster {cluster.name} ({cluster.database_url}) holds programme "
+                    f"{sorted(strays)[0]!r}, which the routing table places on "
+                    f"{table.cluster_of(sorted(strays)[0])}: list it under "
+                    f"[clusters.{cluster.name}] or move it (docs/scaling.md)"
+                )
+
+    def start(self, sweep: bool = True) -> None:
+        super().start(sweep)
+        for tally in self._others():
+            tally.start(sweep)
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(
+            tally.wait_ready(max(0.0, deadline - time.monotonic()))
+            for tally in self.clusters.values()
+        )
+
+    def close(self) -> None:
+        for tally in self._others():
+            tally.close()
+        super().close()
+
+    def _others(self) -> list[Tally]:
+        return [tally for tally in self.clusters.values() if tally is not self]
 
 
 class CommitSignal:

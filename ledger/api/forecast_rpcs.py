@@ -36,7 +36,7 @@ PERIODS = {
 class ForecastRpcs(ReportBase):
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         super().__init__(tally, executor)
-        self.forecasts = ForecastQueries(tally.database)
+        self.forecasts = ForecastQueries(self.reads)
 
     @rpc
     async def GetExpiryForecast(self, request: Any, context: Any) -> pb.GetExpiryForecastResponse:

@@ -15,7 +15,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ledger.api.ledger_service import reached
+from ledger.api.replica_positions import replica_reached
 from ledger.api.validation import Violations
+from ledger.infrastructure.database import Database
 from ledger.runtime import Tally
 from projections.journal import NAME as JOURNAL
 
@@ -26,6 +28,10 @@ class ReportBase:
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         self.tally = tally
         self.executor = executor
+        # Where the read-only reports read their read models: the replica when the server
+        # has one (--report-database), else the primary. Reconciliation writes its runs, so
+        # it keeps to the primary (tally.database).
+        self.reads: Database = tally.replica or tally.database
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -33,9 +39,13 @@ class ReportBase:
     async def _program(
         self, request: Any, context: Any, reads: tuple[str, ...] = (JOURNAL,)
     ) -> Any:
-        """Wait for min_position in the read models `reads`, then the programme (NOT_FOUND
-        if there is none)."""
-        await reached(self.tally, request.min_position, context, reads)
+        """Wait for min_position in the read models `reads` (on the replica, if reports read
+        one), then the programme (NOT_FOUND if there is none). The programme's settings come
+        from the primary's cached aggregate either way."""
+        if self.tally.replica is None:
+            await reached(self.tally, request.min_position, context, reads)
+        else:
+            await replica_reached(self.tally.replica, request.min_position, context, reads)
         return await self._run(self.tally.app.get_program, request.program_id)
 
 

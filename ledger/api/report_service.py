@@ -32,7 +32,7 @@ MAX_PAGE_SIZE = 1000
 class JournalRpcs(ReportBase):
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         super().__init__(tally, executor)
-        self.journal = JournalQueries(tally.database)
+        self.journal = JournalQueries(self.reads)
 
     @rpc
     async def GetTrialBalance(self, request: Any, context: Any) -> pb.GetTrialBalanceResponse:

@@ -27,7 +27,7 @@ COHORTS = {
 class RevenueRpcs(ReportBase):
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         super().__init__(tally, executor)
-        self.revenue = RevenueQueries(tally.database)
+        self.revenue = RevenueQueries(self.reads)
 
     @rpc
     async def GetDeferredRevenue(self, request: Any, context: Any) -> pb.GetDeferredRevenueResponse:
