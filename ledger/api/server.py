@@ -14,6 +14,7 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,10 +26,12 @@ from ledger.api.auth import Security
 from ledger.api.database_health import watch_database
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
+from ledger.api.routed_services import RoutedServices
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
 from ledger.relay import Relay
-from ledger.runtime import Tally
+from ledger.routing import load_routes
+from ledger.runtime import RoutedTally, Tally
 from ledger.telemetry import Telemetry
 from ledger.v1 import (
     audit_pb2,
@@ -224,6 +227,9 @@ async def start_server(
 
 
 def _add_services(server: grpc.aio.Server, tally: Tally, executor: ThreadPoolExecutor) -> None:
+    if isinstance(tally, RoutedTally):  # --routes: each call to its programme's cluster
+        server.add_generic_rpc_handlers((RoutedServices(tally, executor),))
+        return
     # The account-command RPCs are set on the class from ledger/api/descriptors.py, which the
     # generated stub's abstract methods cannot see.
     servicer = LedgerServicer(tally, executor)  # type: ignore[abstract]
@@ -243,14 +249,7 @@ async def serve(options: ServeOptions) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    tally = await loop.run_in_executor(
-        None,
-        lambda: Tally.from_url(
-            options.database_url,
-            apply_migrations=options.apply_migrations,
-            exclusive="a `ledger serve`",
-        ),
-    )
+    tally = await loop.run_in_executor(None, lambda: open_tally(options))
     try:
         running = await start_server(
             tally, options.listen, share_port=options.share_port, options=options
@@ -264,6 +263,18 @@ async def serve(options: ServeOptions) -> None:
     survivors.cancel()
     await running.stop(options.grace_seconds)
     log.info("stopped")
+
+
+def open_tally(options: ServeOptions) -> Tally:
+    """The server's Tally: one database, or with --routes one per cluster of the table."""
+    kwargs: dict[str, Any] = {
+        "apply_migrations": options.apply_migrations,
+        "exclusive": "a `ledger serve`",
+        "report_database": options.report_database,
+    }
+    if options.routes:
+        return RoutedTally(load_routes(options.routes, options.database_url), **kwargs)
+    return Tally.from_url(options.database_url, **kwargs)
 
 
 async def freeze_survivors(interval: float = FREEZE_INTERVAL_SECONDS) -> None:
