@@ -27,6 +27,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from ledger.infrastructure.database import Cursor, Database
 from ledger.infrastructure.dialect import Dialect
+from ledger.telemetry import instruments
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,10 @@ class ProjectionRunner:
         last = notifications[-1].id
         # Not durable (decision 8): read models and their position are rebuilt from the
         # durable log; a crash loses the batch and its position together, never one alone.
-        with self.database.transaction(durable=False) as cur:
+        with (
+            instruments.current.projection_batch(self.projection.name, events),
+            self.database.transaction(durable=False) as cur,
+        ):
             self.projection.process(cur, events)
             cur.execute(
                 "UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",

@@ -169,13 +169,15 @@ async def start_server(
     workers: int = 16,
     share_port: bool = False,
     options: ServeOptions | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunningServer:
     """`share_port`: several server processes listen on one port (`ledger serve --processes`,
     SO_REUSEPORT: the kernel spreads connections between them). Off otherwise, so that a
-    second server on a busy port fails instead of silently sharing it."""
+    second server on a busy port fails instead of silently sharing it. `telemetry`: given
+    (tests, with in-memory readers) or made from the options."""
     options = replace(options or ServeOptions(), listen=listen, share_port=share_port)
     security = Security.from_options(options)
-    telemetry = Telemetry.from_options(options)
+    telemetry = telemetry or Telemetry.from_options(options)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
     server = grpc.aio.server(
         # Outermost first: a span covers the whole call, a refused credential included.

@@ -35,6 +35,8 @@ from ledger.application.views import Outcome
 from ledger.domain import errors
 from ledger.domain.account import MemberAccount
 from ledger.domain.ids import account_id_key
+from ledger.telemetry import instruments
+from ledger.telemetry.instruments import Submission
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class _Pending:
     future: Future[Any]
     batch: bool
     at_occurred: bool = False  # decide as of each command's occurred_at (imports)
+    traced: Submission | None = None  # the caller's span and when it was handed over
 
 
 @dataclass
@@ -92,6 +95,7 @@ class _Atomic:
     future: Future[list[Answer]]
     partitions: list[int]
     barrier: threading.Barrier
+    traced: Submission | None = None
 
 
 class _Caches(MutableMapping[UUID, MemberAccount]):
@@ -157,7 +161,8 @@ class GroupCommitWriter:
 
     def submit(self, command: c.AccountCommand) -> Future[Outcome]:
         future: Future[Outcome] = Future()
-        self._put(self._partition(command), _Pending([command], future, batch=False))
+        traced = instruments.current.submitted([command])
+        self._put(self._partition(command), _Pending([command], future, False, traced=traced))
         return future
 
     def submit_batch(
@@ -196,7 +201,9 @@ class GroupCommitWriter:
             # Overloaded after some parts were queued: those parts still run. That is the
             # non-atomic batch's contract: every item is idempotent, so the caller retries
             # the whole batch with the same request_ids.
-            pending = _Pending([commands[i] for i in indices], future, True, at_occurred)
+            part = [commands[i] for i in indices]
+            traced = instruments.current.submitted(part)
+            pending = _Pending(part, future, True, at_occurred, traced)
             self._put(partition, pending)
         return combined
 
@@ -204,7 +211,13 @@ class GroupCommitWriter:
         """All or nothing, decided and saved by the writers that own its accounts."""
         future: Future[list[Answer]] = Future()
         partitions = sorted({self._partition(x) for x in commands})
-        atomic = _Atomic(commands, future, partitions, threading.Barrier(len(partitions)))
+        atomic = _Atomic(
+            commands,
+            future,
+            partitions,
+            threading.Barrier(len(partitions)),
+            instruments.current.submitted(commands),
+        )
         with self._rendezvous:
             try:
                 for partition in partitions:
@@ -272,36 +285,48 @@ class GroupCommitWriter:
                     account_id_key(x.program_id, x.member_id): self.caches[self._partition(x)]
                     for x in atomic.commands
                 }
-                try:
-                    answers = self.app.execute_atomic(atomic.commands, _Caches(caches))
-                except Exception as e:
-                    log.exception("an atomic batch of %d commands failed", len(atomic.commands))
-                    _settle(atomic.future, error=e)
-                else:
-                    _settle(atomic.future, answers)
+                telemetry = instruments.current
+                with telemetry.group([atomic.traced], len(atomic.commands)):
+                    try:
+                        answers = self.app.execute_atomic(atomic.commands, _Caches(caches))
+                    except Exception as e:
+                        log.exception("an atomic batch of %d commands failed", len(atomic.commands))
+                        telemetry.failed(atomic.traced, atomic.commands, e)
+                        _settle(atomic.future, error=e)
+                    else:
+                        telemetry.answered(atomic.traced, atomic.commands, answers)
+                        _settle(atomic.future, answers)
         finally:
             if len(atomic.partitions) > 1:
                 atomic.barrier.wait()  # the others wait until it is done with their caches
 
     def _execute(self, group: list[_Pending], cache: AccountCache) -> None:
         commands = [command for p in group for command in p.commands]
-        try:
-            results = self.app.execute_group(commands, cache, at_occurred=group[0].at_occurred)
-        except Exception as e:
-            log.exception("a group of %d commands failed", len(commands))
+        telemetry = instruments.current
+        with telemetry.group([p.traced for p in group], len(commands)):
+            try:
+                results = self.app.execute_group(commands, cache, at_occurred=group[0].at_occurred)
+            except Exception as e:
+                log.exception("a group of %d commands failed", len(commands))
+                for p in group:
+                    telemetry.failed(p.traced, p.commands, e)
+                    _settle(p.future, error=e)
+                return
+            start = 0
             for p in group:
-                _settle(p.future, error=e)
-            return
-        start = 0
-        for p in group:
-            answers = results[start : start + len(p.commands)]
-            start += len(p.commands)
-            if p.batch:
-                _settle(p.future, answers)
-            elif isinstance(answers[0], errors.DomainError):
-                _settle(p.future, error=answers[0])
-            else:
-                _settle(p.future, answers[0])
+                answers = results[start : start + len(p.commands)]
+                start += len(p.commands)
+                telemetry.answered(p.traced, p.commands, answers)
+                self._answer(p, answers)
+
+    @staticmethod
+    def _answer(p: _Pending, answers: list[Answer]) -> None:
+        if p.batch:
+            _settle(p.future, answers)
+        elif isinstance(answers[0], errors.DomainError):
+            _settle(p.future, error=answers[0])
+        else:
+            _settle(p.future, answers[0])
 
 
 def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:

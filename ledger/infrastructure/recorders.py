@@ -30,6 +30,7 @@ from psycopg.sql import SQL, Identifier
 from ledger.infrastructure.chain import ChainHeads
 from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect
 from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
+from ledger.telemetry import instruments
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
 
@@ -44,11 +45,17 @@ class ChainedInserts(ApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        links = self.heads.link(stored_events, self._chain_heads)
-        # super() is the backend's recorder, which follows this mixin in the MRO.
-        ids: Sequence[int] | None = super().insert_events(  # type: ignore[safe-super]
-            stored_events, links=links, **kwargs
-        )
+        requests = len(kwargs.get("requests", ()))
+        telemetry = instruments.current
+        with telemetry.store_write(
+            len(stored_events), requests, self.dialect.requests_table
+        ) as written:
+            links = self.heads.link(stored_events, self._chain_heads)
+            # super() is the backend's recorder, which follows this mixin in the MRO.
+            ids: Sequence[int] | None = super().insert_events(  # type: ignore[safe-super]
+                stored_events, links=links, **kwargs
+            )
+            written(ids or ())
         self.heads.remember(stored_events, links)
         return ids
 
@@ -212,6 +219,13 @@ class TallyPostgresFactory(PostgresFactory):
     """PERSISTENCE_MODULE=ledger.infrastructure.recorders:TallyPostgresFactory"""
 
     application_recorder_class = TallyPostgresApplicationRecorder
+    # libpq parameters the library has no setting for (target_session_attrs, connect_timeout):
+    # the conninfo under its pool's keyword arguments, set before the pool opens (dialect.py).
+    POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
+
+    def __init__(self, env: Any) -> None:  # the library's Environment
+        super().__init__(env)
+        self.datastore.pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
 
 
 class TallySqliteFactory(SQLiteFactory):
