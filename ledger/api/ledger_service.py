@@ -24,6 +24,7 @@ from ledger.api.errors import (
     domain_status,
     invalid_argument_status,
     to_grpc,
+    unexpected_status,
 )
 from ledger.api.validation import Violations
 from ledger.application.commands import AccountCommand
@@ -58,7 +59,9 @@ def rpc(method: Handler) -> Handler:
             await abort_for(e, context)
         except grpc.aio.AbortError:
             raise  # the method ended the call with its own status
-        except Exception:
+        except Exception as e:
+            if (status := unexpected_status(e)) is not None:  # the database is away: retryable
+                await context.abort_with_status(to_grpc(status))
             log.exception("%s failed", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "the server failed on this request")
 

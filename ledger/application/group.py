@@ -31,6 +31,7 @@ from ledger.domain import errors
 from ledger.domain.account import MemberAccount
 from ledger.domain.ids import account_id_key
 from ledger.domain.program import Program
+from ledger.infrastructure.database import database_lost
 from ledger.infrastructure.eventlog import existing_originators, latest_versions
 from ledger.infrastructure.requests import RequestRecord
 
@@ -200,6 +201,8 @@ class CommandGroup:
         except errors.DomainError:
             raise
         except Exception as crash:
+            if database_lost(crash):
+                raise  # not this command's fault: the group fails, and is answered UNAVAILABLE
             raise CommandCrashed(self.slots.index(slot), crash) from crash
 
     def refused(self) -> bool:

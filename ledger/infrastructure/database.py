@@ -1,7 +1,10 @@
 """One database URL configures everything: the eventsourcing event store and our own tables.
 
 `sqlite:///ledger.db` (a file; `sqlite:///:memory:` is refused, the read models need a file)
-or `postgresql://user@host:port/db`. Our own SQL is written once with `?` placeholders and
+or `postgresql://user@host:port/db`, with a list of hosts for a failover pair
+(`postgresql://user@h1:5432,h2:5432/db?target_session_attrs=read-write`: libpq tries them in
+order and keeps the one that accepts writes) and libpq's connection parameters in the query
+string, beside our `pool_size`. Our own SQL is written once with `?` placeholders and
 integer microsecond timestamps, so the same statements run on both backends; what differs
 between them is the configuration's and the database's `dialect` (dialect.py).
 """
@@ -18,9 +21,18 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect, dialect_of
+from ledger.infrastructure.dialect import (
+    CONNECT_TIMEOUT_SECONDS,
+    POOL_WAIT_SECONDS,
+    POSTGRES,
+    PROBE_TIMEOUT_SECONDS,
+    SQLITE,
+    Dialect,
+    dialect_of,
+)
 
 Row = tuple[Any, ...]
 
@@ -33,12 +45,14 @@ class DatabaseUrlError(ValueError):
 class DatabaseConfig:
     kind: Literal["sqlite", "postgres"]
     sqlite_path: str = ""
-    host: str = "127.0.0.1"
-    port: int = 5432
+    # PostgreSQL: one (host, port) or several, tried in order (libpq's host and port lists).
+    hosts: tuple[tuple[str, int], ...] = (("127.0.0.1", 5432),)
     user: str = ""
     password: str = ""
     dbname: str = ""
     pool_size: int = 8
+    # libpq connection parameters from the URL's query (target_session_attrs, sslmode, ...).
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def dialect(self) -> Dialect:
@@ -48,13 +62,44 @@ class DatabaseConfig:
     def display(self) -> str:
         return self.dialect.display(self)
 
+    @property
+    def host(self) -> str:
+        """The first host (the only one, unless the URL lists a failover pair)."""
+        return self.hosts[0][0]
+
+    @property
+    def port(self) -> int:
+        return self.hosts[0][1]
+
+    @property
+    def host_list(self) -> str:
+        """libpq's host list: `h1,h2`."""
+        return ",".join(host for host, _ in self.hosts)
+
+    @property
+    def port_list(self) -> str:
+        """libpq's port list, one per host: `5432,5433`."""
+        return ",".join(str(port) for _, port in self.hosts)
+
+    @property
+    def addresses(self) -> str:
+        """`h1:p1,h2:p2`, as people write it."""
+        return ",".join(f"{_bracketed(host)}:{port}" for host, port in self.hosts)
+
+    def connection_options(self) -> dict[str, str]:
+        """The URL's libpq parameters, with a connect timeout when it gives none: a host
+        that does not answer must not hold a connection attempt for the kernel's TCP
+        timeout (minutes), which would keep commands waiting during an outage."""
+        return {"connect_timeout": str(CONNECT_TIMEOUT_SECONDS), **dict(self.options)}
+
     def conninfo(self) -> str:
         return psycopg.conninfo.make_conninfo(
-            host=self.host,
-            port=self.port,
+            host=self.host_list,
+            port=self.port_list,
             user=self.user or None,
             password=self.password or None,
             dbname=self.dbname,
+            **self.connection_options(),
         )
 
     def eventsourcing_env(self) -> dict[str, str]:
@@ -75,6 +120,9 @@ class DatabaseConfig:
         prefix = LIBRARY_APPLICATION_NAME.upper() + "_"
         return {**settings, **{prefix + key: value for key, value in settings.items()}}
 
+
+# A URL's target_session_attrs must be one libpq knows (it would only say so at connect).
+TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 
 # LedgerApplication.name: the library looks a setting up as LEDGER_<KEY>, then <KEY>.
 LIBRARY_APPLICATION_NAME = "Ledger"
@@ -119,25 +167,75 @@ def parse_database_url(url: str) -> DatabaseConfig:
             raise DatabaseUrlError("sqlite URL needs a file path, e.g. sqlite:///ledger.db")
         return DatabaseConfig(kind="sqlite", sqlite_path=path)
     if parsed.scheme in ("postgresql", "postgres"):
-        if not parsed.path.strip("/"):
-            raise DatabaseUrlError("postgresql URL needs a database name: postgresql://host/db")
-        options = parse_qs(parsed.query)
-        try:
-            pool_size = int(options.get("pool_size", ["8"])[0])
-        except ValueError:
-            raise DatabaseUrlError(f"{url!r}: pool_size must be a whole number") from None
-        return DatabaseConfig(
-            kind="postgres",
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 5432,
-            user=unquote(parsed.username or ""),
-            password=unquote(parsed.password or ""),
-            dbname=parsed.path.strip("/"),
-            pool_size=pool_size,
-        )
+        return _parse_postgres_url(url, parsed.netloc, parsed.path, parsed.query)
     raise DatabaseUrlError(
         f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
     )
+
+
+def _parse_postgres_url(url: str, netloc: str, path: str, query: str) -> DatabaseConfig:
+    # urlparse cannot read a host list (`h1:p1,h2:p2` has no one port): split it ourselves.
+    if not path.strip("/"):
+        raise DatabaseUrlError("postgresql URL needs a database name: postgresql://host/db")
+    userinfo, _, hostlist = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if password:  # the messages below quote the URL: never its password
+        url = url.replace(f":{password}@", ":***@", 1)
+    hosts = tuple(_host_and_port(url, entry) for entry in hostlist.split(",")) if hostlist else ()
+    options: dict[str, str] = {}
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        if len(values) > 1:
+            raise DatabaseUrlError(f"{url!r}: {key} is given {len(values)} times")
+        options[key] = values[0]
+    try:
+        pool_size = int(options.pop("pool_size", "8"))
+    except ValueError:
+        raise DatabaseUrlError(f"{url!r}: pool_size must be a whole number") from None
+    if pool_size < 1:
+        raise DatabaseUrlError(f"{url!r}: pool_size must be at least 1")
+    attrs = options.get("target_session_attrs")
+    if attrs is not None and attrs not in TARGET_SESSION_ATTRS:
+        raise DatabaseUrlError(
+            f"{url!r}: target_session_attrs={attrs} is not one of {', '.join(TARGET_SESSION_ATTRS)}"
+        )
+    for key in ("host", "hostaddr", "port", "user", "password", "dbname"):
+        if key in options:
+            raise DatabaseUrlError(f"{url!r}: give {key} in the URL itself, not as ?{key}=")
+    try:  # libpq itself says which parameters it does not know
+        psycopg.conninfo.make_conninfo(**options)
+    except psycopg.ProgrammingError as e:
+        raise DatabaseUrlError(f"{url!r}: {str(e).strip()}") from None
+    return DatabaseConfig(
+        kind="postgres",
+        hosts=hosts or (("127.0.0.1", 5432),),
+        user=unquote(user),
+        password=unquote(password),
+        dbname=unquote(path.strip("/")),
+        pool_size=pool_size,
+        options=tuple(options.items()),
+    )
+
+
+def _host_and_port(url: str, entry: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (5432 when no port is given)."""
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise DatabaseUrlError(f"{url!r}: {entry!r} is not [IPv6] or [IPv6]:PORT")
+        port = rest[1:] if rest else ""
+    else:
+        host, _, port = entry.partition(":")
+    if not host:
+        raise DatabaseUrlError(f"{url!r}: an empty host in the host list")
+    if not port:
+        return unquote(host), 5432
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise DatabaseUrlError(f"{url!r}: the port of {entry!r} must be a number from 1 to 65535")
+    return unquote(host), int(port)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class DatabaseUnavailable(ValueError):
@@ -160,17 +258,17 @@ def check_database(config: DatabaseConfig, must_exist: bool) -> None:
             )
         return
     try:
-        psycopg.connect(config.conninfo(), connect_timeout=5).close()
+        psycopg.connect(config.conninfo()).close()
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(_postgres_problem(config, str(e))) from None
 
 
 def _postgres_problem(config: DatabaseConfig, error: str) -> str:
-    where = f"PostgreSQL at {config.host}:{config.port}"
+    where = f"PostgreSQL at {config.addresses}"
     if "does not exist" in error and "database" in error:
         return (
             f"database {config.dbname!r} does not exist on {where}: create it with "
-            f"`createdb -h {config.host} -p {config.port}"
+            f"`createdb -h {config.hosts[0][0]} -p {config.hosts[0][1]}"
             + (f" -U {config.user}" if config.user else "")
             + f" {config.dbname}`"
         )
@@ -181,6 +279,28 @@ def _postgres_problem(config: DatabaseConfig, error: str) -> str:
     first = error.strip().splitlines()[0] if error.strip() else "no answer"
     reason = first.rsplit(": ", 1)[-1]
     return f"cannot reach {where} ({reason}): is it running, and does it accept TCP connections?"
+
+
+# What a database that went away (restarted, failed over, unreachable, out of connections)
+# raises: psycopg's OperationalError (PoolTimeout and AdminShutdown among them) and
+# InterfaceError (a connection already closed), and ReadOnlySqlTransaction, the answer of a
+# primary demoted under an open connection; the eventsourcing library raises its own errors
+# `from` psycopg's, so the cause chain is searched. (Not sqlite3's OperationalError: SQLite
+# raises it for a missing table too.) None of them says anything about the request: it may
+# be retried as it is, once the database is back.
+_LOST = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def database_lost(error: BaseException) -> bool:
+    """Did `error` (or what it was raised from) come from losing the PostgreSQL database?"""
+    seen: BaseException | None = error
+    for _ in range(10):  # the cause chain is short; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, _LOST):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Cursor(Protocol):
@@ -208,6 +328,11 @@ class Database(Protocol):
 
     @contextmanager
     def read(self) -> Iterator[Cursor]: ...
+
+    def reachable(self) -> bool:
+        """Can this database take writes now? A cheap check, bounded by PROBE_TIMEOUT_SECONDS
+        (the health watch asks it about every second)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -239,13 +364,20 @@ class PostgresDatabase:
     def __init__(self, config: DatabaseConfig, pool_size: int = 4) -> None:
         self.config = config
         self.dialect = config.dialect
+        # After PostgreSQL restarts or fails over, every pooled connection is dead: `check`
+        # finds that out when one is taken (one empty round trip) and the pool replaces it,
+        # so a dead connection is never handed to a caller, and a caller waits at most
+        # POOL_WAIT_SECONDS for a live one (PoolTimeout: database_lost, UNAVAILABLE).
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             config.conninfo(),
             min_size=1,
             max_size=pool_size,
             open=True,
             kwargs={"autocommit": False},
+            check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT_SECONDS,
         )
+        self._probe: psycopg.Connection[Row] | None = None  # reachable()'s connection
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[Cursor]:
@@ -262,7 +394,31 @@ class PostgresDatabase:
             finally:
                 conn.rollback()
 
+    def reachable(self) -> bool:
+        # A connection of its own, kept between checks (not one from the pool: a full pool
+        # must not read as a lost database), and replaced when it breaks. A standby answers
+        # too, but cannot take Tally's writes: only a primary counts.
+        try:
+            if self._probe is None or self._probe.closed:
+                self._probe = psycopg.connect(
+                    self.config.conninfo(),
+                    autocommit=True,
+                    connect_timeout=PROBE_TIMEOUT_SECONDS,
+                    options=f"-c statement_timeout={PROBE_TIMEOUT_SECONDS * 1000}",
+                )
+            row = self._probe.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and not row[0]
+        except psycopg.Error:
+            self._close_probe()
+            return False
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+
     def close(self) -> None:
+        self._close_probe()
         self.pool.close()
 
 
@@ -321,6 +477,15 @@ class SqliteDatabase:
         finally:
             conn.rollback()
             cur.close()
+
+    def reachable(self) -> bool:
+        # A file on this machine: it is there unless its disk is gone.
+        try:
+            with self.read() as cur:
+                cur.execute("SELECT 1")
+            return True
+        except sqlite3.Error:
+            return False
 
     def close(self) -> None:
         with self._lock:

@@ -44,6 +44,14 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
     " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL)"
 )
+# Seconds a connection attempt may take (libpq's connect_timeout, unless the URL says).
+CONNECT_TIMEOUT_SECONDS = 3
+# Seconds a caller waits for a pooled connection before it is told the database is
+# unavailable: long enough for a busy pool to free one, short enough that commands during an
+# outage fail well inside a client's deadline instead of queueing behind it.
+POOL_WAIT_SECONDS = 5
+# Seconds the health check's connection attempt and query may take (database.reachable).
+PROBE_TIMEOUT_SECONDS = 2
 MIGRATIONS_LOCK_KEY = 7_345_001  # PostgreSQL advisory lock, arbitrary, constant: "tally migrations"
 
 
@@ -251,19 +259,35 @@ class PostgresDialect(Dialect):
         cur.execute(sql.format(rows=f"SELECT * FROM unnest({arrays})"), columns)
 
     def display(self, config: DatabaseConfig) -> str:
-        return f"postgresql://{config.user}@{config.host}:{config.port}/{config.dbname}"
+        # Every host, and the query's parameters but those holding a secret.
+        shown = [f"{k}={v}" for k, v in config.options if "password" not in k]
+        if config.pool_size != 8:
+            shown.insert(0, f"pool_size={config.pool_size}")
+        query = "?" + "&".join(shown) if shown else ""
+        return f"postgresql://{config.user}@{config.addresses}/{config.dbname}{query}"
 
     def library_settings(self, config: DatabaseConfig) -> dict[str, str]:
         return {
             "POSTGRES_DBNAME": config.dbname,
-            "POSTGRES_HOST": config.host,
-            "POSTGRES_PORT": str(config.port),
+            # libpq's host and port lists ("h1,h2", "5432,5433"): the library passes them
+            # to psycopg as keyword arguments, which take lists as they are.
+            "POSTGRES_HOST": config.host_list,
+            "POSTGRES_PORT": config.port_list,
             "POSTGRES_USER": config.user,
             "POSTGRES_PASSWORD": config.password,
+            # The rest of the URL (target_session_attrs, connect_timeout, sslmode, ...),
+            # which the library has no setting for: our factory gives it to the library's
+            # pool as the conninfo its keyword arguments are laid over (recorders.py).
+            "POSTGRES_CONNINFO": psycopg.conninfo.make_conninfo(**config.connection_options()),
             "POSTGRES_POOL_SIZE": str(config.pool_size),
             "POSTGRES_MAX_OVERFLOW": "4",
             "POSTGRES_LOCK_TIMEOUT": "10",
-            "POSTGRES_CONNECT_TIMEOUT": "10",
+            # The library's name for how long a caller waits for a pooled connection (its
+            # pool's `timeout`), as ours: the database's loss is told within it.
+            "POSTGRES_CONNECT_TIMEOUT": str(POOL_WAIT_SECONDS),
+            # Each connection taken from the pool is checked first (an empty query), so
+            # that the dead ones a restart or failover leaves are replaced, not used.
+            "POSTGRES_PRE_PING": "yes",
             # What follows is the library's default, pinned so that the process environment
             # cannot change it (DatabaseConfig.eventsourcing_env).
             "POSTGRES_SCHEMA": "",  # public: our SQL names tables without a schema
@@ -274,7 +298,6 @@ class PostgresDialect(Dialect):
             "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "5",
             "POSTGRES_MAX_WAITING": "0",
             "POSTGRES_CONN_MAX_AGE": "3600",
-            "POSTGRES_PRE_PING": "no",
         }
 
     def migrate(self, config: DatabaseConfig, plan: Plan) -> list[Migration]:

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import uuid4
 
+import psycopg
+
 EVENTSOURCING_VERSION = "9.5.6"
 
 
@@ -201,12 +203,12 @@ def check_postgres_factory() -> None:
 def check_env_keys() -> None:
     from eventsourcing.application import Application
     from eventsourcing.persistence import BaseInfrastructureFactory
-    from eventsourcing.postgres import PostgresFactory
     from eventsourcing.sqlite import SQLiteFactory
     from eventsourcing.utils import Environment
 
     from ledger.application.service import LedgerApplication
     from ledger.infrastructure.database import LIBRARY_APPLICATION_NAME
+    from ledger.infrastructure.recorders import TallyPostgresFactory
 
     _require(LedgerApplication.name == LIBRARY_APPLICATION_NAME, "the application's name")
     # cipher() reads CIPHER_KEY by its literal name: a key alone turns the AES cipher on.
@@ -217,7 +219,7 @@ def check_env_keys() -> None:
     names = Environment(LedgerApplication.name)
     for factory, env in (
         (SQLiteFactory, _sqlite_env("/nowhere")),
-        (PostgresFactory, _postgres_env()),
+        (TallyPostgresFactory, _postgres_env()),  # the library's keys and POSTGRES_CONNINFO
     ):
         read = application_keys | {"CIPHER_KEY"}
         read |= {
@@ -235,6 +237,42 @@ def check_env_keys() -> None:
         "POSTGRES_ENABLE_DB_FUNCTIONS"
     )
     _require(enabled == "no", "db functions stay off")
+
+
+def check_pool_connection_settings() -> None:
+    from eventsourcing.postgres import ConnectionPool
+    from eventsourcing.utils import Environment
+
+    from ledger.application.service import LedgerApplication
+    from ledger.infrastructure.database import parse_database_url
+    from ledger.infrastructure.dialect import POOL_WAIT_SECONDS
+    from ledger.infrastructure.recorders import TallyPostgresFactory
+
+    url = "postgresql://u@h1:5433,h2:5434/d?target_session_attrs=read-write"
+    env = Environment(LedgerApplication.name, parse_database_url(url).eventsourcing_env())
+    factory = TallyPostgresFactory(env)  # does not connect
+    try:
+        pool = factory.datastore.pool
+        _require(pool.closed, "the pool is still closed when the factory is made")
+        _require(isinstance(pool.conninfo, str), "the pool's conninfo is a string")
+        assert isinstance(pool.conninfo, str)
+        conninfo = psycopg.conninfo.conninfo_to_dict(pool.conninfo)
+        _require(conninfo.get("target_session_attrs") == "read-write", f"conninfo {conninfo}")
+        kwargs = pool.kwargs
+        _require(isinstance(kwargs, dict), "the pool's kwargs are a dict")
+        assert isinstance(kwargs, dict)
+        lists = (kwargs.get("host"), kwargs.get("port"))
+        _require(lists == ("h1,h2", "5433,5434"), f"host and port lists reach it as {lists}")
+        # psycopg lays the keyword arguments over the conninfo: both end up in one.
+        merged = psycopg.conninfo.conninfo_to_dict(pool.conninfo, host="h1,h2", port="1,2")
+        _require(merged.get("target_session_attrs") == "read-write", "kwargs over conninfo")
+        _require(pool.timeout == POOL_WAIT_SECONDS, f"the pool waits {pool.timeout} s")
+        _require(
+            factory.datastore.pre_ping and pool._check is ConnectionPool.check_connection,
+            "pre_ping checks each connection taken from the pool",
+        )
+    finally:
+        factory.close()
 
 
 def check_construct_env() -> None:
@@ -597,6 +635,16 @@ SEAMS: list[Seam] = [
         " names, CIPHER_KEY), plain and LEDGER_-prefixed, so none is left to os.environ;"
         " POSTGRES_ENABLE_DB_FUNCTIONS is no.",
         check=check_env_keys,
+    ),
+    Seam(
+        f"{_RECORDERS}:TallyPostgresFactory.__init__",
+        f"{_PG}.BasePostgresFactory.__init__",
+        "it makes the datastore's pool unopened (it opens at the first get_connection), with"
+        " host and port as keyword arguments (libpq lists pass through) laid over the pool's"
+        " conninfo, which we set to the URL's other parameters; POSTGRES_CONNECT_TIMEOUT is"
+        " the pool's wait and POSTGRES_PRE_PING its check.",
+        ("self", "env"),
+        check=check_pool_connection_settings,
     ),
     Seam(
         "ledger.infrastructure.database:DatabaseConfig.eventsourcing_env",
