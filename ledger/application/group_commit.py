@@ -120,6 +120,29 @@ class _Caches(MutableMapping[UUID, MemberAccount]):
         return sum(1 for _ in self)
 
 
+class _CommandQueue(queue.Queue[_Pending | _Atomic | object]):
+    """A writer's queue, bounded by the commands waiting in it rather than by its items (an
+    ExecuteBatch is one item of up to 1,000 commands): at the limit, Overloaded at once."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.waiting = 0  # commands queued; changed under the queue's own mutex
+
+    def _put(self, item: _Pending | _Atomic | object) -> None:
+        weight = len(item.commands) if isinstance(item, _Pending | _Atomic) else 0
+        if weight and self.waiting >= self.limit:
+            raise Overloaded("too many commands waiting; retry shortly")
+        self.waiting += weight
+        super()._put(item)
+
+    def _get(self) -> _Pending | _Atomic | object:
+        item = super()._get()
+        if isinstance(item, _Pending | _Atomic):
+            self.waiting -= len(item.commands)
+        return item
+
+
 _STOP = object()
 
 
@@ -135,7 +158,7 @@ class GroupCommitWriter:
         self.app = app
         self.max_group = max_group
         self.queues: list[queue.Queue[_Pending | _Atomic | object]] = [
-            queue.Queue(maxsize=queue_limit) for _ in range(writers)
+            _CommandQueue(queue_limit) for _ in range(writers)
         ]
         self.caches = [AccountCache(cache_per_writer) for _ in range(writers)]
         self.threads = [
