@@ -21,6 +21,7 @@ from ledger.audit.events import AuditEvent, EventReader
 from ledger.audit.verify import verify
 from ledger.domain import errors
 from ledger.runtime import Tally
+from ledger.security.principal import visible_programs
 from ledger.v1 import audit_pb2 as pb
 from ledger.v1 import audit_pb2_grpc as pb_grpc
 
@@ -29,6 +30,9 @@ BATCH = 500
 # Commits of this process wake a following stream at once; another process's commits are
 # seen at the next look, at most this long after.
 FOLLOW_POLL_SECONDS = 0.05
+# Each open stream holds a task, a cursor and a poll: a bounded number per server, so that
+# clients opening streams without end cannot exhaust it (docs/security.md).
+MAX_OPEN_STREAMS = 64
 
 
 def present(event: AuditEvent) -> pb.StreamEventsResponse:
@@ -51,10 +55,23 @@ def present(event: AuditEvent) -> pb.StreamEventsResponse:
     return message
 
 
+def _shown(program_id: str, visible: frozenset[str] | None) -> Callable[[str], bool]:
+    """Which events a stream passes: the one programme asked for, or else those the caller
+    may see (every one without a scope)."""
+    if program_id:
+        return lambda p: p == program_id
+    if visible is None:
+        return lambda p: True
+    return lambda p: p in visible
+
+
 class AuditServicer(pb_grpc.AuditServiceServicer):
+    max_open_streams = MAX_OPEN_STREAMS
+
     def __init__(self, tally: Tally, executor: ThreadPoolExecutor) -> None:
         self.tally = tally
         self.executor = executor
+        self.open_streams = 0  # changed on the event loop only
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -76,9 +93,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         except (InvalidArgument, errors.DomainError) as e:
             await abort_for(e, context)
             return
+        if self.open_streams >= self.max_open_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_open_streams} event streams are open on this server already: "
+                "close one, or retry later",
+            )
+            return
+        # Read here, in the call's own context: the executor's threads do not carry it.
+        shown = _shown(request.program_id, visible_programs())
         reader = EventReader(self.tally.database)
         position = request.from_position
         wake = asyncio.Event()
+        self.open_streams += 1
         unsubscribe = self.tally.commits.subscribe(asyncio.get_running_loop(), wake)
         try:
             while True:
@@ -87,7 +114,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 # position read, and positions commit in order, so none is skipped or repeated.
                 events, position = await self._run(reader.scan, position, BATCH)
                 for event in events:
-                    if not request.program_id or event.program_id == request.program_id:
+                    if shown(event.program_id):
                         yield present(event)
                 if len(events) == BATCH:
                     continue
@@ -96,6 +123,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), FOLLOW_POLL_SECONDS)
         finally:
+            self.open_streams -= 1
             unsubscribe()
 
     @rpc

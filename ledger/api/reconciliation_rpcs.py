@@ -12,6 +12,7 @@ from ledger.api.ledger_service import reached, rpc
 from ledger.api.report_base import ReportBase, checked
 from ledger.api.responses import timestamp
 from ledger.api.validation import Violations
+from ledger.domain import errors
 from ledger.domain import reconciliation as rec
 from ledger.queries import from_micros
 from ledger.reconciliation_store import (
@@ -21,6 +22,7 @@ from ledger.reconciliation_store import (
     statement_line,
 )
 from ledger.runtime import Tally
+from ledger.security.principal import may_see
 from ledger.v1 import report_pb2 as pb
 from projections.payments import NAME as PAYMENTS
 from projections.points import micros
@@ -91,8 +93,7 @@ class ReconciliationRpcs(ReportBase):
         v = Violations()
         v.text("reconciliation_id", request.reconciliation_id, limit=64, required=True)
         v.raise_if_any()
-        run = await self._run(self.reconciliations.get, request.reconciliation_id)
-        return present_run(run)
+        return present_run(await self._visible_run(request.reconciliation_id))
 
     @rpc
     async def SignOffReconciliation(self, request: Any, context: Any) -> pb.Reconciliation:
@@ -102,6 +103,7 @@ class ReconciliationRpcs(ReportBase):
         v.text("note", request.note, limit=4000)
         v.request_id(request.request_id)
         v.raise_if_any()
+        await self._visible_run(request.reconciliation_id)  # another programme's: NOT_FOUND
         run = await self._run(
             self.reconciliations.sign_off,
             request.reconciliation_id,
@@ -111,6 +113,14 @@ class ReconciliationRpcs(ReportBase):
             micros(self.tally.app.clock()),
         )
         return present_run(run)
+
+    async def _visible_run(self, rid: str) -> rec.Run:
+        """The run, if the caller may see its programme; otherwise the same NOT_FOUND as
+        for an id that names no run. Checked in the async part: executors carry no caller."""
+        run = await self._run(self.reconciliations.get, rid)
+        if not may_see(run.program_id):
+            raise errors.ReconciliationNotFound(f"no reconciliation {rid}", reconciliation_id=rid)
+        return run
 
 
 def present_run(run: rec.Run) -> pb.Reconciliation:
