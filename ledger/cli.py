@@ -296,6 +296,8 @@ def _operator_error(error: Exception) -> str | None:
     from ledger.infrastructure.migrations import MigrationError
     from ledger.infrastructure.single_process import DatabaseInUse
     from ledger.program_commands import ProgramArgumentError
+    from ledger.relay import RelayError
+    from ledger.security.credentials import SecurityConfigError
 
     if isinstance(error, InvalidArgument):
         return "; ".join(f"{field}: {why}" for field, why in error.violations)
@@ -310,6 +312,8 @@ def _operator_error(error: Exception) -> str | None:
         MigrationError,
         ProgramArgumentError,
         KeyFileError,
+        SecurityConfigError,
+        RelayError,
     )
     return str(error) if isinstance(error, known) else None
 
@@ -452,6 +456,7 @@ def _no_server(target: str) -> int:
 def _walkthrough(target: str) -> int:
     import grpc
 
+    from ledger.api.auth import with_env_token
     from ledger.v1 import ledger_pb2 as pb
     from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -461,7 +466,7 @@ def _walkthrough(target: str) -> int:
             grpc.channel_ready_future(channel).result(timeout=5)
         except grpc.FutureTimeoutError:
             return _no_server(target)
-        ledger = pb_grpc.LedgerServiceStub(channel)
+        ledger = pb_grpc.LedgerServiceStub(with_env_token(channel))  # TALLY_TOKEN
         program = f"demo-{run}"
         ledger.CreateProgram(
             pb.CreateProgramRequest(
