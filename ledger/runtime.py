@@ -255,9 +255,8 @@ class RoutedTally(Tally):
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        return all(
-            tally.wait_ready(max(0.0, deadline - time.monotonic()))
-            for tally in self.clusters.values()
+        return super().wait_ready(timeout) and all(
+            tally.wait_ready(max(0.0, deadline - time.monotonic())) for tally in self._others()
         )
 
     def close(self) -> None:
