@@ -240,15 +240,26 @@ class Relay:
     async def _connect(self) -> JetStreamContext:
         servers = self.settings.servers
         where = ", ".join(servers)
-        # A first try without reconnects fails at once, with its reason, when nobody
-        # listens; the connection kept afterwards reconnects by itself, for ever.
+        # A first try, with one quick retry per server, fails soon, with its reason, when
+        # nobody listens; the connection kept afterwards reconnects by itself, for ever.
+        problems: list[Exception] = []
+
+        async def remember(e: Exception) -> None:
+            problems.append(e)
+
         try:
             probe = await nats.connect(
-                servers, allow_reconnect=False, connect_timeout=CONNECT_SECONDS
+                servers,
+                error_cb=remember,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                connect_timeout=CONNECT_SECONDS,
             )
             await probe.close()
         except Exception as e:
-            raise RelayError(f"cannot reach NATS at {where}: {_reason(e)}") from None
+            reason = _reason(problems[-1] if problems else e)
+            raise RelayError(f"cannot reach NATS at {where}: {reason}") from None
 
         async def on_error(e: Exception) -> None:
             log.warning("relay: NATS connection: %s", _reason(e))
@@ -339,6 +350,9 @@ class Relay:
         batch = self.settings.batch_size
         while True:
             self._wake.clear()
+            # Stopping: one more batch, read after the stop was asked for, so that what was
+            # committed before it goes out (a longer backlog waits for the next start).
+            last_batch = self._stopping.is_set()
             events, last = await asyncio.to_thread(self._reader.scan, self.position, batch)
             self.head = max(self.head, last)
             for event in events:
@@ -349,7 +363,7 @@ class Relay:
                 # resume (and the duplicate window) drops; it never skips one.
                 await asyncio.to_thread(self._stored.store, last)
                 self.position = last
-            if self._stopping.is_set():
+            if last_batch:
                 return
             if not await asyncio.to_thread(self._lock.still_held):
                 log.warning("relay: lost the lock of %s; standing by", self.name)
@@ -382,6 +396,7 @@ class Relay:
                 stored,
                 published,
             )
+            await asyncio.to_thread(self._stored.store, published)
         return max(stored, published)
 
     async def _last_published(self) -> int:
