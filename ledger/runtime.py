@@ -231,21 +231,23 @@ class RoutedTally(Tally):
             for name, tally in self.clusters.items():
                 if name == cluster.name:
                     continue
-                for key in existing_originators(tally.database, list(keys)):
+                found = existing_originators(tally.database, list(keys))
+                if found:
                     raise RoutingTableError(
-                        f"programme {keys[key]!r} is on cluster {name} "
+                        f"programme {min(keys[k] for k in found)!r} is on cluster {name} "
                         f"({tally.config.display}) but the routing table places it on "
                         f"{cluster.name}: move it first (docs/scaling.md) or fix the table"
                     )
             # Programmes it holds that the table sends elsewhere (as far as its read model
             # knows at start: a programme created in the instant before a crash may be missed).
-            strays = set(self.clusters[cluster.name].queries.program_ids()) - cluster.programs
+            holder = self.clusters[cluster.name]
+            strays = set(holder.queries.program_ids()) - cluster.programs
             if strays:
+                stray = min(strays)
                 raise RoutingTableError(
-                    f"cluster {cluster.name} ({cluster.database_url}) holds programme "
-                    f"{sorted(strays)[0]!r}, which the routing table places on "
-                    f"{table.cluster_of(sorted(strays)[0])}: list it under "
-                    f"[clusters.{cluster.name}] or move it (docs/scaling.md)"
+                    f"cluster {cluster.name} ({holder.config.display}) holds programme "
+                    f"{stray!r}, which the routing table places on {table.cluster_of(stray)}: "
+                    f"list it under [clusters.{cluster.name}] or move it (docs/scaling.md)"
                 )
 
     def start(self, sweep: bool = True) -> None:
