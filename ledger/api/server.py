@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from ledger.api.audit_service import AuditServicer
 from ledger.api.auth import Security
 from ledger.api.database_health import watch_database
+from ledger.api.draining import Drain
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
 from ledger.api.routed_services import RoutedServices
@@ -128,12 +129,15 @@ class RunningServer:
     telemetry: Telemetry = field(default_factory=Telemetry)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     relay: Relay | None = None
+    drain: Drain = field(default_factory=Drain)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let in-flight calls finish for up to `grace` seconds, then stop
-        the writers and projections, hand the relay's last events over, flush telemetry."""
+        """Health NOT_SERVING; new calls refused UNAVAILABLE while the taken ones finish (up
+        to `grace` seconds: ledger/api/draining.py); then grpc stops, the writers and
+        projections stop, the relay hands its last events over, telemetry is flushed."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.drain.wait_idle(grace)
+        await self.server.stop(0.5)
         for task in self.background:
             task.cancel()
         loop = asyncio.get_running_loop()
@@ -178,10 +182,12 @@ async def start_server(
     options = replace(options or ServeOptions(), listen=listen, share_port=share_port)
     security = Security.from_options(options)
     telemetry = telemetry or Telemetry.from_options(options)
+    drain = Drain()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
     server = grpc.aio.server(
-        # Outermost first: a span covers the whole call, a refused credential included.
-        interceptors=[*telemetry.interceptors(), *security.interceptors()],
+        # Outermost first: draining refuses before anything runs; a span covers the rest of
+        # the call, a refused credential included.
+        interceptors=[drain, *telemetry.interceptors(), *security.interceptors()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -211,13 +217,13 @@ async def start_server(
         check_port_free(listen)  # says why, if it can
         raise ListenAddressError(f"cannot listen on {listen}")
     await server.start()
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, tally.start)
-    await loop.run_in_executor(None, tally.wait_ready, 60.0)
-    telemetry.start(tally)
-    relay = Relay.from_options(options, tally)
-    if relay is not None:
-        await relay.start()
+    try:
+        relay = await _start_parts(tally, options, telemetry)
+    except BaseException:
+        # Stopped here, on its loop: left to the garbage collector, grpc would complain
+        # after the loop closed, below the one line that says what went wrong.
+        await server.stop(0)
+        raise
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     # NOT_SERVING while the database cannot be reached, SERVING again when it can.
@@ -225,7 +231,19 @@ async def start_server(
     log.info(
         "serving on %s (database %s)", listen.rsplit(":", 1)[0] + f":{port}", tally.config.display
     )
-    return RunningServer(server, health, tally, port, executor, telemetry, background, relay)
+    return RunningServer(server, health, tally, port, executor, telemetry, background, relay, drain)
+
+
+async def _start_parts(tally: Tally, options: ServeOptions, telemetry: Telemetry) -> Relay | None:
+    """Writers, projections (ready: caught up), telemetry, the relay."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, tally.start)
+    await loop.run_in_executor(None, tally.wait_ready, 60.0)
+    telemetry.start(tally)
+    relay = Relay.from_options(options, tally)
+    if relay is not None:
+        await relay.start()
+    return relay
 
 
 def _add_services(server: grpc.aio.Server, tally: Tally, executor: ThreadPoolExecutor) -> None:
