@@ -275,6 +275,26 @@ def check_pool_connection_settings() -> None:
         factory.close()
 
 
+def check_insert_retries_unwrapped() -> None:
+    from eventsourcing.postgres import PostgresApplicationRecorder
+    from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+    for name, expected in (
+        ("insert_events", ("self", "stored_events", "kwargs")),
+        ("select_events", ("self", "originator_id", "gt", "lte", "desc", "limit")),
+    ):
+        wrapped = getattr(getattr(PostgresApplicationRecorder, name), "__wrapped__", None)
+        _require(wrapped is not None, f"PostgreSQL {name} is a @retry wrapper with __wrapped__")
+        assert wrapped is not None
+        names = tuple(inspect.signature(wrapped).parameters)
+        _require(names == expected, f"{name} takes {names}")
+    # SQLite's is called as it is (a local file: nothing to fail over).
+    _require(
+        not hasattr(SQLiteApplicationRecorder.insert_events, "__wrapped__"),
+        "SQLite's insert_events is wrapped now: decide whether to call it once too",
+    )
+
+
 def check_construct_env() -> None:
     from eventsourcing.utils import Environment
 
@@ -637,6 +657,15 @@ SEAMS: list[Seam] = [
         check=check_env_keys,
     ),
     Seam(
+        "ledger.infrastructure.recorders:ChainedInserts.insert_events",
+        "eventsourcing.utils.retry",
+        "the library's PostgreSQL insert_events and select_events are wrapped by retry (ten"
+        " tries on a connection error) with functools.wraps, so __wrapped__ is the method"
+        " itself, which we call once (TallyPostgresApplicationRecorder.select_events too).",
+        ("exc", "max_attempts", "wait", "stall"),
+        check=check_insert_retries_unwrapped,
+    ),
+    Seam(
         f"{_RECORDERS}:TallyPostgresFactory.__init__",
         f"{_PG}.BasePostgresFactory.__init__",
         "it makes the datastore's pool unopened (it opens at the first get_connection), with"
@@ -826,13 +855,14 @@ SEAMS: list[Seam] = [
     Seam(
         _PGREC,
         f"{_PG}.PostgresApplicationRecorder",
-        "our recorder replaces only insert_events, _insert_events, _insert_stored_events and"
-        " insert_events_statement.",
+        "our recorder replaces only insert_events, select_events (called once), _insert_events,"
+        " _insert_stored_events and insert_events_statement.",
         check=_no_shadowing(
             _PGREC,
             frozenset(
                 {
                     "insert_events",
+                    "select_events",
                     "_insert_events",
                     "_insert_stored_events",
                     "insert_events_statement",

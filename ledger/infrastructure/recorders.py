@@ -51,9 +51,16 @@ class ChainedInserts(ApplicationRecorder):
             len(stored_events), requests, self.dialect.requests_table
         ) as written:
             links = self.heads.link(stored_events, self._chain_heads)
-            # super() is the backend's recorder, which follows this mixin in the MRO.
-            ids: Sequence[int] | None = super().insert_events(  # type: ignore[safe-super]
-                stored_events, links=links, **kwargs
+            # super() is the backend's recorder, which follows this mixin in the MRO. Called
+            # once: the library's PostgreSQL insert retries ten times on a lost connection,
+            # each try waiting for the pool, so a command would hear of a database that is
+            # gone after most of a minute, not at once (UNAVAILABLE; library_seams.py).
+            insert = super().insert_events  # type: ignore[safe-super]
+            once = getattr(insert, "__wrapped__", None)
+            ids: Sequence[int] | None = (
+                once(self, stored_events, links=links, **kwargs)
+                if once is not None
+                else insert(stored_events, links=links, **kwargs)
             )
             written(ids or ())
         self.heads.remember(stored_events, links)
@@ -67,6 +74,12 @@ class ChainedInserts(ApplicationRecorder):
 
 class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecorder):
     dialect = POSTGRES
+
+    def select_events(self, *args: Any, **kwargs: Any) -> Any:
+        # Once, as the insert (ChainedInserts): every command reads its programme's new
+        # events, and the library's ten retries would hold it most of a minute when the
+        # database is gone (library_seams.py).
+        return PostgresApplicationRecorder.select_events.__wrapped__(self, *args, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
