@@ -330,8 +330,13 @@ def serve_processes(options: ServeOptions, processes: int) -> int:
         raise ValueError("--processes above 1 needs a fixed port, not 0")
     check_listen_address(options.listen, authenticated=Security.from_options(options).enabled)
     check_port_free(options.listen)
+    # Checked and migrated once here, so that a mistake is one line, not one per child.
+    urls = [options.database_url]
+    if options.routes:
+        urls = [c.database_url for c in load_routes(options.routes, options.database_url).clusters]
     if options.apply_migrations:
-        migrate(config)
+        for url in urls:
+            migrate(parse_database_url(url))
     child_options = replace(options, apply_migrations=False, share_port=True)
     context = multiprocessing.get_context("spawn")
     children = [
