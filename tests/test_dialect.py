@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import Cipher
 from eventsourcing.utils import Environment
@@ -276,3 +277,53 @@ def test_a_server_in_a_hostile_environment_still_records_requests_and_chains(
         assert all(r[1] is not None for r in rows)
         assert json.loads(bytes(rows[0][0]))["member_id"] == "m"  # plain JSON, as stored
         assert app.get_account("p", "m").available == 60
+
+
+# ---------------------------------------------------------------------- multi-host URLs
+
+
+def test_a_failover_url_lists_its_hosts_for_our_pool_and_the_librarys() -> None:
+    url = "postgresql://u:secret@10.0.0.1:5433,db2,[::1]:6000/d?target_session_attrs=read-write"
+    config = parse_database_url(url)
+    assert config.hosts == (("10.0.0.1", 5433), ("db2", 5432), ("::1", 6000))
+    assert config.options == (("target_session_attrs", "read-write"),)
+    # The password is never shown; every host and the parameters are.
+    assert config.display == (
+        "postgresql://u@10.0.0.1:5433,db2:5432,[::1]:6000/d?target_session_attrs=read-write"
+    )
+    ours = psycopg.conninfo.conninfo_to_dict(config.conninfo())
+    assert ours["host"] == "10.0.0.1,db2,::1"
+    assert ours["port"] == "5433,5432,6000"
+    assert ours["target_session_attrs"] == "read-write"
+    assert ours["connect_timeout"] == "3"  # a host that does not answer is given up soon
+    env = config.eventsourcing_env()
+    assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("10.0.0.1,db2,::1", "5433,5432,6000")
+    library = psycopg.conninfo.conninfo_to_dict(env["POSTGRES_CONNINFO"])
+    assert library == {"connect_timeout": "3", "target_session_attrs": "read-write"}
+    assert env["POSTGRES_PRE_PING"] == "yes"  # dead connections are replaced, not used
+
+
+def test_the_librarys_pool_connects_with_the_urls_parameters() -> None:
+    """Through the library's own pool: host list, port list and target_session_attrs reach
+    libpq (the first host is a port nobody listens on, the second the shared server)."""
+    from eventsourcing.utils import Environment
+
+    from ledger.application.service import LedgerApplication
+    from ledger.infrastructure.recorders import TallyPostgresFactory
+    from tests.pg_clusters import free_port
+    from tests.support import PG_HOST, PG_PORT, PG_USER
+
+    url = (
+        f"postgresql://{PG_USER}@127.0.0.1:{free_port()},{PG_HOST}:{PG_PORT}/postgres"
+        "?target_session_attrs=read-write&application_name=tally-failover-test"
+    )
+    env = Environment(LedgerApplication.name, parse_database_url(url).eventsourcing_env())
+    factory = TallyPostgresFactory(env)
+    try:
+        with factory.datastore.get_connection() as conn:
+            row = conn.execute(
+                "SELECT current_setting('application_name'), inet_server_port()"
+            ).fetchone()
+        assert row == {"current_setting": "tally-failover-test", "inet_server_port": PG_PORT}
+    finally:
+        factory.close()

@@ -104,6 +104,20 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
             ["'no_such_tally_db' does not exist", "createdb -h 127.0.0.1 -p 5432 -U postgres"],
         ),
         (["demo", "--target", f"127.0.0.1:{free_port()}"], ["no Tally server answered"]),
+        (["migrate", "--database", "postgresql://h1:5432,h2:x/d"], ["port of 'h2:x'"]),
+        (
+            ["serve", "--database", "postgresql://u:hunter2@h/d?target_session_attrs=rw"],
+            ["target_session_attrs=rw is not one of", "read-write", "u:***@h"],
+        ),
+        (["migrate", "--database", "postgresql://h/d?no_such=1"], ["invalid connection option"]),
+        (
+            [
+                "migrate",
+                "--database",
+                f"postgresql://postgres@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x",
+            ],
+            ["cannot reach PostgreSQL at 127.0.0.1:", ",127.0.0.1:", "is it running"],
+        ),
     ],
     ids=[
         "unsupported-url",
@@ -113,6 +127,10 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         "unknown-role",
         "no-database",
         "demo-without-server",
+        "bad-port-in-host-list",
+        "bad-target-session-attrs",
+        "unknown-libpq-parameter",
+        "no-host-of-the-list-answers",
     ],
 )
 def test_a_database_or_server_that_cannot_be_had_is_one_line(
