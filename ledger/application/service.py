@@ -189,7 +189,7 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
             ]
         if attempt >= MAX_ATTEMPTS:
             return [errors.WriteConflict("the command kept conflicting with concurrent writers")]
-        backoff()
+        backoff(attempt)
         return self.execute_group(cmds, cache, False, True, at_occurred, attempt + 1)
 
     def execute_atomic(
@@ -198,11 +198,11 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
         cache: MutableMapping[UUID, MemberAccount] | None = None,
     ) -> list[Answer]:
         """All or nothing, in one transaction."""
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             try:
                 return self.execute_group(cmds, {} if cache is None else cache, atomic=True)
             except IntegrityError:
-                backoff()
+                backoff(attempt)
         raise errors.WriteConflict("the atomic batch kept conflicting with concurrent writers")
 
     def decide(

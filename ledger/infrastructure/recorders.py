@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+import psycopg
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from psycopg import Cursor
@@ -33,6 +39,24 @@ from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
 from ledger.telemetry import instruments
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
+
+
+def aborted_pipeline(error: BaseException) -> bool:
+    """The library's PostgreSQL insert is one pipeline. When a statement in it fails on a
+    duplicate (another writer saved the account, or the request_id, first) psycopg may
+    report the pipeline's abort instead of the UniqueViolation itself, which the library
+    wraps as an OperationalError: a conflict that looks like a lost database. A lost
+    connection fails otherwise (no abort to report), so this is the conflict, to be re-run
+    on fresh state like any other (measured: 3 of 135 same-account Earns from three
+    processes came back UNAVAILABLE before this)."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, psycopg.errors.PipelineAborted):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class ChainedInserts(ApplicationRecorder):
@@ -57,11 +81,16 @@ class ChainedInserts(ApplicationRecorder):
             # gone after most of a minute, not at once (UNAVAILABLE; library_seams.py).
             insert = super().insert_events  # type: ignore[safe-super]
             once = getattr(insert, "__wrapped__", None)
-            ids: Sequence[int] | None = (
-                once(self, stored_events, links=links, **kwargs)
-                if once is not None
-                else insert(stored_events, links=links, **kwargs)
-            )
+            try:
+                ids: Sequence[int] | None = (
+                    once(self, stored_events, links=links, **kwargs)
+                    if once is not None
+                    else insert(stored_events, links=links, **kwargs)
+                )
+            except OperationalError as e:
+                if aborted_pipeline(e):
+                    raise IntegrityError(str(e)) from e
+                raise
             written(ids or ())
         self.heads.remember(stored_events, links)
         return ids
