@@ -140,7 +140,12 @@ def test_an_earn_is_traced_from_its_rpc_to_the_group_the_write_and_the_projectio
     def carries_command(span: Any) -> bool:
         return any(link.context.span_id == command.context.span_id for link in span.links)
 
-    groups = [s for s in traced.finished("tally.group", lambda f: True) if carries_command(s)]
+    # The group span ends after its callers are answered: awaited, not read at once.
+    groups = [
+        s
+        for s in traced.finished("tally.group", lambda f: any(carries_command(g) for g in f))
+        if carries_command(s)
+    ]
     assert len(groups) == 1
     group = groups[0]
     assert group.attributes["tally.group.size"] == command.attributes["tally.group.size"]
@@ -172,6 +177,18 @@ def test_an_earn_is_traced_from_its_rpc_to_the_group_the_write_and_the_projectio
     assert len(points) == 1
     assert points[0].attributes["tally.position"] >= earned.position
     assert points[0].attributes["tally.events"] >= 1
+
+
+def _eventually(
+    read: Callable[[], float], done: Callable[[float], bool] = bool, timeout: float = 10.0
+) -> float:
+    """`read()` once `done` says so, or its last value after `timeout` seconds: what is
+    recorded after the answer was sent (an abort's status, the writer's group size after it
+    answered) may come a moment after the client heard."""
+    deadline = time.monotonic() + timeout
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
 
 
 def test_commands_are_counted_by_type_and_outcome(traced: Traced) -> None:
@@ -206,7 +223,8 @@ def test_commands_are_counted_by_type_and_outcome(traced: Traced) -> None:
     assert traced.count("tally.idempotent_replays", **{"tally.command": "Earn"}) == 1
     # The latency histogram has one observation per answered command.
     assert traced.count("tally.command.duration", **{"tally.command": "Earn"}) == 2
-    assert traced.count("tally.group.size") >= 4  # enrol, earn, replay, redeem
+    # enrol, earn, replay, redeem
+    assert _eventually(lambda: traced.count("tally.group.size"), lambda n: n >= 4) >= 4
     # RPCs by method and status, from the interceptor.
     ok = grpc.StatusCode.OK.value[0]
     assert (
@@ -214,10 +232,13 @@ def test_commands_are_counted_by_type_and_outcome(traced: Traced) -> None:
         == 2
     )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # An abort sends the status before the interceptor's `finally` records it.
     assert (
-        traced.count(
-            "rpc.server.duration",
-            **{"rpc.method": "Redeem", "rpc.grpc.status_code": refused.value.code().value[0]},
+        _eventually(
+            lambda: traced.count(
+                "rpc.server.duration",
+                **{"rpc.method": "Redeem", "rpc.grpc.status_code": refused.value.code().value[0]},
+            )
         )
         == 1
     )
