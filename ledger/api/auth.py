@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ledger.api.errors import domain_status, to_grpc
+from ledger.api.wrapping import rewrap
 from ledger.domain import errors
 from ledger.security.credentials import PROGRAM_ID, SecurityConfigError
 from ledger.security.principal import CALLER, Principal
@@ -194,19 +195,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         rule = rule_for(method)
         admit = functools.partial(self._admit, method, rule)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, admit),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, admit),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        raise RuntimeError(f"{method}: client-streaming methods are not classified")
+        wrapped = rewrap(
+            handler, lambda inner: _unary(inner, admit), lambda inner: _stream(inner, admit)
+        )
+        if wrapped is None:
+            raise RuntimeError(f"{method}: client-streaming methods are not classified")
+        return wrapped
 
     async def _admit(
         self, method: str, rule: MethodRule | None, request: Any, context: grpc.aio.ServicerContext

@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from ledger.api.wrapping import rewrap
+
 # Health and reflection keep answering while draining: a load balancer asking for health
 # must hear NOT_SERVING, not an error.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -46,19 +48,7 @@ class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # no client-streaming methods in the contract
+        return rewrap(handler, self._unary, self._stream) or handler  # no client-streaming
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
         await context.abort(

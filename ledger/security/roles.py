@@ -93,6 +93,10 @@ METHOD_RULES: dict[str, MethodRule] = {
     **_rules("ReportService", AU, Scope.BY_RECORD, "GetReconciliation"),
     **_rules("ReportService", AD, P, "ReconcileStatement"),
     **_rules("ReportService", AD, Scope.BY_RECORD, "SignOffReconciliation"),
+    # Marketing reads member behaviour: a reader of the programme (docs/insights.md).
+    **_rules(
+        "InsightsService", R, P, "GetMemberInsights", "ListSegmentMembers", "GetProgramInsights"
+    ),
 }
 
 # Anyone may call these, with or without a credential: load balancers probe health, and

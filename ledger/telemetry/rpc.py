@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from ledger.api.wrapping import rewrap
 from ledger.telemetry import instruments
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Any]
@@ -28,16 +29,8 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.request_streaming:
             return handler  # no client-streaming RPCs here; unknown methods are grpc's
         method = handler_call_details.method
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return rewrap(
+            handler, lambda inner: _unary(method, inner), lambda inner: _streaming(method, inner)
         )
 
 
