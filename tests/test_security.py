@@ -661,8 +661,8 @@ def test_an_unclassified_method_is_refused_at_runtime(folder: Path, credentials_
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
-                    "ledger.v1.InsightsService",
-                    {"GetMemberInsights": grpc.unary_unary_rpc_method_handler(answer)},
+                    "ledger.v1.FutureService",  # a service added without a rule
+                    {"GetSomething": grpc.unary_unary_rpc_method_handler(answer)},
                 )
             ]
         )
@@ -670,7 +670,7 @@ def test_an_unclassified_method_is_refused_at_runtime(folder: Path, credentials_
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                call = channel.unary_unary("/ledger.v1.InsightsService/GetMemberInsights")
+                call = channel.unary_unary("/ledger.v1.FutureService/GetSomething")
                 try:
                     await call(b"", metadata=bearer(TOKENS["root"]), timeout=10)
                 except grpc.aio.AioRpcError as e:
@@ -681,7 +681,7 @@ def test_an_unclassified_method_is_refused_at_runtime(folder: Path, credentials_
 
     code, message, _ = asyncio.run(scenario())
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert "GetMemberInsights" in message
+    assert "GetSomething" in message
 
 
 # ---------------------------------------------------------------------- resource limits
