@@ -290,6 +290,7 @@ class Program(_message.Message):
     POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
     CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
     EFFECTIVE_POSITION_FIELD_NUMBER: _builtins.int
+    INSIGHT_SETTINGS_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     currency: _builtins.str
@@ -318,6 +319,10 @@ class Program(_message.Message):
     def points_conversion(self) -> Global___PointsConversion:
         """Unset: ConvertPoints is refused."""
 
+    @_builtins.property
+    def insight_settings(self) -> Global___InsightSettings:
+        """The thresholds of member insights (InsightsService), every field as in force."""
+
     def __init__(
         self,
         *,
@@ -338,14 +343,70 @@ class Program(_message.Message):
         points_conversion: Global___PointsConversion | None = ...,
         cash_out_policy: Global___CashOutPolicy.ValueType = ...,
         effective_position: _builtins.int = ...,
+        insight_settings: Global___InsightSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "points_conversion", b"points_conversion", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "effective_position", b"effective_position", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "created_at", b"created_at", "currency", b"currency", "display_name", b"display_name", "effective_position", b"effective_position", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Program: _TypeAlias = Program  # noqa: Y015
+
+@_typing.final
+class InsightSettings(_message.Message):
+    """The thresholds the insights read members' behaviour with (docs/insights.md gives the
+    reasoning behind each default). Whole days and whole percentages. In a request, 0 means
+    that setting's default; every setting is 1 to 36,600, min_cycle_days at most
+    default_cycle_days and dormant_after_cycles_pct above at_risk_after_cycles_pct
+    (INVALID_ARGUMENT on `insight_settings.<name>` otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREQUENCY_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    NEW_MEMBER_DAYS_FIELD_NUMBER: _builtins.int
+    NEW_MEMBER_MAX_PURCHASES_FIELD_NUMBER: _builtins.int
+    DEFAULT_CYCLE_DAYS_FIELD_NUMBER: _builtins.int
+    MIN_CYCLE_DAYS_FIELD_NUMBER: _builtins.int
+    AT_RISK_AFTER_CYCLES_PCT_FIELD_NUMBER: _builtins.int
+    DORMANT_AFTER_CYCLES_PCT_FIELD_NUMBER: _builtins.int
+    LOST_AFTER_DAYS_FIELD_NUMBER: _builtins.int
+    frequency_window_days: _builtins.int
+    """`frequency` and `monetary_minor` count the purchases this many days back (default 365)."""
+    new_member_days: _builtins.int
+    """Enrolled at most this many days ago (default 30) ..."""
+    new_member_max_purchases: _builtins.int
+    """... with at most this many purchases (default 1): NEW."""
+    default_cycle_days: _builtins.int
+    """The cycle of a member with fewer than two purchase days (default 30)."""
+    min_cycle_days: _builtins.int
+    """No member's cycle is shorter (default 7)."""
+    at_risk_after_cycles_pct: _builtins.int
+    """Silent for more than this percentage of their cycle: AT_RISK (default 150) ..."""
+    dormant_after_cycles_pct: _builtins.int
+    """... for more than this: DORMANT (default 300)."""
+    lost_after_days: _builtins.int
+    """No purchase for more than this many days (or none, enrolled longer): LOST (default 365)."""
+    def __init__(
+        self,
+        *,
+        frequency_window_days: _builtins.int = ...,
+        new_member_days: _builtins.int = ...,
+        new_member_max_purchases: _builtins.int = ...,
+        default_cycle_days: _builtins.int = ...,
+        min_cycle_days: _builtins.int = ...,
+        at_risk_after_cycles_pct: _builtins.int = ...,
+        dormant_after_cycles_pct: _builtins.int = ...,
+        lost_after_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk_after_cycles_pct", b"at_risk_after_cycles_pct", "default_cycle_days", b"default_cycle_days", "dormant_after_cycles_pct", b"dormant_after_cycles_pct", "frequency_window_days", b"frequency_window_days", "lost_after_days", b"lost_after_days", "min_cycle_days", b"min_cycle_days", "new_member_days", b"new_member_days", "new_member_max_purchases", b"new_member_max_purchases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InsightSettings: _TypeAlias = InsightSettings  # noqa: Y015
 
 @_typing.final
 class CreateProgramRequest(_message.Message):
@@ -365,6 +426,7 @@ class CreateProgramRequest(_message.Message):
     TOP_UP_BONUS_FIELD_NUMBER: _builtins.int
     POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
     CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
+    INSIGHT_SETTINGS_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     currency: _builtins.str
@@ -386,6 +448,10 @@ class CreateProgramRequest(_message.Message):
 
     @_builtins.property
     def points_conversion(self) -> Global___PointsConversion: ...
+    @_builtins.property
+    def insight_settings(self) -> Global___InsightSettings:
+        """Unset: every default."""
+
     def __init__(
         self,
         *,
@@ -403,10 +469,11 @@ class CreateProgramRequest(_message.Message):
         top_up_bonus: _abc.Iterable[Global___TopUpBonusStep] | None = ...,
         points_conversion: Global___PointsConversion | None = ...,
         cash_out_policy: Global___CashOutPolicy.ValueType = ...,
+        insight_settings: Global___InsightSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "points_conversion", b"points_conversion"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cash_out_policy", b"cash_out_policy", "currency", b"currency", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "point_value_minor", b"point_value_minor", "points_conversion", b"points_conversion", "program_id", b"program_id", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "time_zone", b"time_zone", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,7 +509,8 @@ Global___CreateProgramResponse: _TypeAlias = CreateProgramResponse  # noqa: Y015
 class UpdateProgramRequest(_message.Message):
     """Only the fields that are set change. `tiers` is replaced when `replace_tiers` is
     true (an empty list clears the ladder); `top_up_bonus` likewise with
-    `replace_top_up_bonus`; `clear_points_conversion` removes the rate.
+    `replace_top_up_bonus`; `clear_points_conversion` removes the rate. `insight_settings`,
+    when present, replaces all of them (a field 0 in it: that setting's default).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -461,6 +529,7 @@ class UpdateProgramRequest(_message.Message):
     POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
     CLEAR_POINTS_CONVERSION_FIELD_NUMBER: _builtins.int
     CASH_OUT_POLICY_FIELD_NUMBER: _builtins.int
+    INSIGHT_SETTINGS_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     display_name: _builtins.str
     replace_tiers: _builtins.bool
@@ -479,6 +548,8 @@ class UpdateProgramRequest(_message.Message):
     def top_up_bonus(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUpBonusStep]: ...
     @_builtins.property
     def points_conversion(self) -> Global___PointsConversion: ...
+    @_builtins.property
+    def insight_settings(self) -> Global___InsightSettings: ...
     def __init__(
         self,
         *,
@@ -496,10 +567,11 @@ class UpdateProgramRequest(_message.Message):
         points_conversion: Global___PointsConversion | None = ...,
         clear_points_conversion: _builtins.bool = ...,
         cash_out_policy: Global___CashOutPolicy.ValueType | None = ...,
+        insight_settings: Global___InsightSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "points_conversion", b"points_conversion", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "clear_points_conversion", b"clear_points_conversion", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "points_conversion", b"points_conversion", "program_id", b"program_id", "replace_tiers", b"replace_tiers", "replace_top_up_bonus", b"replace_top_up_bonus", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy", "_display_name", b"_display_name", "_expected_redemption_rate_ppm", b"_expected_redemption_rate_ppm", "_stored_value_split", b"_stored_value_split", "_tier_window_days", b"_tier_window_days", "cash_out_policy", b"cash_out_policy", "clear_points_conversion", b"clear_points_conversion", "display_name", b"display_name", "expected_redemption_rate_ppm", b"expected_redemption_rate_ppm", "expiry_policy", b"expiry_policy", "insight_settings", b"insight_settings", "points_conversion", b"points_conversion", "program_id", b"program_id", "replace_tiers", b"replace_tiers", "replace_top_up_bonus", b"replace_top_up_bonus", "request_id", b"request_id", "stored_value_split", b"stored_value_split", "tier_window_days", b"tier_window_days", "tiers", b"tiers", "top_up_bonus", b"top_up_bonus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cash_out_policy: _TypeAlias = _typing.Literal["cash_out_policy"]  # noqa: Y015
     _WhichOneofArgType__cash_out_policy: _TypeAlias = _typing.Literal["_cash_out_policy", b"_cash_out_policy"]  # noqa: Y015
@@ -1421,6 +1493,7 @@ class ReverseRequest(_message.Message):
     STORE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    REFUND_PURCHASE_MINOR_FIELD_NUMBER: _builtins.int
     program_id: _builtins.str
     member_id: _builtins.str
     transaction_id: _builtins.str
@@ -1436,6 +1509,16 @@ class ReverseRequest(_message.Message):
     reason: _builtins.str
     store_id: _builtins.str
     request_id: _builtins.str
+    refund_purchase_minor: _builtins.int
+    """With an Earn reversal only: the purchase money refunded to the customer with it
+    (minor units; 0 = none). Unset: the earn's purchase_minor pro rata to the points
+    reversed, rounded half up, and all that is left of it when the last points go, so an
+    Earn reversed in parts refunds exactly its purchase. Negative: INVALID_ARGUMENT. Given
+    for any other kind of transaction: INVALID_ARGUMENT on this field (reason
+    REFUND_NOT_APPLICABLE). More than the purchase money not refunded yet:
+    FAILED_PRECONDITION, reason REFUND_EXCEEDS_PURCHASE (metadata `refundable`). Part of
+    the request: a replay with another amount is IDEMPOTENCY_KEY_REUSED.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1450,12 +1533,15 @@ class ReverseRequest(_message.Message):
         store_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        refund_purchase_minor: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_refund_purchase_minor", b"_refund_purchase_minor", "occurred_at", b"occurred_at", "refund_purchase_minor", b"refund_purchase_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "member_id", b"member_id", "occurred_at", b"occurred_at", "points", b"points", "program_id", b"program_id", "reason", b"reason", "request_id", b"request_id", "store_id", b"store_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_refund_purchase_minor", b"_refund_purchase_minor", "amount_minor", b"amount_minor", "member_id", b"member_id", "occurred_at", b"occurred_at", "points", b"points", "program_id", b"program_id", "reason", b"reason", "refund_purchase_minor", b"refund_purchase_minor", "request_id", b"request_id", "store_id", b"store_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__refund_purchase_minor: _TypeAlias = _typing.Literal["refund_purchase_minor"]  # noqa: Y015
+    _WhichOneofArgType__refund_purchase_minor: _TypeAlias = _typing.Literal["_refund_purchase_minor", b"_refund_purchase_minor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refund_purchase_minor) -> _WhichOneofReturnType__refund_purchase_minor | None: ...
 
 Global___ReverseRequest: _TypeAlias = ReverseRequest  # noqa: Y015
 
@@ -1475,6 +1561,7 @@ class ReverseResponse(_message.Message):
     FORFEITED_BONUS_MINOR_FIELD_NUMBER: _builtins.int
     BONUS_DEDUCTED_MINOR_FIELD_NUMBER: _builtins.int
     VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    REFUNDED_PURCHASE_MINOR_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     position: _builtins.int
     points_reversed: _builtins.int
@@ -1493,6 +1580,8 @@ class ReverseResponse(_message.Message):
     bonus_deducted_minor: _builtins.int
     value_minor: _builtins.int
     """A ConvertPoints reversal: the bonus taken back off the card."""
+    refunded_purchase_minor: _builtins.int
+    """An Earn reversal: the purchase money refunded, as recorded (given or pro rata)."""
     @_builtins.property
     def account(self) -> Global___Account: ...
     def __init__(
@@ -1510,10 +1599,11 @@ class ReverseResponse(_message.Message):
         forfeited_bonus_minor: _builtins.int = ...,
         bonus_deducted_minor: _builtins.int = ...,
         value_minor: _builtins.int = ...,
+        refunded_purchase_minor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_deducted_minor", b"bonus_deducted_minor", "bonus_minor", b"bonus_minor", "cash_minor", b"cash_minor", "debt_added", b"debt_added", "forfeited_bonus_minor", b"forfeited_bonus_minor", "points_reversed", b"points_reversed", "position", b"position", "refunded_cash_minor", b"refunded_cash_minor", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id", "value_minor", b"value_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_deducted_minor", b"bonus_deducted_minor", "bonus_minor", b"bonus_minor", "cash_minor", b"cash_minor", "debt_added", b"debt_added", "forfeited_bonus_minor", b"forfeited_bonus_minor", "points_reversed", b"points_reversed", "position", b"position", "refunded_cash_minor", b"refunded_cash_minor", "refunded_purchase_minor", b"refunded_purchase_minor", "reverses_transaction_id", b"reverses_transaction_id", "transaction_id", b"transaction_id", "value_minor", b"value_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
