@@ -15,6 +15,11 @@
                then every projection caught up, which is timed too): liabilities now and
                at a part-day, movements and settlement for a month with part-day bounds,
                the trial balance | reference: GetAccount of one member
+    insights   InsightsService over a programme of 100,000 members with two years of
+               purchases, refunds, redemptions and stored value at 20 stores (real
+               aggregates, COPYed): the insights projection's catch-up from zero, member
+               insights, programme figures, a segment's first page and a walk of all of it,
+               now and as of an earlier instant | reference: GetAccount of one member
 
     python -m benchmarks.offline            # full: 200k records, 1M accounts (~10 min)
     python -m benchmarks.offline --quick    # 20k records, 50k accounts
@@ -75,6 +80,7 @@ class Sizes:
     accounts: int  # the RSS case
     verify_events: int  # the verify case
     report_events: int  # the reports case
+    insight_members: int  # the insights case
 
 
 MODES = {
@@ -85,6 +91,7 @@ MODES = {
         accounts=1_000_000,
         verify_events=1_000_000,
         report_events=1_000_000,
+        insight_members=100_000,
     ),
     "quick": Sizes(
         20_000,
@@ -93,9 +100,16 @@ MODES = {
         accounts=50_000,
         verify_events=100_000,
         report_events=100_000,
+        insight_members=10_000,
     ),
     "smoke": Sizes(
-        2_000, members=200, history=300, accounts=1_000, verify_events=2_000, report_events=2_000
+        2_000,
+        members=200,
+        history=300,
+        accounts=1_000,
+        verify_events=2_000,
+        report_events=2_000,
+        insight_members=300,
     ),
 }
 
@@ -724,6 +738,297 @@ def _statement(tally_url: str, since: datetime, days: int) -> list[Any]:
     ]
 
 
+# ---------------------------------------------------------------------- insights (issue 15)
+
+INSIGHT_DAYS = 730  # two years of purchases
+INSIGHT_STORES = 20
+# (purchase cycle in days, share of members): weekly regulars to twice-a-year visitors.
+INSIGHT_HABITS = ((7, 10), (14, 15), (30, 30), (45, 20), (90, 15), (180, 10))
+
+
+def _insight_plans(members: int, start: datetime, end: datetime, rng: random.Random) -> list[Any]:
+    """What every member does, as (recorded at, order, member, action, detail), time-ordered:
+    an enrolment on a day of the two years; one member in ten never buys; the others buy
+    on their own habit (a cycle of 7 to 180 days, each gap 0.5 to 1.5 of it) from a few days
+    after enrolling until they drift away (an exponential life, mean a year) or the end; at
+    their home store seven times in ten; one purchase in 25 refunded (wholly or in part) a
+    few days later; one in 50 uploaded by an offline till up to three days after it
+    occurred. A fifth of the buyers load stored value once and pay with it while it lasts."""
+    cycles = [c for c, share in INSIGHT_HABITS for _ in range(share)]
+    span = (end - start).total_seconds()
+    plans: list[Any] = []
+    order = 0
+
+    def plan(at: datetime, member: int, action: str, detail: Any = None) -> None:
+        nonlocal order
+        order += 1
+        plans.append((at, order, member, action, detail))
+
+    for m in range(members):
+        enrolled = start + timedelta(seconds=span * rng.random())
+        plan(enrolled, m, "enrol", f"s{rng.randrange(INSIGHT_STORES)}")
+        if rng.random() < 0.1:
+            continue
+        cycle = rng.choice(cycles)
+        leaves = enrolled + timedelta(days=rng.expovariate(1 / 365))
+        level = rng.uniform(0.5, 3.0)  # this member's basket size
+        home = f"s{rng.randrange(INSIGHT_STORES)}"
+        if rng.random() < 0.2:
+            plan(enrolled + timedelta(minutes=5), m, "top-up", home)
+        at = enrolled + timedelta(days=rng.uniform(0, 7))
+        while at < min(leaves, end):
+            store = home if rng.random() < 0.7 else f"s{rng.randrange(INSIGHT_STORES)}"
+            purchase = int(rng.randint(2_000, 30_000) * level)
+            late = timedelta(days=rng.uniform(0, 3)) if rng.random() < 0.02 else timedelta(0)
+            plan(at + late, m, "purchase", (at, store, purchase))
+            if rng.random() < 0.04:
+                refund_at = at + late + timedelta(days=rng.uniform(1, 10))
+                if refund_at < end:
+                    plan(refund_at, m, "refund", order)  # names the purchase's plan
+            at += timedelta(days=cycle * rng.uniform(0.5, 1.5))
+    plans.sort(key=lambda p: (p[0], p[1]))
+    return plans
+
+
+def insights_log(url: str, members: int) -> tuple[int, datetime]:
+    """A programme (CNY, Asia/Shanghai, three tiers) of `members` members with two years of
+    purchases ending an hour ago (_insight_plans), decided by the real aggregates and COPYed
+    into the events table with their hash chains, as stored_value_log does. Each purchase is
+    an Earn of a point per yuan with its purchase money; a stored-value member's purchase is
+    also a Spend of it while the card covers it; a refund reverses the Earn (all its points,
+    or half: its purchase pro rata) and refunds the Spend; a member with 500 points
+    available redeems them at a purchase one time in three. Returns (events written, the
+    last instant)."""
+    from ledger.domain.account import MemberAccount
+    from ledger.domain.errors import DomainError
+    from ledger.domain.program import ExpiryKind, ExpiryPolicy, Program, TierRule, TopUpBonusStep
+    from ledger.domain.provenance import Provenance
+
+    tally = Tally.from_url(url)  # applies the migrations; its mapper encodes the events
+    mapper = tally.app.mapper
+    tally.close()
+    rng = random.Random(15)
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    start = end - timedelta(days=INSIGHT_DAYS)
+    settings = ProgramSettings(
+        "Insights benchmark",
+        "CNY",
+        time_zone="Asia/Shanghai",
+        point_value_minor=1,
+        expiry_policy=ExpiryPolicy(ExpiryKind.END_OF_YEAR_AFTER_YEARS, years=1),
+        tiers=(
+            TierRule("member", "Member", 0),
+            TierRule("silver", "Silver", 2_000),
+            TierRule("gold", "Gold", 8_000),
+        ),
+        tier_window_days=365,
+        top_up_bonus=(TopUpBonusStep(50_000, 5_000),),
+    )
+    plans = _insight_plans(members, start, end, rng)
+    program = Program(program_id="p", settings=settings, transaction_id="p")
+    created = start - timedelta(days=1)
+    accounts: dict[int, MemberAccount] = {}
+    earn_of_plan: dict[int, tuple[str, str]] = {}  # purchase plan -> (earn tx, spend tx)
+    count = written = 0
+
+    def prov(at: datetime, store: str, reverses: str = "") -> Provenance:
+        nonlocal count
+        count += 1
+        return Provenance(
+            transaction_id=f"tx-{count}",
+            request_id=f"r-{count}",
+            occurred_at=at,
+            store_id=store,
+            reverses_transaction_id=reverses,
+        )
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        chains: dict[Any, bytes] = {}
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY ledger_events (originator_id, originator_version, topic, state, prev_hash,"
+                " hash) FROM STDIN"
+            ) as copy,
+        ):
+
+            def write(events: Any, recorded_at: datetime) -> None:
+                nonlocal written
+                for e in events:
+                    stored = mapper.to_stored_event(replace(e, timestamp=recorded_at))
+                    prev = chains.get(stored.originator_id, GENESIS)
+                    digest = event_hash(
+                        prev, stored.originator_id, stored.originator_version, stored.topic,
+                        stored.state,
+                    )  # fmt: skip
+                    copy.write_row(
+                        (stored.originator_id, stored.originator_version, stored.topic,
+                         stored.state, prev, digest)
+                    )  # fmt: skip
+                    chains[stored.originator_id] = digest
+                    written += 1
+
+            write(program.collect_events(), created)
+            for at, order, m, action, detail in plans:
+                if action == "enrol":
+                    accounts[m] = MemberAccount(
+                        program_id="p", member_id=f"m{m}", referrer_member_id="",
+                        provenance=prov(at, detail),
+                    )  # fmt: skip
+                    write(accounts[m].collect_events(), at)
+                    continue
+                account = accounts[m]
+                try:
+                    if action == "top-up":
+                        p = prov(at, detail)
+                        account.top_up(p, at, 50_000, 5_000, f"pay-{p.transaction_id}", 50_000, 1)
+                    elif action == "purchase":
+                        occurred, store, purchase = detail
+                        points = purchase // 100
+                        expires_at = settings.expiry_policy.expires_at(occurred, settings.time_zone)
+                        earn = prov(occurred, store)
+                        account.earn(
+                            earn, at, points, purchase, expires_at,
+                            settings.qualifies_until(occurred),
+                        )  # fmt: skip
+                        spend = ""
+                        if account.cash + account.bonus >= purchase:
+                            paid = prov(occurred, store)
+                            account.spend(paid, at, purchase, settings.stored_value_split)
+                            spend = paid.transaction_id
+                        earn_of_plan[order] = (earn.transaction_id, spend)
+                        if account.available >= 500 and account.debt == 0 and rng.random() < 0.34:
+                            account.redeem(prov(occurred, store), at, 500)
+                    elif action == "refund" and detail in earn_of_plan:
+                        earn_tx, spend_tx = earn_of_plan.pop(detail)
+                        whole = rng.random() < 0.6
+                        points = 0 if whole else max(1, account.earns[earn_tx].points // 2)
+                        store = f"s{rng.randrange(INSIGHT_STORES)}"
+                        account.reverse(prov(at, store, earn_tx), at, earn_tx, points)
+                        if spend_tx:
+                            paid_with = account.spends[spend_tx]
+                            half = max(1, (paid_with.cash + paid_with.bonus) // 2)
+                            amount = 0 if whole else half
+                            account.reverse(prov(at, store, spend_tx), at, spend_tx, 0, amount)
+                except DomainError:
+                    pass  # refused: nothing happened, as at a till
+                write(account.collect_events(), at)
+        conn.execute("ANALYZE ledger_events")
+    return written, end
+
+
+def case_insights(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    """InsightsService over a programme of `insight_members` members with two years of
+    purchases (insights_log): the insights projection caught up from zero (the other read
+    models first, untimed), then GetMemberInsights of random members, GetProgramInsights,
+    ListSegmentMembers' first page and a walk of a whole segment, each now and as of 90
+    days before the last purchase."""
+    from ledger.v1 import insights_pb2 as ipb
+    from ledger.v1 import insights_pb2_grpc as ipb_grpc
+    from projections.insights import NAME as INSIGHTS
+
+    with scratch("insights") as url:
+        written, end = insights_log(url, sizes.insight_members)
+        tally = Tally.from_url(url)
+        try:
+            for name, runner in tally.projections.items():
+                if name != INSIGHTS:
+                    runner.run_until_caught_up()
+            started = time.perf_counter()
+            tally.projections[INSIGHTS].run_until_caught_up()
+            catch_up_s = time.perf_counter() - started
+        finally:
+            tally.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE")
+        earlier = _ts(end - timedelta(days=90))
+        pick = random.Random(28)
+        members = sizes.insight_members
+        with serving_channel(url, folder) as (channel, _):
+            stub = ipb_grpc.InsightsServiceStub(channel)
+            account = pb_grpc.LedgerServiceStub(channel)
+
+            def member(**at: Any) -> Any:
+                chosen = f"m{pick.randrange(members)}"
+                return stub.GetMemberInsights(
+                    ipb.GetMemberInsightsRequest(program_id="p", member_id=chosen, **at)
+                )
+
+            def programme(**at: Any) -> Any:
+                return stub.GetProgramInsights(
+                    ipb.GetProgramInsightsRequest(program_id="p", **at), timeout=120
+                )
+
+            segment = ipb.RFM_SEGMENT_CANNOT_LOSE
+
+            def first_page(**at: Any) -> Any:
+                return stub.ListSegmentMembers(
+                    ipb.ListSegmentMembersRequest(
+                        program_id="p", rfm_segment=segment, page_size=100, **at
+                    ),
+                    timeout=120,
+                )
+
+            def walk(**at: Any) -> tuple[int, int, float]:
+                """Every page of the segment, 1,000 a page: (members, pages, seconds)."""
+                started, token, seen, pages = time.perf_counter(), "", 0, 0
+                while True:
+                    page = stub.ListSegmentMembers(
+                        ipb.ListSegmentMembersRequest(
+                            program_id="p",
+                            rfm_segment=segment,
+                            page_size=1000,
+                            page_token=token,
+                            **at,
+                        ),
+                        timeout=120,
+                    )
+                    seen, pages, token = seen + len(page.members), pages + 1, page.next_page_token
+                    if not token:
+                        break
+                if seen != page.total:
+                    raise RuntimeError(f"walked {seen} members, the control total is {page.total}")
+                return seen, pages, time.perf_counter() - started
+
+            programme()  # the server's first read of the programme, untimed
+            timings = {
+                "member": _latencies(member, 200),
+                "member-as-of": _latencies(lambda: member(as_of=earlier), 200),
+                "program": _latencies(programme, 10),
+                "program-as-of": _latencies(lambda: programme(as_of=earlier), 10),
+                "segment-page": _latencies(first_page, 30),
+                "segment-page-as-of": _latencies(lambda: first_page(as_of=earlier), 10),
+            }
+            walks = {"": walk(), "-as-of": walk(as_of=earlier)}
+            figures = programme()
+            reference = _latencies(
+                lambda: account.GetAccount(pb.GetAccountRequest(program_id="p", member_id="m1")),
+                200,
+            )
+    what = f"{members:,} members, {written:,} events, {INSIGHT_DAYS} days"
+    rows: list[dict[str, Any]] = [
+        {"case": "insights-catch-up", "what": f"insights projection from zero, {what}",
+         "rate": written / catch_up_s, "unit": "events/s", "seconds": catch_up_s,
+         "reference": "none (absolute)", "reference_rate": 0,
+         "purchasing_members": figures.purchasing_members,
+         "revenue_minor": figures.revenue_minor},
+    ]  # fmt: skip
+    for name, values in timings.items():
+        rows.append(
+            {"case": f"insights-{name}", "what": what, "p50": _p(values, 0.5),
+             "p99": _p(values, 0.99), "reference_p50": _p(reference, 0.5),
+             "reference_p99": _p(reference, 0.99), "unit": "ms",
+             "reference": "GetAccount of one member"}
+        )  # fmt: skip
+    for suffix, (seen, pages, seconds) in walks.items():
+        at = " as of 90 days earlier" if suffix else ""
+        rows.append(
+            {"case": f"insights-walk{suffix}", "unit": "s", "seconds": seconds,
+             "what": f"every page of CANNOT_LOSE{at}: {seen:,} members, {pages} pages of 1,000"}
+        )  # fmt: skip
+    return rows
+
+
 def _ts(moment: datetime) -> Any:
     from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -739,6 +1044,7 @@ CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "accounts": case_accounts,
     "verify": case_verify,
     "reports": case_reports,
+    "insights": case_insights,
 }
 
 
