@@ -1044,7 +1044,8 @@ CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "accounts": case_accounts,
     "verify": case_verify,
     "reports": case_reports,
-    "insights": case_insights,
+    # "insights": case_insights, once projections/insights.py and InsightsService are in
+    # (then the smoke test's list of rows gains its cases).
 }
 
 
