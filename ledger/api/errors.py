@@ -50,6 +50,11 @@ def invalid_argument_status(error: InvalidArgument) -> status_pb2.Status:
 
 
 def domain_status(error: errors.DomainError) -> status_pb2.Status:
+    if isinstance(error, errors.InvalidField):
+        status = invalid_argument_status(InvalidArgument([(error.field, error.message)]))
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
+        status.details.append(_pack(info))
+        return status
     if isinstance(error, errors.NotFound):
         code = code_pb2.NOT_FOUND
     elif isinstance(error, errors.AlreadyExists):

@@ -6,7 +6,7 @@ queries are checked here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from ledger.api.errors import InvalidArgument
 from ledger.api.validation import Violations
 from ledger.application import commands as c
 from ledger.application import validation as build
+from ledger.domain.insights import InsightSettings
 from ledger.domain.program import (
     CashOutPolicy,
     ExpiryKind,
@@ -113,6 +114,21 @@ def _points_conversion(v: Violations, rate: pb.PointsConversion) -> PointsConver
     return PointsConversion(rate.points, rate.value_minor)
 
 
+def _insight_settings(v: Violations, given: pb.InsightSettings) -> InsightSettings:
+    """The whole set: a field left 0 takes its default; out of range or inconsistent is a
+    violation under `insight_settings.<name>` (InsightSettings.problems decides)."""
+    defaults = InsightSettings()
+    settings = InsightSettings(
+        **{
+            f.name: getattr(given, f.name) or getattr(defaults, f.name)
+            for f in fields(InsightSettings)
+        }
+    )
+    for name, why in settings.problems():
+        v.add(f"insight_settings.{name}", why)
+    return settings
+
+
 def _split(v: Violations, value: int) -> StoredValueSplit:
     split = _SPLITS.get(value)
     if split is None:
@@ -148,6 +164,7 @@ def create_program(r: pb.CreateProgramRequest) -> c.CreateProgram:
             _points_conversion(v, r.points_conversion) if r.HasField("points_conversion") else None
         ),
         cash_out_policy=_cash_out_policy(v, r.cash_out_policy),
+        insights=_insight_settings(v, r.insight_settings),
     )
     v.raise_if_any()
     return c.CreateProgram(program_id=r.program_id, request_id=r.request_id, settings=settings)
@@ -186,6 +203,8 @@ def update_program(r: pb.UpdateProgramRequest) -> c.UpdateProgram:
         changes["points_conversion"] = None
     if r.HasField("cash_out_policy"):
         changes["cash_out_policy"] = _cash_out_policy(v, r.cash_out_policy)
+    if r.HasField("insight_settings"):
+        changes["insights"] = _insight_settings(v, r.insight_settings)
     if not changes:
         v.add("program", "nothing to change: set at least one field")
     v.raise_if_any()
@@ -285,6 +304,9 @@ def reverse(r: pb.ReverseRequest, now: datetime) -> c.ReverseTransaction:
         points=r.points,
         amount_minor=r.amount_minor,
         reason=r.reason,
+        refund_purchase_minor=(
+            r.refund_purchase_minor if r.HasField("refund_purchase_minor") else None
+        ),
         now=now,
         violations=v,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import TypeVar
 
@@ -106,6 +107,7 @@ def program(view: ProgramView | None) -> pb.Program:
             else None
         ),
         cash_out_policy=_CASH_OUT_POLICIES[s.cash_out_policy],
+        insight_settings=pb.InsightSettings(**asdict(s.insights)),
     )
 
 
@@ -202,6 +204,7 @@ def reverse(o: Outcome) -> pb.ReverseResponse:
         forfeited_bonus_minor=r.forfeited_bonus_minor,
         bonus_deducted_minor=r.bonus_deducted_minor,
         value_minor=r.value_minor,
+        refunded_purchase_minor=r.refunded_purchase_minor,
     )
 
 

@@ -2,7 +2,9 @@
 
 Each command knows its idempotency fingerprint: a SHA-256 over a canonical JSON encoding of
 every field but `request_id`, taken before any defaulting (a missing occurred_at stays
-missing), so a replay of the same request matches and a changed payload does not.
+missing), so a replay of the same request matches and a changed payload does not. A field
+added after requests were recorded without it is left out while it has its "not given"
+value (`_ADDED_LATER`): the replay of a request recorded before still matches its record.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, ClassVar
 
 from ledger.application import results as r
 from ledger.domain.ids import request_id_key
+from ledger.domain.insights import InsightSettings
 from ledger.domain.program import ProgramSettings
 
 _PLAIN = frozenset({str, int, bool, type(None)})
@@ -29,7 +32,12 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     if is_dataclass(value) and not isinstance(value, type):  # the program's settings, their parts
-        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+        added = _ADDED_LATER.get(type(value), {})
+        return {
+            f.name: _canonical(v)
+            for f in fields(value)
+            if (v := getattr(value, f.name)) != added.get(f.name, _ABSENT)
+        }
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if isinstance(value, dict):
@@ -50,9 +58,11 @@ class Command:
 
     def fingerprint(self) -> str:
         # Keys in sorted order (the names are sorted once per class), as sort_keys would.
+        added = _ADDED_LATER.get(type(self), {})
         payload = {
-            name: self.name if name == "command" else _canonical(getattr(self, name))
+            name: self.name if name == "command" else _canonical(value)
             for name in _fingerprint_keys(type(self))
+            if (value := getattr(self, name, None)) != added.get(name, _ABSENT)
         }
         encoded = json.dumps(payload, separators=(",", ":"))
         return hashlib.sha256(encoded.encode()).hexdigest()
@@ -185,6 +195,8 @@ class ReverseTransaction(AccountCommand):
     points: int = 0
     amount_minor: int = 0
     reason: str = ""
+    # An Earn's reversal only: the purchase money refunded (None: pro rata to the points).
+    refund_purchase_minor: int | None = None
 
     def notes(self) -> Notes:
         return Notes(reason=self.reason, reverses_transaction_id=self.transaction_id)
@@ -262,3 +274,12 @@ class ExpireHolds(AccountCommand):
 
     def new_transaction_id(self) -> str:
         return self.sweep_transaction_id
+
+
+_ABSENT = object()
+# Per type, the fields added after requests were recorded without them, with the value that
+# means "not given": left out of fingerprints while they have it.
+_ADDED_LATER: dict[type, dict[str, Any]] = {
+    ReverseTransaction: {"refund_purchase_minor": None},
+    ProgramSettings: {"insights": InsightSettings()},
+}

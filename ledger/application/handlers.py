@@ -127,6 +127,7 @@ def reverse(cmd: c.ReverseTransaction, ctx: CommandContext) -> ReverseResult:
         cmd.points,
         cmd.amount_minor,
         ctx.program.settings.cash_out_policy,
+        cmd.refund_purchase_minor,
     )
     return ReverseResult(
         points_reversed=done.points_reversed,
@@ -138,6 +139,7 @@ def reverse(cmd: c.ReverseTransaction, ctx: CommandContext) -> ReverseResult:
         forfeited_bonus_minor=done.forfeited_bonus_minor,
         bonus_deducted_minor=done.bonus_deducted_minor,
         value_minor=done.value_minor,
+        refunded_purchase_minor=done.refund_purchase_minor,
     )
 
 

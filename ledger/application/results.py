@@ -63,6 +63,8 @@ class ReverseResult(Result):
     forfeited_bonus_minor: int = 0
     bonus_deducted_minor: int = 0
     value_minor: int = 0
+    # An Earn reversal: the purchase money refunded (records made before it: 0).
+    refunded_purchase_minor: int = 0
 
 
 @dataclass(frozen=True)

@@ -367,11 +367,13 @@ def reverse(
     points: int = 0,
     amount_minor: int = 0,
     reason: str = "",
+    refund_purchase_minor: int | None = None,
     now: datetime,
     violations: Violations | None = None,
 ) -> c.ReverseTransaction:
     """`points` (an Earn, a redemption, a ConvertPoints) or `amount_minor` (a Spend, a
-    TopUp); 0 = all that is left of the transaction."""
+    TopUp); 0 = all that is left of the transaction. `refund_purchase_minor` (None: not
+    given) is an Earn's: whether the transaction is one, only its account can tell."""
     v = violations if violations is not None else Violations()
     fields = _account(v, program_id, member_id, request_id, occurred_at, store_id, now, True)
     v.identifier("transaction_id", transaction_id)
@@ -379,10 +381,13 @@ def reverse(
     v.non_negative("amount_minor", amount_minor)
     if points and amount_minor:
         v.add("amount_minor", "set points (for points) or amount_minor (for money), not both")
+    if refund_purchase_minor is not None:
+        v.non_negative("refund_purchase_minor", refund_purchase_minor)
     cmd = c.ReverseTransaction(
         transaction_id=transaction_id,
         points=points,
         amount_minor=amount_minor,
+        refund_purchase_minor=refund_purchase_minor,
         reason=v.text("reason", reason),
         **fields,
     )

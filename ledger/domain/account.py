@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate, event
 from ledger.domain import errors
 from ledger.domain.holds import ActiveHold
 from ledger.domain.ids import account_id_key, derived_transaction_id
+from ledger.domain.insights import refund_pro_rata
 from ledger.domain.lots import Allocation, Lot, split_allocation
 from ledger.domain.program import (
     DEFAULT_TIER_WINDOW_DAYS,
@@ -33,7 +34,7 @@ from ledger.domain.program import (
     StoredValueSplit,
 )
 from ledger.domain.provenance import Provenance
-from ledger.domain.reversals import RedemptionRecord, Reversal, reversal_amount
+from ledger.domain.reversals import RedemptionRecord, Reversal, earn_refund, reversal_amount
 from ledger.domain.stored_value import (
     SpendRecord,
     ValueLot,
@@ -47,6 +48,8 @@ from ledger.domain.stored_value import (
 from ledger.domain.tier_window import EarnRecord, QualifyingWindow
 
 INT64_MAX = 2**63 - 1
+# EarnReversed.refund_purchase_minor of an event recorded before refunds were.
+NOT_RECORDED = -1
 
 # The provenance of events that a dry run triggers on a copy and throws away.
 _DRY_RUN = Provenance(
@@ -287,11 +290,19 @@ class MemberAccount(Aggregate):
         points: int,
         amount_minor: int = 0,
         cash_out_policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS,
+        refund_purchase_minor: int | None = None,
     ) -> Reversal:
         """Reverse (part of) an earlier transaction: `points` of an Earn, a redemption or a
         ConvertPoints, `amount_minor` of a Spend (a refund) or a TopUp (a cash-out); 0 = all
-        that remains reversible."""
+        that remains reversible. `refund_purchase_minor`, an Earn's only: the purchase money
+        refunded with it (None: pro rata to the points, see reversals.earn_refund)."""
         kind = self._reversible_kind(transaction_id)
+        if refund_purchase_minor is not None and kind != "earn":
+            raise errors.RefundNotApplicable(
+                f"transaction {transaction_id} is a {kind}: only an Earn's reversal refunds"
+                " purchase money",
+                transaction_id=transaction_id,
+            )
         if (amount_minor and kind in ("earn", "redemption", "conversion")) or (
             points and kind in ("spend", "top-up")
         ):
@@ -303,10 +314,13 @@ class MemberAccount(Aggregate):
         if kind == "earn":
             earn = self.earns[transaction_id]
             points = reversal_amount(transaction_id, earn.points - earn.reversed, points)
+            refund = earn_refund(transaction_id, earn, points, refund_purchase_minor)
             self._check_debt_limit(points)  # at most all of it becomes debt
             self.bring_up_to(now, provenance)
-            reversed_, debt_added = self._reverse_earn(provenance, transaction_id, points)
-            return Reversal(points_reversed=reversed_, debt_added=debt_added)
+            reversed_, debt_added = self._reverse_earn(provenance, transaction_id, points, refund)
+            return Reversal(
+                points_reversed=reversed_, debt_added=debt_added, refund_purchase_minor=refund
+            )
         if kind == "conversion":
             return self._reverse_conversion(provenance, now, transaction_id, points)
         if kind == "redemption":
@@ -343,7 +357,7 @@ class MemberAccount(Aggregate):
         )
 
     def _reverse_earn(
-        self, provenance: Provenance, transaction_id: str, points: int
+        self, provenance: Provenance, transaction_id: str, points: int, refund: int
     ) -> tuple[int, int]:
         owed = points
         taken: Allocation = {}
@@ -371,6 +385,7 @@ class MemberAccount(Aggregate):
             taken=taken,
             from_expired=from_expired,
             debt_added=owed,
+            refund_purchase_minor=refund,
         )
         return points, owed
 
@@ -698,7 +713,11 @@ class MemberAccount(Aggregate):
         lot_id = provenance.transaction_id
         self.debt -= debt_repaid
         self.earns[lot_id] = EarnRecord(
-            points, provenance.occurred_at, qualifying, qualifies_until=qualifies_until
+            points,
+            provenance.occurred_at,
+            qualifying,
+            qualifies_until=qualifies_until,
+            purchase_minor=purchase_minor,
         )
         if qualifies_until is not None:
             self.qualifying.earned(lot_id, qualifies_until, points)
@@ -788,7 +807,23 @@ class MemberAccount(Aggregate):
         else:
             self._take(taken)
 
-    @event("EarnReversed")
+    class EarnReversed(Aggregate.Event):
+        provenance: Provenance
+        points: int
+        taken: Allocation
+        from_expired: int
+        debt_added: int
+        # The purchase money refunded with it; -1: recorded before refunds were (readers
+        # take the pro rata, refund_pro_rata in ledger/domain/insights.py, as replay does).
+        refund_purchase_minor: int
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["refund_purchase_minor"] = NOT_RECORDED
+
+    @event(EarnReversed)
     def _earn_reversed(
         self,
         provenance: Provenance,
@@ -796,9 +831,15 @@ class MemberAccount(Aggregate):
         taken: Allocation,
         from_expired: int,
         debt_added: int,
+        refund_purchase_minor: int,
     ) -> None:
         reversed_id = provenance.reverses_transaction_id
         earn = self.earns[reversed_id]
+        if refund_purchase_minor == NOT_RECORDED:
+            refund_purchase_minor = refund_pro_rata(
+                earn.purchase_minor, earn.points, earn.reversed, points, earn.refunded_minor
+            )
+        earn.refunded_minor += refund_purchase_minor
         earn.reversed += points
         if earn.qualifies_until is not None:
             self.qualifying.reversed(earn.qualifies_until, points)

@@ -106,6 +106,26 @@ class TransactionNotReversible(RuleViolation):
     reason = "TRANSACTION_NOT_REVERSIBLE"
 
 
+class RefundExceedsPurchase(RuleViolation):
+    """An Earn reversal's refund_purchase_minor beyond the purchase money not refunded yet."""
+
+    reason = "REFUND_EXCEEDS_PURCHASE"
+
+
+class InvalidField(DomainError):
+    """Input the account alone can tell is malformed (a field the named transaction's kind
+    does not take): INVALID_ARGUMENT with a violation on `field`, as a stateless check's."""
+
+    field: str = ""
+
+
+class RefundNotApplicable(InvalidField):
+    """refund_purchase_minor given with the reversal of something other than an Earn."""
+
+    reason = "REFUND_NOT_APPLICABLE"
+    field = "refund_purchase_minor"
+
+
 class BalanceLimitExceeded(RuleViolation):
     reason = "BALANCE_LIMIT_EXCEEDED"
 

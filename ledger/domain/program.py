@@ -13,6 +13,7 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import Transcoding
 
 from ledger.domain.ids import program_id_key
+from ledger.domain.insights import InsightSettings
 
 
 class ExpiryKind(StrEnum):
@@ -127,6 +128,8 @@ class ProgramSettings:
     top_up_bonus: tuple[TopUpBonusStep, ...] = ()
     points_conversion: PointsConversion | None = None
     cash_out_policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS
+    # The thresholds member insights are read with (InsightsService, docs/insights.md).
+    insights: InsightSettings = field(default_factory=InsightSettings)
 
     def top_up_step(self, cash_minor: int) -> TopUpBonusStep | None:
         """The promotion step a top-up of `cash_minor` gets: the highest one it meets."""
@@ -179,6 +182,8 @@ class ProgramSettingsAsDict(Transcoding):
             cash_out_policy=CashOutPolicy(
                 data.get("cash_out_policy", CashOutPolicy.FORFEIT_REMAINING_BONUS.value)
             ),
+            # Settings recorded before insights existed: the defaults.
+            insights=InsightSettings(**data.get("insights", {})),
         )
 
 

@@ -23,6 +23,9 @@ class EarnRecord:
     # The last instant its points count toward the tier: occurred_at plus the tier window in
     # force when it was recorded (None: not qualifying).
     qualifies_until: datetime | None = None
+    # The order's money and what its reversals refunded of it (refund_purchase_minor).
+    purchase_minor: int = 0
+    refunded_minor: int = 0
 
 
 class QualifyingWindow:

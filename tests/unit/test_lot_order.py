@@ -251,7 +251,13 @@ def test_reversing_an_earn_whose_lot_expired_does_not_claw_back_the_expired_poin
     assert events[0] == ("LotsExpired", {"as_of": m.now, "lots": {lot: 60}})
     assert events[1] == (
         "EarnReversed",
-        {"points": 100, "taken": {other: 40}, "from_expired": 60, "debt_added": 0},
+        {
+            "points": 100,
+            "taken": {other: 40},
+            "from_expired": 60,
+            "debt_added": 0,
+            "refund_purchase_minor": 0,
+        },
     )
     assert m.balances() == (60, 0, 0)
 
