@@ -14,6 +14,8 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from math import floor
 from typing import Any
 from uuid import UUID
 
@@ -97,6 +99,9 @@ class MEarn:
     reversed: int = 0
     # occurred_at + the tier window in force when it was recorded (None: not qualifying).
     until: datetime | None = None
+    purchase: int = 0  # the order's money
+    refunded: int = 0  # what its reversals refunded of it
+    all_pro_rata: bool = True  # no reversal of it named its refund
 
 
 @dataclass
@@ -346,11 +351,12 @@ class Model:
         expires_at: datetime | None,
         qualifying: bool,
         window: timedelta,
+        purchase: int = 0,
     ) -> int:
         self.bring_up_to(now)
         repaid = self.open_lot(tx, points, earned_at, expires_at)
         until = earned_at + window if qualifying else None
-        self.earns[tx] = MEarn(points, earned_at, qualifying, until=until)
+        self.earns[tx] = MEarn(points, earned_at, qualifying, until=until, purchase=purchase)
         self.bring_up_to(now)
         return repaid
 
@@ -425,9 +431,11 @@ class Model:
         points: int,
         amount: int = 0,
         policy: CashOutPolicy = CashOutPolicy.FORFEIT_REMAINING_BONUS,
+        refund: int | None = None,
     ) -> Reversal:
         """Points of an Earn, a redemption or a conversion; money (`amount`) of a Spend or
-        a TopUp. `policy`: the programme's cash-out policy."""
+        a TopUp. `policy`: the programme's cash-out policy. `refund`: an Earn's only, the
+        purchase money refunded (None: pro rata to the points)."""
         self.bring_up_to(now)
         if target in self.earns:
             kind = "earn"
@@ -443,12 +451,16 @@ class Model:
             raise errors.TransactionNotReversible("model")
         else:
             raise errors.TransactionNotFound("model")
+        if refund is not None and kind != "earn":
+            raise errors.RefundNotApplicable("model")
         by_money = kind in ("spend", "top-up")
         if (amount and not by_money) or (points and by_money):
             raise errors.ReversalInWrongUnit("model")
         if kind == "earn":
-            reversed_, owed = self.reverse_earn(target, points)
-            result = Reversal(points_reversed=reversed_, debt_added=owed)
+            reversed_, owed, refunded = self.reverse_earn(target, points, refund)
+            result = Reversal(
+                points_reversed=reversed_, debt_added=owed, refund_purchase_minor=refunded
+            )
         elif kind == "redemption":
             redemption = self.redemptions[target]
             result = Reversal(points_reversed=self.undo(redemption, points))
@@ -470,9 +482,21 @@ class Model:
             raise errors.ReversalExceedsOriginal("model")
         return requested or reversible
 
-    def reverse_earn(self, target: str, requested: int) -> tuple[int, int]:
+    def reverse_earn(self, target: str, requested: int, refund: int | None) -> tuple[int, int, int]:
         earn = self.earns[target]
         points = self.amount(earn.points - earn.reversed, requested)
+        left = earn.purchase - earn.refunded
+        if refund is None:
+            # The purchase's share of the points, rounded half up; the last points take
+            # whatever is left, and no refund exceeds what is left.
+            share = floor(Fraction(earn.purchase * points, earn.points) + Fraction(1, 2))
+            last = earn.reversed + points == earn.points
+            refund = left if last else min(share, left)
+        else:
+            if refund > left:
+                raise errors.RefundExceedsPurchase("model")
+            earn.all_pro_rata = False
+        earn.refunded += refund
         earn.reversed += points
         owed = points
         own = self.lots[target]
@@ -494,7 +518,7 @@ class Model:
         self.debt += owed
         if owed:
             self.debt_of[target] = self.debt_of.get(target, 0) + owed
-        return points, owed
+        return points, owed, refund
 
     def undo(self, redemption: MRedemption, requested: int, limit: int | None = None) -> int:
         """Points of a redemption (or a conversion) come back: at most what it consumed and
@@ -733,6 +757,8 @@ class Totals:
     lot_unwithheld: dict[str, int] = field(default_factory=dict)
     lot_handed_back: dict[str, int] = field(default_factory=dict)
     lot_withheld: dict[str, int] = field(default_factory=dict)
+    # Per earn: the purchase money its reversals refunded.
+    earn_refunded: dict[str, int] = field(default_factory=dict)
     # Per spend: its split, and what its refunds put back of each part.
     spend_split: dict[str, tuple[int, int]] = field(default_factory=dict)
     spend_refunded: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -760,6 +786,11 @@ class Totals:
             assert taken + event.from_expired + event.debt_added == event.points
             self.earn_reversed_clawed += event.points - event.from_expired
             self.debt_added += event.debt_added
+            target = event.provenance.reverses_transaction_id
+            assert event.refund_purchase_minor >= 0  # recorded by this code: never -1
+            self.earn_refunded[target] = (
+                self.earn_refunded.get(target, 0) + event.refund_purchase_minor
+            )
             self.out_of_lots += taken
         elif kind == "RedemptionReversed":
             assert sum(event.restored.values()) + event.debt_repaid == event.points
@@ -1046,8 +1077,11 @@ class AccountMachine(RuleBasedStateMachine):
         expiry=EXPIRY,
         backdate=st.sampled_from([timedelta(0), HOUR, DAY, 2 * DAY]),
         qualifying=st.booleans(),
+        purchase=st.one_of(st.just(0), st.integers(1, 5000)),
     )
-    def earn(self, points: int, expiry: Expiry, backdate: timedelta, qualifying: bool) -> None:
+    def earn(
+        self, points: int, expiry: Expiry, backdate: timedelta, qualifying: bool, purchase: int
+    ) -> None:
         prov = self.provenance(occurred_at=self.now - backdate)
         expires_at = self.expires_at(expiry)
         tx, now, earned_at = prov.transaction_id, self.now, prov.occurred_at
@@ -1055,8 +1089,8 @@ class AccountMachine(RuleBasedStateMachine):
         until = earned_at + window if qualifying else None
         self.execute(
             prov,
-            lambda m: m.earn(tx, now, points, earned_at, expires_at, qualifying, window),
-            lambda a: a.earn(prov, now, points, 0, expires_at, until),
+            lambda m: m.earn(tx, now, points, earned_at, expires_at, qualifying, window, purchase),
+            lambda a: a.earn(prov, now, points, purchase, expires_at, until),
         )
 
     @rule(days=st.sampled_from([1, 3, 10]))
@@ -1238,22 +1272,28 @@ class AccountMachine(RuleBasedStateMachine):
 
     def reverse(self, data: st.DataObject, likely: list[str]) -> None:
         target = self.draw_target(data, likely, [*sorted(self.model.others), "no-such-transaction"])
+        refund: int | None = None
         if target in self.model.earns:
             earn = self.model.earns[target]
             reversible = earn.points - earn.reversed
+            # Mostly unset (pro rata); else some of what is left, all of it, or one more.
+            if data.draw(st.integers(0, 2), label="names refund") == 0:
+                refund = draw_up_to(data, earn.purchase - earn.refunded, "refund")
         elif target in self.model.redemptions:
             reversible = self.model.redemptions[target].reversible
         else:
             reversible = 10
-        self.reverse_by(target, points=draw_up_to(data, reversible, "points"))
+        self.reverse_by(target, points=draw_up_to(data, reversible, "points"), refund=refund)
 
-    def reverse_by(self, target: str, points: int = 0, amount: int = 0) -> None:
+    def reverse_by(
+        self, target: str, points: int = 0, amount: int = 0, refund: int | None = None
+    ) -> None:
         prov = self.provenance(reverses=target, store=f"s{self.count % 3}")
         tx, now, policy = prov.transaction_id, self.now, self.cash_out_policy
         self.execute(
             prov,
-            lambda m: m.reverse(tx, now, target, points, amount, policy),
-            lambda a: a.reverse(prov, now, target, points, amount, policy),
+            lambda m: m.reverse(tx, now, target, points, amount, policy, refund),
+            lambda a: a.reverse(prov, now, target, points, amount, policy, refund),
         )
 
     # -- stored value
@@ -1481,6 +1521,21 @@ class AccountMachine(RuleBasedStateMachine):
         else:
             self.reverse_by(target, amount=n)
 
+    @precondition(lambda self: bool(self.model.spends or self.model.value_lots))
+    @rule(data=st.data(), refund=st.integers(0, 50))
+    def refund_purchase_of_another_kind(self, data: st.DataObject, refund: int) -> None:
+        """A purchase refund named for a redemption, a conversion, a Spend or a TopUp."""
+        target = data.draw(
+            st.sampled_from(
+                sorted({*self.model.spends, *self.model.value_lots, *self.model.redemptions})
+            ),
+            label="target",
+        )
+        if target in self.model.spends or target in self.top_ups():
+            self.reverse_by(target, amount=1, refund=refund)
+        else:
+            self.reverse_by(target, points=1, refund=refund)
+
     @rule(
         step=st.sampled_from(
             [timedelta(seconds=1), HOUR, 6 * HOUR, DAY - HOUR, DAY, 3 * DAY, 10 * DAY]
@@ -1558,9 +1613,10 @@ class AccountMachine(RuleBasedStateMachine):
         assert a.debt == sum(a.debt_of.values())
         for lot_id, lot in a.lots.items():
             assert lot.in_lieu == m.lots[lot_id].stood_in, lot_id
-        assert {k: (e.points, e.reversed) for k, e in a.earns.items()} == {
-            k: (e.points, e.reversed) for k, e in m.earns.items()
-        }
+        assert {
+            k: (x.points, x.reversed, x.purchase_minor, x.refunded_minor)
+            for k, x in a.earns.items()
+        } == {k: (e.points, e.reversed, e.purchase, e.refunded) for k, e in m.earns.items()}
         conversions = {k: r for k, (_, r) in m.conversions.items()}
         assert {k: r.reversible for k, r in a.redemptions.items()} == {
             k: r.reversible for k, r in {**m.redemptions, **conversions}.items()
@@ -1679,6 +1735,17 @@ class AccountMachine(RuleBasedStateMachine):
             # Cash is kept for spent bonus only while that bonus is spent.
             assert 0 <= withheld <= t.lot_bonus_spent.get(lot_id, 0), lot_id
             assert lot.bonus_deducted == withheld <= lot.bonus_spent, lot_id
+
+    @invariant()
+    def refunds_add_up(self) -> None:
+        """Each earn's refunds are what its reversals recorded, never more than its purchase;
+        an earn reversed in full with every refund pro rata refunded exactly its purchase."""
+        a, t = self.account, self.totals
+        for earn_id, earn in a.earns.items():
+            assert earn.refunded_minor == t.earn_refunded.get(earn_id, 0), earn_id
+            assert 0 <= earn.refunded_minor <= earn.purchase_minor, earn_id
+            if earn.reversed == earn.points and self.model.earns[earn_id].all_pro_rata:
+                assert earn.refunded_minor == earn.purchase_minor, earn_id
 
     @invariant()
     def balances_add_up(self) -> None:
