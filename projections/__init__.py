@@ -7,6 +7,7 @@ waits for the ones it reads. A new read model is one projection class added here
 
 from __future__ import annotations
 
+from projections.insights import InsightsProjection
 from projections.journal import JournalProjection
 from projections.payments import PaymentsProjection
 from projections.points import PointsProjection
@@ -18,4 +19,5 @@ REGISTERED: tuple[type[Projection], ...] = (
     JournalProjection,
     RevenueProjection,
     PaymentsProjection,
+    InsightsProjection,
 )

@@ -47,3 +47,25 @@ def decode(
         v.add("page_token", f"belongs to a different query ({changed} changed)")
         return None
     return values
+
+
+def encode_keyed(after: tuple[int, ...], key: str, query: str) -> str:
+    """A token that also carries a text key: the last row's id where rows are ordered by
+    one (ListSegmentMembers: a member id)."""
+    payload = {"after": after[0] if len(after) == 1 else list(after), "key": key, "query": query}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_keyed(
+    v: Violations, token: str, query: str, size: int, changed: str
+) -> tuple[tuple[int, ...], str] | None:
+    """As `decode`, and the text key of an `encode_keyed` token."""
+    values = decode(v, token, query, size, changed)
+    if values is None:
+        return None
+    key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))).get("key")
+    if not isinstance(key, str) or not key:
+        v.add("page_token", "not a page token this server issued")
+        return None
+    return values, key

@@ -28,17 +28,19 @@ from google.protobuf.message_factory import GetMessageClass
 
 from ledger.api.audit_service import AuditServicer
 from ledger.api.errors import InvalidArgument, invalid_argument_status, to_grpc
+from ledger.api.insights_service import InsightsServicer
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
 from ledger.domain import errors
 from ledger.reconciliation_store import Reconciliations
 from ledger.runtime import RoutedTally, Tally
-from ledger.v1 import audit_pb2, ledger_pb2, report_pb2
+from ledger.v1 import audit_pb2, insights_pb2, ledger_pb2, report_pb2
 
 SERVICES: tuple[ServiceDescriptor, ...] = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"],
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
     report_pb2.DESCRIPTOR.services_by_name["ReportService"],
+    insights_pb2.DESCRIPTOR.services_by_name["InsightsService"],
 )
 # Their program_id is an optional filter over the whole log, and each cluster has its own.
 WHOLE_LOG = {"/ledger.v1.AuditService/StreamEvents", "/ledger.v1.AuditService/VerifyChain"}
@@ -58,6 +60,7 @@ def servicers_of(tally: Tally, executor: ThreadPoolExecutor) -> Servicers:
         SERVICES[0].full_name: LedgerServicer(tally, executor),  # type: ignore[abstract]
         SERVICES[1].full_name: AuditServicer(tally, executor),
         SERVICES[2].full_name: ReportServicer(tally, executor),
+        SERVICES[3].full_name: InsightsServicer(tally, executor),
     }
 
 

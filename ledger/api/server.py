@@ -25,6 +25,7 @@ from ledger.api.audit_service import AuditServicer
 from ledger.api.auth import Security
 from ledger.api.database_health import watch_database
 from ledger.api.draining import Drain
+from ledger.api.insights_service import InsightsServicer
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
 from ledger.api.routed_services import RoutedServices
@@ -37,6 +38,8 @@ from ledger.telemetry import Telemetry
 from ledger.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    insights_pb2,
+    insights_pb2_grpc,
     ledger_pb2,
     ledger_pb2_grpc,
     report_pb2,
@@ -55,6 +58,7 @@ SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
+    insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
 )
 
 
@@ -256,6 +260,9 @@ def _add_services(server: grpc.aio.Server, tally: Tally, executor: ThreadPoolExe
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(servicer, server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(tally, executor), server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(tally, executor), server)
+    insights_pb2_grpc.add_InsightsServiceServicer_to_server(
+        InsightsServicer(tally, executor), server
+    )
 
 
 async def serve(options: ServeOptions) -> None:

@@ -1,0 +1,506 @@
+"""Member behaviour for marketing (docs/insights.md, decision 28): the facts that
+ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
+
+- `rm_insight_purchases`: one row per purchase (an Earn with purchase_minor > 0) and
+  `rm_insight_refunds` one per refund of it (a reversal of that Earn, at its own
+  occurred_at, with the money the till named, or the purchase pro rata to the points when
+  the event predates `refund_purchase_minor`): any as_of can be answered from them.
+- `rm_insight_members`: per member, the enrolment and the lifetime facts once everything
+  recorded so far has occurred (behaviour_at at the member's newest purchase or refund),
+  recomputed for each member a batch touches.
+- `rm_insight_cuts`: the programme's quintile cuts (programme_cuts) over those facts,
+  refreshed at the end of each batch for the programmes whose purchases it changed: the
+  cuts change only when events arrive, so between batches they are exact.
+- `rm_insight_stores`: per store the net money and the purchases that still count.
+- `rm_insight_flows` (+ `_daily`): points earned and redeemed, stored value loaded and used,
+  for the redemption and stored-value usage rates at any as_of.
+- `rm_insight_programs`: time zone, and `facts_until` (the newest occurred_at of an
+  enrolment, purchase or refund): from it on, the "now" tables above are the facts.
+
+Every row depends only on the events, never on how they were batched, so the live read
+model equals a rebuild (`ledger audit replay`). It keeps its own account -> member table,
+so it depends on no other read model's progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from ledger.domain import events
+from ledger.domain.account import NOT_RECORDED
+from ledger.domain.insights import (
+    Behaviour,
+    InsightSettings,
+    Purchase,
+    Refund,
+    behaviour_at,
+    programme_cuts,
+    refund_pro_rata,
+)
+from ledger.infrastructure.database import Cursor
+from ledger.infrastructure.dialect import Dialect
+from projections.accounts import members_of
+from projections.points import micros
+
+NAME = "insights"
+CHUNK = 400  # keys per lookup statement
+DAY_MICROS = 86_400_000_000
+# Lifetime facts do not depend on the thresholds (only `frequency` does, which is not kept).
+_LIFETIME = InsightSettings()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_REDEMPTIONS = frozenset({events.PointsRedeemed, events.HoldCaptured, events.PointsConverted})
+_UNREDEMPTIONS = frozenset({events.RedemptionReversed, events.ConversionReversed})
+# Events that change none of the facts: holds move no points for good, adjustments are
+# neither earned nor redeemed, expiry is neither.
+_IGNORED = frozenset(
+    {
+        events.ProgramUpdated,
+        events.PointsHeld,
+        events.HoldReleased,
+        events.HoldExpired,
+        events.PointsAdjusted,
+        events.LotsExpired,
+    }
+)
+
+
+@dataclass
+class _Purchase:
+    """A purchase and its refunds as the batch has them."""
+
+    program_id: str
+    member_id: str
+    transaction_id: str
+    occurred_at: datetime
+    store_id: str
+    purchase_minor: int
+    points: int
+    refunds: list[tuple[str, datetime, int, int]]  # (transaction, occurred_at, money, points)
+    new: bool = False
+    net_before: int = 0  # net once everything before this batch had occurred
+
+    def purchase(self) -> Purchase:
+        return Purchase(
+            self.transaction_id,
+            self.occurred_at,
+            self.store_id,
+            self.purchase_minor,
+            tuple(Refund(at, money) for _, at, money, _ in self.refunds),
+        )
+
+
+@dataclass
+class _Batch:
+    members: dict[str, tuple[str, str]] = field(default_factory=dict)  # account -> member
+    # (program, member) -> transaction id -> purchase, for the members the batch touches.
+    purchases: dict[tuple[str, str], dict[str, _Purchase]] = field(default_factory=dict)
+    touched: set[tuple[str, str]] = field(default_factory=set)
+    enrolled: list[tuple[str, str, int]] = field(default_factory=list)
+    new_refunds: list[tuple[Any, ...]] = field(default_factory=list)
+    changed: set[tuple[str, str, str]] = field(default_factory=set)  # purchases changed
+    facts_until: dict[str, int] = field(default_factory=dict)
+    flows: list[tuple[Any, ...]] = field(default_factory=list)
+    flows_daily: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+
+class UnknownEvent(LookupError):
+    """An event type this projection has no rule for: stop rather than skip it."""
+
+
+class InsightsProjection:
+    name: ClassVar[str] = NAME
+    tables: ClassVar[dict[str, tuple[str, ...]]] = {
+        "rm_insight_programs": ("program_id",),
+        "rm_insight_accounts": ("account_id",),
+        "rm_insight_purchases": ("program_id", "member_id", "transaction_id"),
+        "rm_insight_refunds": ("program_id", "member_id", "transaction_id"),
+        "rm_insight_members": ("program_id", "member_id"),
+        "rm_insight_cuts": ("program_id",),
+        "rm_insight_stores": ("program_id", "store_id"),
+        "rm_insight_flows": ("program_id", "position"),
+        "rm_insight_flows_daily": ("program_id", "day"),
+    }
+    handled: ClassVar[frozenset[type]] = frozenset(events.ALL)
+    # Lazy: marketing reads seldom, and each batch refreshes the cuts of the programmes it
+    # touched (a read of their members' facts): bigger batches pay that less often. A query
+    # with min_position wakes it.
+    poll_interval: ClassVar[float] = 1.0
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._zones: dict[str, ZoneInfo] = {}  # never change once a programme exists
+
+    # ------------------------------------------------------------------ batch
+
+    def process(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]]) -> None:
+        for _, event in batch_events:
+            if type(event) not in self.handled:
+                raise UnknownEvent(f"the insights projection has no rule for {type(event)}")
+        b = _Batch()
+        self._load(cur, batch_events, b)
+        for position, event in batch_events:
+            kind = type(event)
+            if kind is events.ProgramCreated:
+                self._program_created(cur, event)
+            elif kind in _IGNORED:
+                continue
+            else:
+                self._account_event(position, event, b)
+        self._write(cur, b)
+
+    def _program_created(self, cur: Cursor, event: Any) -> None:
+        program_id: str = event.program_id
+        cur.execute(
+            "INSERT INTO rm_insight_programs (program_id, program_key, time_zone, facts_until)"
+            " VALUES (?, ?, ?, 0)",
+            (program_id, event.originator_id.hex, event.settings.time_zone),
+        )
+        self._zones[program_id] = ZoneInfo(event.settings.time_zone)
+
+    def _account_event(self, position: int, event: Any, b: _Batch) -> None:
+        account = b.members.get(event.originator_id.hex)
+        if account is None:
+            raise LookupError(f"account {event.originator_id} has events but no enrolment")
+        program_id, member_id = account
+        p = event.provenance
+        kind = type(event)
+        earned = redeemed = loaded = used = 0
+        if kind is events.MemberEnrolled:
+            b.enrolled.append((program_id, member_id, micros(p.occurred_at)))
+            self._fact_at(b, program_id, p.occurred_at)
+        elif kind is events.PointsEarned:
+            earned = event.points
+            if event.purchase_minor > 0:
+                b.purchases.setdefault(account, {})[p.transaction_id] = _Purchase(
+                    program_id,
+                    member_id,
+                    p.transaction_id,
+                    p.occurred_at,
+                    p.store_id,
+                    event.purchase_minor,
+                    event.points,
+                    [],
+                    new=True,
+                )
+                self._changed(b, account, p.transaction_id, p.occurred_at)
+        elif kind is events.EarnReversed:
+            earned = -event.points
+            self._refund(b, account, event)
+        elif kind in _REDEMPTIONS:
+            redeemed = sum(event.consumed.values())
+            if kind is events.PointsConverted:
+                loaded = event.value  # bonus put on the card
+        elif kind in _UNREDEMPTIONS:
+            redeemed = -event.points
+            if kind is events.ConversionReversed:
+                loaded = -event.value
+        elif kind is events.StoredValueToppedUp:
+            loaded = event.cash + event.bonus
+        elif kind is events.TopUpCashedOut:
+            loaded = -(event.cash_taken + event.bonus_forfeited)  # what left the card
+        elif kind is events.StoredValueSpent:
+            used = event.cash + event.bonus
+        elif kind is events.SpendRefunded:
+            used = -(event.cash + event.bonus)
+            # Cash a cash-out withheld comes back on the card: the cash-out shrinks.
+            loaded = sum(event.cash_unwithheld.values())
+        else:
+            raise UnknownEvent(f"the insights projection has no rule for {kind.__qualname__}")
+        if earned or redeemed or loaded or used:
+            at = micros(p.occurred_at)
+            figures = (earned, redeemed, loaded, used)
+            b.flows.append((program_id, position, at, *figures))
+            sums = b.flows_daily.setdefault((program_id, at // DAY_MICROS), [0, 0, 0, 0])
+            for i, value in enumerate(figures):
+                sums[i] += value
+
+    def _refund(self, b: _Batch, account: tuple[str, str], event: Any) -> None:
+        """A reversal of an Earn: a refund of its purchase, if it had one."""
+        p = event.provenance
+        bought = b.purchases.get(account, {}).get(p.reverses_transaction_id)
+        if bought is None:
+            return  # an Earn without money: nothing was bought, nothing is refunded
+        money: int = event.refund_purchase_minor
+        if money == NOT_RECORDED:  # recorded before refunds were: the pro rata, as replay does
+            money = refund_pro_rata(
+                bought.purchase_minor,
+                bought.points,
+                sum(points for *_, points in bought.refunds),
+                event.points,
+                sum(m for _, _, m, _ in bought.refunds),
+            )
+        bought.refunds.append((p.transaction_id, p.occurred_at, money, event.points))
+        b.new_refunds.append(
+            (
+                bought.program_id,
+                bought.member_id,
+                p.transaction_id,
+                bought.transaction_id,
+                micros(p.occurred_at),
+                money,
+                event.points,
+            )
+        )
+        self._changed(b, account, bought.transaction_id, p.occurred_at)
+
+    def _changed(
+        self, b: _Batch, account: tuple[str, str], transaction_id: str, at: datetime
+    ) -> None:
+        b.touched.add(account)
+        b.changed.add((*account, transaction_id))
+        self._fact_at(b, account[0], at)
+
+    @staticmethod
+    def _fact_at(b: _Batch, program_id: str, at: datetime) -> None:
+        b.facts_until[program_id] = max(b.facts_until.get(program_id, 0), micros(at))
+
+    # ------------------------------------------------------------------ reading
+
+    def _load(self, cur: Cursor, batch_events: Sequence[tuple[int, Any]], b: _Batch) -> None:
+        """The batch's accounts, and every purchase (with its refunds) of the members whose
+        purchases it changes: their facts are recomputed from all of them."""
+        accounts = {
+            e.originator_id.hex
+            for _, e in batch_events
+            if type(e) not in _IGNORED and type(e) is not events.ProgramCreated
+        }
+        b.members = members_of(cur, self.dialect, "rm_insight_accounts", batch_events, accounts)
+        buyers = {
+            b.members[e.originator_id.hex]
+            for _, e in batch_events
+            if (type(e) is events.PointsEarned and e.purchase_minor > 0)  # type: ignore[attr-defined]
+            or type(e) is events.EarnReversed
+        }
+        for program_id, members in _by_program(buyers).items():
+            for chunk in _chunks(sorted(members)):
+                self._load_purchases(cur, program_id, chunk, b)
+
+    def _load_purchases(self, cur: Cursor, program_id: str, members: list[str], b: _Batch) -> None:
+        marks = self.dialect.placeholders(len(members))
+        cur.execute(
+            "SELECT member_id, transaction_id, occurred_at, store_id, purchase_minor, points"
+            f" FROM rm_insight_purchases WHERE program_id = ? AND member_id IN ({marks})",
+            (program_id, *members),
+        )
+        for member_id, transaction_id, at, store_id, money, points in cur.fetchall():
+            b.purchases.setdefault((program_id, str(member_id)), {})[str(transaction_id)] = (
+                _Purchase(
+                    program_id,
+                    str(member_id),
+                    str(transaction_id),
+                    _moment(int(at)),
+                    str(store_id),
+                    int(money),
+                    int(points),
+                    [],
+                )
+            )
+        cur.execute(
+            "SELECT member_id, transaction_id, purchase_id, occurred_at, amount_minor, points"
+            f" FROM rm_insight_refunds WHERE program_id = ? AND member_id IN ({marks})"
+            " ORDER BY member_id, purchase_id, transaction_id",
+            (program_id, *members),
+        )
+        rows = cur.fetchall()
+        for member_id, transaction_id, purchase_id, at, money, points in rows:
+            bought = b.purchases[(program_id, str(member_id))][str(purchase_id)]
+            bought.refunds.append((str(transaction_id), _moment(int(at)), int(money), int(points)))
+        for bought_by_member in (b.purchases.get((program_id, m), {}) for m in members):
+            for bought in bought_by_member.values():
+                bought.net_before = bought.purchase().net_at(_END)
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, cur: Cursor, b: _Batch) -> None:
+        d = self.dialect
+        d.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_members (program_id, member_id, enrolled_at,"
+            " lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
+            " last_purchase_at, last_purchase_day, favourite_store_id) {rows}",
+            [(p, m, at, 0, 0, 0, None, None, None, "") for p, m, at in b.enrolled],
+        )
+        new = [
+            bought
+            for account in sorted(b.touched)
+            for bought in b.purchases[account].values()
+            if bought.new
+        ]
+        d.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_purchases (program_id, member_id, transaction_id,"
+            " occurred_at, store_id, purchase_minor, points) {rows}",
+            [
+                (
+                    x.program_id,
+                    x.member_id,
+                    x.transaction_id,
+                    micros(x.occurred_at),
+                    x.store_id,
+                    x.purchase_minor,
+                    x.points,
+                )
+                for x in new
+            ],
+        )
+        d.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_refunds (program_id, member_id, transaction_id,"
+            " purchase_id, occurred_at, amount_minor, points) {rows}",
+            b.new_refunds,
+        )
+        self._write_members(cur, b)
+        self._write_stores(cur, b)
+        cur.executemany(
+            "UPDATE rm_insight_programs SET facts_until = ? WHERE program_id = ?"
+            " AND facts_until < ?",
+            [(at, program_id, at) for program_id, at in sorted(b.facts_until.items())],
+        )
+        for program_id in sorted({program_id for program_id, _ in b.touched}):
+            self._refresh_cuts(cur, program_id)
+        d.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_flows (program_id, position, occurred_at, points_earned,"
+            " points_redeemed, value_loaded, value_used) {rows}",
+            b.flows,
+        )
+        d.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_flows_daily (program_id, day, points_earned,"
+            " points_redeemed, value_loaded, value_used) {rows}"
+            " ON CONFLICT (program_id, day) DO UPDATE SET"
+            " points_earned = rm_insight_flows_daily.points_earned + excluded.points_earned,"
+            " points_redeemed = rm_insight_flows_daily.points_redeemed"
+            " + excluded.points_redeemed,"
+            " value_loaded = rm_insight_flows_daily.value_loaded + excluded.value_loaded,"
+            " value_used = rm_insight_flows_daily.value_used + excluded.value_used",
+            [(*key, *sums) for key, sums in sorted(b.flows_daily.items())],
+        )
+
+    def _write_members(self, cur: Cursor, b: _Batch) -> None:
+        """Each touched member's lifetime facts, from all of their purchases."""
+        rows = []
+        for account in sorted(b.touched):
+            program_id, member_id = account
+            bought = [x.purchase() for x in b.purchases[account].values()]
+            newest = max(
+                (at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))),
+                default=_EPOCH,
+            )
+            facts = behaviour_at(bought, newest, self._zone(cur, program_id), _LIFETIME)
+            rows.append((*lifetime_columns(facts), program_id, member_id))
+        cur.executemany(
+            "UPDATE rm_insight_members SET lifetime_purchases = ?, lifetime_value_minor = ?,"
+            " purchase_cycle_days = ?, first_purchase_at = ?, last_purchase_at = ?,"
+            " last_purchase_day = ?, favourite_store_id = ?"
+            " WHERE program_id = ? AND member_id = ?",
+            rows,
+        )
+
+    def _write_stores(self, cur: Cursor, b: _Batch) -> None:
+        """Per store, what the batch's new and refunded purchases changed."""
+        sums: dict[tuple[str, str], list[int]] = {}
+        for program_id, member_id, transaction_id in sorted(b.changed):
+            bought = b.purchases[(program_id, member_id)][transaction_id]
+            after = bought.purchase().net_at(_END)
+            before = 0 if bought.new else bought.net_before
+            change = sums.setdefault((program_id, bought.store_id), [0, 0])
+            change[0] += after - before
+            change[1] += (after > 0) - (before > 0)
+        self.dialect.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_stores (program_id, store_id, net_minor, purchases) {rows}"
+            " ON CONFLICT (program_id, store_id) DO UPDATE SET"
+            " net_minor = rm_insight_stores.net_minor + excluded.net_minor,"
+            " purchases = rm_insight_stores.purchases + excluded.purchases",
+            [(*key, *change) for key, change in sorted(sums.items())],
+        )
+
+    def _refresh_cuts(self, cur: Cursor, program_id: str) -> None:
+        """The programme's cuts over every purchasing member's lifetime facts."""
+        cur.execute(
+            "SELECT last_purchase_day, lifetime_purchases, lifetime_value_minor"
+            " FROM rm_insight_members WHERE program_id = ? AND lifetime_purchases > 0",
+            (program_id,),
+        )
+        cuts = programme_cuts(
+            Behaviour(
+                lifetime_purchases=int(f),
+                lifetime_value_minor=int(m),
+                last_purchase_day=date_of(int(r)),
+            )
+            for r, f, m in cur.fetchall()
+        )
+        cur.execute("DELETE FROM rm_insight_cuts WHERE program_id = ?", (program_id,))
+        cur.execute(
+            "INSERT INTO rm_insight_cuts (program_id, scored_members, recency_starts,"
+            " frequency_starts, monetary_starts) VALUES (?, ?, ?, ?, ?)",
+            (
+                program_id,
+                cuts.frequency.members,
+                starts_text(cuts.recency.starts),
+                starts_text(cuts.frequency.starts),
+                starts_text(cuts.monetary.starts),
+            ),
+        )
+
+    def _zone(self, cur: Cursor, program_id: str) -> ZoneInfo:
+        zone = self._zones.get(program_id)
+        if zone is None:
+            cur.execute(
+                "SELECT time_zone FROM rm_insight_programs WHERE program_id = ?", (program_id,)
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise LookupError(f"program {program_id} has members but no creation")
+            zone = self._zones[program_id] = ZoneInfo(str(row[0]))
+        return zone
+
+
+_END = datetime(9999, 12, 31, tzinfo=UTC)  # after everything: the net once all occurred
+
+
+def _moment(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def date_of(ordinal: int) -> date:
+    return date.fromordinal(ordinal)
+
+
+def lifetime_columns(facts: Behaviour) -> tuple[Any, ...]:
+    """A member's lifetime facts as `rm_insight_members` keeps them."""
+    return (
+        facts.lifetime_purchases,
+        facts.lifetime_value_minor,
+        facts.purchase_cycle_days,
+        micros(facts.first_purchase_at),
+        micros(facts.last_purchase_at),
+        facts.last_purchase_day.toordinal() if facts.last_purchase_day else None,
+        facts.favourite_store_id,
+    )
+
+
+def starts_text(starts: tuple[int, ...]) -> str:
+    return ",".join(str(s) for s in starts)
+
+
+def starts_of(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",")) if text else ()
+
+
+def _by_program(accounts: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    grouped: dict[str, set[str]] = {}
+    for program_id, member_id in accounts:
+        grouped.setdefault(program_id, set()).add(member_id)
+    return grouped
+
+
+def _chunks(keys: list[Any]) -> Iterable[list[Any]]:
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start : start + CHUNK]
