@@ -29,6 +29,8 @@ SPLITS = {
     "bonus-first": pb.STORED_VALUE_SPLIT_BONUS_FIRST,
 }
 INT64 = range(-(2**63), 2**63)  # what a request's int64 field can hold
+INT32 = range(-(2**31), 2**31)
+INSIGHT_SETTINGS = tuple(pb.InsightSettings.DESCRIPTOR.fields_by_name)
 CASH_OUT_POLICIES = {
     "forfeit-remaining-bonus": pb.CASH_OUT_POLICY_FORFEIT_REMAINING_BONUS,
     "deduct-spent-bonus": pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
@@ -112,6 +114,14 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             help="what a cash-out pays back (created with forfeit-remaining-bonus): the unspent "
             "cash, or that less the bonus already spent from the top-up",
         )
+        p.add_argument(
+            "--insight",
+            action="append",
+            metavar="NAME=VALUE",
+            help="a threshold of member insights, e.g. lost_after_days=180 (repeat for each; "
+            f"names: {', '.join(INSIGHT_SETTINGS)}); those not given take their defaults, "
+            "also on update, which replaces the whole set",
+        )
         p.add_argument("--request-id", help="idempotency key (default: a new one)")
     update.add_argument(
         "--no-top-up-bonus", action="store_true", help="remove the top-up promotion"
@@ -153,6 +163,7 @@ def _request(args: argparse.Namespace) -> Any:
     conversion = _conversion(args.conversion) if args.conversion is not None else None
     split = _choice("--stored-value-split", args.stored_value_split, SPLITS)
     cash_out_policy = _choice("--cash-out-policy", args.cash_out_policy, CASH_OUT_POLICIES)
+    insights = _insight_settings(args.insight) if args.insight else None
     request: Any
     if args.program_command == "create":
         request = pb.CreateProgramRequest(
@@ -168,6 +179,7 @@ def _request(args: argparse.Namespace) -> Any:
             top_up_bonus=steps,
             points_conversion=conversion,
             cash_out_policy=cash_out_policy or pb.CASH_OUT_POLICY_UNSPECIFIED,
+            insight_settings=insights,
             request_id=request_id,
         )
     else:
@@ -183,6 +195,7 @@ def _request(args: argparse.Namespace) -> Any:
             replace_top_up_bonus=bool(steps) or args.no_top_up_bonus,
             points_conversion=conversion,
             clear_points_conversion=args.no_conversion,
+            insight_settings=insights,
             request_id=request_id,
         )
         if args.name is not None:
@@ -253,6 +266,29 @@ def _conversion(text: str) -> pb.PointsConversion:
         "--conversion", text, (2,), "POINTS:VALUE_MINOR, e.g. 10:100 (10 points = 1.00)"
     )
     return pb.PointsConversion(points=points, value_minor=value)
+
+
+def _insight_settings(items: list[str]) -> pb.InsightSettings:
+    """--insight NAME=VALUE, each name once; the API's parser checks the ranges."""
+    values: dict[str, int] = {}
+    for text in items:
+        name, equals, value = text.partition("=")
+        if name not in INSIGHT_SETTINGS:
+            raise ProgramArgumentError(
+                f"--insight {text!r}: give NAME=VALUE, NAME one of {', '.join(INSIGHT_SETTINGS)}"
+            )
+        try:
+            number = int(value, 10) if equals else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise ProgramArgumentError(f"--insight {text!r}: VALUE must be a whole number")
+        if number not in INT32:
+            raise ProgramArgumentError(f"--insight {text!r}: {number} is out of range")
+        if name in values:
+            raise ProgramArgumentError(f"--insight {name} is given twice")
+        values[name] = number
+    return pb.InsightSettings(**values)
 
 
 def _expiry(text: str) -> pb.ExpiryPolicy:

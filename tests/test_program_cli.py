@@ -244,3 +244,83 @@ def test_stored_value_mistakes_are_one_line_and_change_nothing(
     else:
         missing = run_ledger("program", "show", "--database", database, "--program", "p")
         one_clear_line(missing, "program p does not exist")
+
+
+# ---------------------------------------------------------------------- insight settings
+
+
+def test_the_insight_settings(database: str) -> None:
+    created = run_ledger(
+        *["program", "create", "--database", database, "--program", "shop", "--name", "Shop"],
+        *["--currency", "CNY", "--insight", "lost_after_days=180"],
+        *["--insight", "new_member_days=14"],
+    )
+    assert created.returncode == 0, created.stderr
+    program = show(database, "shop")
+    # The two given; the others their defaults (InsightSettings in ledger/domain/insights.py).
+    assert program["insight_settings"] == {
+        "frequency_window_days": 365,
+        "new_member_days": 14,
+        "new_member_max_purchases": 1,
+        "default_cycle_days": 30,
+        "min_cycle_days": 7,
+        "at_risk_after_cycles_pct": 150,
+        "dormant_after_cycles_pct": 300,
+        "lost_after_days": 180,
+    }
+
+    # An update replaces the whole set: new_member_days is back to its default.
+    updated = run_ledger(
+        *["program", "update", "--database", database, "--program", "shop"],
+        *["--insight", "dormant_after_cycles_pct=400"],
+    )
+    assert updated.returncode == 0, updated.stderr
+    program = show(database, "shop")
+    settings = program["insight_settings"]
+    assert isinstance(settings, dict)
+    assert (settings["dormant_after_cycles_pct"], settings["new_member_days"]) == (400, 30)
+    assert settings["lost_after_days"] == 365
+
+    # An update without --insight leaves them as they are.
+    renamed = run_ledger(
+        *["program", "update", "--database", database, "--program", "shop", "--name", "Shop 2"]
+    )
+    assert renamed.returncode == 0, renamed.stderr
+    assert show(database, "shop")["insight_settings"] == settings
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([*CREATE, "--insight", "lost=3"], "--insight 'lost=3': give NAME=VALUE, NAME one of"),
+        ([*CREATE, "--insight", "lost_after_days"], "VALUE must be a whole number"),
+        ([*CREATE, "--insight", "lost_after_days=a year"], "VALUE must be a whole number"),
+        ([*CREATE, "--insight", f"lost_after_days={2**31}"], f"{2**31} is out of range"),
+        (
+            [*CREATE, "--insight", "lost_after_days=1", "--insight", "lost_after_days=2"],
+            "--insight lost_after_days is given twice",
+        ),
+        (
+            [*CREATE, "--insight", "lost_after_days=-5"],
+            "insight_settings.lost_after_days: must be from 1 to 36,600",
+        ),
+        (
+            [*UPDATE, "--insight", "min_cycle_days=31"],
+            "insight_settings.min_cycle_days: must not exceed default_cycle_days",
+        ),
+    ],
+)
+def test_insight_setting_mistakes_are_one_line_and_change_nothing(
+    database: str, args: list[str], expected: str
+) -> None:
+    if args[0] == "update":
+        made = run_ledger(*["program", *CREATE[:1], "--database", database, *CREATE[1:]])
+        assert made.returncode == 0, made.stderr
+        before = show(database, "p")
+
+    result = run_ledger("program", *args[:1], "--database", database, *args[1:])
+
+    one_clear_line(result, expected)
+    assert result.returncode == 2
+    if args[0] == "update":
+        assert show(database, "p") == before
