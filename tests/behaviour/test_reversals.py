@@ -8,8 +8,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 
 from ledger.v1 import ledger_pb2 as pb
 from tests.support import (
@@ -387,3 +389,169 @@ def test_reverse_response_names_the_reversed_transaction(client: Client) -> None
     )
     assert getattr(reversed_, "reverses_transaction_id") == earned.transaction_id  # noqa: B009
     assert reversed_.transaction_id != earned.transaction_id
+
+
+# ---------------------------------------------------------------------- the purchase refunded
+
+
+def test_an_earn_reversal_refunds_its_purchase_pro_rata_or_as_the_till_says(
+    client: Client,
+) -> None:
+    program, member = client.member()
+    earned = client.earn(program, member, 300, purchase_minor=1000)
+    reverse = partial(client.reverse, program, member, earned.transaction_id)
+
+    # Unset: 1000 x 100/300 = 333.33 -> 333.
+    assert reverse(100).refunded_purchase_minor == 333
+    # Given: recorded as given.
+    assert reverse(100, refund_purchase_minor=500).refunded_purchase_minor == 500
+    # The last points, unset: all that is left, 1000 - 333 - 500 = 167.
+    last = reverse()
+    assert (last.points_reversed, last.refunded_purchase_minor) == (100, 167)
+
+
+def test_a_till_may_refund_nothing_and_other_reversals_refund_no_purchase(client: Client) -> None:
+    program, member = client.member()
+    earned = client.earn(program, member, 50, purchase_minor=800)
+    goodwill = client.reverse(program, member, earned.transaction_id, 10, refund_purchase_minor=0)
+    assert (goodwill.points_reversed, goodwill.refunded_purchase_minor) == (10, 0)
+    redeemed = client.redeem(program, member, 5)
+    back = client.reverse(program, member, redeemed.transaction_id)
+    assert (back.points_reversed, back.refunded_purchase_minor) == (5, 0)
+
+
+def test_a_refund_replay_answers_the_same_and_another_amount_reuses_the_key(
+    client: Client,
+) -> None:
+    program, member = client.member()
+    earned = client.earn(program, member, 4, purchase_minor=10)
+    request = pb.ReverseRequest(
+        program_id=program,
+        member_id=member,
+        transaction_id=earned.transaction_id,
+        points=1,
+        store_id="store-1",
+        request_id=str(uuid.uuid4()),
+    )
+    first = client.stub.Reverse(request, timeout=30)
+    assert first.refunded_purchase_minor == 3  # 10 x 1/4 = 2.5 -> 3
+    again = client.stub.Reverse(request, timeout=30)
+    assert (again.transaction_id, again.refunded_purchase_minor) == (first.transaction_id, 3)
+    for amount in (0, 3, 4):  # naming any amount, even the one recorded, is another request
+        changed = pb.ReverseRequest()
+        changed.CopyFrom(request)
+        changed.refund_purchase_minor = amount
+        assert_refused(
+            refused(lambda r=changed: client.stub.Reverse(r, timeout=30)),  # type: ignore[misc]
+            grpc.StatusCode.ALREADY_EXISTS,
+            "IDEMPOTENCY_KEY_REUSED",
+        )
+    named = pb.ReverseRequest()
+    named.CopyFrom(request)
+    named.request_id = str(uuid.uuid4())
+    named.refund_purchase_minor = 7
+    first_named = client.stub.Reverse(named, timeout=30)
+    assert client.stub.Reverse(named, timeout=30).transaction_id == first_named.transaction_id
+    assert first_named.refunded_purchase_minor == 7
+    account = client.account(program, member, min_position=first_named.position)
+    assert account.points_available == 2
+
+
+def test_bad_refunds_are_refused_and_write_nothing(client: Client) -> None:
+    program, member = client.member()
+    earned = client.earn(program, member, 100, purchase_minor=1000)
+    redeemed = client.redeem(program, member, 10)
+    client.reverse(program, member, earned.transaction_id, 10, refund_purchase_minor=900)
+    before = client.transactions(program, member, min_position=redeemed.position)
+    head = before.transactions[-1].position
+
+    negative = refused(
+        lambda: client.reverse(program, member, earned.transaction_id, 1, refund_purchase_minor=-1)
+    )
+    assert negative.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert negative.fields == {"refund_purchase_minor": "must not be negative"}
+
+    # Only an Earn's reversal refunds purchase money: on a redemption, the field is wrong.
+    wrong_kind = refused(
+        lambda: client.reverse(program, member, redeemed.transaction_id, refund_purchase_minor=0)
+    )
+    assert (wrong_kind.code, wrong_kind.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REFUND_NOT_APPLICABLE",
+    )
+    assert list(wrong_kind.fields) == ["refund_purchase_minor"]
+
+    # 100 of the purchase is left to refund.
+    too_much = refused(
+        lambda: client.reverse(program, member, earned.transaction_id, 1, refund_purchase_minor=101)
+    )
+    assert_refused(too_much, grpc.StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_PURCHASE")
+    assert "only 100 minor units" in too_much.message
+
+    after = client.transactions(program, member, min_position=head)
+    assert [t.transaction_id for t in after.transactions] == [
+        t.transaction_id for t in before.transactions
+    ]
+    assert (
+        client.reverse(
+            program, member, earned.transaction_id, 1, refund_purchase_minor=100
+        ).refunded_purchase_minor
+        == 100
+    )
+
+
+def test_a_batch_carries_the_refund(client: Client) -> None:
+    program, member = client.member()
+    earned = client.earn(program, member, 10, purchase_minor=90)
+    redeemed = client.redeem(program, member, 2)
+
+    def item(transaction_id: str, points: int, refund: int | None) -> pb.BatchCommand:
+        request = pb.ReverseRequest(
+            member_id=member,
+            transaction_id=transaction_id,
+            points=points,
+            store_id="s1",
+            request_id=str(uuid.uuid4()),
+        )
+        if refund is not None:
+            request.refund_purchase_minor = refund
+        return pb.BatchCommand(reverse=request)
+
+    response = client.stub.ExecuteBatch(
+        pb.ExecuteBatchRequest(
+            program_id=program,
+            commands=[
+                item(earned.transaction_id, 1, 40),
+                item(earned.transaction_id, 1, None),  # 90 x 1/10 = 9
+                item(earned.transaction_id, 1, -5),
+                item(redeemed.transaction_id, 1, 1),
+            ],
+        ),
+        timeout=60,
+    )
+    results = response.results
+    assert [r.WhichOneof("result") for r in results] == ["reverse", "reverse", "error", "error"]
+    assert [r.reverse.refunded_purchase_minor for r in results[:2]] == [40, 9]
+    bad, wrong_kind = (refusal_of(r.error) for r in results[2:])
+    assert bad == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "",
+        {"commands[2].reverse.refund_purchase_minor": "must not be negative"},
+    )
+    assert wrong_kind[:2] == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "REFUND_NOT_APPLICABLE")
+    assert list(wrong_kind[2]) == ["refund_purchase_minor"]
+
+
+def refusal_of(status: Any) -> tuple[int, str, dict[str, str]]:
+    """(code, ErrorInfo reason, field violations) of a batch item's google.rpc.Status."""
+    reason, fields = "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.update({v.field: v.description for v in bad.field_violations})
+    return status.code, reason, fields
