@@ -274,7 +274,7 @@ def segment_of(recency: int, frequency: int, monetary: int) -> Segment:
     for score in (recency, frequency, monetary):
         if not 1 <= score <= QUINTILES:
             raise ValueError(f"an RFM score is 1 to 5, not {score}")
-    fm = round_half_up(Fraction(frequency + monetary, 2))
+    fm = (frequency + monetary + 1) // 2  # the mean, rounded half up (scores are positive)
     return _GRID[QUINTILES - recency][fm - 1]
 
 
