@@ -49,9 +49,13 @@ def invalid_argument_status(error: InvalidArgument) -> status_pb2.Status:
     )
 
 
-def domain_status(error: errors.DomainError) -> status_pb2.Status:
+def domain_status(error: errors.DomainError, field_prefix: str = "") -> status_pb2.Status:
+    """`field_prefix`: where the request sits in a larger one (a batch's `commands[3].reverse.`),
+    for the field an InvalidField names."""
     if isinstance(error, errors.InvalidField):
-        status = invalid_argument_status(InvalidArgument([(error.field, error.message)]))
+        status = invalid_argument_status(
+            InvalidArgument([(field_prefix + error.field, error.message)])
+        )
         info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
         status.details.append(_pack(info))
         return status

@@ -267,13 +267,17 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         results: list[pb.BatchResult] = []
         position = 0
         outcomes = iter(answers)
-        for item in parsed:
+        for index, item in enumerate(parsed):
             if isinstance(item, InvalidArgument):
                 results.append(pb.BatchResult(error=invalid_argument_status(item)))
                 continue
             answer = next(outcomes)
             if isinstance(answer, errors.DomainError):
-                results.append(pb.BatchResult(error=domain_status(answer)))
+                # A field the account refused is named where it sits in the batch, as the
+                # stateless checks name theirs.
+                kind = request.commands[index].WhichOneof("command")
+                prefix = f"commands[{index}].{kind}."
+                results.append(pb.BatchResult(error=domain_status(answer, prefix)))
             else:
                 position = max(position, answer.position)
                 field = descriptors.of(item).batch_field

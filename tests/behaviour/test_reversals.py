@@ -539,7 +539,8 @@ def test_a_batch_carries_the_refund(client: Client) -> None:
         {"commands[2].reverse.refund_purchase_minor": "must not be negative"},
     )
     assert wrong_kind[:2] == (grpc.StatusCode.INVALID_ARGUMENT.value[0], "REFUND_NOT_APPLICABLE")
-    assert list(wrong_kind[2]) == ["refund_purchase_minor"]
+    # Refused by the account, named where it sits in the batch, like the stateless checks.
+    assert list(wrong_kind[2]) == ["commands[3].reverse.refund_purchase_minor"]
 
 
 def refusal_of(status: Any) -> tuple[int, str, dict[str, str]]:
