@@ -17,6 +17,8 @@ Records (CSV with a header row, or JSON lines), one per line, in time order:
                  yes/no; default true): earn
     referrer_member_id  member: optional, not the member itself
     reverses     reverse: the request_id of the record it reverses
+    refund_purchase_minor  reverse of an earn: the purchase money refunded (0..10^15);
+                 empty or absent = the earn's purchase pro rata to the points reversed
     amount_minor reverse (of a spend or a top-up): 0..10^15 (0 = all that is left);
                  spend: 1..10^15
     cash_minor, bonus_minor, payment_ref  top_up: cash 1..10^15; bonus 0..10^15, empty or
@@ -286,6 +288,11 @@ def _build(
         points=_integer(record, "points", v, 0),
         amount_minor=_integer(record, "amount_minor", v, 0),
         reason=_text(record, "reason"),
+        refund_purchase_minor=(
+            _integer(record, "refund_purchase_minor", v)
+            if _text(record, "refund_purchase_minor")
+            else None
+        ),
         now=now,
         violations=v,
     )

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ledger.application import commands as c
+from ledger.domain.ids import request_id_key
 from ledger.domain.program import (
     CashOutPolicy,
     ExpiryKind,
@@ -573,3 +574,28 @@ def test_a_batch_size_below_one_is_refused(tally: Tally, tmp_path: Path, size: i
     path = _members_and_earns(tmp_path / "batch.jsonl", 1)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         Importer(tally, "p", path, batch_size=size, progress=False)
+
+
+def test_a_reversed_earn_carries_its_refund(tally: Tally, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "refunds.csv.jsonl",
+        [
+            {"type": "member", "member_id": "rae", "occurred_at": _at(10)},
+            {"type": "earn", "member_id": "rae", "points": 10, "purchase_minor": 900,
+             "store_id": "s1", "request_id": "e1", "occurred_at": _at(9)},
+            {"type": "reverse", "member_id": "rae", "reverses": "e1", "points": 2,
+             "refund_purchase_minor": 250, "store_id": "s1", "occurred_at": _at(8)},
+            {"type": "reverse", "member_id": "rae", "reverses": "e1", "points": 1,
+             "refund_purchase_minor": "", "store_id": "s1", "occurred_at": _at(7)},
+            {"type": "reverse", "member_id": "rae", "reverses": "e1", "points": 1,
+             "refund_purchase_minor": -1, "store_id": "s1", "occurred_at": _at(6)},
+        ],
+    )  # fmt: skip
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (4, 1)
+    account = tally.app.get_account("p", "rae")
+    earn = account.earns[str(request_id_key("p", "e1"))]
+    # 250 as given, then 900 x 1/10 = 90 pro rata: 340 of the 900 refunded.
+    assert (earn.reversed, earn.refunded_minor) == (3, 340)
