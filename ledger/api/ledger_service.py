@@ -234,16 +234,6 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         )
         return present.run_expiry(outcome)
 
-    # ------------------------------------------------------------------ not yet built
-
-    async def TopUp(self, request: Any, context: Any) -> pb.TopUpResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "stored value is not available yet")
-        raise AssertionError("unreachable")
-
-    async def Spend(self, request: Any, context: Any) -> pb.SpendResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "stored value is not available yet")
-        raise AssertionError("unreachable")
-
     @rpc
     async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
         """Many commands in one call: each idempotent, validated and decided like a single
