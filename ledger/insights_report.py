@@ -12,10 +12,12 @@ that stdout is exactly the list: a CSV is a header and one row per member, nothi
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger.api.validation import Violations
 from ledger.domain.insights import Segment, Stage
+from ledger.insights_queries import MemberInsight, ProgramInsights, SegmentPage
 
 # The list's columns, as MemberInsights names them; member_id first, for the tool's join.
 COLUMNS = (
@@ -114,6 +116,78 @@ def _whole(v: Violations, flag: str, text: str | None, high: int) -> int | None:
     return int(text)
 
 
+# ---------------------------------------------------------------------- as plain data
+
+
+def selection(page: SegmentPage, as_of: datetime) -> dict[str, Any]:
+    """The JSON document of a list: the members, the control total, as_of and position."""
+    return {
+        "members": [member_row(m) for m in page.members],
+        "total": page.total,
+        "as_of": _time(as_of),
+        "position": page.position,
+    }
+
+
+def member_row(m: MemberInsight) -> dict[str, Any]:
+    """One member, named as MemberInsights names its fields; a stage and a segment by their
+    names without the enum's prefix ("" for an unscored member's segment), times in UTC
+    ("" for a purchase that has not happened)."""
+    b, scores = m.behaviour, m.scores
+    return {
+        "member_id": m.member_id,
+        "lifecycle_stage": m.stage.value,
+        "rfm_segment": scores.segment.value if scores.segment else "",
+        "recency_score": scores.recency,
+        "frequency_score": scores.frequency,
+        "monetary_score": scores.monetary,
+        "recency_days": b.recency_days,
+        "frequency": b.frequency,
+        "monetary_minor": b.monetary_minor,
+        "average_order_minor": b.average_order_minor,
+        "purchase_cycle_days": b.purchase_cycle_days,
+        "lifetime_value_minor": b.lifetime_value_minor,
+        "lifetime_purchases": b.lifetime_purchases,
+        "first_purchase_at": _time(b.first_purchase_at),
+        "last_purchase_at": _time(b.last_purchase_at),
+        "favourite_store_id": b.favourite_store_id,
+        "next_tier_code": m.next_tier_code,
+        "points_to_next_tier": m.points_to_next_tier,
+        "enrolled_at": _time(m.enrolled_at),
+    }
+
+
+def summary(found: ProgramInsights, as_of: datetime) -> dict[str, Any]:
+    """The JSON document of --summary, named as GetProgramInsightsResponse names its fields."""
+    return {
+        "members": found.members,
+        "purchasing_members": found.purchasing_members,
+        "stages": [{"stage": s.value, "members": n} for s, n in found.stages.items()],
+        "segments": [{"segment": s.value, "members": n} for s, n in found.segments.items()],
+        "revenue_minor": found.revenue_minor,
+        "top_20_percent_revenue_share_ppm": found.top_20_percent_revenue_share_ppm,
+        "repeat_purchase_rate_ppm": found.repeat_purchase_rate_ppm,
+        "points_redemption_rate_ppm": found.points_redemption_rate_ppm,
+        "stored_value_usage_rate_ppm": found.stored_value_usage_rate_ppm,
+        "revenue_by_store": [
+            {
+                "store_id": s.store_id,
+                "net_purchases_minor": s.net_purchases_minor,
+                "purchases": s.purchases,
+            }
+            for s in found.revenue_by_store
+        ],
+        "as_of": _time(as_of),
+        "position": found.position,
+    }
+
+
+def _time(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 # ---------------------------------------------------------------------- printing
 
 
@@ -143,6 +217,11 @@ def tabulated_summary(r: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         for s in r["revenue_by_store"]
     ]
     return list(SUMMARY_COLUMNS), rows
+
+
+def summary_note(report: dict[str, Any]) -> str:
+    """The line under the figures' table (stdout: --summary writes nothing on stderr)."""
+    return f"as of {report['as_of']}, insights position {report['position']}"
 
 
 def control_total(report: dict[str, Any]) -> str:

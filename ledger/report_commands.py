@@ -1,21 +1,24 @@
 """`ledger report trial-balance|journal|liabilities|movements|settlement|expiry-forecast|
-custody|deferred-revenue|breakage`: finance's reports from the command line
+custody|deferred-revenue|breakage|insights`: finance's reports from the command line
 (docs/reports.md, docs/accounting.md), read by the same functions as ReportService
 (ledger/journal_queries.py, ledger/forecast_queries.py, ledger/revenue_queries.py), so both
-give the same figures.
+give the same figures; and marketing's members to reach (docs/insights.md), read by
+InsightsService's (ledger/insights_queries.py; flags and layout in ledger/insights_report.py).
 
 The database must exist and hold a ledger (nothing is created, no migration applied). Each
-report reads one read model (READS: the journal, the points read model's lots for the
-expiry forecast, the revenue read model for deferred revenue and breakage); before reading,
-the command brings that read model up to the log's last event, processing what is left
-itself, or, on PostgreSQL while a server writes it, waiting for that server's to get there.
+report reads its read models (READS: the journal, the points read model's lots for the
+expiry forecast, the revenue read model for deferred revenue and breakage, the insights and
+points read models for insights); before reading, the command brings them up to the log's
+last event, processing what is left itself, or, on PostgreSQL while a server writes them,
+waiting for that server's to get there.
 On SQLite the file serves one process at a time, so a running server makes this command
 refuse, as it does `ledger program`.
 
 Times: an ISO 8601 instant with its UTC offset (2024-05-01T00:00:00+02:00, ...Z), or a date
 (2024-05-01), which is the first instant of that day in the programme's time zone. Periods
 are (since, until] in recorded time, `journal` included (ListPostings' own since is
-inclusive and its until exclusive; here they follow the reports').
+inclusive and its until exclusive; here they follow the reports'). Insights' --as-of is
+business time (occurred_at), as InsightsService's.
 """
 
 from __future__ import annotations
@@ -31,27 +34,34 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ledger import insights_report
+from ledger.api.errors import InvalidArgument
 from ledger.api.validation import Violations
+from ledger.domain.errors import DomainError
 from ledger.forecast_queries import ForecastQueries, expiry_window
+from ledger.insights_queries import READS as INSIGHTS_READS
+from ledger.insights_queries import InsightsQueries, Page, SegmentFilter
 from ledger.journal_queries import LINES, JournalQueries, PostingsFilter
 from ledger.periods import Period, period_ends
 from ledger.queries import from_micros
 from ledger.revenue_queries import RevenueQueries
+from projections.insights import NAME as INSIGHTS
 from projections.journal import NAME as JOURNAL
 from projections.points import NAME as POINTS
 from projections.revenue import NAME as REVENUE
 
-# Each report, and the read model it reads (what the command catches up first).
-READS = {
-    "trial-balance": JOURNAL,
-    "journal": JOURNAL,
-    "liabilities": JOURNAL,
-    "movements": JOURNAL,
-    "settlement": JOURNAL,
-    "expiry-forecast": POINTS,
-    "custody": JOURNAL,
-    "deferred-revenue": REVENUE,
-    "breakage": REVENUE,
+# Each report, and the read models it reads (what the command catches up first).
+READS: dict[str, tuple[str, ...]] = {
+    "trial-balance": (JOURNAL,),
+    "journal": (JOURNAL,),
+    "liabilities": (JOURNAL,),
+    "movements": (JOURNAL,),
+    "settlement": (JOURNAL,),
+    "expiry-forecast": (POINTS,),
+    "custody": (JOURNAL,),
+    "deferred-revenue": (REVENUE,),
+    "breakage": (REVENUE,),
+    "insights": INSIGHTS_READS,
 }
 REPORTS = tuple(READS)
 ALIASES = {"postings": "journal"}
@@ -59,7 +69,12 @@ READ_MODEL_NAMES = {
     JOURNAL: "journal",
     POINTS: "points read model",
     REVENUE: "revenue read model",
+    INSIGHTS: "insights read model",
 }
+# The insights list is read as one page: one snapshot, so that the rows, the control total
+# and the position agree (pages would each be a snapshot of their own, and each page reads
+# every member's row anyway).
+WHOLE_SELECTION = Page(size=2**62)
 # Catching up: refused when the read model has not moved for this long.
 STALL_SECONDS = 60.0
 MICROSECOND = timedelta(microseconds=1)
@@ -76,9 +91,10 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
     report = sub.add_parser(
         "report",
         help="finance's reports: trial balance, journal, liabilities, movements, settlement, "
-        "expiry forecast, prepaid custody, deferred revenue, breakage",
-        description="Finance's reports (docs/reports.md), as ReportService gives them. Reads "
-        "the database; brings the read model a report reads up to the log first.",
+        "expiry forecast, prepaid custody, deferred revenue, breakage; marketing's insights",
+        description="Finance's reports (docs/reports.md), as ReportService gives them, and "
+        "marketing's member insights (docs/insights.md), as InsightsService gives them. Reads "
+        "the database; brings the read models a report reads up to the log first.",
     )
     report_sub = report.add_subparsers(
         dest="report_command", required=True, metavar="{" + ",".join(REPORTS) + "}"
@@ -144,6 +160,14 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             "or year of the earn, local time) starting in [--since, --until): what to set "
             "expected_redemption_rate_ppm from.",
         ),
+        "insights": report_sub.add_parser(
+            "insights",
+            help="members to reach (by stage, segment, points to the next tier, anniversary), "
+            "or the programme's figures",
+            description="The members of a selection with their insights as of --as-of "
+            "(business time, default now), in member id order, for an SMS, WeChat or e-mail "
+            "tool; the control total on stderr. --summary: the programme's figures instead.",
+        ),
     }
     for p in parsers.values():
         database_arg(p)
@@ -152,6 +176,10 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
     time_help = "ISO 8601 with offset, or a date (the programme's local midnight)"
     for name in ("trial-balance", "liabilities", "deferred-revenue"):
         parsers[name].add_argument("--as-of", help=f"recorded at or before; {time_help}")
+    parsers["insights"].add_argument(
+        "--as-of", help=f"occurred at or before (business time, default now); {time_help}"
+    )
+    insights_report.add_arguments(parsers["insights"])
     parsers["deferred-revenue"].add_argument(
         "--rate-ppm",
         help="the estimate of the share of points redeemed, 1..1000000 "
@@ -210,11 +238,22 @@ def _whole(v: Violations, flag: str, text: str | None, high: int, required: bool
 
 
 def run(args: argparse.Namespace) -> int:
+    kind = ALIASES.get(args.report_command, args.report_command)
+    command = f"ledger report {kind}"
+    try:
+        return _run(args, kind, command)
+    except InvalidArgument as e:  # a flag, or a time the programme's rules refuse: one line
+        line = "; ".join(f"{field}: {why}" for field, why in e.violations)
+    except DomainError as e:  # no such programme
+        line = e.message
+    print(f"{command}: {line}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, kind: str, command: str) -> int:
     from ledger.audit.commands import Refused, existing_database
     from ledger.runtime import Tally
 
-    kind = ALIASES.get(args.report_command, args.report_command)
-    command = f"ledger report {kind}"
     # Checked before the database is opened.
     v = Violations()
     v.identifier("--program", args.program)
@@ -234,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
         args.period = PERIOD_WORDS.get(args.period or "")
         if args.period is None:
             v.add("--period", "required: month, quarter or year")
+    if kind == "insights":
+        insights_report.check(v, args)
     texts = {flag: getattr(args, flag[2:].replace("-", "_"), None) for flag in _TIME_FLAGS}
     parsed = {flag: parse_time(v, flag, text) for flag, text in texts.items() if text}
     v.raise_if_any()
@@ -253,17 +294,21 @@ def run(args: argparse.Namespace) -> int:
             moments["--until"] = _window(v, since, until)
         elif kind == "custody":
             ends = _custody_periods(v, args, program, zone, since, until, tally.app.clock())
+        elif kind == "insights":
+            moments["--as-of"] = _business_as_of(v, moments.get("--as-of"), tally.app.clock())
         elif since and until and since >= until:
             v.add("--until", "must be after --since")
         v.raise_if_any()
-        read_model = READS[kind]
         try:
-            _catch_up(tally, tally.projections[read_model], READ_MODEL_NAMES[read_model])
+            for read_model in READS[kind]:
+                _catch_up(tally, tally.projections[read_model], READ_MODEL_NAMES[read_model])
         except ReadModelBehind as e:
             print(f"{command}: {e}", file=sys.stderr)
             return 1
         settings = program.settings
-        if kind == "expiry-forecast":
+        if kind == "insights":
+            report = _insights(InsightsQueries(tally.database), args, program, moments["--as-of"])
+        elif kind == "expiry-forecast":
             report = _expiry_forecast(ForecastQueries(tally.database), args, zone, moments)
         elif kind == "custody":
             found = ForecastQueries(tally.database).prepaid_custody(
@@ -279,7 +324,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         tally.close()
     try:
-        _print(kind, report, args.format)
+        if kind == "insights":
+            _print_insights(report, args)
+        else:
+            _print(kind, report, args.format)
         sys.stdout.flush()
     except BrokenPipeError:  # `ledger report ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -357,6 +405,49 @@ def _catch_up(tally: Any, runner: Any, name: str = "journal") -> None:
                 f"not moved for {STALL_SECONDS:.0f} s (is the server that writes it stuck?); "
                 "no report"
             )
+
+
+def _business_as_of(v: Violations, as_of: datetime | None, now: datetime) -> datetime:
+    """Insights' --as-of (default now), refused in the future as InsightsService refuses it."""
+    if as_of is not None and as_of > now:
+        v.add("--as-of", "must not be in the future")
+    return as_of or now
+
+
+def _insights(
+    queries: InsightsQueries, args: argparse.Namespace, program: Any, as_of: datetime
+) -> dict[str, Any]:
+    """The programme's figures (--summary) or the whole selection, as plain data."""
+    if args.summary:
+        return insights_report.summary(queries.program_insights(program, as_of), as_of)
+    chosen = SegmentFilter(
+        args.stage, args.segment, args.points_to_next_tier_at_most, args.anniversary_within_days
+    )
+    return insights_report.selection(
+        queries.segment_members(program, chosen, as_of, WHOLE_SELECTION), as_of
+    )
+
+
+def _print_insights(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """The list (or the figures) on stdout; a list's control total on stderr."""
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        if args.summary:
+            headers, rows = insights_report.tabulated_summary(report)
+        else:
+            headers, rows = insights_report.tabulated_members(report)
+        if args.format == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(headers)
+            writer.writerows(rows)
+        else:
+            print(text_table(headers, rows))
+            if args.summary:
+                print(insights_report.summary_note(report))
+    if not args.summary:
+        sys.stdout.flush()  # the list first, then its total (a terminal shows them in order)
+        print(insights_report.control_total(report), file=sys.stderr)
 
 
 def _report(

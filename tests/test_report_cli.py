@@ -355,7 +355,7 @@ def test_report_describes_itself() -> None:
     assert result.returncode == 2
     assert (
         "required: {trial-balance,journal,liabilities,movements,settlement,expiry-forecast,"
-        "custody,deferred-revenue,breakage}" in result.stderr
+        "custody,deferred-revenue,breakage,insights}" in result.stderr
     )
 
 
