@@ -65,7 +65,7 @@ from ledger.infrastructure.chain import GENESIS, event_hash
 from ledger.runtime import Tally
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
-from projections.points import PointsProjection
+from projections.points import PointsProjection, micros
 from projections.runner import ProjectionRunner
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
@@ -939,9 +939,20 @@ def case_insights(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             catch_up_s = time.perf_counter() - started
         finally:
             tally.close()
+        earlier_at = end - timedelta(days=90)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ANALYZE")
-        earlier = _ts(end - timedelta(days=90))
+            # As of 90 days earlier, only the members enrolled by then have insights (the
+            # others are NOT_FOUND): the as-of reads pick among those.
+            enrolled_earlier = [
+                str(m)
+                for (m,) in conn.execute(
+                    "SELECT member_id FROM rm_insight_members WHERE program_id = 'p'"
+                    " AND enrolled_at <= %s ORDER BY member_id",
+                    (micros(earlier_at),),
+                )
+            ]
+        earlier = _ts(earlier_at)
         pick = random.Random(28)
         members = sizes.insight_members
         with serving_channel(url, folder) as (channel, _):
@@ -949,7 +960,7 @@ def case_insights(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             account = pb_grpc.LedgerServiceStub(channel)
 
             def member(**at: Any) -> Any:
-                chosen = f"m{pick.randrange(members)}"
+                chosen = pick.choice(enrolled_earlier) if at else f"m{pick.randrange(members)}"
                 return stub.GetMemberInsights(
                     ipb.GetMemberInsightsRequest(program_id="p", member_id=chosen, **at)
                 )
@@ -1044,8 +1055,7 @@ CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "accounts": case_accounts,
     "verify": case_verify,
     "reports": case_reports,
-    # "insights": case_insights, once projections/insights.py and InsightsService are in
-    # (then the smoke test's list of rows gains its cases).
+    "insights": case_insights,
 }
 
 

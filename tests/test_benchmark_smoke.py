@@ -79,6 +79,15 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "report-expiry-forecast",
         "report-custody",
         "report-reconcile-week",
+        "insights-catch-up",
+        "insights-member",
+        "insights-member-as-of",
+        "insights-program",
+        "insights-program-as-of",
+        "insights-segment-page",
+        "insights-segment-page-as-of",
+        "insights-walk",
+        "insights-walk-as-of",
     }
     assert rows["import"]["rate"] > 0
     assert rows["rebuild"]["rate"] > 0
@@ -87,3 +96,8 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     assert rows["verify"]["rate"] > 0
     assert rows["reports-catch-up"]["rate"] > 0
     assert all(r["p50"] > 0 for name, r in rows.items() if name.startswith("report-"))
+    assert rows["insights-catch-up"]["rate"] > 0
+    assert rows["insights-catch-up"]["purchasing_members"] > 0
+    assert all(
+        r["p50"] > 0 for name, r in rows.items() if name.startswith("insights-") and "p50" in r
+    )
