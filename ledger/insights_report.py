@@ -42,7 +42,7 @@ COLUMNS = (
     "enrolled_at",
 )
 SUMMARY_COLUMNS = ("figure", "key", "value", "purchases")
-MAX_POINTS = 2**62
+MAX_POINTS = 10**15  # as InsightsService's points_to_next_tier_at_most
 MAX_ANNIVERSARY_DAYS = 366
 
 

@@ -379,6 +379,7 @@ def test_the_command_answers_as_the_service(ledger: Ledger) -> None:
         (["--stage", "sleepy"], "--stage: 'sleepy' is not one of new, active"),
         (["--stage", "new", "--segment", "lost"], "--segment: select by --stage or by --segment"),
         (["--points-to-next-tier-at-most", "-1"], "--points-to-next-tier-at-most: must be a whole"),
+        (["--points-to-next-tier-at-most", str(10**15 + 1)], f"0 to {10**15}, not"),
         (["--anniversary-within-days", "367"], "--anniversary-within-days: must be a whole"),
         (["--as-of", "tomorrow"], "--as-of: 'tomorrow' is not a date"),
         (["--as-of", "2999-01-01"], "--as-of: must not be in the future"),
