@@ -88,6 +88,7 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "insights-segment-page-as-of",
         "insights-walk",
         "insights-walk-as-of",
+        "insights-cli",
     }
     assert rows["import"]["rate"] > 0
     assert rows["rebuild"]["rate"] > 0
@@ -98,6 +99,7 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     assert all(r["p50"] > 0 for name, r in rows.items() if name.startswith("report-"))
     assert rows["insights-catch-up"]["rate"] > 0
     assert rows["insights-catch-up"]["purchasing_members"] > 0
+    assert "cumulative" in rows["insights-program"]["profile"]
     assert all(
         r["p50"] > 0 for name, r in rows.items() if name.startswith("insights-") and "p50" in r
     )
