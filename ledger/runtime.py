@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # An eager read model, woken by each commit here, still looks this often for other
 # processes' commits.
 EAGER_POLL_SECONDS = 0.05
-DEFAULT_BATCH = 500
 
 
 class Tally:
@@ -110,9 +109,6 @@ class Tally:
                 self.app.mapper.to_domain_event,
                 projection(self.database.dialect),
                 poll_interval=projection.poll_interval or EAGER_POLL_SECONDS,
-                # A read model whose batch has a fixed cost of its own says how many events
-                # a batch may take (projections/insights.py); the others take the runner's.
-                batch_size=getattr(projection, "batch_size", DEFAULT_BATCH),
             )
             for projection in REGISTERED
         }

@@ -130,11 +130,6 @@ class InsightsProjection:
     # touched (a read of their members' facts): bigger batches pay that less often. A query
     # with min_position wakes it.
     poll_interval: ClassVar[float] = 1.0
-    # Each batch ends by recomputing the cuts of the programmes it changed, a read of all
-    # their purchasing members (about 0.3 s at 100,000): at the runner's 500 events a batch
-    # a catch-up ran at about 600 events/s. Ten times the events share each recomputation;
-    # under live load a batch is what arrived since the last poll, so this changes nothing.
-    batch_size: ClassVar[int] = 5_000
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
