@@ -293,11 +293,17 @@ _LOST = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOn
 
 def database_lost(error: BaseException) -> bool:
     """Did `error` (or what it was raised from) come from losing the PostgreSQL database?"""
+    return caused_by(error, _LOST)
+
+
+def caused_by(error: BaseException, kinds: type | tuple[type, ...]) -> bool:
+    """Is `error`, or anything it was raised from (the library wraps psycopg's errors in its
+    own), one of `kinds`?"""
     seen: BaseException | None = error
     for _ in range(10):  # the cause chain is short; bounded all the same
         if seen is None:
             return False
-        if isinstance(seen, _LOST):
+        if isinstance(seen, kinds):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

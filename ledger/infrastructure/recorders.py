@@ -34,6 +34,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger.infrastructure.chain import ChainHeads
+from ledger.infrastructure.database import caused_by
 from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect
 from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
 from ledger.telemetry import instruments
@@ -49,14 +50,7 @@ def aborted_pipeline(error: BaseException) -> bool:
     connection fails otherwise (no abort to report), so this is the conflict, to be re-run
     on fresh state like any other (measured: 3 of 135 same-account Earns from three
     processes came back UNAVAILABLE before this)."""
-    seen: BaseException | None = error
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, psycopg.errors.PipelineAborted):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(error, psycopg.errors.PipelineAborted)
 
 
 class ChainedInserts(ApplicationRecorder):
