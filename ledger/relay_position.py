@@ -1,11 +1,11 @@
 """The relay's side of Tally's database: its durable position (`relay_positions`, migration
 0013) and the lock that makes one relay at a time active for a stream.
 
-PostgreSQL: a session advisory lock on a connection of its own, as the projection runner's
-writer lock (projections/runner.py); the server drops it when the holder's connection goes,
-however the holder dies. SQLite: an exclusive `flock` on `<db>.relay.lock`, which the kernel
-drops when the holder exits (SQLite serves one server process, but `ledger relay` may run
-beside it).
+PostgreSQL: a session advisory lock on a connection of its own
+(database.session_advisory_lock, as the projection writers take theirs); the server drops it
+when the holder's connection goes, however the holder dies. SQLite: an exclusive `flock` on
+`<db>.relay.lock`, which the kernel drops when the holder exits (SQLite serves one server
+process, but `ledger relay` may run beside it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import psycopg
 
-from ledger.infrastructure.database import Database
+from ledger.infrastructure.database import Database, session_advisory_lock
 
 
 class RelayPosition:
@@ -74,13 +74,8 @@ class RelayLock:
                 return False
             self._file = handle
             return True
-        conn = psycopg.connect(config.conninfo(), autocommit=True, connect_timeout=5)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        if row and row[0]:
-            self._conn = conn
-            return True
-        conn.close()
-        return False
+        self._conn = session_advisory_lock(config, self.key, connect_timeout=5)
+        return self._conn is not None
 
     def still_held(self) -> bool:
         """Whether the lock is still ours: on PostgreSQL, whether its connection answers

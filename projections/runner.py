@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 import psycopg
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
-from ledger.infrastructure.database import Cursor, Database
+from ledger.infrastructure.database import Cursor, Database, session_advisory_lock
 from ledger.infrastructure.dialect import Dialect
 from ledger.telemetry import instruments
 
@@ -220,13 +220,8 @@ class _WriterLock:
         if time.monotonic() - self._last_try < 1.0:
             return False
         self._last_try = time.monotonic()
-        conn = psycopg.connect(self.database.config.conninfo(), autocommit=True)
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        if row and row[0]:
-            self._conn = conn
-            return True
-        conn.close()
-        return False
+        self._conn = session_advisory_lock(self.database.config, self.key)
+        return self._conn is not None
 
     def release(self) -> None:
         if self._conn is not None:

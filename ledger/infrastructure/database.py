@@ -296,6 +296,21 @@ def database_lost(error: BaseException) -> bool:
     return caused_by(error, _LOST)
 
 
+def session_advisory_lock(
+    config: DatabaseConfig, key: int, **connect: Any
+) -> psycopg.Connection[Any] | None:
+    """A PostgreSQL session advisory lock on a connection of its own, or None when another
+    session holds it. The lock lasts as long as the returned connection: the server drops
+    it when that connection goes, however its holder dies (the projection writers, the
+    relay)."""
+    conn = psycopg.connect(config.conninfo(), autocommit=True, **connect)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    if row and row[0]:
+        return conn
+    conn.close()
+    return None
+
+
 def caused_by(error: BaseException, kinds: type | tuple[type, ...]) -> bool:
     """Is `error`, or anything it was raised from (the library wraps psycopg's errors in its
     own), one of `kinds`?"""
