@@ -461,9 +461,12 @@ def test_bad_refunds_are_refused_and_write_nothing(client: Client) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 100, purchase_minor=1000)
     redeemed = client.redeem(program, member, 10)
-    client.reverse(program, member, earned.transaction_id, 10, refund_purchase_minor=900)
-    before = client.transactions(program, member, min_position=redeemed.position)
+    refund = client.reverse(program, member, earned.transaction_id, 10, refund_purchase_minor=900)
+    # Wait for the reversal itself, the last write: waiting for an earlier position let a lagging
+    # projection answer without it, and the reversal then showed up in `after` (CI, stop 19).
+    before = client.transactions(program, member, min_position=refund.position)
     head = before.transactions[-1].position
+    assert head == refund.position
 
     negative = refused(
         lambda: client.reverse(program, member, earned.transaction_id, 1, refund_purchase_minor=-1)
