@@ -62,13 +62,17 @@ class ProjectionRunner:
         projection: Projection,
         batch_size: int = 500,
         poll_interval: float = 0.05,
+        writes: bool = True,
     ) -> None:
+        """`writes=False`: never write the read model, only follow the tracking position that
+        another process (`ledger project`) advances, for `min_position`."""
         self.database = database
         self.recorder = recorder
         self.decode = decode
         self.projection = projection
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.writes = writes
         self.position = 0
         self.errors = 0
         self._changed = threading.Condition()
@@ -124,7 +128,7 @@ class ProjectionRunner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if not self._lock.acquire():
+                if not self.writes or not self._lock.acquire():
                     self._follow()
                     continue
                 if not self._step():
