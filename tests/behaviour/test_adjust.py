@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, refused
+from tests.support import Client, ServerThread, log_head, refused
 
 # ---------------------------------------------------------------------- local helpers
 
@@ -44,7 +44,9 @@ def test_a_positive_adjust_credits_a_lot(client: Client) -> None:
     assert redeemed.account.points_available == 0
 
 
-def test_a_negative_adjust_takes_points_but_never_beyond_available(client: Client) -> None:
+def test_a_negative_adjust_takes_points_but_never_beyond_available(
+    client: Client, server: ServerThread
+) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 100)
     hold = client.hold(program, member, 30)  # held points are not available
@@ -53,7 +55,8 @@ def test_a_negative_adjust_takes_points_but_never_beyond_available(client: Clien
 
     assert problem.code == grpc.StatusCode.FAILED_PRECONDITION
     assert problem.reason == "INSUFFICIENT_POINTS"
-    account = client.account(program, member, min_position=hold.position)
+    # The whole log, not the hold's position: had the refusal written, it would be in it.
+    account = client.account(program, member, min_position=log_head(server))
     assert (account.points_available, account.points_held) == (70, 30)
     assert account.version == hold.account.version
 

@@ -8,7 +8,7 @@ import pytest
 
 from ledger.domain.ids import request_id_key
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, new_id, refusal, refused
+from tests.support import Client, ServerThread, log_head, new_id, refusal, refused
 
 
 def earn(member: str, points: int, request_id: str | None = None) -> pb.BatchCommand:
@@ -47,7 +47,9 @@ def reason(result: pb.BatchResult) -> str:
     return ""
 
 
-def test_a_batch_mixes_commands_refusals_and_duplicates(client: Client) -> None:
+def test_a_batch_mixes_commands_refusals_and_duplicates(
+    client: Client, server: ServerThread
+) -> None:
     program, alice = client.member()
     bob = client.enroll(program)
     commands = [
@@ -84,11 +86,14 @@ def test_a_batch_mixes_commands_refusals_and_duplicates(client: Client) -> None:
     again = run(client, program, commands)
     assert [r.WhichOneof("result") for r in again.results] == kinds
     assert again.results[0].earn == response.results[0].earn
-    history = client.transactions(program, alice, min_position=again.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    history = client.transactions(program, alice, min_position=log_head(server))
     assert len(history.transactions) == 3  # enroll, earn, redeem
 
 
-def test_an_atomic_batch_with_a_refusal_applies_nothing(client: Client) -> None:
+def test_an_atomic_batch_with_a_refusal_applies_nothing(
+    client: Client, server: ServerThread
+) -> None:
     program, alice = client.member()
     seeded = client.earn(program, alice, 50)
 
@@ -102,7 +107,8 @@ def test_an_atomic_batch_with_a_refusal_applies_nothing(client: Client) -> None:
         "ATOMIC_BATCH_ABORTED",
     ]
     assert response.results[0].error.code == grpc.StatusCode.ABORTED.value[0]
-    account = client.account(program, alice, min_position=seeded.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    account = client.account(program, alice, min_position=log_head(server))
     assert (account.points_available, account.version) == (50, seeded.account.version)
 
 
@@ -155,7 +161,9 @@ def test_a_command_for_another_program_is_refused_alone(client: Client) -> None:
     assert response.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-def test_an_atomic_batch_with_a_reused_request_id_applies_nothing(client: Client) -> None:
+def test_an_atomic_batch_with_a_reused_request_id_applies_nothing(
+    client: Client, server: ServerThread
+) -> None:
     """Regression: the reused key was answered ALREADY_EXISTS and the rest committed."""
     program, alice = client.member()
     key = new_id("k1")
@@ -168,12 +176,13 @@ def test_an_atomic_batch_with_a_reused_request_id_applies_nothing(client: Client
         "ATOMIC_BATCH_ABORTED",
     ]
     assert response.results[0].error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
-    account = client.account(program, alice, min_position=seeded.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    account = client.account(program, alice, min_position=log_head(server))
     assert (account.points_available, account.version) == (10, seeded.account.version)
 
 
 def test_an_atomic_batch_repeating_a_request_id_with_another_payload_applies_nothing(
-    client: Client,
+    client: Client, server: ServerThread
 ) -> None:
     program, alice = client.member()
     seeded = client.earn(program, alice, 10)
@@ -185,12 +194,13 @@ def test_an_atomic_batch_repeating_a_request_id_with_another_payload_applies_not
         "ATOMIC_BATCH_ABORTED",
         "IDEMPOTENCY_KEY_REUSED",
     ]
-    account = client.account(program, alice, min_position=seeded.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    account = client.account(program, alice, min_position=log_head(server))
     assert (account.points_available, account.version) == (10, seeded.account.version)
 
 
 def test_a_retried_atomic_batch_answers_from_its_records_and_writes_nothing(
-    client: Client,
+    client: Client, server: ServerThread
 ) -> None:
     program, alice = client.member()
     bob = client.enroll(program)
@@ -201,9 +211,11 @@ def test_a_retried_atomic_batch_answers_from_its_records_and_writes_nothing(
 
     assert list(again.results) == list(first.results)
     assert again.position == first.position
-    history = client.transactions(program, alice, min_position=first.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    head = log_head(server)
+    history = client.transactions(program, alice, min_position=head)
     assert len(history.transactions) == 3  # enroll, earn, redeem: nothing twice
-    assert client.account(program, bob, min_position=first.position).version == 2
+    assert client.account(program, bob, min_position=head).version == 2
 
 
 def test_a_command_the_server_fails_on_is_internal_and_costs_no_other(
@@ -276,7 +288,7 @@ def refund(
 
 
 def test_a_batch_tops_up_spends_and_refunds_with_refusals_and_duplicates(
-    client: Client,
+    client: Client, server: ServerThread
 ) -> None:
     program, alice = client.member(
         top_up_bonus=[pb.TopUpBonusStep(min_cash_minor=1_000, bonus_minor=200)]
@@ -334,17 +346,21 @@ def test_a_batch_tops_up_spends_and_refunds_with_refusals_and_duplicates(
     assert [r.WhichOneof("result") for r in again.results] == kinds
     for i in (0, 1, 3, 5, 8):
         assert again.results[i] == results[i]
-    history = client.transactions(program, alice, min_position=again.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    head = log_head(server)
+    history = client.transactions(program, alice, min_position=head)
     assert [t.kind for t in history.transactions] == [
         pb.TRANSACTION_KIND_ENROLL,
         pb.TRANSACTION_KIND_TOP_UP,
         pb.TRANSACTION_KIND_SPEND,
         pb.TRANSACTION_KIND_REVERSE,
     ]
-    assert client.stored_value(program, alice, again.position) == (550, 110)
+    assert client.stored_value(program, alice, head) == (550, 110)
 
 
-def test_an_atomic_batch_with_a_refused_spend_applies_nothing(client: Client) -> None:
+def test_an_atomic_batch_with_a_refused_spend_applies_nothing(
+    client: Client, server: ServerThread
+) -> None:
     program, alice = client.member()
     bob = client.enroll(program)
     seeded = client.top_up(program, alice, 100, bonus_minor=0)
@@ -366,18 +382,22 @@ def test_an_atomic_batch_with_a_refused_spend_applies_nothing(client: Client) ->
     ]
     assert response.results[0].error.code == grpc.StatusCode.ABORTED.value[0]
     assert response.results[3].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    account = client.account(program, alice, min_position=seeded.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    head = log_head(server)
+    account = client.account(program, alice, min_position=head)
     assert (
         account.stored_value_cash_minor,
         account.stored_value_bonus_minor,
         account.version,
     ) == (100, 0, seeded.account.version)
-    assert client.account(program, bob, min_position=seeded.position) == bob_before
-    history = client.transactions(program, alice, min_position=seeded.position)
+    assert client.account(program, bob, min_position=head) == bob_before
+    history = client.transactions(program, alice, min_position=head)
     assert len(history.transactions) == 2  # enroll, the seeded top-up
 
 
-def test_an_atomic_batch_with_an_invalid_top_up_applies_nothing(client: Client) -> None:
+def test_an_atomic_batch_with_an_invalid_top_up_applies_nothing(
+    client: Client, server: ServerThread
+) -> None:
     program, alice = client.member()
     seeded = client.top_up(program, alice, 100, bonus_minor=0)
 
@@ -386,11 +406,14 @@ def test_an_atomic_batch_with_an_invalid_top_up_applies_nothing(client: Client) 
     assert reason(response.results[0]) == "ATOMIC_BATCH_ABORTED"
     assert response.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "commands[1].top_up.cash_minor" in response.results[1].error.message
-    account = client.account(program, alice, min_position=seeded.position)
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    account = client.account(program, alice, min_position=log_head(server))
     assert (account.stored_value_cash_minor, account.version) == (100, seeded.account.version)
 
 
-def test_an_atomic_batch_of_stored_value_applies_all_in_order(client: Client) -> None:
+def test_an_atomic_batch_of_stored_value_applies_all_in_order(
+    client: Client, server: ServerThread
+) -> None:
     program, alice = client.member(
         stored_value_split=pb.STORED_VALUE_SPLIT_CASH_FIRST,
         cash_out_policy=pb.CASH_OUT_POLICY_DEDUCT_SPENT_BONUS,
@@ -428,4 +451,5 @@ def test_an_atomic_batch_of_stored_value_applies_all_in_order(client: Client) ->
     # Retried: answered from its records, nothing written twice.
     again = run(client, program, commands, atomic=True)
     assert list(again.results) == list(results)
-    assert client.account(program, alice, min_position=again.position).version == 4
+    # The whole log, not an earlier answer's position: had the batch written, it would be in it.
+    assert client.account(program, alice, min_position=log_head(server)).version == 4

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from ledger.v1 import ledger_pb2 as pb
-from tests.support import Client, refusal, ts
+from tests.support import Client, ServerThread, log_head, refusal, ts
 
 
 def test_earn_then_redeem_takes_earliest_expiring_lot_first(client: Client) -> None:
@@ -29,7 +29,9 @@ def test_earn_then_redeem_takes_earliest_expiring_lot_first(client: Client) -> N
     assert [(lot.lot_id, lot.remaining) for lot in lots] == [(late.lot_id, 30), (never.lot_id, 10)]
 
 
-def test_redeem_beyond_available_is_refused_and_writes_nothing(client: Client) -> None:
+def test_redeem_beyond_available_is_refused_and_writes_nothing(
+    client: Client, server: ServerThread
+) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 30)
 
@@ -39,7 +41,8 @@ def test_redeem_beyond_available_is_refused_and_writes_nothing(client: Client) -
     problem = refusal(failure.value)
     assert problem.code == grpc.StatusCode.FAILED_PRECONDITION
     assert problem.reason == "INSUFFICIENT_POINTS"
-    account = client.account(program, member, min_position=earned.position)
+    # The whole log, not the earn's position: had the refusal written, it would be in it.
+    account = client.account(program, member, min_position=log_head(server))
     assert account.points_available == 30
     assert account.version == earned.account.version
 

@@ -17,6 +17,8 @@ from ledger.v1 import ledger_pb2 as pb
 from tests.support import (
     Client,
     Refusal,
+    ServerThread,
+    log_head,
     refused,
     ts,
     wait_past,
@@ -98,7 +100,9 @@ def test_reverse_an_earn_in_part_takes_from_its_own_lot_first_then_other_lots(
     assert remaining(lots) == {earned.lot_id: 0, sooner.lot_id: 0, never.lot_id: 20}
 
 
-def test_reversing_more_than_remains_is_refused_and_writes_nothing(client: Client) -> None:
+def test_reversing_more_than_remains_is_refused_and_writes_nothing(
+    client: Client, server: ServerThread
+) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 100)
 
@@ -109,7 +113,8 @@ def test_reversing_more_than_remains_is_refused_and_writes_nothing(client: Clien
     problem = refused(lambda: client.reverse(program, member, earned.transaction_id, 41))
 
     assert_refused(problem, grpc.StatusCode.FAILED_PRECONDITION, "REVERSAL_EXCEEDS_ORIGINAL")
-    account = client.account(program, member, min_position=part.position)
+    # The whole log, not the reversal's position: had the refusal written, it would be in it.
+    account = client.account(program, member, min_position=log_head(server))
     assert account.points_available == 40
     assert account.version == part.account.version
     rest = client.reverse(program, member, earned.transaction_id, 40)
@@ -457,7 +462,7 @@ def test_a_refund_replay_answers_the_same_and_another_amount_reuses_the_key(
     assert account.points_available == 2
 
 
-def test_bad_refunds_are_refused_and_write_nothing(client: Client) -> None:
+def test_bad_refunds_are_refused_and_write_nothing(client: Client, server: ServerThread) -> None:
     program, member = client.member()
     earned = client.earn(program, member, 100, purchase_minor=1000)
     redeemed = client.redeem(program, member, 10)
@@ -491,7 +496,8 @@ def test_bad_refunds_are_refused_and_write_nothing(client: Client) -> None:
     assert_refused(too_much, grpc.StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_PURCHASE")
     assert "only 100 minor units" in too_much.message
 
-    after = client.transactions(program, member, min_position=head)
+    # The whole log: had a refusal written, it would be in it (`head` alone would not wait).
+    after = client.transactions(program, member, min_position=log_head(server))
     assert [t.transaction_id for t in after.transactions] == [
         t.transaction_id for t in before.transactions
     ]
