@@ -1,14 +1,21 @@
 """The hand-written baseline: the yardstick Tally is measured against.
 
-The same ledger.v1 contract, only CreateProgram, EnrollMember, Earn, Redeem and ExecuteBatch
-(of Earns, not atomic), written the way one would write them by hand on PostgreSQL with no
-event-sourcing library: one command (one batch) = one transaction on a psycopg_pool
-connection.
+The same ledger.v1 contract, only CreateProgram, EnrollMember, Earn, Redeem, TopUp, Spend and
+ExecuteBatch (of Earns, not atomic), written the way one would write them by hand on
+PostgreSQL with no event-sourcing library: one command (one batch) = one transaction on a
+psycopg_pool connection.
 
     Earn:   UPDATE the account's balance row (takes its row lock)
             INSERT the transaction row (ON CONFLICT (program_id, request_id) DO NOTHING)
             COMMIT
     Redeem: SELECT the balance row ... FOR UPDATE, check the balance
+            INSERT the transaction row (idempotency as above)
+            UPDATE the balance row
+            COMMIT
+    TopUp:  UPDATE the account's stored-value balances (cash, bonus) on its row (row lock)
+            INSERT the transaction row (idempotency as above)
+            COMMIT
+    Spend:  SELECT the balance row ... FOR UPDATE, check the stored value
             INSERT the transaction row (idempotency as above)
             UPDATE the balance row
             COMMIT
@@ -29,8 +36,11 @@ A request_id seen before (the unique (program_id, request_id) constraint) rolls 
 transaction back and answers with the recorded outcome; the same request_id for a different
 request is refused (ALREADY_EXISTS), as Tally does. Transaction rows are the event history
 (kind, delta, balance after); there is no read-model machinery beyond the balance row, no
-lots, tiers or expiry. Honest, not a strawman: prepared statements (psycopg's default), a
-warm pool, async I/O on the server's event loop, fsync'd commits (the server's defaults).
+lots, tiers or expiry. Stored value is two balances on the account row: a TopUp adds its cash
+and the bonus it names (no schedule: unset is 0), a Spend splits its amount proportionally
+(the cash part rounded down, as Tally's PROPORTIONAL split). Honest, not a strawman: prepared
+statements (psycopg's default), a warm pool, async I/O on the server's event loop, fsync'd
+commits (the server's defaults).
 
     python -m benchmarks.baseline_server --listen 127.0.0.1:50060 \
         --database postgresql://postgres@127.0.0.1:5432/baseline
@@ -56,6 +66,7 @@ from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
 NAMESPACE = uuid.UUID("7d8f3c1e-2b6a-4f0e-9a51-0c3e8d2f4b10")
+MAX_AMOUNT = 10**15
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bl_programs (
@@ -69,6 +80,8 @@ CREATE TABLE IF NOT EXISTS bl_accounts (
     program_id text NOT NULL REFERENCES bl_programs,
     member_id text NOT NULL,
     points_available bigint NOT NULL DEFAULT 0,
+    stored_value_cash_minor bigint NOT NULL DEFAULT 0,
+    stored_value_bonus_minor bigint NOT NULL DEFAULT 0,
     version bigint NOT NULL DEFAULT 1,
     enrolled_at timestamptz NOT NULL,
     PRIMARY KEY (program_id, member_id)
@@ -82,9 +95,14 @@ CREATE TABLE IF NOT EXISTS bl_transactions (
     kind text NOT NULL,
     points_delta bigint NOT NULL,
     balance_after bigint NOT NULL,
+    cash_delta bigint NOT NULL DEFAULT 0,
+    bonus_delta bigint NOT NULL DEFAULT 0,
+    cash_after bigint NOT NULL DEFAULT 0,
+    bonus_after bigint NOT NULL DEFAULT 0,
     version bigint NOT NULL,
     store_id text NOT NULL,
     order_ref text NOT NULL,
+    payment_ref text NOT NULL DEFAULT '',
     reason text NOT NULL,
     occurred_at timestamptz NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT now(),
@@ -98,6 +116,22 @@ INSERT INTO bl_transactions (program_id, request_id, transaction_id, member_id, 
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (program_id, request_id) DO NOTHING
 RETURNING position
+"""
+
+INSERT_STORED_VALUE = """
+INSERT INTO bl_transactions (program_id, request_id, transaction_id, member_id, kind,
+    points_delta, balance_after, cash_delta, bonus_delta, cash_after, bonus_after, version,
+    store_id, order_ref, payment_ref, reason, occurred_at)
+VALUES (%s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s, %s, %s, %s, '', %s)
+ON CONFLICT (program_id, request_id) DO NOTHING
+RETURNING position
+"""
+
+FIND_STORED_VALUE = """
+SELECT t.kind, t.member_id, t.cash_delta, t.bonus_delta, t.position, t.transaction_id,
+       t.balance_after, t.cash_after, t.bonus_after, t.version, a.enrolled_at
+FROM bl_transactions t JOIN bl_accounts a USING (program_id, member_id)
+WHERE t.program_id = %s AND t.request_id = %s
 """
 
 FIND_TRANSACTION = """
@@ -222,15 +256,61 @@ def _transaction_id(program_id: str, request_id: str) -> str:
 
 
 def _account(
-    program_id: str, member_id: str, balance: int, version: int, enrolled_at: datetime
+    program_id: str,
+    member_id: str,
+    balance: int,
+    version: int,
+    enrolled_at: datetime,
+    cash: int = 0,
+    bonus: int = 0,
 ) -> pb.Account:
     return pb.Account(
         program_id=program_id,
         member_id=member_id,
         points_available=balance,
+        stored_value_cash_minor=cash,
+        stored_value_bonus_minor=bonus,
         enrolled_at=_ts(enrolled_at),
         version=version,
     )
+
+
+def _check_amount(field: str, value: int, *, zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero) or value > MAX_AMOUNT:
+        low = "at least 0" if zero else "greater than 0"
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{field} must be {low} and at most {MAX_AMOUNT}"
+        )
+
+
+class StoredValueReplay:
+    """The recorded outcome (a FIND_STORED_VALUE row) of a TopUp's or Spend's request_id."""
+
+    def __init__(self, row: Sequence[Any], request: Any) -> None:
+        (
+            self.kind,
+            self.member_id,
+            self.cash,
+            self.bonus,
+            self.position,
+            transaction_id,
+            points,
+            cash_after,
+            bonus_after,
+            version,
+            enrolled,
+        ) = row
+        self.transaction_id = str(transaction_id)
+        self.account = _account(
+            request.program_id, self.member_id, points, version, enrolled, cash_after, bonus_after
+        )
+
+    def check(self, request: Any, kind: str, same: bool) -> None:
+        if self.kind != kind or self.member_id != request.member_id or not same:
+            raise Refused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"request_id {request.request_id!r} was used for a different request",
+            )
 
 
 def _replayed(
@@ -480,6 +560,151 @@ class BaselineServicer(pb_grpc.LedgerServiceServicer):
             account=_account(request.program_id, request.member_id, balance, version, enrolled_at),
         )
 
+    # ------------------------------------------------------------------ stored value
+
+    async def TopUp(self, request: Any, context: Any) -> pb.TopUpResponse:
+        try:
+            _check(request, points=False)
+            _check_amount("cash_minor", request.cash_minor)
+            if request.HasField("bonus_minor"):
+                _check_amount("bonus_minor", request.bonus_minor, zero=True)
+            cash, bonus = request.cash_minor, request.bonus_minor  # unset: 0
+            transaction_id = _transaction_id(request.program_id, request.request_id)
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "UPDATE bl_accounts SET "
+                        "stored_value_cash_minor = stored_value_cash_minor + %s, "
+                        "stored_value_bonus_minor = stored_value_bonus_minor + %s, "
+                        "version = version + 1 WHERE program_id = %s AND member_id = %s "
+                        "RETURNING points_available, stored_value_cash_minor, "
+                        "stored_value_bonus_minor, version, enrolled_at",
+                        (cash, bonus, request.program_id, request.member_id),
+                    )
+                    row = await cur.fetchone()
+                    if row is None:
+                        raise Duplicate  # or not enrolled: _replay_stored_value tells which
+                    points, cash_after, bonus_after, version, enrolled_at = row
+                    position = await self._record_stored_value(
+                        conn,
+                        request,
+                        transaction_id,
+                        "top_up",
+                        (cash, bonus),
+                        (points, cash_after, bonus_after, version),
+                    )
+            except errors.NumericValueOutOfRange:
+                raise Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION, "the stored value would pass int64"
+                ) from None
+            except Duplicate:
+                replay = await self._replay_stored_value(request)
+                if replay is None:
+                    raise Refused(
+                        grpc.StatusCode.NOT_FOUND, f"member {request.member_id} is not enrolled"
+                    ) from None
+                replay.check(request, "top_up", (replay.cash, replay.bonus) == (cash, bonus))
+                return pb.TopUpResponse(
+                    transaction_id=replay.transaction_id,
+                    position=replay.position,
+                    account=replay.account,
+                    bonus_minor=replay.bonus,
+                    cash_minor=replay.cash,
+                )
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        return pb.TopUpResponse(
+            transaction_id=transaction_id,
+            position=position,
+            account=_account(
+                request.program_id,
+                request.member_id,
+                points,
+                version,
+                enrolled_at,
+                cash_after,
+                bonus_after,
+            ),
+            bonus_minor=bonus,
+            cash_minor=cash,
+        )
+
+    async def Spend(self, request: Any, context: Any) -> pb.SpendResponse:
+        try:
+            _check(request, points=False)
+            _check_amount("amount_minor", request.amount_minor)
+            amount = request.amount_minor
+            transaction_id = _transaction_id(request.program_id, request.request_id)
+            account: tuple[Any, ...] | None = None
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT points_available, stored_value_cash_minor, "
+                        "stored_value_bonus_minor, version, enrolled_at FROM bl_accounts "
+                        "WHERE program_id = %s AND member_id = %s FOR UPDATE",
+                        (request.program_id, request.member_id),
+                    )
+                    account = await cur.fetchone()
+                    if account is None or account[1] + account[2] < amount:
+                        raise Duplicate  # or refused: _replay_stored_value tells which
+                    points, cash_before, bonus_before, version, enrolled_at = account
+                    cash = amount * cash_before // (cash_before + bonus_before)
+                    bonus = amount - cash
+                    cash_after, bonus_after = cash_before - cash, bonus_before - bonus
+                    version += 1
+                    position = await self._record_stored_value(
+                        conn,
+                        request,
+                        transaction_id,
+                        "spend",
+                        (-cash, -bonus),
+                        (points, cash_after, bonus_after, version),
+                    )
+                    await conn.execute(
+                        "UPDATE bl_accounts SET stored_value_cash_minor = %s, "
+                        "stored_value_bonus_minor = %s, version = %s "
+                        "WHERE program_id = %s AND member_id = %s",
+                        (cash_after, bonus_after, version, request.program_id, request.member_id),
+                    )
+            except Duplicate:
+                replay = await self._replay_stored_value(request)
+                if replay is None:
+                    if account is None:
+                        raise Refused(
+                            grpc.StatusCode.NOT_FOUND, f"member {request.member_id} is not enrolled"
+                        ) from None
+                    raise Refused(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"insufficient stored value: {account[1] + account[2]} available",
+                    ) from None
+                replay.check(request, "spend", replay.cash + replay.bonus == -amount)
+                return pb.SpendResponse(
+                    transaction_id=replay.transaction_id,
+                    position=replay.position,
+                    account=replay.account,
+                    cash_minor=-replay.cash,
+                    bonus_minor=-replay.bonus,
+                )
+        except Refused as e:
+            await self._refuse(context, e)
+            raise AssertionError("unreachable") from e
+        return pb.SpendResponse(
+            transaction_id=transaction_id,
+            position=position,
+            account=_account(
+                request.program_id,
+                request.member_id,
+                points,
+                version,
+                enrolled_at,
+                cash_after,
+                bonus_after,
+            ),
+            cash_minor=cash,
+            bonus_minor=bonus,
+        )
+
     # ------------------------------------------------------------------ batches
 
     async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
@@ -601,6 +826,49 @@ class BaselineServicer(pb_grpc.LedgerServiceServicer):
             raise Duplicate
         position: int = row[0]
         return position
+
+    async def _record_stored_value(
+        self,
+        conn: AsyncConnection[Any],
+        request: Any,
+        transaction_id: str,
+        kind: str,
+        deltas: tuple[int, int],
+        after: tuple[int, int, int, int],
+    ) -> int:
+        """INSERT a TopUp's or Spend's row: deltas (cash, bonus), after (points, cash, bonus,
+        version). Duplicate if its request_id is recorded already."""
+        points, cash_after, bonus_after, version = after
+        cur = await conn.execute(
+            INSERT_STORED_VALUE,
+            (
+                request.program_id,
+                request.request_id,
+                transaction_id,
+                request.member_id,
+                kind,
+                points,
+                *deltas,
+                cash_after,
+                bonus_after,
+                version,
+                request.store_id,
+                getattr(request, "order_ref", ""),
+                getattr(request, "payment_ref", ""),
+                _occurred(request),
+            ),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise Duplicate
+        position: int = row[0]
+        return position
+
+    async def _replay_stored_value(self, request: Any) -> StoredValueReplay | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(FIND_STORED_VALUE, (request.program_id, request.request_id))
+            row = await cur.fetchone()
+        return None if row is None else StoredValueReplay(row, request)
 
     async def _replay(
         self, request: Any, kind: str, delta: int

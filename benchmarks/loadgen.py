@@ -7,8 +7,13 @@ member per caller is the default and a single member is the "hot account" case.
 
 The result holds throughput (successful calls per second of wall time), latency percentiles
 of every call (errors included: a refusal costs time too) and the error count by status code.
+While it runs, `Acknowledged` holds the highest event-log position a reply has reported so
+far and the monotonic time of that reply: what a read-your-writes probe beside the load waits
+for (benchmarks/run.py).
 
-New kinds of calls (queries, holds, ...) slot in as new `Operation`s.
+Operations: Earn, Redeem (seeded with one large Earn per member), TopUp, Spend (seeded with
+one large TopUp per member) and Batch (ExecuteBatch of Earns). New kinds of calls (queries,
+holds, ...) slot in as new `Operation`s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
 CALL_TIMEOUT = 30.0
 SEED_POINTS = 10**12
+SEED_CASH_MINOR = 10**12  # a Spend case's stored value per member: 10^10 spends of 100
+STORE_ID = "bench-store"
 
 Stub = Any  # ledger.v1 LedgerServiceAsyncStub (generated stubs are not typed for aio here)
 
@@ -66,7 +73,7 @@ class Earn:
                 member_id=member_id,
                 points=self.points,
                 purchase_minor=self.points * 10,
-                store_id="bench-store",
+                store_id=STORE_ID,
                 order_ref=request_id,
                 request_id=request_id,
             ),
@@ -100,7 +107,69 @@ class Redeem:
                 program_id=program_id,
                 member_id=member_id,
                 points=self.points,
-                store_id="bench-store",
+                store_id=STORE_ID,
+                order_ref=request_id,
+                request_id=request_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return response.position
+
+
+@dataclass(frozen=True)
+class TopUp:
+    """Tops up stored value as a till sells it: cash paid, the bonus left to the programme's
+    schedule (unset), the store of issue and the payment processor's reference."""
+
+    cash_minor: int = 10_000
+    name: str = "topup"
+    commands_per_call: int = 1
+
+    async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
+        return 0
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        response: pb.TopUpResponse = await stub.TopUp(
+            pb.TopUpRequest(
+                program_id=program_id,
+                member_id=member_id,
+                cash_minor=self.cash_minor,
+                store_id=STORE_ID,
+                payment_ref=f"pay-{request_id}",
+                request_id=request_id,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        return response.position
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Pays a small amount from stored value; `prepare` tops every member up with one large
+    TopUp first (as Redeem's seed Earn)."""
+
+    amount_minor: int = 100
+    seed_cash_minor: int = SEED_CASH_MINOR
+    name: str = "spend"
+    commands_per_call: int = 1
+
+    async def prepare(self, stub: Stub, program_id: str, member_ids: list[str], tag: str) -> int:
+        positions = await gather_limited(
+            [
+                TopUp(self.seed_cash_minor).call(stub, program_id, m, f"{tag}-seed-{m}")
+                for m in member_ids
+            ],
+            limit=16,
+        )
+        return max(positions, default=0)
+
+    async def call(self, stub: Stub, program_id: str, member_id: str, request_id: str) -> int:
+        response: pb.SpendResponse = await stub.Spend(
+            pb.SpendRequest(
+                program_id=program_id,
+                member_id=member_id,
+                amount_minor=self.amount_minor,
+                store_id=STORE_ID,
                 order_ref=request_id,
                 request_id=request_id,
             ),
@@ -143,7 +212,7 @@ class Batch:
                             member_id=self.members[(start + k) % count],
                             points=self.points,
                             purchase_minor=self.points * 10,
-                            store_id="bench-store",
+                            store_id=STORE_ID,
                             order_ref=f"{request_id}.{k}",
                             request_id=f"{request_id}.{k}",
                         )
@@ -180,6 +249,22 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+@dataclass
+class Acknowledged:
+    """The highest event-log position any reply of the load has reported so far, and the
+    time.monotonic() at which that reply arrived (0, 0.0 before the first); `advanced` is
+    set whenever they change (a probe clears it to wait for the next one)."""
+
+    position: int = 0
+    at: float = 0.0
+    advanced: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def record(self, position: int, at: float) -> None:
+        if position > self.position:
+            self.position, self.at = position, at
+            self.advanced.set()
 
 
 @dataclass
@@ -225,10 +310,12 @@ async def run_load(
     count: int | None = None,
     tag: str = "load",
     channels: int = 1,
+    acknowledged: Acknowledged | None = None,
 ) -> LoadResult:
     """Drive `target` with `callers` concurrent callers for `duration` seconds or `count`
     calls per caller (exactly one of the two), spread over `channels` connections (a server
-    of several processes on one port gets connections, not calls, spread over them)."""
+    of several processes on one port gets connections, not calls, spread over them).
+    `acknowledged`, if given, is kept at the highest position replied so far while it runs."""
     if (duration is None) == (count is None):
         raise ValueError("give exactly one of duration and count")
     if not member_ids:
@@ -271,6 +358,8 @@ async def run_load(
                     samples.setdefault("ITEM_ERROR", str(e))
                 else:
                     max_position = max(max_position, position)
+                    if acknowledged is not None:
+                        acknowledged.record(position, time.monotonic())
                     finished_at.append(time.perf_counter() - start)
                 finally:
                     latencies.append((time.perf_counter() - began) * 1000.0)

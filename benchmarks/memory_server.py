@@ -1,12 +1,17 @@
-"""The in-memory server: the same contract (CreateProgram, EnrollMember, Earn, Redeem, and
-ExecuteBatch of Earns, not atomic) over dicts, with no persistence. What is left is the cost
-of gRPC and protobuf in Python (and of the load generator beside it): the upper bound for
-any server of this contract in this stack.
+"""The in-memory server: the same contract (CreateProgram, EnrollMember, Earn, Redeem, TopUp,
+Spend, and ExecuteBatch of Earns, not atomic) over dicts, with no persistence. What is left
+is the cost of gRPC and protobuf in Python (and of the load generator beside it): the upper
+bound for any server of this contract in this stack.
 
 Everything runs on the event loop, so no locks are needed. Idempotent by request_id like
 the others: a repeated request gets the recorded response. A batch applies its items one
 after the other exactly as Earn does (an item without program_id takes the batch's), each
 refusal becoming that item's error instead of failing the call.
+
+Stored value is two balances per account, cash and bonus, with no lots: TopUp adds its cash
+and a bonus (the request's, or the programme's top_up_bonus schedule: the highest step met),
+Spend takes its amount split proportionally (the cash part rounded down, as Tally's
+PROPORTIONAL split), refusing more than the card holds.
 
     python -m benchmarks.memory_server --listen 127.0.0.1:50061
 """
@@ -46,11 +51,17 @@ class Refused(Exception):
         return status_pb2.Status(code=self.code.value[0], message=self.message)
 
 
+INT64_MAX = 2**63 - 1
+MAX_AMOUNT = 10**15
+
+
 @dataclass
 class Balance:
     points: int
     version: int
     enrolled_at: Timestamp
+    cash: int = 0
+    bonus: int = 0
 
 
 def _now() -> Timestamp:
@@ -72,6 +83,8 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             program_id=program_id,
             member_id=member_id,
             points_available=b.points,
+            stored_value_cash_minor=b.cash,
+            stored_value_bonus_minor=b.bonus,
             enrolled_at=b.enrolled_at,
             version=b.version,
         )
@@ -94,6 +107,14 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             )
         if points and request.points <= 0:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "points must be > 0")
+
+    @staticmethod
+    def _check_amount(field: str, value: int, *, zero: bool = False) -> None:
+        if value < 0 or (value == 0 and not zero) or value > MAX_AMOUNT:
+            low = ">= 0" if zero else "> 0"
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{field} must be {low} and <= {MAX_AMOUNT}"
+            )
 
     def _record(self, request: Any, response: R) -> R:
         self.requests[(request.program_id, request.request_id)] = (request, response)
@@ -120,6 +141,12 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
 
     async def Redeem(self, request: Any, context: Any) -> pb.RedeemResponse:
         return await self._answer(self._redeem, request, context)
+
+    async def TopUp(self, request: Any, context: Any) -> pb.TopUpResponse:
+        return await self._answer(self._top_up, request, context)
+
+    async def Spend(self, request: Any, context: Any) -> pb.SpendResponse:
+        return await self._answer(self._spend, request, context)
 
     async def ExecuteBatch(self, request: Any, context: Any) -> pb.ExecuteBatchResponse:
         """Earns only, not atomic: each item as Earn would do it, its refusal its error."""
@@ -164,6 +191,8 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
             display_name=request.display_name,
             currency=request.currency,
             time_zone=request.time_zone or "UTC",
+            stored_value_split=request.stored_value_split,
+            top_up_bonus=request.top_up_bonus,
             created_at=now,
             updated_at=now,
             version=1,
@@ -243,6 +272,68 @@ class MemoryServicer(pb_grpc.LedgerServiceServicer):
                 transaction_id=self._transaction_id(request),
                 position=self.position,
                 account=self._account(request.program_id, request.member_id, balance),
+            ),
+        )
+
+    def _top_up(self, request: Any) -> pb.TopUpResponse:
+        self._check(request, points=False)
+        self._check_amount("cash_minor", request.cash_minor)
+        named = request.HasField("bonus_minor")
+        if named:
+            self._check_amount("bonus_minor", request.bonus_minor, zero=True)
+        replay = self._replayed(request)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        balance = self._balance(request)
+        cash = request.cash_minor
+        step: pb.TopUpBonusStep | None = None
+        if named:
+            bonus = request.bonus_minor
+        else:
+            program = self.programs[request.program_id]
+            met = [s for s in program.top_up_bonus if s.min_cash_minor <= cash]
+            step = max(met, key=lambda s: s.min_cash_minor, default=None)
+            bonus = 0 if step is None else step.bonus_minor + cash * step.bonus_ppm // 1_000_000
+        if balance.cash + cash > INT64_MAX or balance.bonus + bonus > INT64_MAX:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "the stored value would pass int64")
+        balance.cash += cash
+        balance.bonus += bonus
+        balance.version += 1
+        self.position += 1
+        response = pb.TopUpResponse(
+            transaction_id=self._transaction_id(request),
+            position=self.position,
+            account=self._account(request.program_id, request.member_id, balance),
+            bonus_minor=bonus,
+            cash_minor=cash,
+        )
+        if step is not None:
+            response.bonus_step_min_cash_minor = step.min_cash_minor
+        return self._record(request, response)
+
+    def _spend(self, request: Any) -> pb.SpendResponse:
+        self._check(request, points=False)
+        self._check_amount("amount_minor", request.amount_minor)
+        replay = self._replayed(request)
+        if replay is not None:
+            return replay  # type: ignore[return-value]
+        balance = self._balance(request)
+        amount = request.amount_minor
+        if amount > balance.cash + balance.bonus:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "insufficient stored value")
+        cash = amount * balance.cash // (balance.cash + balance.bonus)
+        balance.cash -= cash
+        balance.bonus -= amount - cash
+        balance.version += 1
+        self.position += 1
+        return self._record(
+            request,
+            pb.SpendResponse(
+                transaction_id=self._transaction_id(request),
+                position=self.position,
+                account=self._account(request.program_id, request.member_id, balance),
+                cash_minor=cash,
+                bonus_minor=amount - cash,
             ),
         )
 
