@@ -1,5 +1,7 @@
 """Render a saved benchmark report (the JSON `benchmarks.run` writes) again: as the text
-table, or as Markdown tables for docs/performance.md.
+tables, or as Markdown tables for docs/performance.md (the runs; the measured server over the
+in-memory server and the baseline, against issue 14's goals; the lag of the servers with
+projections).
 
     python -m benchmarks.report benchmarks/results/20250101T120000-ab12.json --markdown
 """
@@ -12,11 +14,83 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import render
+from benchmarks.run import lag_goal, render
+
+
+def _callers(report: dict[str, Any]) -> dict[str, int]:
+    return {c["name"]: c["callers"] for c in report.get("cases", [])}
 
 
 def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
+
+
+def _met(met: bool | None) -> str:
+    return "–" if met is None else "yes" if met else "**no**"
+
+
+def _ratios_table(ratio_rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| case | server | calls/s ÷ in-memory | ÷ baseline | p50 ÷ in-memory | ÷ baseline "
+        "| p99 ÷ in-memory | ÷ baseline | goal (issue 14) | met |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for e in ratio_rows:
+        goals = e.get("goals") or []
+        goal = "<br>".join(
+            g["goal"].replace(">=", "≥").replace("<=", "≤").replace("x ", "× ") for g in goals
+        )
+        met = "<br>".join(f"{_met(g['met'])} ({_ratio(g['ratio'])})" for g in goals)
+        lines.append(
+            f"| {e['case']} | {e.get('server', 'tally')} | "
+            f"{_ratio(e.get('throughput_tally_over_memory'))} | "
+            f"{_ratio(e.get('throughput_tally_over_baseline'))} | "
+            f"{_ratio(e.get('p50_tally_over_memory'))} | "
+            f"{_ratio(e.get('p50_tally_over_baseline'))} | "
+            f"{_ratio(e.get('p99_tally_over_memory'))} | "
+            f"{_ratio(e.get('p99_tally_over_baseline'))} | {goal or '–'} | {met or '–'} |"
+        )
+    return lines
+
+
+def _lag_table(report: dict[str, Any]) -> list[str]:
+    rows = [
+        r for r in report["summary"] if r.get("read_your_writes") or r.get("projection_lag_events")
+    ]
+    if not rows:
+        return []
+    names = sorted({n for r in rows for n in (r.get("projection_lag_events") or {})})
+    callers = _callers(report)
+    lines = [
+        "Read-your-writes lag (ms): while the load ran, every "
+        f"~{report.get('lag_probe_ms', 20):g} ms, at the load's next reply, a GetAccount on a "
+        "channel of its own with min_position = the highest position acknowledged so far; "
+        "reply time − acknowledgement time, medians over rounds (max: the max), `rpc` = the "
+        "probe's own round trip. "
+        "Projection lag: events behind the log head, sampled every "
+        f"~{report.get('lag_sample_ms', 50):g} ms.",
+        "",
+        "| case | server | probes | p50 | p90 | p99 | max | rpc p50 | p99 < 50 ms | "
+        + " | ".join(f"{n} p50/p99" for n in names)
+        + " |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(names),
+    ]
+    for r in rows:
+        rw = r.get("read_your_writes")
+        if rw:
+            cells = (
+                f"{rw['probes']} | {rw['p50_ms']:.1f} | {rw['p90_ms']:.1f} | "
+                f"{rw['p99_ms']:.1f} | {rw['max_ms']:.1f} | {rw['rpc_p50_ms']:.1f} | "
+                f"{_met(lag_goal(r['case'], callers.get(r['case']), rw))}"
+            )
+        else:
+            cells = " | ".join(["–"] * 7)
+        events = r.get("projection_lag_events") or {}
+        tracked = " | ".join(
+            f"{events[n]['p50']:.0f}/{events[n]['p99']:.0f}" if n in events else "–" for n in names
+        )
+        lines.append(f"| {r['case']} | {r['server']} | {cells} | {tracked} |")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -46,19 +120,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['foreign_cores']:.2f} |"
         )
     if report["ratios"]:
-        lines += [
-            "",
-            "| case | calls/s Tally/baseline | calls/s Tally/in-memory "
-            "| p99 Tally/baseline | p99 Tally/in-memory |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for e in report["ratios"]:
-            lines.append(
-                f"| {e['case']} | {_ratio(e.get('throughput_tally_over_baseline'))} | "
-                f"{_ratio(e.get('throughput_tally_over_memory'))} | "
-                f"{_ratio(e.get('p99_tally_over_baseline'))} | "
-                f"{_ratio(e.get('p99_tally_over_memory'))} |"
-            )
+        lines += ["", *_ratios_table(report["ratios"])]
+    lag = _lag_table(report)
+    if lag:
+        lines += ["", *lag]
     return "\n".join(lines)
 
 
@@ -75,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         print(markdown(report))
     else:
-        print(render(report["summary"], report["ratios"], report["rounds"]))
+        print(render(report["summary"], report["ratios"], report["rounds"], _callers(report)))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.run            # full: ~5 s per case per server, 3 rounds, medians
     python -m benchmarks.run --quick    # ~1 s per case, 1 round (CI)
-    python -m benchmarks.run --smoke    # 0.5 s, three small cases (the test suite)
+    python -m benchmarks.run --smoke    # 0.5 s, six small cases (the test suite)
     python -m benchmarks.run --json out.json --cases earn-16,earn-hot-64 --servers tally
 
 It creates scratch PostgreSQL databases, starts each server as a subprocess on a free
@@ -13,10 +13,17 @@ runs never inherit each other's accounts. After each run against Tally the harne
 until its projections have caught up (GetAccount min_position) so that catch-up work never
 bleeds into the next server's measurement; the wait is reported as `settle_s`.
 
-It prints a table (case, server, calls/s, p50, p99, errors, CPU per call) and the ratios
-Tally/baseline and Tally/in-memory, and writes everything (every run, medians, machine) as
-JSON to benchmarks/results/<timestamp>.json (gitignored) or --json PATH. Subprocesses and
-databases are cleaned up on failure, Ctrl-C and SIGTERM too.
+During every run against a server with projections (`settles`), a probe measures the
+projection lag as a distribution (`LagProbe`): the read-your-writes lag (GetAccount with
+min_position = the latest acknowledged position, reply - acknowledgement) and each
+projection's distance in events from the log head.
+
+It prints a table (case, server, calls/s, p50, p99, errors, CPU per call), the ratios of the
+measured server over the in-memory server and the baseline (calls/s, p50, p99) next to issue
+14's goal for the case and whether it is met (`goals_for`), and the lag; and writes everything
+(every run, medians, ratios and goals, machine) as JSON to benchmarks/results/<timestamp>.json
+(gitignored) or --json PATH. Subprocesses and databases are cleaned up on failure, Ctrl-C and
+SIGTERM too.
 
 New cases (queries, holds) slot in as `Case(name, operation, callers)` with a new
 `loadgen.Operation`; new servers as a `ServerSpec`.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +60,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.loadgen import (
     CALL_TIMEOUT,
+    Acknowledged,
     Batch,
     Earn,
     Operation,
     Redeem,
+    Spend,
+    TopUp,
     gather_limited,
+    percentile,
     run_load,
 )
 from ledger.v1 import ledger_pb2 as pb
@@ -68,6 +81,8 @@ PG_PORT = int(os.environ.get("TALLY_BENCH_PG_PORT", "5432"))
 PG_USER = os.environ.get("TALLY_BENCH_PG_USER", "postgres")
 STARTUP_TIMEOUT = 120.0
 SETTLE_TIMEOUT = 120.0
+PROBE_INTERVAL_MS = 20.0  # read-your-writes probe: GetAccount min_position, this often
+TRACKING_INTERVAL_MS = 50.0  # projection_tracking against the log head, this often
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -105,8 +120,13 @@ CASES: list[Case] = [
     Case("redeem-1", Redeem(), 1),
     Case("redeem-16", Redeem(), 16),
     Case("redeem-64", Redeem(), 64),
+    Case("topup-1", TopUp(), 1),
+    Case("topup-64", TopUp(), 64),
+    Case("spend-64", Spend(), 64),
     Case("earn-hot-64", Earn(), 64, hot=True),
     Case("redeem-hot-64", Redeem(), 64, hot=True),
+    Case("topup-hot-64", TopUp(), 64, hot=True),
+    Case("spend-hot-64", Spend(), 64, hot=True),
     Case("batch-100", Batch(100), 8, member_count=2_000),
     Case("batch-1000", Batch(1000), 4, member_count=4_000),
 ]
@@ -114,8 +134,62 @@ SMOKE_CASES: list[Case] = [
     Case("earn-1", Earn(), 1),
     Case("earn-16", Earn(), 16),
     Case("redeem-16", Redeem(), 16),
+    Case("topup-1", TopUp(), 1),
+    Case("spend-16", Spend(), 16),
     Case("batch-100", Batch(100), 2, member_count=200),
 ]
+
+
+# ---------------------------------------------------------------------- issue 14's goals
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A goal of issue 14 for a case: the subject's `metric` over the `against` server's,
+    at least `bound` (calls/s) or at most `bound` (latencies)."""
+
+    metric: str  # "throughput", "p50_ms" or "p99_ms"
+    against: str  # "memory" or "baseline"
+    bound: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "throughput"
+
+    def text(self) -> str:
+        label = {"throughput": "calls/s", "p50_ms": "p50", "p99_ms": "p99"}[self.metric]
+        op = ">=" if self.higher_is_better else "<="
+        return f"{label} {op} {self.bound:.2f}x {self.against}"
+
+    def met(self, ratio: float | None) -> bool | None:
+        if ratio is None:
+            return None
+        return ratio >= self.bound if self.higher_is_better else ratio <= self.bound
+
+
+SINGLE_COMMANDS = ("earn", "redeem", "topup", "spend")
+
+
+def goals_for(case: Case) -> list[Goal]:
+    """Issue 14: at 64 callers >= 0.60x in-memory calls/s (>= 0.50x on one hot account) and
+    p99 <= the baseline's; at 1 caller p50 <= the baseline's; ExecuteBatch >= 0.40x
+    in-memory. Other cases (16 callers) have none."""
+    operation = case.operation.name
+    if operation in SINGLE_COMMANDS and case.callers == 64:
+        return [
+            Goal("throughput", "memory", 0.50 if case.hot else 0.60),
+            Goal("p99_ms", "baseline", 1.0),
+        ]
+    if operation in SINGLE_COMMANDS and case.callers == 1:
+        return [Goal("p50_ms", "baseline", 1.0)]
+    if operation in ("batch-100", "batch-1000"):
+        return [Goal("throughput", "memory", 0.40)]
+    return []
+
+
+# Issue 14: live projection lag p99 < 50 ms at the 64-caller load (read-your-writes lag).
+LAG_GOAL_MS = 50.0
+LAG_GOAL_CALLERS = 64
 
 
 @dataclass(frozen=True)
@@ -141,6 +215,10 @@ SERVERS: list[ServerSpec] = [
 ]
 
 
+# --quick: every operation at least once, under ~2 minutes for the three servers.
+QUICK_CASES: list[Case] = CASES
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
@@ -151,7 +229,7 @@ class Mode:
 
 MODES = {
     "full": Mode("full", 5.0, 3, CASES),
-    "quick": Mode("quick", 1.0, 1, CASES),
+    "quick": Mode("quick", 1.0, 1, QUICK_CASES),
     "smoke": Mode("smoke", 0.5, 1, SMOKE_CASES),
 }
 
@@ -370,6 +448,184 @@ async def settle(session: Session, member_id: str, position: int) -> float:
     return time.perf_counter() - started
 
 
+def database_conninfo(dbname: str) -> str:
+    return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={dbname} connect_timeout=10"
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max (nearest rank) of some samples; zeros if there are none."""
+    ordered = sorted(values)
+    return {
+        "p50": percentile(ordered, 0.50),
+        "p90": percentile(ordered, 0.90),
+        "p99": percentile(ordered, 0.99),
+        "max": ordered[-1] if ordered else 0.0,
+    }
+
+
+# Every projection's position and the log head (ledger_events' highest notification_id,
+# the position replies report) in one statement, so both are read in the same snapshot.
+TRACKING_SQL = (
+    "SELECT t.name, t.position, (SELECT max(notification_id) FROM ledger_events) "
+    "FROM projection_tracking t ORDER BY t.name"
+)
+
+
+class LagProbe:
+    """Projection lag measured while a load runs against a server with projections.
+
+    Read-your-writes lag: every `probe_ms` a task on a channel of its own (so it does not
+    queue behind the load) waits for the load's next acknowledgement, takes the highest
+    position acknowledged so far and the monotonic time of that reply (`Acknowledged`),
+    calls GetAccount of a member of its own with min_position = that position, and records
+    reply time - acknowledgement time. Waiting for the next acknowledgement (rather than
+    taking the last one, up to a call's latency old at 1 caller) keeps the time between the
+    acknowledgement and the probe's call (`ack_age_p50_ms`) to the event loop's scheduling;
+    the lag includes the probe's own round trip (`rpc_p50_ms`). A probe that takes longer
+    than `probe_ms` is followed by the next at once.
+
+    Projection lag in events: every `tracking_ms`, from the harness with psycopg, each
+    projection's projection_tracking position against the log head."""
+
+    def __init__(
+        self,
+        target: str,
+        dbname: str | None,
+        program_id: str,
+        member_id: str,
+        acknowledged: Acknowledged,
+        probe_ms: float = PROBE_INTERVAL_MS,
+        tracking_ms: float = TRACKING_INTERVAL_MS,
+    ) -> None:
+        self.target = target
+        self.dbname = dbname
+        self.program_id = program_id
+        self.member_id = member_id
+        self.acknowledged = acknowledged
+        self.probe_ms = probe_ms
+        self.tracking_ms = tracking_ms
+        self.stop = asyncio.Event()
+        self.channel: grpc.aio.Channel | None = None
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.lags: list[float] = []
+        self.rpcs: list[float] = []
+        self.ages: list[float] = []
+        self.probe_errors: Counter[str] = Counter()
+        self.behind: dict[str, list[float]] = {}
+        self.tracking_samples = 0
+        self.tracking_error = ""
+
+    async def open(self) -> None:
+        """Connect both (before the clock starts), then start sampling."""
+        if self.probe_ms > 0:
+            self.channel = grpc.aio.insecure_channel(
+                self.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            await asyncio.wait_for(self.channel.channel_ready(), timeout=10)
+            self.tasks.append(asyncio.create_task(self._probe(self.channel)))
+        if self.tracking_ms > 0 and self.dbname is not None:
+            try:
+                self.conn = await psycopg.AsyncConnection.connect(
+                    database_conninfo(self.dbname), autocommit=True
+                )
+            except psycopg.Error as e:
+                self.tracking_error = str(e).strip()
+            else:
+                self.tasks.append(asyncio.create_task(self._track(self.conn)))
+
+    async def close(self) -> dict[str, Any]:
+        """Stop sampling (a probe in flight is waited for) and return the figures."""
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        if self.channel is not None:
+            await self.channel.close()
+        if self.conn is not None:
+            await self.conn.close()
+        lag = distribution(self.lags)
+        return {
+            "read_your_writes": {
+                "interval_ms": self.probe_ms,
+                "probes": len(self.lags),
+                "errors": dict(self.probe_errors),
+                "p50_ms": lag["p50"],
+                "p90_ms": lag["p90"],
+                "p99_ms": lag["p99"],
+                "max_ms": lag["max"],
+                "rpc_p50_ms": distribution(self.rpcs)["p50"],
+                "ack_age_p50_ms": distribution(self.ages)["p50"],
+            }
+            if self.probe_ms > 0
+            else None,
+            "projection_lag": {
+                "interval_ms": self.tracking_ms,
+                "samples": self.tracking_samples,
+                "error": self.tracking_error,
+                "events": {
+                    name: {k: v for k, v in distribution(values).items() if k != "p90"}
+                    for name, values in sorted(self.behind.items())
+                },
+            }
+            if self.tracking_ms > 0 and self.dbname is not None
+            else None,
+        }
+
+    async def _pause(self, started: float, interval_ms: float) -> None:
+        wait = interval_ms / 1000 - (time.monotonic() - started)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), wait)
+
+    async def _next_acknowledgement(self) -> bool:
+        """Wait for the load's next acknowledgement; False if stopped first."""
+        advanced = self.acknowledged.advanced
+        advanced.clear()
+        waits = [asyncio.ensure_future(advanced.wait()), asyncio.ensure_future(self.stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return advanced.is_set() and not self.stop.is_set()
+
+    async def _probe(self, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.LedgerServiceStub(channel)
+        while await self._next_acknowledgement():
+            position, acked_at = self.acknowledged.position, self.acknowledged.at
+            tick = time.monotonic()
+            try:
+                await stub.GetAccount(
+                    pb.GetAccountRequest(
+                        program_id=self.program_id,
+                        member_id=self.member_id,
+                        min_position=position,
+                    ),
+                    timeout=SETTLE_TIMEOUT,
+                )
+            except grpc.aio.AioRpcError as e:
+                self.probe_errors[e.code().name] += 1
+            else:
+                replied = time.monotonic()
+                self.lags.append((replied - acked_at) * 1000)
+                self.rpcs.append((replied - tick) * 1000)
+                self.ages.append((tick - acked_at) * 1000)
+            await self._pause(tick, self.probe_ms)
+
+    async def _track(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while not self.stop.is_set():
+            tick = time.monotonic()
+            try:
+                cur = await conn.execute(TRACKING_SQL)
+                rows = await cur.fetchall()
+            except psycopg.Error as e:
+                self.tracking_error = str(e).strip()
+                return
+            for name, position, head in rows:
+                self.behind.setdefault(name, []).append(float(max(0, (head or 0) - position)))
+            self.tracking_samples += 1
+            await self._pause(tick, self.tracking_ms)
+
+
 async def wait_for_quiet(limit: float, threshold: float = 0.25) -> float:
     """On a shared machine: wait (at most `limit` seconds) until the machine is quiet, i.e.
     fewer than `threshold` cores were busy over the last second (our servers are idle then).
@@ -391,33 +647,56 @@ async def one_run(
     tag: str,
     quiet_wait: float = 0.0,
     channels: int = 1,
+    probe_ms: float = PROBE_INTERVAL_MS,
+    tracking_ms: float = TRACKING_INTERVAL_MS,
 ) -> dict[str, Any]:
+    process = session.process
     prefix = f"{tag}-{case.name}-r{round_no}"
     members = [f"{case.name}.r{round_no}.m{i}" for i in range(case.members)]
+    # A server with projections gets the lag probe, on a member of its own.
+    probing = process.spec.settles and (probe_ms > 0 or tracking_ms > 0)
+    probe_member = f"{case.name}.r{round_no}.probe"
+    enrolled = [*members, probe_member] if probing else members
     positions = await gather_limited(
-        [enroll(session, m, f"{prefix}-enroll-{m}") for m in members], limit=16
+        [enroll(session, m, f"{prefix}-enroll-{m}") for m in enrolled], limit=16
     )
     seeded = await case.operation.prepare(session.stub, session.program_id, members, prefix)
     await settle(session, members[0], max([*positions, seeded]))
     waited = await wait_for_quiet(quiet_wait) if quiet_wait > 0 else 0.0
 
-    process = session.process
-    server_cpu, client_cpu = process.cpu_seconds(), time.process_time()
-    pg_before, busy = postgres_cpu_snapshot(process.dbname), machine_busy_seconds()
-    result = await run_load(
-        process.target,
-        case.operation,
-        session.program_id,
-        members,
-        case.callers,
-        duration=duration,
-        tag=prefix,
-        channels=channels,
-    )
-    busy = machine_busy_seconds() - busy
-    server_cpu = process.cpu_seconds() - server_cpu
-    pg_cpu = postgres_cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
-    client_cpu = time.process_time() - client_cpu
+    acknowledged = Acknowledged()
+    probe = None
+    if probing:
+        probe = LagProbe(
+            process.target,
+            process.dbname,
+            session.program_id,
+            probe_member,
+            acknowledged,
+            probe_ms,
+            tracking_ms,
+        )
+        await probe.open()
+    try:
+        server_cpu, client_cpu = process.cpu_seconds(), time.process_time()
+        pg_before, busy = postgres_cpu_snapshot(process.dbname), machine_busy_seconds()
+        result = await run_load(
+            process.target,
+            case.operation,
+            session.program_id,
+            members,
+            case.callers,
+            duration=duration,
+            tag=prefix,
+            channels=channels,
+            acknowledged=acknowledged,
+        )
+        busy = machine_busy_seconds() - busy
+        server_cpu = process.cpu_seconds() - server_cpu
+        pg_cpu = postgres_cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
+        client_cpu = time.process_time() - client_cpu
+    finally:
+        lag = await probe.close() if probe is not None else {}
 
     settle_error = ""
     try:
@@ -433,6 +712,8 @@ async def one_run(
         **result.summary(),
         "settle_s": round(settle_s, 3),
         "settle_error": settle_error,
+        "read_your_writes": lag.get("read_your_writes"),
+        "projection_lag": lag.get("projection_lag"),
         "waited_for_quiet_s": round(waited, 1),
         "cpu": {
             # CPU milliseconds per call, and cores busy on average during the run.
@@ -458,6 +739,17 @@ def _progress(run: dict[str, Any], rounds: int) -> None:
         note += f"  (projections caught up {run['settle_s']:.2f} s later)"
     if run["settle_error"]:
         note += f"  SETTLE FAILED: {run['settle_error']}"
+    rw = run.get("read_your_writes")
+    if rw:
+        note += (
+            f"  read-your-writes lag p50 {rw['p50_ms']:.1f} p99 {rw['p99_ms']:.1f} "
+            f"max {rw['max_ms']:.1f} ms ({rw['probes']} probes"
+            + (f", errors {rw['errors']}" if rw["errors"] else "")
+            + ")"
+        )
+    tracked = run.get("projection_lag")
+    if tracked and tracked["error"]:
+        note += f"  PROJECTION LAG SAMPLING FAILED: {tracked['error']}"
     print(
         f"[round {run['round'] + 1}/{rounds}] {run['case']:<14} {run['server']:<9}"
         f"{run['throughput']:9.1f} calls/s {run['commands_per_s']:8.0f} cmds/s  "
@@ -476,6 +768,8 @@ async def benchmark(
     tag: str,
     quiet_wait: float = 0.0,
     channels: int = 1,
+    probe_ms: float = PROBE_INTERVAL_MS,
+    tracking_ms: float = TRACKING_INTERVAL_MS,
 ) -> list[dict[str, Any]]:
     startup = await asyncio.gather(*(p.wait_serving() for p in processes))
     for p, seconds in zip(processes, startup, strict=True):
@@ -499,7 +793,15 @@ async def benchmark(
                             f"{session.process.log_tail()}"
                         )
                     run = await one_run(
-                        session, case, round_no, duration, tag, quiet_wait, channels
+                        session,
+                        case,
+                        round_no,
+                        duration,
+                        tag,
+                        quiet_wait,
+                        channels,
+                        probe_ms,
+                        tracking_ms,
                     )
                     _progress(run, rounds)
                     runs.append(run)
@@ -510,6 +812,43 @@ async def benchmark(
 
 
 # ---------------------------------------------------------------------- the report
+
+REFERENCES = ("memory", "baseline")  # the yardsticks; every other server is measured by them
+
+
+def _lag_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over rounds: the read-your-writes lag percentiles' medians (max: the max), and each
+    projection's lag in events likewise. None for a server the probe did not run on."""
+    out: dict[str, Any] = {
+        "read_your_writes": None,
+        "projection_lag_events": None,
+        "projection_lag_errors": [],
+    }
+    probed = [r["read_your_writes"] for r in runs if r.get("read_your_writes")]
+    if probed:
+        out["read_your_writes"] = {
+            "probes": sum(p["probes"] for p in probed),
+            "errors": sum(sum(p["errors"].values()) for p in probed),
+            **{
+                k: float(statistics.median(p[k] for p in probed))
+                for k in ("p50_ms", "p90_ms", "p99_ms", "rpc_p50_ms", "ack_age_p50_ms")
+            },
+            "max_ms": max(p["max_ms"] for p in probed),
+        }
+    tracked = [r["projection_lag"] for r in runs if r.get("projection_lag")]
+    if tracked:
+        names = sorted({n for t in tracked for n in t["events"]})
+        out["projection_lag_events"] = {
+            name: {
+                "p50": float(statistics.median(t["events"][name]["p50"] for t in tracked)),
+                "p99": float(statistics.median(t["events"][name]["p99"] for t in tracked)),
+                "max": max(t["events"][name]["max"] for t in tracked),
+            }
+            for name in names
+            if all(name in t["events"] for t in tracked)
+        }
+        out["projection_lag_errors"] = [t["error"] for t in tracked if t["error"]]
+    return out
 
 
 def summarise(
@@ -557,30 +896,57 @@ def summarise(
                     "postgres_cores": med_cpu("postgres_cores"),
                     "client_cores": med_cpu("client_cores"),
                     "foreign_cores": med_cpu("foreign_cores"),
+                    **_lag_medians(mine),
                 }
             )
     return rows
 
 
+def _over(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
 def ratios(rows: list[dict[str, Any]], cases: Sequence[Case]) -> list[dict[str, Any]]:
+    """Per case and measured server (every one but the references): its calls/s, p50 and p99
+    over the in-memory server's and the baseline's, and issue 14's goals for the case with
+    whether each is met (None: the reference it needs was not run). The keys say "tally"
+    for whichever server is measured (`server`)."""
     out = []
     by = {(r["case"], r["server"]): r for r in rows}
+    subjects = list(dict.fromkeys(r["server"] for r in rows if r["server"] not in REFERENCES))
     for case in cases:
-        tally = by.get((case.name, "tally"))
-        if tally is None:
-            continue
-        entry: dict[str, Any] = {"case": case.name}
-        for other in ("baseline", "memory"):
-            o = by.get((case.name, other))
-            if o is None:
+        for server in subjects:
+            subject = by.get((case.name, server))
+            if subject is None:
                 continue
-            entry[f"throughput_tally_over_{other}"] = (
-                tally["throughput"] / o["throughput"] if o["throughput"] else None
-            )
-            entry[f"p99_tally_over_{other}"] = (
-                tally["p99_ms"] / o["p99_ms"] if o["p99_ms"] else None
-            )
-        if len(entry) > 1:
+            entry: dict[str, Any] = {"case": case.name, "server": server}
+            for other in REFERENCES:
+                o = by.get((case.name, other))
+                if o is None:
+                    continue
+                for metric, key in (
+                    ("throughput", "throughput"),
+                    ("p50_ms", "p50"),
+                    ("p99_ms", "p99"),
+                ):
+                    entry[f"{key}_tally_over_{other}"] = _over(subject[metric], o[metric])
+            if len(entry) == 2:
+                continue
+            goals = []
+            for goal in goals_for(case):
+                key = {"throughput": "throughput", "p50_ms": "p50", "p99_ms": "p99"}[goal.metric]
+                value = entry.get(f"{key}_tally_over_{goal.against}")
+                goals.append(
+                    {
+                        "goal": goal.text(),
+                        "metric": goal.metric,
+                        "against": goal.against,
+                        "bound": goal.bound,
+                        "ratio": value,
+                        "met": goal.met(value),
+                    }
+                )
+            entry["goals"] = goals
             out.append(entry)
     return out
 
@@ -589,7 +955,26 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], rounds: int) -> str:
+def _fmt_met(met: bool | None) -> str:
+    return "-" if met is None else "yes" if met else "NO"
+
+
+def lag_goal(case: str, callers: int | None, lag: dict[str, Any]) -> bool | None:
+    """Issue 14's live projection lag goal (p99 < 50 ms) for a 64-caller case, else None."""
+    if callers != LAG_GOAL_CALLERS or case.startswith("batch-"):
+        return None
+    return bool(lag["p99_ms"] < LAG_GOAL_MS)
+
+
+def render(
+    rows: list[dict[str, Any]],
+    ratio_rows: list[dict[str, Any]],
+    rounds: int,
+    callers: dict[str, int] | None = None,
+) -> str:
+    """The text report: one row per case and server, the ratios against issue 14's goals,
+    and the lag of the servers with projections. `callers` (case -> callers) names the
+    64-caller cases the lag goal is for (without it, the lag table has no goal column)."""
     head = (
         f"{'case':<14} {'server':<9} {'calls/s':>9} {'cmds/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>6}  {'cpu ms/call: server':>19} {'postgres':>8} {'client':>6} "
@@ -608,22 +993,80 @@ def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], rounds:
             f"{r['foreign_cores']:11.2f}"
         )
     if ratio_rows:
-        lines += [
-            "",
-            f"{'case':<14} {'calls/s tally/baseline':>22} {'tally/memory':>13} "
-            f"{'p99 tally/baseline':>19} {'tally/memory':>13}",
-        ]
-        for e in ratio_rows:
-            lines.append(
-                f"{e['case']:<14} {_fmt_ratio(e.get('throughput_tally_over_baseline')):>22} "
-                f"{_fmt_ratio(e.get('throughput_tally_over_memory')):>13} "
-                f"{_fmt_ratio(e.get('p99_tally_over_baseline')):>19} "
-                f"{_fmt_ratio(e.get('p99_tally_over_memory')):>13}"
-            )
+        lines += ["", *render_ratios(ratio_rows)]
+    lag_lines = render_lag(rows, callers)
+    if lag_lines:
+        lines += ["", *lag_lines]
     errors = [r for r in rows if r["error_count"]]
     for r in errors:
         lines.append(f"ERRORS {r['case']} {r['server']}: {r['errors']}")
     return "\n".join(lines)
+
+
+def render_ratios(ratio_rows: list[dict[str, Any]]) -> list[str]:
+    head = (
+        f"{'case':<14} {'server':<9} {'calls/s /mem':>12} {'/base':>6} {'p50 /mem':>9} "
+        f"{'/base':>6} {'p99 /mem':>9} {'/base':>6}  {'goal (issue 14)':<26} {'ratio':>6} met"
+    )
+    lines = ["the measured server over the in-memory server (/mem) and the baseline (/base)", head]
+    lines.append("-" * len(head))
+    for e in ratio_rows:
+        cells = (
+            f"{e['case']:<14} {e.get('server', 'tally'):<9} "
+            f"{_fmt_ratio(e.get('throughput_tally_over_memory')):>12} "
+            f"{_fmt_ratio(e.get('throughput_tally_over_baseline')):>6} "
+            f"{_fmt_ratio(e.get('p50_tally_over_memory')):>9} "
+            f"{_fmt_ratio(e.get('p50_tally_over_baseline')):>6} "
+            f"{_fmt_ratio(e.get('p99_tally_over_memory')):>9} "
+            f"{_fmt_ratio(e.get('p99_tally_over_baseline')):>6}"
+        )
+        goals = e.get("goals") or [{"goal": "-", "ratio": None, "met": None}]
+        for i, g in enumerate(goals):
+            prefix = cells if i == 0 else " " * len(cells)
+            ratio = _fmt_ratio(g["ratio"]) if g["goal"] != "-" else ""
+            met = _fmt_met(g["met"]) if g["goal"] != "-" else ""
+            lines.append(f"{prefix}  {g['goal']:<26} {ratio:>6} {met}".rstrip())
+    return lines
+
+
+def _projection_names(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({n for r in rows for n in (r.get("projection_lag_events") or {})})
+
+
+def render_lag(rows: list[dict[str, Any]], callers: dict[str, int] | None) -> list[str]:
+    lagged = [r for r in rows if r.get("read_your_writes") or r.get("projection_lag_events")]
+    if not lagged:
+        return []
+    names = _projection_names(lagged)
+    head = (
+        f"{'case':<14} {'server':<9} {'probes':>6} {'p50':>7} {'p90':>7} {'p99':>7} "
+        f"{'max':>7} {'rpc p50':>7}  {'p99<50':>6}  "
+        + " ".join(f"{n + ' p50/p99':>17}" for n in names)
+    )
+    lines = [
+        "read-your-writes lag, ms (GetAccount min_position = the latest acknowledged position, "
+        "every ~20 ms; reply - acknowledgement) and projection lag, events behind the log head "
+        "(every ~50 ms)",
+        head,
+        "-" * len(head),
+    ]
+    for r in lagged:
+        rw = r.get("read_your_writes")
+        if rw:
+            goal = lag_goal(r["case"], (callers or {}).get(r["case"]), rw)
+            cells = (
+                f"{rw['probes']:6d} {rw['p50_ms']:7.1f} {rw['p90_ms']:7.1f} {rw['p99_ms']:7.1f} "
+                f"{rw['max_ms']:7.1f} {rw['rpc_p50_ms']:7.1f}  {_fmt_met(goal):>6}"
+            )
+        else:
+            cells = f"{'-':>6} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7}  {'-':>6}"
+        events = r.get("projection_lag_events") or {}
+        tracked = " ".join(
+            f"{events[n]['p50']:>8.0f}/{events[n]['p99']:<8.0f}" if n in events else f"{'-':>17}"
+            for n in names
+        )
+        lines.append(f"{r['case']:<14} {r['server']:<9} {cells}  {tracked}".rstrip())
+    return lines
 
 
 def machine() -> dict[str, Any]:
@@ -725,6 +1168,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="on a shared machine: before each run wait up to SECONDS until "
         "other processes leave the cores idle (default 0: don't wait)",
     )
+    parser.add_argument(
+        "--lag-probe-ms",
+        type=float,
+        default=PROBE_INTERVAL_MS,
+        metavar="MS",
+        help="servers with projections: the read-your-writes probe's interval during every "
+        f"run (default {PROBE_INTERVAL_MS:g}; 0: no probe)",
+    )
+    parser.add_argument(
+        "--lag-sample-ms",
+        type=float,
+        default=TRACKING_INTERVAL_MS,
+        metavar="MS",
+        help="servers with projections: how often projection_tracking is compared with the "
+        f"log head during every run (default {TRACKING_INTERVAL_MS:g}; 0: not sampled)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     args = parser.parse_args(argv)
     if args.duration is not None and not 0.1 <= args.duration <= 600:
@@ -733,6 +1192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--quiet-wait must be between 0 and 600 seconds")
     if args.rounds is not None and not 1 <= args.rounds <= 20:
         parser.error("--rounds must be between 1 and 20")
+    for name in ("lag_probe_ms", "lag_sample_ms"):
+        if not 0 <= getattr(args, name) <= 10_000:
+            parser.error(f"--{name.replace('_', '-')} must be between 0 and 10000")
     return args
 
 
@@ -782,7 +1244,17 @@ def main(argv: list[str] | None = None) -> int:
                 databases.append(name)
             processes.append(ServerProcess(spec, url, log_dir))
         runs = asyncio.run(
-            benchmark(processes, cases, rounds, duration, tag, args.quiet_wait, args.channels)
+            benchmark(
+                processes,
+                cases,
+                rounds,
+                duration,
+                tag,
+                args.quiet_wait,
+                args.channels,
+                args.lag_probe_ms,
+                args.lag_sample_ms,
+            )
         )
         exits = {p.spec.name: p.returncode_if_dead() for p in processes}
         failed = False
@@ -810,7 +1282,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarise(runs, cases, [s.name for s in specs])
     ratio_rows = ratios(rows, cases)
-    print(render(rows, ratio_rows, rounds))
+    print(render(rows, ratio_rows, rounds, {c.name: c.callers for c in cases}))
     report = {
         "tag": tag,
         "mode": mode.name,
@@ -820,6 +1292,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "quiet_wait_s": args.quiet_wait,
         "channels": args.channels,
+        "lag_probe_ms": args.lag_probe_ms,
+        "lag_sample_ms": args.lag_sample_ms,
         "tally_processes": int(os.environ.get("TALLY_PROCESSES", "1")),
         "machine": info,
         "cases": [c.describe() for c in cases],
