@@ -1,6 +1,8 @@
 """The benchmark harness runs (so it never rots): `python -m benchmarks.run --smoke` against
-all three servers. No thresholds: only that it ran, measured every case on every server, and
-saw no errors."""
+all three servers. No thresholds: only that it ran, measured every case (TopUp and Spend among
+them) on every server, saw no errors, printed and saved the ratios against issue 14's goals
+and the projection lag of the server with projections, and that `benchmarks.report` renders
+the saved report again."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import SERVERS, SMOKE_CASES
+from benchmarks.run import SERVERS, SMOKE_CASES, goals_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +42,59 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         assert row["throughput"] > 0, row
     for run in report["runs"]:
         assert run["settle_error"] == "", run
-    assert {r["case"] for r in report["ratios"]} == cases
+    assert {"topup", "spend"} <= {c.operation.name for c in SMOKE_CASES}
     assert all(code in (0, None) for code in report["server_exits_during_run"].values())
     assert "calls/s" in done.stdout
+
+    # The ratios of every case, with the goals issue 14 sets for it evaluated.
+    subjects = {s.name for s in SERVERS if s.name not in ("memory", "baseline")}
+    assert {(r["case"], r["server"]) for r in report["ratios"]} == {
+        (c, s) for c in cases for s in subjects
+    }
+    for entry in report["ratios"]:
+        for metric in ("throughput", "p50", "p99"):
+            for other in ("memory", "baseline"):
+                assert entry[f"{metric}_tally_over_{other}"] > 0, entry
+        case = next(c for c in SMOKE_CASES if c.name == entry["case"])
+        assert [g["goal"] for g in entry["goals"]] == [g.text() for g in goals_for(case)]
+        assert all(isinstance(g["met"], bool) for g in entry["goals"]), entry
+    assert any(entry["goals"] for entry in report["ratios"])
+    assert "goal (issue 14)" in done.stdout
+
+    # Projection lag, on the servers with projections only.
+    probed = {s.name for s in SERVERS if s.settles}
+    for run in report["runs"]:
+        rw, tracked = run["read_your_writes"], run["projection_lag"]
+        if run["server"] not in probed:
+            assert rw is None, run
+            assert tracked is None, run
+            continue
+        assert rw["probes"] > 0, (run["case"], rw)
+        assert rw["errors"] == {}, (run["case"], rw)
+        assert 0 < rw["p50_ms"] <= rw["p90_ms"] <= rw["p99_ms"] <= rw["max_ms"], rw
+        assert tracked["error"] == "", tracked
+        assert tracked["samples"] > 0, tracked
+        assert "points" in tracked["events"], tracked
+        for lag in tracked["events"].values():
+            assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"], tracked
+    for row in report["summary"]:
+        assert (row["read_your_writes"] is not None) == (row["server"] in probed), row
+    assert "read-your-writes lag" in done.stdout
+    assert "points p50/p99" in done.stdout
+
+    # The saved report renders again, as text and as Markdown.
+    for extra in ([], ["--markdown"]):
+        again = subprocess.run(
+            [sys.executable, "-m", "benchmarks.report", str(out), *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        assert "read-your-writes lag" in again.stdout.lower(), again.stdout
+        assert "goal (issue 14)" in again.stdout, again.stdout
 
 
 @pytest.mark.timeout(240)
