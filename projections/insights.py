@@ -8,9 +8,15 @@ ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
 - `rm_insight_members`: per member, the enrolment and the lifetime facts once everything
   recorded so far has occurred (behaviour_at at the member's newest purchase or refund),
   recomputed for each member a batch touches.
-- `rm_insight_cuts`: the programme's quintile cuts (programme_cuts) over those facts,
-  refreshed at the end of each batch for the programmes whose purchases it changed: the
-  cuts change only when events arrive, so between batches they are exact.
+- `rm_insight_values`: per programme and score (R: last purchase day, F: lifetime
+  purchases, M: lifetime net money), how many purchasing members have each value: the
+  distribution the quintile cuts are read from, kept by adding and removing the members
+  whose facts a batch changes.
+- `rm_insight_cuts`: the programme's quintile cuts (the values of ranks `start_ranks` in
+  that distribution) and, with each, how many members are at or below it: at the end of a
+  batch each cut moves from where it was over the values the batch's changes passed, so a
+  batch costs what it changed, not the programme's size (decision 28). The cuts change only
+  when events arrive, so between batches they are exact.
 - `rm_insight_stores`: per store the net money and the purchases that still count.
 - `rm_insight_flows` (+ `_daily`): points earned and redeemed, stored value loaded and used,
   for the redemption and stored-value usage rates at any as_of.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -38,8 +44,8 @@ from ledger.domain.insights import (
     Purchase,
     Refund,
     behaviour_at,
-    programme_cuts,
     refund_pro_rata,
+    start_ranks,
 )
 from ledger.infrastructure.database import Cursor
 from ledger.infrastructure.dialect import Dialect
@@ -52,6 +58,11 @@ DAY_MICROS = 86_400_000_000
 # Lifetime facts do not depend on the thresholds (only `frequency` does, which is not kept).
 _LIFETIME = InsightSettings()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The scores in rm_insight_values, in the order of a member's values (_scored).
+SCORES = ("R", "F", "M")
+# A purchasing member's values: (last purchase day's ordinal, lifetime purchases, lifetime
+# net money); None: no purchase, not scored.
+Values = tuple[int, int, int] | None
 
 _REDEMPTIONS = frozenset({events.PointsRedeemed, events.HoldCaptured, events.PointsConverted})
 _UNREDEMPTIONS = frozenset({events.RedemptionReversed, events.ConversionReversed})
@@ -82,15 +93,16 @@ class _Purchase:
     points: int
     refunds: list[tuple[str, datetime, int, int]]  # (transaction, occurred_at, money, points)
     new: bool = False
-    net_before: int = 0  # net once everything before this batch had occurred
+    loaded_refunds: int = 0  # how many of `refunds` were recorded before this batch
 
-    def purchase(self) -> Purchase:
+    def purchase(self, refunds: int | None = None) -> Purchase:
+        """The purchase with its refunds (`refunds`: only the first ones)."""
         return Purchase(
             self.transaction_id,
             self.occurred_at,
             self.store_id,
             self.purchase_minor,
-            tuple(Refund(at, money) for _, at, money, _ in self.refunds),
+            tuple(Refund(at, money) for _, at, money, _ in self.refunds[:refunds]),
         )
 
 
@@ -100,6 +112,8 @@ class _Batch:
     # (program, member) -> transaction id -> purchase, for the members the batch touches.
     purchases: dict[tuple[str, str], dict[str, _Purchase]] = field(default_factory=dict)
     touched: set[tuple[str, str]] = field(default_factory=set)
+    # (program, member) -> their values before the batch, for the members it may change.
+    before: dict[tuple[str, str], Values] = field(default_factory=dict)
     enrolled: list[tuple[str, str, int]] = field(default_factory=list)
     new_refunds: list[tuple[Any, ...]] = field(default_factory=list)
     changed: set[tuple[str, str, str]] = field(default_factory=set)  # purchases changed
@@ -120,15 +134,16 @@ class InsightsProjection:
         "rm_insight_purchases": ("program_id", "member_id", "transaction_id"),
         "rm_insight_refunds": ("program_id", "member_id", "transaction_id"),
         "rm_insight_members": ("program_id", "member_id"),
+        "rm_insight_values": ("program_id", "score", "value"),
         "rm_insight_cuts": ("program_id",),
         "rm_insight_stores": ("program_id", "store_id"),
         "rm_insight_flows": ("program_id", "position"),
         "rm_insight_flows_daily": ("program_id", "day"),
     }
     handled: ClassVar[frozenset[type]] = frozenset(events.ALL)
-    # Lazy: marketing reads seldom, and each batch refreshes the cuts of the programmes it
-    # touched (a read of their members' facts): bigger batches pay that less often. A query
-    # with min_position wakes it.
+    # Lazy: marketing reads seldom, and a batch's fixed cost (its statements, moving the
+    # cuts of the programmes it touched) is paid less often in bigger batches. A query with
+    # min_position wakes it.
     poll_interval: ClassVar[float] = 1.0
 
     def __init__(self, dialect: Dialect) -> None:
@@ -310,9 +325,17 @@ class InsightsProjection:
         for member_id, transaction_id, purchase_id, at, money, points in rows:
             bought = b.purchases[(program_id, str(member_id))][str(purchase_id)]
             bought.refunds.append((str(transaction_id), _moment(int(at)), int(money), int(points)))
-        for bought_by_member in (b.purchases.get((program_id, m), {}) for m in members):
-            for bought in bought_by_member.values():
-                bought.net_before = bought.purchase().net_at(_END)
+            bought.loaded_refunds += 1
+        for member_id in members:
+            b.before[(program_id, member_id)] = None
+        cur.execute(
+            "SELECT member_id, last_purchase_day, lifetime_purchases, lifetime_value_minor"
+            f" FROM rm_insight_members WHERE program_id = ? AND member_id IN ({marks})"
+            " AND lifetime_purchases > 0",
+            (program_id, *members),
+        )
+        for member_id, day, purchases, value in cur.fetchall():
+            b.before[(program_id, str(member_id))] = (int(day), int(purchases), int(value))
 
     # ------------------------------------------------------------------ writing
 
@@ -354,15 +377,14 @@ class InsightsProjection:
             " purchase_id, occurred_at, amount_minor, points) {rows}",
             b.new_refunds,
         )
-        self._write_members(cur, b)
         self._write_stores(cur, b)
         cur.executemany(
             "UPDATE rm_insight_programs SET facts_until = ? WHERE program_id = ?"
             " AND facts_until < ?",
             [(at, program_id, at) for program_id, at in sorted(b.facts_until.items())],
         )
-        for program_id in sorted({program_id for program_id, _ in b.touched}):
-            self._refresh_cuts(cur, program_id)
+        for program_id, changes in sorted(self._write_members(cur, b).items()):
+            self._move_cuts(cur, program_id, changes)
         d.insert_rows(
             cur,
             "INSERT INTO rm_insight_flows (program_id, position, occurred_at, points_earned,"
@@ -382,9 +404,11 @@ class InsightsProjection:
             [(*key, *sums) for key, sums in sorted(b.flows_daily.items())],
         )
 
-    def _write_members(self, cur: Cursor, b: _Batch) -> None:
-        """Each touched member's lifetime facts, from all of their purchases."""
+    def _write_members(self, cur: Cursor, b: _Batch) -> dict[str, list[tuple[Values, Values]]]:
+        """Each touched member's lifetime facts, from all of their purchases; per programme
+        touched, the members' values (before, after) that changed."""
         rows = []
+        changes: dict[str, list[tuple[Values, Values]]] = {}
         for account in sorted(b.touched):
             program_id, member_id = account
             bought = [x.purchase() for x in b.purchases[account].values()]
@@ -394,6 +418,10 @@ class InsightsProjection:
             )
             facts = behaviour_at(bought, newest, self._zone(cur, program_id), _LIFETIME)
             rows.append((*lifetime_columns(facts), program_id, member_id))
+            before, after = b.before.get(account), _scored(facts)
+            moved = changes.setdefault(program_id, [])
+            if before != after:
+                moved.append((before, after))
         cur.executemany(
             "UPDATE rm_insight_members SET lifetime_purchases = ?, lifetime_value_minor = ?,"
             " purchase_cycle_days = ?, first_purchase_at = ?, last_purchase_at = ?,"
@@ -401,6 +429,7 @@ class InsightsProjection:
             " WHERE program_id = ? AND member_id = ?",
             rows,
         )
+        return changes
 
     def _write_stores(self, cur: Cursor, b: _Batch) -> None:
         """Per store, what the batch's new and refunded purchases changed."""
@@ -408,7 +437,7 @@ class InsightsProjection:
         for program_id, member_id, transaction_id in sorted(b.changed):
             bought = b.purchases[(program_id, member_id)][transaction_id]
             after = bought.purchase().net_at(_END)
-            before = 0 if bought.new else bought.net_before
+            before = 0 if bought.new else bought.purchase(bought.loaded_refunds).net_at(_END)
             change = sums.setdefault((program_id, bought.store_id), [0, 0])
             change[0] += after - before
             change[1] += (after > 0) - (before > 0)
@@ -421,32 +450,107 @@ class InsightsProjection:
             [(*key, *change) for key, change in sorted(sums.items())],
         )
 
-    def _refresh_cuts(self, cur: Cursor, program_id: str) -> None:
-        """The programme's cuts over every purchasing member's lifetime facts."""
+    def _move_cuts(
+        self, cur: Cursor, program_id: str, changes: list[tuple[Values, Values]]
+    ) -> None:
+        """The programme's value counts and cuts after the batch's `changes` (a member's
+        values before and after; None: not scored). Each cut starts from where it was, its
+        count at or below it corrected by the changes, and moves to the value of its new
+        rank (`start_ranks`) over the values in between: no more of them than the changes
+        can have moved it past, whatever the programme's size. The result is the cuts
+        programme_cuts makes of every member's values (as a rebuild does)."""
+        deltas: dict[tuple[str, int], int] = {}
+        for before, after in changes:
+            for values, sign in ((before, -1), (after, 1)):
+                if values is not None:
+                    for score, value in zip(SCORES, values, strict=True):
+                        deltas[(score, value)] = deltas.get((score, value), 0) + sign
+        moved = sorted((key, delta) for key, delta in deltas.items() if delta)
+        self.dialect.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_values (program_id, score, value, members) {rows}"
+            " ON CONFLICT (program_id, score, value) DO UPDATE SET"
+            " members = rm_insight_values.members + excluded.members",
+            [(program_id, score, value, delta) for (score, value), delta in moved],
+        )
+        cur.executemany(
+            "DELETE FROM rm_insight_values WHERE program_id = ? AND score = ? AND value = ?"
+            " AND members = 0",
+            [(program_id, score, value) for (score, value), delta in moved if delta < 0],
+        )
         cur.execute(
-            "SELECT last_purchase_day, lifetime_purchases, lifetime_value_minor"
-            " FROM rm_insight_members WHERE program_id = ? AND lifetime_purchases > 0",
+            "SELECT scored_members, recency_starts, frequency_starts, monetary_starts,"
+            " recency_counts, frequency_counts, monetary_counts"
+            " FROM rm_insight_cuts WHERE program_id = ?",
             (program_id,),
         )
-        cuts = programme_cuts(
-            Behaviour(
-                lifetime_purchases=int(f),
-                lifetime_value_minor=int(m),
-                last_purchase_day=date_of(int(r)),
-            )
-            for r, f, m in cur.fetchall()
-        )
+        row = cur.fetchone()
+        was = int(row[0]) if row else 0
+        members = was + sum((a is not None) - (b is not None) for b, a in changes)
+        ranks = start_ranks(members)
+        columns: list[str] = []
+        counts: list[str] = []
+        for i, score in enumerate(SCORES):
+            starts = starts_of(str(row[1 + i])) if row else ()
+            at_or_below = starts_of(str(row[4 + i])) if row else ()
+            found: list[tuple[int, int]] = []  # (start, members at or below it)
+            for k, rank in enumerate(ranks):
+                start: int | None
+                if k < len(starts):
+                    start = starts[k]
+                    count = at_or_below[k] + sum(
+                        (a is not None and a[i] <= start) - (b is not None and b[i] <= start)
+                        for b, a in changes
+                    )
+                elif found:  # more cuts than before: on from the one below
+                    start, count = found[-1]
+                else:
+                    start, count = None, 0
+                found.append(self._walk(cur, program_id, score, start, count, rank))
+            columns.append(starts_text(tuple(v for v, _ in found)))
+            counts.append(starts_text(tuple(c for _, c in found)))
         cur.execute("DELETE FROM rm_insight_cuts WHERE program_id = ?", (program_id,))
         cur.execute(
             "INSERT INTO rm_insight_cuts (program_id, scored_members, recency_starts,"
-            " frequency_starts, monetary_starts) VALUES (?, ?, ?, ?, ?)",
-            (
-                program_id,
-                cuts.frequency.members,
-                starts_text(cuts.recency.starts),
-                starts_text(cuts.frequency.starts),
-                starts_text(cuts.monetary.starts),
-            ),
+            " frequency_starts, monetary_starts, recency_counts, frequency_counts,"
+            " monetary_counts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (program_id, members, *columns, *counts),
+        )
+
+    @staticmethod
+    def _walk(
+        cur: Cursor, program_id: str, score: str, start: int | None, count: int, rank: int
+    ) -> tuple[int, int]:
+        """(the value of `rank`, the members at or below it), from `start` (None: below
+        every value) with `count` members at or below it. Every value kept has a member, so
+        the walk reads at most |count - rank| + 1 values, in one statement."""
+        if start is not None and count >= rank:
+            # Down to the smallest value still holding the rank. The first row is start, or
+            # the next value below it if start has no member left: `count` at or below both.
+            cur.execute(
+                "SELECT value, members FROM rm_insight_values WHERE program_id = ?"
+                " AND score = ? AND value <= ? ORDER BY value DESC LIMIT ?",
+                (program_id, score, start, count - rank + 1),
+            )
+            for value, members in cur.fetchall():
+                if count - int(members) < rank:
+                    return int(value), count
+                count -= int(members)
+        else:
+            # Up to the first value that reaches the rank.
+            above = "" if start is None else " AND value > ?"
+            cur.execute(
+                "SELECT value, members FROM rm_insight_values WHERE program_id = ?"
+                f" AND score = ?{above} ORDER BY value LIMIT ?",
+                (program_id, score, *(() if start is None else (start,)), rank - count),
+            )
+            for value, members in cur.fetchall():
+                count += int(members)
+                if count >= rank:
+                    return int(value), count
+        raise LookupError(
+            f"program {program_id}: the {score} value counts disagree with the cuts (rank"
+            f" {rank}, {count} members at or below {start}): rebuild the insights read model"
         )
 
     def _zone(self, cur: Cursor, program_id: str) -> ZoneInfo:
@@ -469,8 +573,15 @@ def _moment(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def date_of(ordinal: int) -> date:
-    return date.fromordinal(ordinal)
+def _scored(facts: Behaviour) -> Values:
+    """The values a member is scored on (ProgrammeCuts.scores); None: no purchase."""
+    if facts.last_purchase_day is None:
+        return None
+    return (
+        facts.last_purchase_day.toordinal(),
+        facts.lifetime_purchases,
+        facts.lifetime_value_minor,
+    )
 
 
 def lifetime_columns(facts: Behaviour) -> tuple[Any, ...]:

@@ -18,6 +18,7 @@ ledger/insights_queries.py feeds them to these functions.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
@@ -218,20 +219,23 @@ class QuintileCuts:
     members: int
 
     def score(self, value: int) -> int:
-        return 1 + sum(1 for start in self.starts if value >= start)
+        return 1 + bisect_right(self.starts, value)  # 1 + the starts at or below value
+
+
+def start_ranks(members: int) -> tuple[int, ...]:
+    """Where scores 2, 3, 4 and 5 start, as ranks: the k-th start is the value of rank
+    k x N // 5 + 1 (1 the smallest) among the N scored members' values in ascending order.
+
+    The k-th start is the smallest value v with 5 x c(v) > k x N (from v on, ceil(5 x c / N)
+    exceeds k), c(v) the members at or below v; that is c(v) >= r with r = floor(kN / 5) + 1.
+    The value of rank r has c >= r; any smaller value has c <= r - 1, so 5 x c <= kN. Ties
+    change nothing: equal values share one c. No members: no starts."""
+    return tuple(k * members // QUINTILES + 1 for k in range(1, QUINTILES)) if members else ()
 
 
 def quintile_cuts(values: Iterable[int]) -> QuintileCuts:
     ordered = sorted(values)
-    n = len(ordered)
-    starts: list[int] = []
-    for k in range(1, QUINTILES):
-        # The smallest value v with 5 x count(<= v) > k x N: from v on, the score exceeds k.
-        for i, v in enumerate(ordered):
-            if (i + 1 == n or ordered[i + 1] != v) and QUINTILES * (i + 1) > k * n:
-                starts.append(v)
-                break
-    return QuintileCuts(tuple(starts), n)
+    return QuintileCuts(tuple(ordered[r - 1] for r in start_ranks(len(ordered))), len(ordered))
 
 
 # The segment of each (R, FM) pair: FM is the mean of the F and M scores, rounded half up.

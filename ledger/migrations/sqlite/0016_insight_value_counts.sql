@@ -1,0 +1,27 @@
+-- The insights projection keeps the distribution its quintile cuts are read from, so that a
+-- batch moves the cuts by what it changed instead of reading every purchasing member
+-- (decision 28, docs/performance.md): per programme and score (R: the last purchase day's
+-- ordinal, F: lifetime purchases, M: lifetime net money), how many purchasing members have
+-- each value (no row: none), and with each cut how many members are at or below it.
+CREATE TABLE rm_insight_values (
+    program_id TEXT NOT NULL,
+    score TEXT NOT NULL,
+    value BIGINT NOT NULL,
+    members BIGINT NOT NULL,
+    PRIMARY KEY (program_id, score, value)
+);
+ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
+ALTER TABLE rm_insight_cuts ADD COLUMN frequency_counts TEXT NOT NULL DEFAULT '';
+ALTER TABLE rm_insight_cuts ADD COLUMN monetary_counts TEXT NOT NULL DEFAULT '';
+
+-- The insights read model replays once into the new shape (as 0009 and 0012 did theirs).
+DELETE FROM rm_insight_programs;
+DELETE FROM rm_insight_accounts;
+DELETE FROM rm_insight_purchases;
+DELETE FROM rm_insight_refunds;
+DELETE FROM rm_insight_members;
+DELETE FROM rm_insight_cuts;
+DELETE FROM rm_insight_stores;
+DELETE FROM rm_insight_flows;
+DELETE FROM rm_insight_flows_daily;
+DELETE FROM projection_tracking WHERE name = 'insights';
