@@ -473,11 +473,11 @@ class InsightsProjection:
             " members = rm_insight_values.members + excluded.members",
             [(program_id, score, value, delta) for (score, value), delta in moved],
         )
-        cur.executemany(
-            "DELETE FROM rm_insight_values WHERE program_id = ? AND score = ? AND value = ?"
-            " AND members = 0",
-            [(program_id, score, value) for (score, value), delta in moved if delta < 0],
-        )
+        if any(delta < 0 for _, delta in moved):  # values whose last member left
+            cur.execute(
+                "DELETE FROM rm_insight_values WHERE program_id = ? AND members = 0",
+                (program_id,),
+            )
         cur.execute(
             "SELECT scored_members, recency_starts, frequency_starts, monetary_starts,"
             " recency_counts, frequency_counts, monetary_counts"

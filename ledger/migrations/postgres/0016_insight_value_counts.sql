@@ -10,6 +10,8 @@ CREATE TABLE rm_insight_values (
     members BIGINT NOT NULL,
     PRIMARY KEY (program_id, score, value)
 );
+-- A value whose last member left is deleted in the same batch: this finds those rows.
+CREATE INDEX rm_insight_values_emptied ON rm_insight_values (program_id) WHERE members = 0;
 ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN frequency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN monetary_counts TEXT NOT NULL DEFAULT '';
