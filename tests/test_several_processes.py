@@ -115,7 +115,7 @@ def _race(targets: list[str], calls_per_thread: int, kind: str, points: int) -> 
 
 def _call(stub: Any, kind: str, points: int, rid: str) -> object:
     """One command, not retried: a write conflict between processes is the server's to
-    re-run (an aborted pipeline included, recorders.aborted_pipeline), never the client's."""
+    re-run, never the client's."""
     try:
         if kind == "redeem":
             return stub.Redeem(redeem_request(PROGRAM, MEMBER, points, rid), timeout=60)

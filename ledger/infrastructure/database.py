@@ -11,6 +11,7 @@ between them is the configuration's and the database's `dialect` (dialect.py).
 
 from __future__ import annotations
 
+import select
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,11 @@ from ledger.infrastructure.dialect import (
 )
 
 Row = tuple[Any, ...]
+
+# A transaction's own statements (PostgresDatabase.transaction).
+_BEGIN = b"BEGIN"
+_NOT_DURABLE = b"SET LOCAL synchronous_commit = off"
+_COMMIT = b"COMMIT"
 
 
 class DatabaseUrlError(ValueError):
@@ -359,10 +365,13 @@ class Database(Protocol):
 
 
 class _PgCursor:
-    """psycopg cursor taking our `?` placeholders."""
+    """psycopg cursor taking our `?` placeholders. In a transaction its statements are
+    pipelined (`pipeline`): sent as they come and read back only when a result is asked
+    for (a fetch, `rowcount`) or at the commit."""
 
-    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Row], pipeline: psycopg.Pipeline | None = None):
         self._cursor = cursor
+        self._pipeline = pipeline
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._cursor.execute(sql.replace("?", "%s"), params, prepare=True)
@@ -378,7 +387,23 @@ class _PgCursor:
 
     @property
     def rowcount(self) -> int:
+        if self._pipeline is not None:
+            self._pipeline.sync()  # the statement's result is read back here, not before
         return self._cursor.rowcount
+
+
+def check_when_readable(conn: psycopg.Connection[Any]) -> None:
+    """The pools' check of a connection taken from them, without a round trip when there
+    is nothing to check: an idle connection has nothing to read unless the server said
+    something since it was last used, which is how a restart, a failover or a terminated
+    backend shows (its FATAL message, or the socket's end). Only then the full check (an
+    empty query), which fails on a dead connection, so that the pool replaces it."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
 
 
 class PostgresDatabase:
@@ -386,34 +411,48 @@ class PostgresDatabase:
         self.config = config
         self.dialect = config.dialect
         # After PostgreSQL restarts or fails over, every pooled connection is dead: `check`
-        # finds that out when one is taken (one empty round trip) and the pool replaces it,
-        # so a dead connection is never handed to a caller, and a caller waits at most
+        # finds that out when one is taken (check_when_readable: a round trip only for a
+        # connection the server has said something on) and the pool replaces it, so a dead
+        # connection is never handed to a caller, and a caller waits at most
         # POOL_WAIT_SECONDS for a live one (PoolTimeout: database_lost, UNAVAILABLE).
+        # Autocommit: a read is its statements alone (READ COMMITTED gives each statement
+        # its own snapshot in a transaction too, so BEGIN and ROLLBACK around a read were
+        # two round trips for nothing); a transaction says BEGIN and COMMIT itself.
         self.pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             config.conninfo(),
             min_size=1,
             max_size=pool_size,
             open=True,
-            kwargs={"autocommit": False},
-            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True},
+            check=check_when_readable,
             timeout=POOL_WAIT_SECONDS,
         )
         self._probe: psycopg.Connection[Row] | None = None  # reachable()'s connection
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[Cursor]:
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if not durable:
-                cur.execute("SET LOCAL synchronous_commit = off")
-            yield _PgCursor(cur)
+        """One transaction, pipelined: BEGIN and the statements go out as they are made and
+        the round trips are only where a result is read (a fetch, `rowcount`) and the
+        COMMIT. A statement's error surfaces at the next of those, inside this block, and
+        rolls the whole transaction back; the connection is then closed, not pooled again
+        (psycopg's record of the statements it prepared on it may be wrong after an error
+        in a pipeline)."""
+        with self.pool.connection() as conn:
+            try:
+                with conn.pipeline() as pipeline, conn.cursor() as cur:
+                    cur.execute(_BEGIN)
+                    if not durable:
+                        cur.execute(_NOT_DURABLE)
+                    yield _PgCursor(cur, pipeline)
+                    cur.execute(_COMMIT)
+            except BaseException:
+                conn.close()
+                raise
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:
         with self.pool.connection() as conn, conn.cursor() as cur:
-            try:
-                yield _PgCursor(cur)
-            finally:
-                conn.rollback()
+            yield _PgCursor(cur)
 
     def reachable(self) -> bool:
         # A connection of its own, kept between checks (not one from the pool: a full pool

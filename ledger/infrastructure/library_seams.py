@@ -240,11 +240,10 @@ def check_env_keys() -> None:
 
 
 def check_pool_connection_settings() -> None:
-    from eventsourcing.postgres import ConnectionPool
     from eventsourcing.utils import Environment
 
     from ledger.application.service import LedgerApplication
-    from ledger.infrastructure.database import parse_database_url
+    from ledger.infrastructure.database import check_when_readable, parse_database_url
     from ledger.infrastructure.dialect import POOL_WAIT_SECONDS
     from ledger.infrastructure.recorders import TallyPostgresFactory
 
@@ -268,8 +267,8 @@ def check_pool_connection_settings() -> None:
         _require(merged.get("target_session_attrs") == "read-write", "kwargs over conninfo")
         _require(pool.timeout == POOL_WAIT_SECONDS, f"the pool waits {pool.timeout} s")
         _require(
-            factory.datastore.pre_ping and pool._check is ConnectionPool.check_connection,
-            "pre_ping checks each connection taken from the pool",
+            factory.datastore.pre_ping and pool._check is check_when_readable,
+            "pool._check is the check of each connection taken, which ours replaced",
         )
     finally:
         factory.close()
@@ -659,9 +658,10 @@ SEAMS: list[Seam] = [
     Seam(
         "ledger.infrastructure.recorders:ChainedInserts.insert_events",
         "eventsourcing.utils.retry",
-        "the library's PostgreSQL insert_events and select_events are wrapped by retry (ten"
-        " tries on a connection error) with functools.wraps, so __wrapped__ is the method"
-        " itself, which we call once (TallyPostgresApplicationRecorder.select_events too).",
+        "the library's PostgreSQL select_events (and insert_events, which we do not call) is"
+        " wrapped by retry (ten tries on a connection error) with functools.wraps, so"
+        " __wrapped__ is the method itself, which TallyPostgresApplicationRecorder.select_events"
+        " calls once.",
         ("exc", "max_attempts", "wait", "stall"),
         check=check_insert_retries_unwrapped,
     ),
@@ -671,7 +671,8 @@ SEAMS: list[Seam] = [
         "it makes the datastore's pool unopened (it opens at the first get_connection), with"
         " host and port as keyword arguments (libpq lists pass through) laid over the pool's"
         " conninfo, which we set to the URL's other parameters; POSTGRES_CONNECT_TIMEOUT is"
-        " the pool's wait and POSTGRES_PRE_PING its check.",
+        " the pool's wait, and with POSTGRES_PRE_PING the pool's `_check` checks each"
+        " connection taken (we set it to check_when_readable).",
         ("self", "env"),
         check=check_pool_connection_settings,
     ),
@@ -702,70 +703,19 @@ SEAMS: list[Seam] = [
     Seam(
         f"{_PGREC}.__init__",
         f"{_PG}.PostgresAggregateRecorder.__init__",
-        "it sets events_table_name and insert_events_statement (ours replaces it) and needs the"
-        " composite type stored_event_uuid, which migration 0001 creates for the snapshots.",
+        "it sets events_table_name and needs the composite type stored_event_uuid, which"
+        " migration 0001 creates for the snapshots.",
         ("self", "datastore", "events_table_name"),
         "78adbde8e22843caf9a353dacbe9ebfa3f9e047e6a7cce05d50067d510e1a4a7",
     ),
     Seam(
         f"{_PGREC}.__init__",
         f"{_PG}.PostgresApplicationRecorder.__init__",
-        "the table has notification_id bigserial (our migration copies it), lock_table_statements"
-        " lock it in EXCLUSIVE mode and channel_name names the NOTIFY channel.",
+        "the table has notification_id bigserial (our migration copies it) and"
+        " lock_table_statements lock it in EXCLUSIVE mode: the lock that migration 0017's"
+        " ledger_insert_events takes (our insert, which replaces the library's pipeline).",
         ("self", "datastore", "events_table_name"),
         "db36fb3de49a5292adbe422c79bfc1ef22658df8f60915befa85d16949b3fa9e",
-    ),
-    Seam(
-        "ledger.infrastructure.recorders:ChainedInserts.insert_events",
-        f"{_PG}.PostgresApplicationRecorder.insert_events",
-        "one pipelined transaction runs _insert_events(**kwargs), then _insert_stored_events"
-        " (**kwargs) and _fetch_ids_after_insert_events on a second cursor.",
-        ("self", "stored_events", "kwargs"),
-        "f1a98da0239e3ea7462c6b725cd66d0c932fc533814c92e04bf9802ac81ebddf",
-    ),
-    Seam(
-        f"{_PGREC}._insert_events",
-        f"{_PG}.PostgresApplicationRecorder._insert_events",
-        "the library's _insert_events is an empty hook we may fill (requests with no events).",
-        (*_CURS, "_"),
-        "319d1ce6f3f9c86550bc6fcea010dde3785c41788e6743080376ba3bf07f41ff",
-    ),
-    Seam(
-        f"{_PGREC}._insert_stored_events",
-        f"{_PG}.PostgresApplicationRecorder._insert_stored_events",
-        "it is _lock_table, _notify_channel, then the insert, which our copy does with arrays.",
-        (*_CURS, "kwargs"),
-        "139580714a6590854299f5b5c1630b9cf56c65825cb463eb287bbf97996b29f1",
-    ),
-    Seam(
-        f"{_PGREC}._insert_stored_events",
-        f"{_PG}.PostgresAggregateRecorder._insert_stored_events",
-        "the insert is insert_events_statement over the events, nothing more, so our plain"
-        " arrays replace the composite array without losing a step.",
-        (*_CURS, "_"),
-        "80327aa859e4cc55ebc5f2756a31f9fb26f36ef29c7d5a99c0061b9a0e2a6135",
-    ),
-    Seam(
-        f"{_PGREC}._insert_stored_events",
-        f"{_PG}.PostgresApplicationRecorder._lock_table",
-        "_lock_table(curs) runs lock_table_statements, keeping positions in commit order.",
-        ("self", "curs"),
-        "42bc9c135b4a93c1e1ba4b3788eab049b605e48f2e49657630037d16382d6d9c",
-    ),
-    Seam(
-        f"{_PGREC}._insert_stored_events",
-        f"{_PG}.PostgresApplicationRecorder._notify_channel",
-        "_notify_channel(curs) issues NOTIFY on channel_name.",
-        ("self", "curs"),
-        "9e5bab72ecfbcf2ec8060b6d5f87cc5c0cf02a59bd7671e3efdb3a4c540371fe",
-    ),
-    Seam(
-        f"{_PGREC}._insert_stored_events",
-        f"{_PG}.PostgresApplicationRecorder._fetch_ids_after_insert_events",
-        "the ids are the RETURNING notification_id rows of the last statement on the events"
-        " cursor, so our request rows go through another cursor.",
-        (*_CURS, "_"),
-        "9c8efbc1baf72b52213eeaa4c689bfb06cdbdacfac07643939a65c2e3102de9b",
     ),
     Seam(
         f"{_PGREC}.__init__",
@@ -776,7 +726,7 @@ SEAMS: list[Seam] = [
         "e68d5fed5a405ca0bb648b3029c8ed36968a90610bbab9528ba36dd39aa66111",
     ),
     Seam(
-        f"{_PGREC}._chain_heads",
+        f"{_PGREC}._insert",
         f"{_PG}.PostgresDatastore.get_connection",
         "get_connection() yields a pooled autocommit connection and turns psycopg's"
         " IntegrityError (a duplicate request_id) into the library's.",
@@ -785,7 +735,7 @@ SEAMS: list[Seam] = [
     ),
     # -- the SQLite recorder ------------------------------------------------------------
     Seam(
-        "ledger.infrastructure.recorders:ChainedInserts.insert_events",
+        f"{_LITEREC}._insert",
         f"{_LITE}.SQLiteAggregateRecorder.insert_events",
         "one committed transaction runs _insert_events(c, events, **kwargs) and returns its"
         " result, so the request rows commit with the events.",
@@ -855,19 +805,10 @@ SEAMS: list[Seam] = [
     Seam(
         _PGREC,
         f"{_PG}.PostgresApplicationRecorder",
-        "our recorder replaces only insert_events, select_events (called once), _insert_events,"
-        " _insert_stored_events and insert_events_statement.",
+        "our recorder replaces only insert_events and select_events (called once).",
         check=_no_shadowing(
             _PGREC,
-            frozenset(
-                {
-                    "insert_events",
-                    "select_events",
-                    "_insert_events",
-                    "_insert_stored_events",
-                    "insert_events_statement",
-                }
-            ),
+            frozenset({"insert_events", "select_events"}),
         ),
     ),
     Seam(

@@ -7,11 +7,13 @@ requests=...)` here: the rows go into the requests table inside the events' tran
 command is recorded with its answer or not at all, and a second writer of the same request_id
 fails on the primary key (IntegrityError) exactly as a conflicting event would.
 
-On PostgreSQL, eventsourcing passes a batch of events as one array of a composite type, which
-psycopg renders to text value by value (about 40 µs an event here, a quarter of a group
-commit's time). Plain arrays (uuid[], bigint[], text[], bytea[]) go over in psycopg's binary
-format and unnest to the same rows. Everything else — the table lock that keeps positions in
-commit order, NOTIFY, RETURNING the positions — is the library's.
+On PostgreSQL the whole insert is one statement, `ledger_insert_events(...)` (migration
+0017, decision 29), on an autocommit connection: the table lock that keeps positions in
+commit order, the events (plain arrays: uuid[], bigint[], text[], bytea[], in psycopg's
+binary format) RETURNING their positions, and the request rows, committed when it returns.
+One round trip; the library's pipelined insert took seven statements and five to seven
+round trips for the same (BEGIN, SET LOCAL lock_timeout, LOCK, NOTIFY, the two inserts,
+COMMIT). NOTIFY is gone with it: nothing in Tally listens (the projections poll).
 """
 
 from __future__ import annotations
@@ -20,37 +22,18 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from eventsourcing.persistence import (
-    ApplicationRecorder,
-    IntegrityError,
-    OperationalError,
-    StoredEvent,
-)
+from eventsourcing.persistence import ApplicationRecorder, ProgrammingError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
-from psycopg import Cursor
-from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger.infrastructure.chain import ChainHeads
-from ledger.infrastructure.database import caused_by
+from ledger.infrastructure.database import check_when_readable
 from ledger.infrastructure.dialect import POSTGRES, SQLITE, Dialect
 from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
 from ledger.telemetry import instruments
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
-
-
-def aborted_pipeline(error: BaseException) -> bool:
-    """The library's PostgreSQL insert is one pipeline. When a statement in it fails on a
-    duplicate (another writer saved the account, or the request_id, first) psycopg may
-    report the pipeline's abort instead of the UniqueViolation itself, which the library
-    wraps as an OperationalError: a conflict that looks like a lost database. A lost
-    connection fails otherwise (no abort to report), so this is the conflict, to be re-run
-    on fresh state like any other (measured: 3 of 135 same-account Earns from three
-    processes came back UNAVAILABLE before this)."""
-    return caused_by(error, psycopg.errors.PipelineAborted)
 
 
 class ChainedInserts(ApplicationRecorder):
@@ -69,25 +52,17 @@ class ChainedInserts(ApplicationRecorder):
             len(stored_events), requests, self.dialect.requests_table
         ) as written:
             links = self.heads.link(stored_events, self._chain_heads)
-            # super() is the backend's recorder, which follows this mixin in the MRO. Called
-            # once: the library's PostgreSQL insert retries ten times on a lost connection,
-            # each try waiting for the pool, so a command would hear of a database that is
-            # gone after most of a minute, not at once (UNAVAILABLE; library_seams.py).
-            insert = super().insert_events  # type: ignore[safe-super]
-            once = getattr(insert, "__wrapped__", None)
-            try:
-                ids: Sequence[int] | None = (
-                    once(self, stored_events, links=links, **kwargs)
-                    if once is not None
-                    else insert(stored_events, links=links, **kwargs)
-                )
-            except OperationalError as e:
-                if aborted_pipeline(e):
-                    raise IntegrityError(str(e)) from e
-                raise
+            ids = self._insert(stored_events, links, **kwargs)
             written(ids or ())
         self.heads.remember(stored_events, links)
         return ids
+
+    def _insert(
+        self, stored_events: Sequence[StoredEvent], links: Links, **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The backend's insert of the events, their links and the request rows, in one
+        transaction; the events' positions."""
+        raise NotImplementedError
 
     def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
         """The stored hash of each (aggregate, version); committed events never change, so
@@ -99,32 +74,60 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
     dialect = POSTGRES
 
     def select_events(self, *args: Any, **kwargs: Any) -> Any:
-        # Once, as the insert (ChainedInserts): every command reads its programme's new
-        # events, and the library's ten retries would hold it most of a minute when the
-        # database is gone (library_seams.py).
+        # Once: every command reads its programme's new events, and the library's ten
+        # retries would hold it most of a minute when the database is gone
+        # (library_seams.py).
         return PostgresApplicationRecorder.select_events.__wrapped__(self, *args, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
-        self.insert_events_statement = SQL(
-            "INSERT INTO {schema}.{table}"
-            " (originator_id, originator_version, topic, state, prev_hash, hash)"
-            " SELECT * FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[],"
-            " %b::bytea[], %b::bytea[]) RETURNING notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
+        # The function's arguments after the lock timeout: the events' columns, then the
+        # request rows' (RequestRecord's fields), as arrays in psycopg's binary format.
+        events = ["uuid", "bigint", "text", "bytea", "bytea", "bytea"]
+        types = [*events, "uuid", "text", "text", "text", "text", "text", "bytea", "uuid", "bigint"]
+        arrays = ", ".join(f"%b::{t}[]" for t in types)
+        self.insert_statement = SQL(
+            "SELECT * FROM {schema}.ledger_insert_events(%s, {arrays}) AS t(notification_id)"
+        ).format(schema=Identifier(self.datastore.schema), arrays=SQL(arrays))
+        self.lock_timeout = f"{self.datastore.lock_timeout}s"
+
+    def _insert(
+        self,
+        stored_events: Sequence[StoredEvent],
+        links: Links,
+        *,
+        requests: Sequence[RequestRecord] = (),
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        # Called once, not through the library's insert_events, which retries ten times on
+        # a lost connection, each try waiting for the pool: a command would hear of a
+        # database that is gone after most of a minute, not at once (UNAVAILABLE). The
+        # library's connection is in autocommit: this one statement is the transaction.
+        rows = [stored_row(self.dialect, r) for r in requests]
+        columns: list[list[Any]] = (
+            [list(column) for column in zip(*rows, strict=True)]
+            if rows
+            else [[] for _ in RequestRecord._fields]
         )
-        self.insert_requests_statement = SQL(
-            "INSERT INTO {schema}.{table} ({columns}) SELECT * FROM unnest("
-            "%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],"
-            " %b::bytea[], %b::uuid[], %b::bigint[])"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.dialect.requests_table),
-            columns=SQL(COLUMNS),
-        )
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self.insert_statement,
+                (
+                    self.lock_timeout,
+                    [e.originator_id for e in stored_events],
+                    [e.originator_version for e in stored_events],
+                    [e.topic for e in stored_events],
+                    [e.state for e in stored_events],
+                    [link[0] for link in links],
+                    [link[1] for link in links],
+                    *columns,
+                ),
+            )
+            ids = [row["notification_id"] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(f"{len(ids)} positions for {len(stored_events)} events")
+        return ids or None
 
     def _chain_heads(self, keys: list[tuple[UUID, int]]) -> dict[UUID, bytes]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -140,57 +143,6 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
                 ([k[0] for k in keys], [k[1] for k in keys]),
             )
             return {row["originator_id"]: bytes(row["hash"]) for row in curs.fetchall()}
-
-    # The library runs _insert_events, then (if there are events) _insert_stored_events, in
-    # one pipelined transaction. The request rows go after the events: the library prepares
-    # its LOCK statement, and a statement prepared in a pipeline after a failed one (a
-    # duplicate request_id) is skipped by the server while psycopg believes it prepared.
-    # For the same reason our statements are never prepared (prepare=False also stops
-    # psycopg's automatic preparing after five runs).
-
-    def _insert_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        *,
-        requests: Sequence[RequestRecord] = (),
-        **kwargs: Any,
-    ) -> None:
-        if requests and not stored_events:
-            self._insert_requests(curs, requests)
-
-    def _insert_stored_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        *,
-        links: Links = (),
-        requests: Sequence[RequestRecord] = (),
-        **kwargs: Any,
-    ) -> None:
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        curs.execute(
-            self.insert_events_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-                [link[0] for link in links],
-                [link[1] for link in links],
-            ),
-            prepare=False,
-        )
-        if requests:
-            # The RETURNING rows of the events insert are fetched from this cursor next.
-            with curs.connection.cursor() as other:
-                self._insert_requests(other, requests)
-
-    def _insert_requests(self, curs: Cursor[Any], requests: Sequence[RequestRecord]) -> None:
-        rows = [stored_row(self.dialect, r) for r in requests]
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        curs.execute(self.insert_requests_statement, columns, prepare=False)
 
 
 class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
@@ -217,6 +169,15 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
                 )
                 found.update({self.dialect.read_id(row[0]): bytes(row[1]) for row in c.fetchall()})
         return found
+
+    def _insert(
+        self, stored_events: Sequence[StoredEvent], links: Links, **kwargs: Any
+    ) -> Sequence[int] | None:
+        # The library's insert: one committed transaction around _insert_events below.
+        ids: Sequence[int] | None = SQLiteApplicationRecorder.insert_events(
+            self, stored_events, links=links, **kwargs
+        )
+        return ids
 
     def _insert_events(
         self,
@@ -262,6 +223,11 @@ class TallyPostgresFactory(PostgresFactory):
     def __init__(self, env: Any) -> None:  # the library's Environment
         super().__init__(env)
         self.datastore.pool.conninfo = self.env.get(self.POSTGRES_CONNINFO) or ""
+        # POSTGRES_PRE_PING checks each connection taken from the pool with an empty query:
+        # a round trip on every read and insert of the event store. Ours checks only a
+        # connection the server has said something on (a restart's or failover's FATAL, the
+        # socket's end), which is what the check is for (database.check_when_readable).
+        self.datastore.pool._check = check_when_readable
 
 
 class TallySqliteFactory(SQLiteFactory):

@@ -1,0 +1,3 @@
+-- Nothing on SQLite: the PostgreSQL migration of this number makes the group commit's insert
+-- one statement (docs/decisions/0029); SQLite inserts in-process, where a statement costs
+-- no round trip. Kept so that both backends number their migrations alike.
