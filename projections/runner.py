@@ -11,6 +11,10 @@ On PostgreSQL one process at a time writes a projection: the runner holds a sess
 advisory lock; a process without it only follows the tracking position, for `min_position`.
 The library's PostgreSQL recorder commits notification ids in order (its table lock), and
 SQLite serialises writers, so reading "ids after my position" never skips a late commit.
+
+The runners of one process read the log through one `LogReader` (projections/log_reader.py,
+decision 30): each notification is read and decoded once for all of them; a runner far
+behind the others (a rebuild) reads and decodes for itself.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification
 from ledger.infrastructure.database import Cursor, Database, session_advisory_lock
 from ledger.infrastructure.dialect import Dialect
 from ledger.telemetry import instruments
+from projections.log_reader import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +68,16 @@ class ProjectionRunner:
         batch_size: int = 500,
         poll_interval: float = 0.05,
         writes: bool = True,
+        reader: LogReader | None = None,
     ) -> None:
         """`writes=False`: never write the read model, only follow the tracking position that
-        another process (`ledger project`) advances, for `min_position`."""
+        another process (`ledger project`) advances, for `min_position`. `reader`: the log reader
+        this process's runners share (the recorder's and `decode`'s); without one, the
+        runner reads and decodes on its own."""
         self.database = database
         self.recorder = recorder
         self.decode = decode
+        self.reader = reader if reader is not None else LogReader(recorder, decode, capacity=0)
         self.projection = projection
         self.batch_size = batch_size
         self.poll_interval = poll_interval
@@ -153,13 +162,10 @@ class ProjectionRunner:
         self._wake.clear()
 
     def _step(self) -> bool:
-        notifications = self.recorder.select_notifications(
-            start=self.position + 1, limit=self.batch_size
-        )
-        if not notifications:
+        events = self.reader.read(self.position + 1, self.batch_size)
+        if not events:
             return False
-        events = [(n.id, self.decode(n)) for n in notifications]
-        last = notifications[-1].id
+        last = events[-1][0]
         # Not durable (decision 8): read models and their position are rebuilt from the
         # durable log; a crash loses the batch and its position together, never one alone.
         with (

@@ -687,7 +687,7 @@ SEAMS: list[Seam] = [
         check=check_construct_env,
     ),
     Seam(
-        "projections.runner:ProjectionRunner._step",
+        "projections.log_reader:LogReader._select",
         "eventsourcing.persistence.ApplicationRecorder.select_notifications",
         "select_notifications(start=position + 1, limit, stop) includes `start` by default.",
         ("self", "start", "limit", "stop", "topics", "inclusive_of_start"),
