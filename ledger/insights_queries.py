@@ -9,13 +9,16 @@ what occurred by it counts, and recency is measured to it. The thresholds (the p
 the members' facts, not the rules they are read by.
 
 Two ways to the programme's facts at `as_of`:
-- fast, when as_of is at or after the programme's `facts_until` (the newest occurred_at of
+- now, when as_of is at or after the programme's `facts_until` (the newest occurred_at of
   any enrolment, purchase or refund: always so for "now" unless a till's clock runs ahead):
   every member's lifetime facts and the programme's RFM cuts as the projection keeps them,
   which are then exactly the facts at as_of; one read of the members' rows, no purchases.
-- slow, for an as_of in the past: every purchase and refund of the programme that occurred
-  by then is read, each member's behaviour computed and the cuts made from them. This reads
-  the whole programme's purchases: seconds, not milliseconds, for 100,000 members.
+- past, for an earlier as_of: each member's lifetime facts as they stood at as_of (their
+  row of `rm_insight_member_facts` with the latest instant at or before it), the cuts made
+  from them, and the stores' money summed from the purchases and refunds by then: one read
+  of a row per member, as now, plus the cuts' sort; no purchase is read into Python.
+Both give every member's lifetime facts only; a member whose whole insights are answered
+(GetMemberInsights, a page of a list) has behaviour_at run over their own purchases.
 
 Every read is one snapshot (repeatable read on PostgreSQL; SQLite's read transaction), so
 members, cuts and stores are of one batch, and `position` says which.
@@ -25,11 +28,12 @@ from __future__ import annotations
 
 import calendar
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger.domain import errors
@@ -134,19 +138,18 @@ class ProgramInsights:
 class _Member:
     member_id: str
     enrolled_at: datetime
-    # Fast path: the lifetime facts measured to as_of (what the stage and the scores read);
-    # slow path: behaviour_at itself.
+    # In a programme's list: the lifetime facts at as_of, measured to it (what the stage,
+    # the scores and the programme's figures read); answered in full: behaviour_at's.
     behaviour: Behaviour
 
 
 @dataclass(frozen=True)
 class _Programme:
-    """A programme's members and cuts at as_of, and (slow path) its purchases."""
+    """A programme's members enrolled by as_of with their lifetime facts, and its cuts."""
 
     members: list[_Member]
     cuts: ProgrammeCuts
-    exact: bool  # the members' behaviour is behaviour_at's (else lifetime facts only)
-    purchases: dict[str, list[Purchase]] | None  # slow path: by member
+    now: bool  # the stored "now" facts (as_of at or after facts_until), else those of the past
 
 
 class InsightsQueries:
@@ -160,7 +163,7 @@ class InsightsQueries:
     ) -> MemberInsightsAt:
         """One member at `as_of` (business time). Milliseconds: the member's purchases, the
         stored cuts and the member's qualifying rows; an as_of before the programme's newest
-        fact computes the cuts at as_of from the whole programme (slow path, module doc).
+        fact makes the cuts at as_of of every member's facts then (module doc).
         MemberNotFound: not enrolled, or enrolled after as_of."""
         program_id, zone, settings = _rules(program)
         with self._snapshot() as cur:
@@ -186,7 +189,7 @@ class InsightsQueries:
             if self._facts_until(cur, program_id) <= as_of:
                 cuts = _stored_cuts(cur, program_id)
             else:
-                cuts = _slow(cur, program_id, zone, settings, as_of).cuts
+                cuts = _past(cur, program_id, zone, as_of).cuts
             qualifying = _qualifying(cur, program_id, as_of, [member_id])
         behaviour = behaviour_at(bought, as_of, zone, settings)
         insight = _insight(
@@ -199,9 +202,8 @@ class InsightsQueries:
     ) -> SegmentPage:
         """The members of the selection at `as_of`, in member id order, `page.size` after
         `page.after_member`, and the whole selection's count. Every member's stage or
-        segment is read (one read of the members' rows on the fast path, the whole
-        programme's purchases on the slow one); the distance to the next tier is one
-        grouped read of the qualifying rows in the window; the page's members' full
+        segment is read (one read of a row per member); the distance to the next tier is
+        one grouped read of the qualifying rows in the window; the page's members' full
         insights then one read of their purchases."""
         program_id, zone, settings = _rules(program)
         with self._snapshot() as cur:
@@ -219,16 +221,15 @@ class InsightsQueries:
             after = [m for m in selected if m.member_id > page.after_member]
             shown, more = after[: page.size], len(after) > page.size
             ids = [m.member_id for m in shown]
-            if not state.exact:
-                bought = _purchases_of(cur, program_id, ids, as_of)
-                shown = [
-                    _Member(
-                        m.member_id,
-                        m.enrolled_at,
-                        behaviour_at(bought.get(m.member_id, []), as_of, zone, settings),
-                    )
-                    for m in shown
-                ]
+            bought = _purchases_of(cur, program_id, ids, as_of)
+            shown = [
+                _Member(
+                    m.member_id,
+                    m.enrolled_at,
+                    behaviour_at(bought.get(m.member_id, []), as_of, zone, settings),
+                )
+                for m in shown
+            ]
             if qualifying is None:
                 qualifying = _qualifying(cur, program_id, as_of, ids)
         return SegmentPage(
@@ -240,17 +241,16 @@ class InsightsQueries:
 
     def program_insights(self, program: Program, as_of: datetime) -> ProgramInsights:
         """The programme's figures at `as_of`: every member's stage and segment (one read of
-        the members' rows on the fast path), the stores' revenue (stored per store on the
-        fast path, from the purchases on the slow one) and the rates (per-day sums and the
+        a row per member), the stores' revenue (stored per store for now, summed from the
+        purchases and refunds by as_of for the past) and the rates (per-day sums and the
         events of as_of's own day)."""
         program_id, zone, settings = _rules(program)
         with self._snapshot() as cur:
             position = _position(cur)
             state = self._programme(cur, program_id, zone, settings, as_of)
-            if state.purchases is None:
-                stores = _stored_stores(cur, program_id)
-            else:
-                stores = _stores_of(state.purchases, as_of)
+            stores = (
+                _stored_stores(cur, program_id) if state.now else _stores_at(cur, program_id, as_of)
+            )
             earned, redeemed, loaded, used = _flows(cur, program_id, as_of)
         stages = Counter(
             stage_at(m.behaviour, m.enrolled_at, as_of, zone, settings) for m in state.members
@@ -288,7 +288,7 @@ class InsightsQueries:
     ) -> _Programme:
         if self._facts_until(cur, program_id) <= as_of:
             return _fast(cur, program_id, zone, as_of)
-        return _slow(cur, program_id, zone, settings, as_of)
+        return _past(cur, program_id, zone, as_of)
 
     @staticmethod
     def _facts_until(cur: Cursor, program_id: str) -> datetime:
@@ -311,69 +311,84 @@ def _rules(program: Program) -> tuple[str, ZoneInfo, InsightSettings]:
     return program.program_id, ZoneInfo(settings.time_zone), settings.insights
 
 
+_LIFETIME_COLUMNS = (
+    "lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
+    " last_purchase_at, last_purchase_day, favourite_store_id"
+)
+
+
 def _fast(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Programme:
     """Every member's stored lifetime facts, measured to as_of: exact when nothing of the
     programme occurred after as_of."""
     today = local_day(as_of, zone)
     cur.execute(
-        "SELECT member_id, enrolled_at, lifetime_purchases, lifetime_value_minor,"
-        " purchase_cycle_days, first_purchase_at, last_purchase_at, last_purchase_day,"
-        " favourite_store_id FROM rm_insight_members WHERE program_id = ?",
+        f"SELECT member_id, enrolled_at, {_LIFETIME_COLUMNS}"
+        " FROM rm_insight_members WHERE program_id = ?",
         (program_id,),
     )
-    members = []
-    for member_id, enrolled, purchases, value, cycle, first, last, day, store in cur.fetchall():
-        last_day = date.fromordinal(int(day)) if day is not None else None
-        behaviour = Behaviour(
-            lifetime_purchases=int(purchases),
-            lifetime_value_minor=int(value),
-            purchase_cycle_days=int(cycle),
-            first_purchase_at=_moment(int(first)) if first is not None else None,
-            last_purchase_at=_moment(int(last)) if last is not None else None,
-            last_purchase_day=last_day,
-            # As behaviour_at measures it: local days from the last purchase day to as_of.
-            recency_days=(today - last_day).days if last_day else -1,
-            favourite_store_id=str(store),
-        )
-        members.append(_Member(str(member_id), _moment(int(enrolled)), behaviour))
-    return _Programme(members, _stored_cuts(cur, program_id), exact=False, purchases=None)
+    members = [
+        _Member(str(row[0]), _moment(int(row[1])), _lifetime(row[2:], today))
+        for row in cur.fetchall()
+    ]
+    return _Programme(members, _stored_cuts(cur, program_id), now=True)
 
 
-def _slow(
-    cur: Cursor, program_id: str, zone: ZoneInfo, settings: InsightSettings, as_of: datetime
-) -> _Programme:
-    """The members enrolled by as_of, each with behaviour_at over their purchases that
-    occurred by then, and the cuts made from them."""
+def _past(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Programme:
+    """The members enrolled by as_of, each with their lifetime facts as they stood at as_of
+    (the row of their latest purchase or refund instant at or before it; none: no purchase
+    by then), measured to as_of, and the cuts made of them."""
+    today, at = local_day(as_of, zone), micros(as_of)
+    cur.execute(
+        f"SELECT f.member_id, {', '.join('f.' + c.strip() for c in _LIFETIME_COLUMNS.split(','))}"
+        " FROM rm_insight_member_facts f JOIN (SELECT member_id, MAX(since) AS since"
+        " FROM rm_insight_member_facts WHERE program_id = ? AND since <= ?"
+        " GROUP BY member_id) latest ON f.member_id = latest.member_id"
+        " AND f.since = latest.since WHERE f.program_id = ?",
+        (program_id, at, program_id),
+    )
+    facts = {str(row[0]): _lifetime(row[1:], today) for row in cur.fetchall()}
     cur.execute(
         "SELECT member_id, enrolled_at FROM rm_insight_members"
         " WHERE program_id = ? AND enrolled_at <= ?",
-        (program_id, micros(as_of)),
+        (program_id, at),
     )
-    enrolled = [(str(m), _moment(int(at))) for m, at in cur.fetchall()]
-    bought = _purchases_of(cur, program_id, None, as_of)
+    none = Behaviour()
     members = [
-        _Member(m, at, behaviour_at(bought.get(m, []), as_of, zone, settings)) for m, at in enrolled
+        _Member(str(m), _moment(int(enrolled)), facts.get(str(m), none))
+        for m, enrolled in cur.fetchall()
     ]
-    cuts = programme_cuts(m.behaviour for m in members)
-    kept = {m for m, _ in enrolled}
-    return _Programme(
-        members, cuts, exact=True, purchases={m: bought[m] for m in bought if m in kept}
+    return _Programme(members, programme_cuts(m.behaviour for m in members), now=False)
+
+
+def _lifetime(row: Sequence[Any], today: date) -> Behaviour:
+    """A member's lifetime facts as rm_insight_members (and _member_facts) keep them, with
+    recency measured to `today` as behaviour_at measures it: local days from the last
+    purchase day."""
+    purchases, value, cycle, first, last, day, store = row
+    last_day = date.fromordinal(int(day)) if day is not None else None
+    return Behaviour(
+        lifetime_purchases=int(purchases),
+        lifetime_value_minor=int(value),
+        purchase_cycle_days=int(cycle),
+        first_purchase_at=_moment(int(first)) if first is not None else None,
+        last_purchase_at=_moment(int(last)) if last is not None else None,
+        last_purchase_day=last_day,
+        recency_days=(today - last_day).days if last_day else -1,
+        favourite_store_id=str(store),
     )
 
 
 def _purchases_of(
-    cur: Cursor, program_id: str, members: list[str] | None, as_of: datetime
+    cur: Cursor, program_id: str, members: list[str], as_of: datetime
 ) -> dict[str, list[Purchase]]:
-    """member -> their purchases that occurred by as_of, each with its refunds by then
-    (`members` None: the whole programme's)."""
+    """member -> their purchases that occurred by as_of, each with its refunds by then."""
     at = micros(as_of)
     found: dict[str, dict[str, tuple[tuple[str, datetime, str, int], list[Refund]]]] = {}
-    for chunk in [None] if members is None else _chunks(members):
-        where = "program_id = ? AND occurred_at <= ?"
-        params: list[object] = [program_id, at]
-        if chunk is not None:
-            where += f" AND member_id IN ({','.join('?' * len(chunk))})"
-            params += chunk
+    for chunk in _chunks(members):
+        where = (
+            f"program_id = ? AND occurred_at <= ? AND member_id IN ({','.join('?' * len(chunk))})"
+        )
+        params: list[object] = [program_id, at, *chunk]
         cur.execute(
             "SELECT member_id, transaction_id, occurred_at, store_id, purchase_minor"
             f" FROM rm_insight_purchases WHERE {where}",
@@ -452,16 +467,25 @@ def _stored_stores(cur: Cursor, program_id: str) -> list[StoreRevenue]:
     return [StoreRevenue(str(s), int(n), int(p)) for s, n, p in cur.fetchall()]
 
 
-def _stores_of(purchases: dict[str, list[Purchase]], as_of: datetime) -> list[StoreRevenue]:
-    sums: dict[str, list[int]] = {}
-    for bought in purchases.values():
-        for p in bought:
-            net = p.net_at(as_of)
-            if net > 0:
-                store = sums.setdefault(p.store_id, [0, 0])
-                store[0] += net
-                store[1] += 1
-    return [StoreRevenue(s, n, c) for s, (n, c) in sorted(sums.items())]
+def _stores_at(cur: Cursor, program_id: str, as_of: datetime) -> list[StoreRevenue]:
+    """Per store, the net money and the number of the purchases that count at as_of, of the
+    members enrolled by then: each purchase that occurred by as_of less its refunds by then
+    (Purchase.net_at), counted when something is left."""
+    at = micros(as_of)
+    cur.execute(
+        "SELECT p.store_id, SUM(p.purchase_minor - COALESCE(r.refunded, 0)), COUNT(*)"
+        " FROM rm_insight_purchases p LEFT JOIN (SELECT member_id, purchase_id,"
+        " SUM(amount_minor) AS refunded FROM rm_insight_refunds"
+        " WHERE program_id = ? AND occurred_at <= ? GROUP BY member_id, purchase_id) r"
+        " ON r.member_id = p.member_id AND r.purchase_id = p.transaction_id"
+        " WHERE p.program_id = ? AND p.occurred_at <= ?"
+        " AND p.purchase_minor > COALESCE(r.refunded, 0)"
+        " AND p.member_id IN (SELECT member_id FROM rm_insight_members"
+        " WHERE program_id = ? AND enrolled_at <= ?)"
+        " GROUP BY p.store_id ORDER BY p.store_id",
+        (program_id, at, program_id, at, program_id, at),
+    )
+    return [StoreRevenue(str(s), int(n), int(c)) for s, n, c in cur.fetchall()]
 
 
 def _flows(cur: Cursor, program_id: str, as_of: datetime) -> tuple[int, int, int, int]:

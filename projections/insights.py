@@ -12,6 +12,9 @@ ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
   purchases, M: lifetime net money), how many purchasing members have each value: the
   distribution the quintile cuts are read from, kept by adding and removing the members
   whose facts a batch changes.
+- `rm_insight_member_facts`: the same lifetime facts per member from each instant at
+  which one of their purchases or refunds occurred on: the facts at any as_of are the row
+  of the latest instant at or before it, one row per member for a read of the past.
 - `rm_insight_cuts`: the programme's quintile cuts (the values of ranks `start_ranks` in
   that distribution) and, with each, how many members are at or below it: at the end of a
   batch each cut moves from where it was over the values the batch's changes passed, so a
@@ -114,6 +117,8 @@ class _Batch:
     touched: set[tuple[str, str]] = field(default_factory=set)
     # (program, member) -> their values before the batch, for the members it may change.
     before: dict[tuple[str, str], Values] = field(default_factory=dict)
+    # (program, member) -> the earliest occurred_at of the batch's purchases and refunds.
+    earliest: dict[tuple[str, str], datetime] = field(default_factory=dict)
     enrolled: list[tuple[str, str, int]] = field(default_factory=list)
     new_refunds: list[tuple[Any, ...]] = field(default_factory=list)
     changed: set[tuple[str, str, str]] = field(default_factory=set)  # purchases changed
@@ -134,6 +139,7 @@ class InsightsProjection:
         "rm_insight_purchases": ("program_id", "member_id", "transaction_id"),
         "rm_insight_refunds": ("program_id", "member_id", "transaction_id"),
         "rm_insight_members": ("program_id", "member_id"),
+        "rm_insight_member_facts": ("program_id", "member_id", "since"),
         "rm_insight_values": ("program_id", "score", "value"),
         "rm_insight_cuts": ("program_id",),
         "rm_insight_stores": ("program_id", "store_id"),
@@ -268,6 +274,7 @@ class InsightsProjection:
     ) -> None:
         b.touched.add(account)
         b.changed.add((*account, transaction_id))
+        b.earliest[account] = min(b.earliest.get(account, at), at)
         self._fact_at(b, account[0], at)
 
     @staticmethod
@@ -405,18 +412,36 @@ class InsightsProjection:
         )
 
     def _write_members(self, cur: Cursor, b: _Batch) -> dict[str, list[tuple[Values, Values]]]:
-        """Each touched member's lifetime facts, from all of their purchases; per programme
-        touched, the members' values (before, after) that changed."""
+        """Each touched member's lifetime facts, from all of their purchases: now, and from
+        each instant of a purchase or refund at or after the batch's earliest for them on
+        (rm_insight_member_facts); per programme touched, the members' values (before,
+        after) that changed."""
         rows = []
+        history: list[tuple[Any, ...]] = []
+        rewritten: list[tuple[str, str, int]] = []
         changes: dict[str, list[tuple[Values, Values]]] = {}
         for account in sorted(b.touched):
             program_id, member_id = account
-            bought = [x.purchase() for x in b.purchases[account].values()]
-            newest = max(
-                (at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))),
-                default=_EPOCH,
+            kept = b.purchases[account].values()
+            bought = [x.purchase() for x in kept]
+            since = b.earliest[account]
+            instants = sorted(
+                {at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))}
             )
-            facts = behaviour_at(bought, newest, self._zone(cur, program_id), _LIFETIME)
+            if any(
+                at >= since
+                for x in kept
+                if not x.new
+                for at in (x.occurred_at, *(r[1] for r in x.refunds[: x.loaded_refunds]))
+            ):
+                rewritten.append((program_id, member_id, micros(since)))  # rows from since on
+            zone = self._zone(cur, program_id)
+            facts = Behaviour()
+            for at in instants:
+                if at >= since:
+                    facts = behaviour_at(bought, at, zone, _LIFETIME)
+                    history.append((program_id, member_id, micros(at), *lifetime_columns(facts)))
+            # The last is the newest instant: the facts once everything has occurred.
             rows.append((*lifetime_columns(facts), program_id, member_id))
             before, after = b.before.get(account), _scored(facts)
             moved = changes.setdefault(program_id, [])
@@ -428,6 +453,18 @@ class InsightsProjection:
             " last_purchase_day = ?, favourite_store_id = ?"
             " WHERE program_id = ? AND member_id = ?",
             rows,
+        )
+        cur.executemany(
+            "DELETE FROM rm_insight_member_facts WHERE program_id = ? AND member_id = ?"
+            " AND since >= ?",
+            rewritten,
+        )
+        self.dialect.insert_rows(
+            cur,
+            "INSERT INTO rm_insight_member_facts (program_id, member_id, since,"
+            " lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
+            " last_purchase_at, last_purchase_day, favourite_store_id) {rows}",
+            history,
         )
         return changes
 

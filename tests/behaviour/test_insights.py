@@ -26,9 +26,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.audit.replay import read_live, rebuild
-from ledger.domain.insights import stage_at
+from ledger.domain.insights import behaviour_at, programme_cuts, stage_at
 from ledger.infrastructure.database import open_database, parse_database_url
-from ledger.insights_queries import InsightsQueries, _fast, _slow
+from ledger.insights_queries import InsightsQueries, _fast, _past, _purchases_of, _stores_at
 from ledger.v1 import insights_pb2 as ipb
 from ledger.v1 import insights_pb2_grpc as ipb_grpc
 from ledger.v1 import ledger_pb2 as pb
@@ -425,30 +425,156 @@ def test_bad_input_and_unknown_names(insights: Any, client: Client, history: His
 def test_the_stored_facts_equal_the_facts_computed_from_the_purchases(
     server: ServerThread, insights: Any, history: History
 ) -> None:
-    """The fast path (stored lifetime facts and cuts) gives what the slow path (every
-    purchase read and behaviour_at) gives at the same instant."""
+    """Now (the stored lifetime facts and cuts) and in the past (each member's facts row at
+    as_of, the cuts made of them, the stores summed in SQL) give what behaviour_at over every
+    member's purchases gives at the same instant, stage and scores included."""
     program(insights, history)  # caught up with the history
+    extra = [history.now - d * DAY for d in (101, 99, 45, 25, 2)]
+    assert facts_agree(server, history.program, extra) > 10
     prog = server.tally.app.get_program(history.program)
-    zone, settings = ZoneInfo(prog.settings.time_zone), prog.settings.insights
-    as_of = datetime.now(UTC)
+    zone, now = ZoneInfo(prog.settings.time_zone), datetime.now(UTC)
     with server.tally.database.read() as cur:
-        fast = _fast(cur, history.program, zone, as_of)
-        slow = _slow(cur, history.program, zone, settings, as_of)
-    assert fast.cuts == slow.cuts
+        fast = _fast(cur, history.program, zone, now)
+        past = _past(cur, history.program, zone, now)
+    assert fast.cuts == past.cuts
     assert fast.cuts.frequency.members == 3
+    assert sorted((m.member_id, m.behaviour) for m in fast.members) == sorted(
+        (m.member_id, m.behaviour) for m in past.members
+    )
 
-    def lifetime(m: Any) -> tuple[Any, ...]:
-        return (
-            m.member_id,
-            m.enrolled_at,
-            m.behaviour.lifetime_purchases,
-            m.behaviour.lifetime_value_minor,
-            m.behaviour.purchase_cycle_days,
-            m.behaviour.last_purchase_day,
-            m.behaviour.recency_days,
-            m.behaviour.favourite_store_id,
-            stage_at(m.behaviour, m.enrolled_at, as_of, zone, settings),
-            fast.cuts.scores(m.behaviour),
+
+def test_late_purchases_and_refunds_rewrite_a_members_past(
+    client: Client, server: ServerThread, insights: Any
+) -> None:
+    """Facts recorded in another order than they occurred, each in a batch of its own (the
+    projection waited for between them): a till uploading an older purchase, a refund of
+    it, a purchase on the day of another, a refund dated before an earlier-recorded one.
+    Every member's facts at every instant still equal behaviour_at's, and a rebuild's."""
+    now = datetime.now(UTC)
+    program_id = client.create_program(tiers=TIERS)
+
+    def ago(days: float) -> Timestamp:
+        return ts(now - timedelta(days=days))
+
+    def settle() -> None:
+        request = ipb.GetProgramInsightsRequest(
+            program_id=program_id, min_position=log_head(server)
         )
+        insights.GetProgramInsights(request, timeout=30)
 
-    assert sorted(map(lifetime, fast.members)) == sorted(map(lifetime, slow.members))
+    for member_id in ("late", "other"):
+        client.enroll(program_id, member_id, occurred_at=ago(200))
+    settle()
+    steps: list[tuple[str, int, int, str, float]] = [
+        ("late", 10, 1000, "s1", 10),
+        ("other", 30, 3000, "s2", 40),
+        ("late", 20, 2000, "s2", 30),  # uploaded late: before the one above
+        ("late", 50, 5000, "s3", 10.5),  # the same local day as the first, probably
+        ("late", 40, 4000, "s1", 60),
+        ("other", 5, 500, "s1", 41),
+    ]
+    earned: dict[float, str] = {}
+    for member_id, points, money, store, days in steps:
+        response = client.earn(
+            program_id,
+            member_id,
+            points,
+            purchase_minor=money,
+            store_id=store,
+            occurred_at=ago(days),
+        )
+        earned[days] = str(response.transaction_id)
+        settle()
+    client.reverse(program_id, "late", earned[30], occurred_at=ago(5))  # whole, late
+    settle()
+    client.reverse(
+        program_id, "late", earned[60], 10, refund_purchase_minor=1500, occurred_at=ago(55)
+    )
+    settle()
+    client.reverse(program_id, "other", earned[40], occurred_at=ago(35))
+    settle()
+    assert facts_agree(server, program_id, [now - timedelta(days=d) for d in (100, 50, 20, 7)])
+    config = parse_database_url(server.database_url)
+    positions, live = read_live(config)
+    with tempfile.TemporaryDirectory() as folder:
+        replayed = rebuild(config, positions, Path(folder) / "replay.db")
+    for table in InsightsProjection.tables:
+        rows = {k: r for k, r in live[table].items() if program_id in (r[0], r[1])}
+        again = {k: r for k, r in replayed[table].items() if program_id in (r[0], r[1])}
+        assert rows == again, table
+    with server.tally.database.read() as cur:
+        cur.execute(
+            "SELECT COUNT(*) FROM rm_insight_member_facts WHERE program_id = ? AND member_id = ?",
+            (program_id, "late"),
+        )
+        assert cur.fetchone() == (6,)  # four purchases and two refunds: an instant each
+
+
+def facts_agree(server: ServerThread, program_id: str, extra: list[datetime]) -> int:
+    """Checks _past (and _stores_at) against behaviour_at over every member's purchases at
+    every instant a fact changes, a microsecond either side, and at `extra` and now; returns
+    at how many of them some member had bought."""
+    prog = server.tally.app.get_program(program_id)
+    zone, settings = ZoneInfo(prog.settings.time_zone), prog.settings.insights
+    checked = 0
+    with server.tally.database.read() as cur:
+        cur.execute(
+            "SELECT member_id, enrolled_at FROM rm_insight_members WHERE program_id = ?",
+            (program_id,),
+        )
+        enrolled = [(str(m), int(at)) for m, at in cur.fetchall()]
+        cur.execute(
+            "SELECT occurred_at FROM rm_insight_purchases WHERE program_id = ? UNION"
+            " SELECT occurred_at FROM rm_insight_refunds WHERE program_id = ?",
+            (program_id, program_id),
+        )
+        instants = sorted({int(at) + d for (at,) in cur.fetchall() for d in (-1, 0, 1)})
+        moments = [_EPOCH_TEST + timedelta(microseconds=at) for at in instants]
+        for as_of in [*moments, *extra, datetime.now(UTC)]:
+            members = [m for m, at in enrolled if at <= micros_of(as_of)]
+            bought = _purchases_of(cur, program_id, members, as_of)
+            exact = {m: behaviour_at(bought.get(m, []), as_of, zone, settings) for m in members}
+            cuts = programme_cuts(exact.values())
+            got = _past(cur, program_id, zone, as_of)
+            assert got.cuts == cuts, as_of
+            assert sorted(m.member_id for m in got.members) == sorted(members)
+            for m in got.members:
+                e, g = exact[m.member_id], m.behaviour
+                assert lifetime_of(g) == lifetime_of(e), (as_of, m.member_id)
+                assert stage_at(g, m.enrolled_at, as_of, zone, settings) == stage_at(
+                    e, m.enrolled_at, as_of, zone, settings
+                )
+                assert got.cuts.scores(g) == cuts.scores(e)
+            stores: dict[str, list[int]] = {}
+            for purchases in bought.values():
+                for p in purchases:
+                    if (net := p.net_at(as_of)) > 0:
+                        stores.setdefault(p.store_id, [0, 0])
+                        stores[p.store_id][0] += net
+                        stores[p.store_id][1] += 1
+            summed = _stores_at(cur, program_id, as_of)
+            assert [(s.store_id, s.net_purchases_minor, s.purchases) for s in summed] == [
+                (k, *v) for k, v in sorted(stores.items())
+            ]
+            checked += any(b.lifetime_purchases for b in exact.values())
+    return checked
+
+
+def lifetime_of(b: Any) -> tuple[Any, ...]:
+    return (
+        b.lifetime_purchases,
+        b.lifetime_value_minor,
+        b.purchase_cycle_days,
+        b.first_purchase_at,
+        b.last_purchase_at,
+        b.last_purchase_day,
+        b.recency_days,
+        b.favourite_store_id,
+    )
+
+
+_EPOCH_TEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros_of(moment: datetime) -> int:
+    return (moment - _EPOCH_TEST) // timedelta(microseconds=1)

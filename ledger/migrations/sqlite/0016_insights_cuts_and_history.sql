@@ -1,0 +1,48 @@
+-- The insights projection (decision 28, docs/performance.md) keeps the distribution its
+-- quintile cuts are read from, so that a batch moves the cuts by what it changed instead of
+-- reading every purchasing member: per programme and score (R: the last purchase day's
+-- ordinal, F: lifetime purchases, M: lifetime net money), how many purchasing members have
+-- each value (no row: none), and with each cut how many members are at or below it. And it
+-- keeps each member's lifetime facts over business time, so that an as_of in the past reads
+-- one row per member instead of every purchase.
+CREATE TABLE rm_insight_values (
+    program_id TEXT NOT NULL,
+    score TEXT NOT NULL,
+    value BIGINT NOT NULL,
+    members BIGINT NOT NULL,
+    PRIMARY KEY (program_id, score, value)
+);
+-- A value whose last member left is deleted in the same batch: this finds those rows.
+CREATE INDEX rm_insight_values_emptied ON rm_insight_values (program_id) WHERE members = 0;
+-- Each member's lifetime facts (the columns of rm_insight_members) as they stood from
+-- `since` on: one row per instant at which one of their purchases or refunds occurred, so
+-- that the facts at any as_of are the row of the latest instant at or before it (no row:
+-- no purchase by then). A batch rewrites a member's rows from its earliest new fact on.
+CREATE TABLE rm_insight_member_facts (
+    program_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    since BIGINT NOT NULL,
+    lifetime_purchases BIGINT NOT NULL,
+    lifetime_value_minor BIGINT NOT NULL,
+    purchase_cycle_days BIGINT NOT NULL,
+    first_purchase_at BIGINT,
+    last_purchase_at BIGINT,
+    last_purchase_day BIGINT,
+    favourite_store_id TEXT NOT NULL,
+    PRIMARY KEY (program_id, member_id, since)
+);
+ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
+ALTER TABLE rm_insight_cuts ADD COLUMN frequency_counts TEXT NOT NULL DEFAULT '';
+ALTER TABLE rm_insight_cuts ADD COLUMN monetary_counts TEXT NOT NULL DEFAULT '';
+
+-- The insights read model replays once into the new shape (as 0009 and 0012 did theirs).
+DELETE FROM rm_insight_programs;
+DELETE FROM rm_insight_accounts;
+DELETE FROM rm_insight_purchases;
+DELETE FROM rm_insight_refunds;
+DELETE FROM rm_insight_members;
+DELETE FROM rm_insight_cuts;
+DELETE FROM rm_insight_stores;
+DELETE FROM rm_insight_flows;
+DELETE FROM rm_insight_flows_daily;
+DELETE FROM projection_tracking WHERE name = 'insights';
