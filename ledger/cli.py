@@ -1,5 +1,5 @@
-"""The `ledger` command: serve, migrate, program, report, reconcile, import, audit, export,
-demo."""
+"""The `ledger` command: serve, project, migrate, program, report, reconcile, import, audit,
+export, demo."""
 
 from __future__ import annotations
 
@@ -71,6 +71,14 @@ _positive_int = _whole_number(1)
 _position = _whole_number(0)
 
 
+def _projections_mode(text: str) -> str:
+    """--projections: process or inline ("" when neither flag nor environment says: process
+    on PostgreSQL, inline on SQLite)."""
+    if text not in ("", "process", "inline"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of 'process', 'inline'")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger", description="Tally: the points and stored-value ledger"
@@ -78,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{serve,migrate,program,report,reconcile,credentials,relay,import,audit,export,demo}",
+        metavar="{serve,project,migrate,program,report,reconcile,credentials,relay,import,audit,"
+        "export,demo}",
     )
 
     serve = sub.add_parser(
@@ -99,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TALLY_PROCESSES", "1"),
         help="server processes sharing the port, one per core (PostgreSQL only; "
         "env TALLY_PROCESSES; default 1)",
+    )
+    serve.add_argument(
+        "--projections",
+        type=_projections_mode,
+        default=os.environ.get("TALLY_PROJECTIONS", ""),
+        help="who writes the read models: 'process', a `ledger project` child this server "
+        "starts and restarts (PostgreSQL; the default there), or 'inline', this server's "
+        "own threads (the only one on SQLite) (env TALLY_PROJECTIONS)",
     )
     serve.add_argument(
         "--no-migrate",
@@ -153,6 +170,10 @@ def _parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("TALLY_SHUTDOWN_GRACE", "10")),
         help="seconds in-flight calls get to finish on SIGTERM (default 10)",
     )
+
+    from ledger.project_command import add_parsers as add_project_parsers
+
+    add_project_parsers(sub, _database_arg, _position)
 
     migrate = sub.add_parser(
         "migrate",
@@ -270,8 +291,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logging("INFO" if args.command == "serve" else "WARNING")
+    return run_parsed(_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command: a mistake an operator can fix is one line, exit 2."""
+    configure_logging("INFO" if args.command in ("serve", "project") else "WARNING")
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -289,7 +314,11 @@ def _operator_error(error: Exception) -> str | None:
     that cannot be had, pending migrations, a refused programme), or None for a bug, which
     keeps its traceback."""
     from ledger.api.errors import InvalidArgument
-    from ledger.api.server import ListenAddressError, ProcessesNeedPostgres
+    from ledger.api.server import (
+        ListenAddressError,
+        ProcessesNeedPostgres,
+        ProjectionsOptionError,
+    )
     from ledger.audit.checkpoints import KeyFileError
     from ledger.domain.errors import DomainError
     from ledger.infrastructure.database import DatabaseUnavailable, DatabaseUrlError
@@ -306,6 +335,7 @@ def _operator_error(error: Exception) -> str | None:
     known = (
         ListenAddressError,
         ProcessesNeedPostgres,
+        ProjectionsOptionError,
         DatabaseUnavailable,
         DatabaseUrlError,
         DatabaseInUse,
@@ -334,6 +364,7 @@ def _serve_options(args: argparse.Namespace) -> Any:
         routes=args.routes,
         nats=args.nats,
         grace_seconds=args.grace,
+        projections=args.projections,
     )
 
 
@@ -347,6 +378,10 @@ def _run(args: argparse.Namespace) -> int:
             return serve_processes(options, args.processes)
         asyncio.run(run_server(options))
         return 0
+    if args.command == "project":
+        from ledger.project_command import run as run_project
+
+        return run_project(args)
     if args.command == "credentials":
         from ledger.credentials_command import run as run_credentials
 

@@ -10,13 +10,23 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ledger.application.commands import AccountCommand
 from ledger.application.group import Answer
 from ledger.application.group_commit import GroupCommitWriter
 from ledger.application.service import LedgerApplication, utc_now
 from ledger.audit.checkpoints import Checkpointer, load_signing_key, raw
+from ledger.commit_notices import (
+    COMMITS,
+    PROJECTED,
+    WANTED,
+    FollowingRunner,
+    Listener,
+    Notifier,
+    announcing,
+    parse_projected,
+)
 from ledger.domain.ids import program_id_key
 from ledger.infrastructure.database import (
     DatabaseConfig,
@@ -33,6 +43,7 @@ from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
 from ledger.routing import RoutingTable, RoutingTableError
 from projections import REGISTERED
+from projections.log_reader import LogReader
 from projections.points import NAME as POINTS
 from projections.runner import ProjectionRunner
 
@@ -40,6 +51,12 @@ log = logging.getLogger(__name__)
 # An eager read model, woken by each commit here, still looks this often for other
 # processes' commits.
 EAGER_POLL_SECONDS = 0.05
+# Who writes the read models (decision 31). "inline": this process (woken by its own
+# commits; other processes' lock holders win on PostgreSQL). "follow": a `ledger project`
+# process; this one only follows the tracking positions, and tells it of each commit.
+# "project": this process is `ledger project`: it writes them, woken by the notices, and
+# runs no writer, sweeper or checkpointer.
+ProjectionMode = Literal["inline", "follow", "project"]
 
 
 class Tally:
@@ -53,12 +70,20 @@ class Tally:
         max_group: int = 256,
         exclusive: str = "",
         report_database: str = "",
+        projection_mode: ProjectionMode = "inline",
     ) -> None:
         """`exclusive`: this process is `ledger serve` or `ledger import` (named so): on
         SQLite it holds the file for its life, and a second one is refused
         (ledger/infrastructure/single_process.py). `report_database`: a PostgreSQL replica
-        of this database, which the ReportService reads instead (docs/scaling.md)."""
+        of this database, which the ReportService reads instead (docs/scaling.md).
+        `projection_mode`: see ProjectionMode; "follow" and "project" need PostgreSQL."""
         self.config = config
+        self.projection_mode: ProjectionMode = projection_mode
+        if projection_mode != "inline" and not config.dialect.several_processes:
+            raise DatabaseUrlError(
+                f"{config.display}: a SQLite file is one process's; its read models are "
+                "projected inside that process (--projections inline)"
+            )
         check_database(config, must_exist=False)
         self._single = config.dialect.process_lock(config)
         if self._single is not None and exclusive:
@@ -101,22 +126,27 @@ class Tally:
         env = config.eventsourcing_env()
         self.app = LedgerApplication(env, self.database, clock=clock)
         self.queries = LedgerQueries(self.database)
-        # Every registered read model, each with its own runner and tracking position.
-        self.projections: dict[str, ProjectionRunner] = {
-            projection.name: ProjectionRunner(
-                self.database,
-                self.app.recorder,
-                self.app.mapper.to_domain_event,
-                projection(self.database.dialect),
-                poll_interval=projection.poll_interval or EAGER_POLL_SECONDS,
-            )
-            for projection in REGISTERED
-        }
+        # Every registered read model, each with its own runner and tracking position, all
+        # reading the log through one reader: each event decoded once (decision 30); or,
+        # following a projections process, a follower each, which reads no log at all.
+        self.notifier: Notifier | None = None
+        self.notices: Listener | None = None
+        self.projections: dict[str, ProjectionRunner] = self._runners()
         self._eager = [self.projections[p.name] for p in REGISTERED if not p.poll_interval]
+        if self.projection_mode == "follow":
+            self.notices = Listener(config, {PROJECTED: self._projected}, name="projected-notices")
+        elif self.projection_mode == "project":
+            self.notices = Listener(
+                config,
+                {COMMITS: self._commits_elsewhere, WANTED: self._wanted},
+                reconnected=self._commits_elsewhere,
+                name="commit-notices",
+            )
         self.commits = CommitSignal()
         self.app.on_saved = self._saved
-        # Checkpoints (docs/audit.md), signed when TALLY_CHECKPOINT_KEY names an Ed25519 key.
-        self.checkpoint_key = load_signing_key()
+        # Checkpoints (docs/audit.md), signed when TALLY_CHECKPOINT_KEY names an Ed25519 key
+        # (not written by `ledger project`).
+        self.checkpoint_key = load_signing_key() if self.projection_mode != "project" else None
         self.checkpoint_public_key = (
             raw(self.checkpoint_key.public_key()) if self.checkpoint_key else None
         )
@@ -130,6 +160,37 @@ class Tally:
             self.app, writers=writers, max_group=max_group, cache_per_writer=cache_size
         )
         self.sweeper = Sweeper(self)
+
+    def _runners(self) -> dict[str, ProjectionRunner]:
+        decode = self.app.mapper.to_domain_event
+        dialect = self.database.dialect
+        if self.projection_mode == "follow":
+            self.notifier = Notifier(self.config)
+            return {
+                p.name: FollowingRunner(
+                    self.database,
+                    self.app.recorder,
+                    decode,
+                    p(dialect),
+                    self.notifier,
+                    poll_interval=p.poll_interval or EAGER_POLL_SECONDS,
+                    lazy=bool(p.poll_interval),
+                )
+                for p in REGISTERED
+            }
+        reader = LogReader(self.app.recorder, decode)
+        announced = self.projection_mode == "project"
+        return {
+            p.name: ProjectionRunner(
+                self.database,
+                self.app.recorder,
+                decode,
+                (announcing(p) if announced else p)(dialect),
+                poll_interval=p.poll_interval or EAGER_POLL_SECONDS,
+                reader=reader,
+            )
+            for p in REGISTERED
+        }
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Tally:
@@ -146,29 +207,76 @@ class Tally:
         return self.projections[POINTS]
 
     def _saved(self, position: int) -> None:
-        for runner in self._eager:  # the lazy ones look on their own, or when a query waits
-            runner.wake(position)
+        if self.notifier is not None:  # the projections process writes them: tell it
+            self.notifier.committed(position)
+        else:  # the lazy ones look on their own, or when a query waits
+            for runner in self._eager:
+                runner.wake(position)
         self.commits.notify()
 
+    def _commits_elsewhere(self, _payload: str = "") -> None:
+        """`ledger project`: an API process committed (or notices may have been missed)."""
+        for runner in self._eager:
+            runner.wake()
+
+    def _wanted(self, name: str) -> None:
+        """`ledger project`: a query in an API process waits for this read model."""
+        if (runner := self.projections.get(name)) is not None:
+            runner.wake()
+
+    def _projected(self, payload: str) -> None:
+        """Following: the projections process committed a batch of a read model."""
+        found = parse_projected(payload)
+        runner = self.projections.get(found[0]) if found else None
+        if found and isinstance(runner, FollowingRunner):
+            runner.projected(found[1])
+
     def start(self, sweep: bool = True) -> None:
-        self.writer.start()
+        """The writer, the projection runners (or followers) and, with `sweep`, the sweeper
+        and checkpointer. `ledger project` (projection_mode "project") starts the runners
+        only."""
+        if self.projection_mode == "project":
+            sweep = False
+        else:
+            self.writer.start()
+        if self.notifier is not None:
+            self.notifier.start()
         for runner in self.projections.values():
             runner.start()
+        if self.notices is not None:
+            self.notices.start()
         if sweep:
             self.sweeper.start()
             self.checkpointer.start()
 
     def wait_ready(self, timeout: float) -> bool:
+        """Every read model caught up with the log (following: the projections process has
+        projected what the log held when this was called)."""
         deadline = time.monotonic() + timeout
-        return all(
+        ready = all(
             runner.ready.wait(max(0.0, deadline - time.monotonic()))
             for runner in self.projections.values()
         )
+        if not ready or self.projection_mode != "follow":
+            return ready
+        head = self.app.recorder.max_notification_id() or 0
+        while any(runner.position < head for runner in self.projections.values()):
+            if time.monotonic() >= deadline:
+                return False
+            for runner in self.projections.values():
+                if runner.position < head:
+                    runner.wake()  # re-read on its notices; a lazy one is asked for
+            time.sleep(EAGER_POLL_SECONDS)
+        return True
 
     def close(self) -> None:
         self.checkpointer.stop()
         self.sweeper.stop()
         self.writer.stop()
+        if self.notices is not None:
+            self.notices.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         for runner in self.projections.values():
             runner.stop()
         self.app.close()

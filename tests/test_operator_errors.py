@@ -156,8 +156,8 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
         (["program"], "required: {create,show,update}"),
         (
             [],
-            "required: {serve,migrate,program,report,reconcile,credentials,relay,import,"
-            "audit,export,demo}",
+            "required: {serve,project,migrate,program,report,reconcile,credentials,relay,"
+            "import,audit,export,demo}",
         ),
     ],
 )

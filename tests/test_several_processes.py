@@ -1,7 +1,10 @@
 """Several `ledger serve` processes on one PostgreSQL database (each on its own port): a
 command is correct from any of them, even when all of them hit the same account at once;
 each projection has exactly one writer (its advisory lock), taken over by another process
-when the holder is killed; `min_position` works on every process."""
+when the holder is killed; `min_position` works on every process. The race runs each server
+with its own `ledger project` child (the default on PostgreSQL: one of the three children
+writes, the others follow); the takeover is between the servers themselves
+(`--projections inline`); tests/test_projector_process.py kills a projections process."""
 
 from __future__ import annotations
 
@@ -37,14 +40,17 @@ LOCK_KEYS = {zlib.crc32(f"tally-projection:{p.name}".encode()): p.name for p in 
 
 
 @contextmanager
-def three_servers() -> Iterator[tuple[str, list[ServerProcess]]]:
-    """Three servers on one scratch database. The first starts alone, so it holds every
-    projection's lock before the others arrive."""
-    with scratch_postgres() as url, ExitStack() as stack:
-        first = ServerProcess(url)
+def three_servers(*options: str) -> Iterator[tuple[str, list[ServerProcess]]]:
+    """Three servers on one scratch database. The first starts alone, so it (or its
+    projections process) holds every projection's lock before the others arrive."""
+    with scratch_postgres() as database, ExitStack() as stack:
+        # A smaller event-store pool (8 by default): three servers and their projections
+        # processes stay well inside a max_connections of 100 shared with other tests.
+        url = f"{database}?pool_size=4"
+        first = ServerProcess(url, *options)
         stack.callback(first.close)
         first.wait_serving()
-        others = [ServerProcess(url), ServerProcess(url)]
+        others = [ServerProcess(url, *options), ServerProcess(url, *options)]
         for server in others:
             stack.callback(server.close)
         for server in others:
@@ -160,7 +166,7 @@ def test_several_processes_share_one_database_correctly() -> None:
 
 
 def test_one_writer_per_projection_and_a_takeover_when_it_is_killed() -> None:
-    with three_servers() as (url, servers):
+    with three_servers("--projections", "inline") as (url, servers):
         first, *others = servers
         holders = lock_holders(url)
         # Every projection has exactly one writer: the first process, which started alone.

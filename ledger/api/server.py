@@ -31,6 +31,7 @@ from ledger.api.report_service import ReportServicer
 from ledger.api.routed_services import RoutedServices
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
+from ledger.projector import ProjectorSupervisor, sqlite_refusal
 from ledger.relay import Relay
 from ledger.routing import load_routes
 from ledger.runtime import RoutedTally, Tally
@@ -89,6 +90,11 @@ class ServeOptions:
     nats: str = ""  # relay every event to NATS JetStream at this URL (ledger/relay.py)
     # SIGTERM: stop accepting, give in-flight calls this long, then flush and exit.
     grace_seconds: float = 10.0
+    # Who writes the read models (decision 31): "inline", this process's threads; "process",
+    # a `ledger project` child that serve starts, restarts and stops; "" (the command
+    # line's default), process on PostgreSQL and inline on SQLite or with --routes;
+    # "follow", a projections process started by someone else (--processes's children).
+    projections: str = "inline"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -265,35 +271,90 @@ def _add_services(server: grpc.aio.Server, tally: Tally, executor: ThreadPoolExe
     )
 
 
+class ProjectionsOptionError(ValueError):
+    """--projections with something it does not go with."""
+
+
+def resolve_projections(options: ServeOptions) -> ServeOptions:
+    """The options with `projections` decided: "" becomes process on PostgreSQL, inline on
+    SQLite or with --routes; process on SQLite, or with --routes, is refused in one line."""
+    mode = options.projections
+    if mode not in ("", "inline", "process", "follow"):
+        raise ProjectionsOptionError(f"--projections {mode!r} is not one of 'process', 'inline'")
+    postgres = parse_database_url(options.database_url).dialect.several_processes
+    if mode == "":
+        mode = "process" if postgres and not options.routes else "inline"
+    elif mode != "inline" and not postgres:
+        raise sqlite_refusal(
+            f"--projections {mode}", parse_database_url(options.database_url).display
+        )
+    elif mode != "inline" and options.routes:
+        raise ProjectionsOptionError(
+            f"--projections {mode} does not go with --routes yet (each cluster would need "
+            "its own projections process): give --projections inline"
+        )
+    return replace(options, projections=mode)
+
+
 async def serve(options: ServeOptions) -> None:
     security = Security.from_options(options)  # a bad credentials file fails here, first
     check_listen_address(options.listen, authenticated=security.enabled)
     if not options.share_port:
         check_port_free(options.listen)
+    options = resolve_projections(options)
     loop = asyncio.get_running_loop()
     # From the start: a signal while starting up stops the server once it is up, gracefully,
     # instead of killing the process half-started.
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    tally = await loop.run_in_executor(None, lambda: open_tally(options))
+    # --projections process: the child that writes the read models (decision 31), started
+    # now so that it imports while this process opens the database, and let go once that is
+    # checked and migrated (a mistake is this process's one line, and the child says none).
+    projector = None
+    if options.projections == "process":
+        projector = ProjectorSupervisor(options.database_url)
+        await loop.run_in_executor(None, projector.start)
+    try:
+        tally = await loop.run_in_executor(None, lambda: open_tally(options))
+    except BaseException:
+        if projector is not None:
+            await loop.run_in_executor(None, projector.stop)
+        raise
+    if projector is not None:
+        projector.go()
     try:
         running = await start_server(
             tally, options.listen, share_port=options.share_port, options=options
         )
     except BaseException:
         await loop.run_in_executor(None, tally.close)
+        if projector is not None:
+            await loop.run_in_executor(None, projector.stop)
         raise
     survivors = asyncio.create_task(freeze_survivors())
     await stopping.wait()
     log.info("shutting down: draining in-flight calls (up to %.0f s)", options.grace_seconds)
     survivors.cancel()
     await running.stop(options.grace_seconds)
+    if projector is not None:  # after the drain: what was committed is projected
+        await loop.run_in_executor(None, _stop_projector, projector)
     log.info("stopped")
 
 
+def _stop_projector(projector: ProjectorSupervisor) -> bool:
+    """Stop the projections process; False if it did not exit 0."""
+    code = projector.stop()
+    if code not in (None, 0):
+        log.error("the projections process exited %s on SIGTERM", code)
+        return False
+    return True
+
+
 def open_tally(options: ServeOptions) -> Tally:
-    """The server's Tally: one database, or with --routes one per cluster of the table."""
+    """The server's Tally: one database, or with --routes one per cluster of the table.
+    With `projections` process or follow, it follows the read models a `ledger project`
+    writes."""
     kwargs: dict[str, Any] = {
         "apply_migrations": options.apply_migrations,
         "exclusive": "a `ledger serve`",
@@ -301,6 +362,8 @@ def open_tally(options: ServeOptions) -> Tally:
     }
     if options.routes:
         return RoutedTally(load_routes(options.routes, options.database_url), **kwargs)
+    if options.projections in ("process", "follow"):
+        kwargs["projection_mode"] = "follow"
     return Tally.from_url(options.database_url, **kwargs)
 
 
@@ -328,11 +391,13 @@ def serve_processes(options: ServeOptions, processes: int) -> int:
     """One server process per core, all on one port (SO_REUSEPORT): each has its own Python
     core, writer and caches. A command for an account another process has cached makes that
     process's next save of it conflict, and the group is re-run on fresh state (correct, at
-    the cost of a round). Projections: one process writes them (the advisory lock), the
-    others follow."""
+    the cost of a round). Projections: with `projections` process, ONE `ledger project`
+    child of this process writes them and every server process follows; inline, one server
+    process writes them (the advisory lock), the others follow."""
     config = parse_database_url(options.database_url)
     if not config.dialect.several_processes:
         raise ProcessesNeedPostgres("--processes above 1 needs a PostgreSQL database")
+    options = resolve_projections(options)
     if options.listen.rsplit(":", 1)[-1] == "0":
         raise ValueError("--processes above 1 needs a fixed port, not 0")
     check_listen_address(options.listen, authenticated=Security.from_options(options).enabled)
@@ -345,6 +410,12 @@ def serve_processes(options: ServeOptions, processes: int) -> int:
         for url in urls:
             migrate(parse_database_url(url))
     child_options = replace(options, apply_migrations=False, share_port=True)
+    projector = None
+    if options.projections == "process":
+        child_options = replace(child_options, projections="follow")
+        projector = ProjectorSupervisor(options.database_url)
+        projector.start()
+        projector.go()  # migrated above
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_serve_child, args=(child_options,), name=f"server-{i}")
@@ -362,8 +433,10 @@ def serve_processes(options: ServeOptions, processes: int) -> int:
     signal.signal(signal.SIGINT, stop)
     for child in children:
         child.join()
+    # After the servers drained: what they committed is projected.
+    projected = _stop_projector(projector) if projector is not None else True
     # A child that died (a negative exit code: killed by a signal) fails the whole server.
-    return 1 if any(child.exitcode for child in children) else 0
+    return 1 if any(child.exitcode for child in children) or not projected else 0
 
 
 def _serve_child(options: ServeOptions) -> None:

@@ -1,0 +1,231 @@
+"""The read models in a process of their own (decision 31): `ledger project` runs every
+registered projection and nothing else, and `ledger serve` on PostgreSQL starts one as its
+child, restarts it when it exits and stops it after draining.
+
+The API processes then only follow the tracking positions (ledger/commit_notices.py
+`FollowingRunner`): the projections' CPU (decoding, SQL, psycopg) is off their GIL. They tell
+the projections process of each commit (PostgreSQL NOTIFY), and it tells them of each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from types import FrameType
+
+from ledger.infrastructure.database import DatabaseUrlError, parse_database_url
+
+log = logging.getLogger(__name__)
+# A child that ran this long before it exited is restarted at once (after the first delay);
+# one that keeps exiting sooner waits longer each time, up to MAX_RESTART_SECONDS.
+STEADY_SECONDS = 30.0
+FIRST_RESTART_SECONDS = 0.5
+MAX_RESTART_SECONDS = 5.0
+PARENT_CHECK_SECONDS = 0.25
+# The event store's pool in the projections process (the URL's pool_size is the servers'):
+# the runners read the log through one shared reader, a runner far behind on its own.
+PROJECTOR_POOL_SIZE = 2
+STOP_TIMEOUT_SECONDS = 20.0
+
+
+class ProjectionsNeedPostgres(DatabaseUrlError):
+    """`ledger project`, or `--projections process`, on a SQLite database (one line, exit 2,
+    as every DatabaseUrlError)."""
+
+
+def sqlite_refusal(what: str, display: str) -> ProjectionsNeedPostgres:
+    return ProjectionsNeedPostgres(
+        f"{what} needs a PostgreSQL database, not {display}: a SQLite file is one "
+        "process's, so its read models are projected inside `ledger serve` "
+        "(--projections inline)"
+    )
+
+
+def run_projector(
+    database_url: str, metrics_port: int = 0, apply_migrations: bool = True, parent: int = 0
+) -> int:
+    """`ledger project`: every registered projection, until SIGTERM or SIGINT (exit 0).
+    `parent`: started by that `ledger serve`, which says "go" on stdin once it has checked
+    and migrated the database (this process imports meanwhile; at EOF instead it exits 0
+    without a word: the server failed and says why); and it stops when that process is gone.
+    """
+    stopping = threading.Event()
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    from ledger.runtime import Tally
+    from ledger.telemetry import OTLP_ENDPOINT, Telemetry
+
+    config = parse_database_url(database_url)
+    if not config.dialect.several_processes:
+        raise sqlite_refusal("the projections process", config.display)
+    if parent and (sys.stdin.readline().strip() != GO or stopping.is_set()):
+        return 0
+    shown = config.display
+    config = replace(config, pool_size=min(config.pool_size, PROJECTOR_POOL_SIZE))
+    telemetry = Telemetry()  # none, unless asked for: then as `ledger serve` has it
+    if metrics_port or os.environ.get(OTLP_ENDPOINT):
+        from ledger.api.server import ServeOptions  # grpc's server: seconds to import
+
+        telemetry = Telemetry.from_options(
+            ServeOptions(database_url=database_url, metrics_port=metrics_port)
+        )
+    tally = Tally(config, apply_migrations=apply_migrations, projection_mode="project")
+    try:
+        tally.start()
+        telemetry.start(tally)
+        log.info("projecting %s (database %s)", ", ".join(tally.projections), shown)
+        while not stopping.wait(PARENT_CHECK_SECONDS):
+            if parent and os.getppid() != parent:
+                log.warning("the `ledger serve` that started this projections process is gone")
+                break
+    finally:
+        tally.close()
+        telemetry.shutdown()
+    log.info("projections process stopped")
+    return 0
+
+
+class ProjectorSupervisor:
+    """`ledger serve`'s child `ledger project` on the same database: started at once (it
+    imports while the server opens the database), let go by `go` once the server has checked
+    and migrated it, started again (after a delay that grows while it keeps failing) whenever
+    it exits, stopped with SIGTERM by `stop`. The child stops by itself if this process dies
+    (it watches its parent), so a `kill -9` of the server leaves no projector behind."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._go = False
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        with self._lock:
+            return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="projector", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def go(self) -> None:
+        """The database is checked and migrated: the child (and every restart) may open it."""
+        with self._lock:
+            self._go = True
+            if self._process is not None:
+                _say(self._process, GO)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # The URL goes by the environment, not argv: a password would show in `ps`.
+        env = {**os.environ, "TALLY_DATABASE_URL": self.database_url}
+        command = [sys.executable, "-m", "ledger.project_command", "--no-migrate"]
+        command += ["--parent", str(os.getpid())]
+        # A session of its own: a Ctrl-C at the terminal reaches the servers, which drain,
+        # and this process stops it afterwards, not at once.
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if self._go:
+            _say(process, GO)
+        return process
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    break
+                try:
+                    process = self._process = self._spawn()
+                except OSError as e:
+                    process = None
+                    log.error("cannot start the projections process: %s", e)
+            self._started.set()
+            began = time.monotonic()
+            code = process.wait() if process is not None else None
+            if self._stop.is_set():
+                break
+            failures = 0 if time.monotonic() - began >= STEADY_SECONDS else failures + 1
+            delay = min(MAX_RESTART_SECONDS, FIRST_RESTART_SECONDS * 2 ** max(0, failures - 1))
+            log.warning(
+                "the projections process%s exited (%s); starting it again in %.1f s",
+                f" (pid {process.pid})" if process is not None else "",
+                _exit_status(code),
+                delay,
+            )
+            self._stop.wait(delay)
+            self.restarts += 1
+        self._started.set()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        """Stop the child: SIGTERM (SIGKILL after `timeout`), or SIGKILL at once if it was
+        never let go (it has only imported: nothing to finish). Its exit code (0 for those,
+        and for a SIGTERM that came before its handler was in place), or None if none was
+        running (between two starts)."""
+        with self._lock:
+            self._stop.set()
+            process, released = self._process, self._go
+        code = None
+        if process is not None and process.poll() is None:
+            if released:
+                process.send_signal(signal.SIGTERM)
+            else:
+                _say(process, "")
+                process.kill()
+            try:
+                code = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.error("the projections process did not stop in %.0f s: killing it", timeout)
+                process.kill()
+                code = process.wait()
+            if not released or code == -signal.SIGTERM:
+                code = 0
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        return code
+
+
+GO = "go"
+
+
+def _say(process: subprocess.Popen[bytes], word: str) -> None:
+    """Write `word` (and a newline, unless it is empty: EOF alone) to the child's stdin and
+    close it; a child already gone is no error."""
+    stdin = process.stdin
+    if stdin is None or stdin.closed:
+        return
+    try:
+        if word:
+            stdin.write(f"{word}\n".encode())
+        stdin.close()
+    except OSError:
+        pass
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "not started"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"

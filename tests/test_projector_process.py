@@ -1,0 +1,243 @@
+"""The read models in a process of their own (decision 31), with real processes on a real
+PostgreSQL: `ledger serve` starts a `ledger project` child that holds every projection's
+advisory lock while the server holds none; read-your-writes works across the two; a
+`kill -9` of the child under load is repaired by a restart, with nothing lost or counted
+twice (the read models equal a rebuild: `ledger audit replay`); SIGTERM stops both, exit 0;
+`--processes 2` has one projector; the notices never hold up a command; SQLite and bad
+flags are refused in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger.commit_notices import COMMITS, Listener, Notifier
+from ledger.infrastructure.database import parse_database_url
+from ledger.v1 import ledger_pb2 as pb
+from tests.load import (
+    CommandLoad,
+    ServerProcess,
+    balance,
+    earn_request,
+    ledger_stub,
+    log_head,
+    set_up_members,
+)
+from tests.support import scratch_postgres
+from tests.test_operator_errors import one_clear_line
+from tests.test_server import run_ledger
+from tests.test_several_processes import LOCK_KEYS, lock_holders
+
+PROGRAM = "projected"
+MEMBERS = [f"m{i}" for i in range(6)]
+OPENING = 100_000
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(stat.parent.name), cmdline))
+    return found
+
+
+def the_projector(server: ServerProcess, url: str, limit: float = 30) -> int:
+    """The pid of the server's `ledger project` child, once it holds every lock."""
+    deadline = time.monotonic() + limit
+    while True:
+        projectors = [p for p, cmd in children(server.pid) if "ledger.project_command" in cmd]
+        assert len(projectors) <= 1, children(server.pid)
+        if projectors and lock_holders(url) == dict.fromkeys(LOCK_KEYS.values(), projectors):
+            return projectors[0]
+        assert time.monotonic() < deadline, (
+            f"no projector holds the locks: {children(server.pid)}, {lock_holders(url)}"
+        )
+        time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_serve_projects_in_a_child_that_holds_the_locks_and_sigterm_stops_both() -> None:
+    with scratch_postgres() as url:
+        server = ServerProcess(url)
+        try:
+            server.wait_serving()
+            projector = the_projector(server, url)
+            assert projector != server.pid  # and the server holds none of the locks
+
+            set_up_members(server.target, PROGRAM, MEMBERS[:1], points=0)
+            channel, stub = ledger_stub(server.target)
+            with channel:
+                for n in range(1, 6):  # read-your-writes through the other process
+                    earned = stub.Earn(earn_request(PROGRAM, MEMBERS[0], 10, f"e{n}"), timeout=30)
+                    read = stub.GetAccount(
+                        pb.GetAccountRequest(
+                            program_id=PROGRAM, member_id=MEMBERS[0], min_position=earned.position
+                        ),
+                        timeout=30,
+                    )
+                    assert read.position >= earned.position
+                    assert read.account.points_available == 10 * n
+                # A lazy read model (the journal) is asked for, not waited for at its poll.
+                report = stub.ListTransactions(
+                    pb.ListTransactionsRequest(
+                        program_id=PROGRAM, member_id=MEMBERS[0], min_position=earned.position
+                    ),
+                    timeout=30,
+                )
+                assert len(report.transactions) == 6  # the enrolment and five earns
+
+            code = server.terminate(timeout=30)
+            assert code == 0, server.stderr()
+            deadline = time.monotonic() + 10
+            while not gone(projector):
+                assert time.monotonic() < deadline, "the projector outlived the server"
+                time.sleep(0.05)
+        finally:
+            server.close()
+    stderr = server.stderr()
+    assert "projections process stopped" in stderr
+    assert '"stopped"' in stderr
+
+
+def test_a_killed_projector_is_restarted_and_nothing_is_lost_or_counted_twice() -> None:
+    with scratch_postgres() as url:
+        server = ServerProcess(url)
+        try:
+            server.wait_serving()
+            set_up_members(server.target, PROGRAM, MEMBERS, OPENING)
+            first = the_projector(server, url)
+            load = CommandLoad([server.target], PROGRAM, MEMBERS, threads=6).start()
+            load.wait_acknowledged(100)
+            os.kill(first, signal.SIGKILL)
+            load.wait_acknowledged(len(load.acknowledged) + 100)  # commands go on meanwhile
+            second = the_projector(server, url)
+            assert second != first
+            load.wait_acknowledged(len(load.acknowledged) + 100)
+            load.stop()
+            assert not load.failed, load.failed
+
+            expected = dict.fromkeys(MEMBERS, OPENING)
+            for request_id in load.acknowledged:
+                command = load.sent[request_id]
+                expected[command.member] += command.delta
+            head = log_head(url)
+            assert {m: balance(server.target, PROGRAM, m, head) for m in MEMBERS} == expected
+            assert server.terminate(timeout=30) == 0, server.stderr()
+        finally:
+            server.close()
+        assert "the projections process (pid" in server.stderr()
+        assert "killed by SIGKILL" in server.stderr()
+        replay = run_ledger("audit", "replay", "--database", url, timeout=120)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_processes_2_share_one_projector() -> None:
+    with scratch_postgres() as url:
+        server = ServerProcess(url, "--processes", "2")
+        try:
+            server.wait_serving()
+            projector = the_projector(server, url)  # a child of the parent, not of a server
+            servers = [p for p, cmd in children(server.pid) if "spawn_main" in cmd]
+            assert len(servers) == 2, children(server.pid)
+            assert projector not in servers
+            set_up_members(server.target, PROGRAM, MEMBERS[:1], points=70)
+            assert balance(server.target, PROGRAM, MEMBERS[0], log_head(url)) == 70
+        finally:
+            # SIGTERM even after a failure: a kill -9 of the parent would leave its server
+            # processes running (multiprocessing's children), holding the database.
+            code = server.terminate(timeout=40) if server.process.poll() is None else None
+            server.close()
+        assert code == 0, server.stderr()
+
+
+def test_a_notice_never_holds_up_the_committing_thread() -> None:
+    """With no database behind it the notifier fails quietly (and says so once), and a
+    writer thread's call still returns at once."""
+    dead = parse_database_url("postgresql://postgres@127.0.0.1:1/none")
+    notifier = Notifier(dead)
+    notifier.start()
+    try:
+        began = time.perf_counter()
+        for position in range(1, 10_001):
+            notifier.committed(position)
+        assert time.perf_counter() - began < 0.5  # 10,000 calls; each a lock and a flag
+        deadline = time.monotonic() + 10
+        while not notifier.failures:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert notifier.sent == 0
+    finally:
+        notifier.stop()
+
+
+def test_commit_notices_are_coalesced_and_delivered() -> None:
+    with scratch_postgres() as url:
+        config = parse_database_url(url)
+        payloads: list[str] = []
+        listener = Listener(config, {COMMITS: payloads.append})
+        listener.start()
+        notifier = Notifier(config)
+        notifier.start()
+        try:
+            assert listener.listening.wait(10)
+            for position in range(1, 2001):
+                notifier.committed(position)
+            deadline = time.monotonic() + 10
+            while not payloads or payloads[-1] != "2000":
+                assert time.monotonic() < deadline, payloads[-5:]
+                time.sleep(0.01)
+            assert len(payloads) == notifier.sent < 2000  # one in flight at a time
+            assert [int(p) for p in payloads] == sorted(int(p) for p in payloads)
+        finally:
+            notifier.stop()
+            listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["project", "--database", "sqlite:///l.db"], ["ledger project", "needs a PostgreSQL"]),
+        (
+            ["serve", "--projections", "process", "--database", "sqlite:///l.db"],
+            ["ledger serve", "--projections process needs a PostgreSQL", "one process's"],
+        ),
+    ],
+)
+def test_projections_in_a_process_on_sqlite_are_one_line(
+    args: list[str], expected: list[str], tmp_path: Path
+) -> None:
+    result = run_ledger(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    one_clear_line(result, *expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["serve", "--projections", "elsewhere"], "'elsewhere' is not one of 'process', 'inline'"),
+        (["project", "--metrics-port", "-1"], "--metrics-port: must be at least 0, got -1"),
+    ],
+)
+def test_bad_projection_flags_say_what_is_wanted(args: list[str], expected: str) -> None:
+    result = run_ledger(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr.splitlines()[-1], result.stderr
