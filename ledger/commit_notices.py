@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import psycopg
+from psycopg import pq
 
 from ledger.infrastructure.database import Cursor, Database, DatabaseConfig
 from projections.runner import Projection, ProjectionRunner
@@ -113,18 +114,19 @@ class Notifier:
                 self.failures = 0
 
     def _send(self, position: int, wanted: list[str]) -> None:
-        calls, params = [], []
-        if position:
-            calls.append("pg_notify(%s, %s)")
-            params += [COMMITS, str(position)]
-        for name in wanted:
-            calls.append("pg_notify(%s, %s)")
-            params += [WANTED, name]
-        if not calls:
+        """One simple query of NOTIFY statements (one round trip, one transaction), through
+        libpq directly: a quarter of the CPU of a psycopg `execute` (measured: 24-56 us
+        against 130-143 us a call), and this runs in the server's interpreter."""
+        statements = [f"NOTIFY {COMMITS}, '{position}'"] if position else []
+        statements += [f"NOTIFY {WANTED}, '{_quoted(name)}'" for name in wanted]
+        if not statements:
             return
         if self._conn is None or self._conn.closed:
             self._conn = _connect(self.config)
-        self._conn.execute("SELECT " + ", ".join(calls), params)
+        result = self._conn.pgconn.exec_("; ".join(statements).encode())
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            message = result.error_message.decode(errors="replace").strip()
+            raise psycopg.OperationalError(message or f"NOTIFY failed (status {result.status})")
         self.sent += 1
 
     def _close(self) -> None:
@@ -248,6 +250,11 @@ def announcing(projection: type[Projection]) -> type[Projection]:
     announced = type(projection.__name__, (projection,), {"process": process})
     announced.__doc__ = projection.__doc__
     return cast(type[Projection], announced)
+
+
+def _quoted(text: str) -> str:
+    """`text` inside a SQL string literal (a read model's name: letters and underscores)."""
+    return text.replace("'", "''")
 
 
 def parse_projected(payload: str) -> tuple[str, int] | None:
