@@ -213,6 +213,16 @@ SERVERS: list[ServerSpec] = [
     ServerSpec("baseline", ("benchmarks.baseline_server",), database=True),
     ServerSpec("memory", ("benchmarks.memory_server",), database=False),
 ]
+# Asked for by name only (--servers tally,tally-inline,...): the same server with its read
+# models in the API process (before decision 31), for that lever's effect in one run.
+EXTRA_SERVERS: list[ServerSpec] = [
+    ServerSpec(
+        "tally-inline",
+        ("ledger.cli", "serve", "--projections", "inline"),
+        database=True,
+        settles=True,
+    ),
+]
 
 
 # --quick: every operation at least once, under ~2 minutes for the three servers.
@@ -1151,7 +1161,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cases", help=f"comma-separated case names (of: {', '.join(c.name for c in CASES)})"
     )
     parser.add_argument(
-        "--servers", help=f"comma-separated servers (of: {', '.join(s.name for s in SERVERS)})"
+        "--servers",
+        help="comma-separated servers (of: "
+        + ", ".join(s.name for s in [*SERVERS, *EXTRA_SERVERS])
+        + "; default: all but tally-inline)",
     )
     parser.add_argument(
         "--channels",
@@ -1198,10 +1211,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _select(names: str | None, items: Sequence[Any], what: str) -> list[Any]:
+def _select(
+    names: str | None, items: Sequence[Any], what: str, extra: Sequence[Any] = ()
+) -> list[Any]:
     if not names:
         return list(items)
-    known = {i.name: i for i in items}
+    known = {i.name: i for i in [*items, *extra]}
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown:
@@ -1214,7 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     all_cases = CASES if args.cases else mode.cases
     cases: list[Case] = _select(args.cases, all_cases, "cases")
-    specs: list[ServerSpec] = _select(args.servers, SERVERS, "servers")
+    specs: list[ServerSpec] = _select(args.servers, SERVERS, "servers", EXTRA_SERVERS)
     duration = args.duration if args.duration is not None else mode.duration
     rounds = args.rounds if args.rounds is not None else mode.rounds
     tag = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:4]
