@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import calendar
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -311,10 +311,9 @@ def _rules(program: Program) -> tuple[str, ZoneInfo, InsightSettings]:
     return program.program_id, ZoneInfo(settings.time_zone), settings.insights
 
 
-_LIFETIME_COLUMNS = (
-    "lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
-    " last_purchase_at, last_purchase_day, favourite_store_id"
-)
+# What a list of the programme's members reads of each: the stage, the scores and the
+# programme's figures need no more (a member answered in full has behaviour_at run).
+_LIST_COLUMNS = "lifetime_purchases, lifetime_value_minor, purchase_cycle_days, last_purchase_day"
 
 
 def _fast(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Programme:
@@ -322,31 +321,31 @@ def _fast(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Pro
     programme occurred after as_of."""
     today = local_day(as_of, zone)
     cur.execute(
-        f"SELECT member_id, enrolled_at, {_LIFETIME_COLUMNS}"
+        f"SELECT member_id, enrolled_at, {_LIST_COLUMNS}"
         " FROM rm_insight_members WHERE program_id = ?",
         (program_id,),
     )
     members = [
-        _Member(str(row[0]), _moment(int(row[1])), _lifetime(row[2:], today))
-        for row in cur.fetchall()
+        _Member(str(m), _moment(int(enrolled)), _lifetime(purchases, value, cycle, day, today))
+        for m, enrolled, purchases, value, cycle, day in cur.fetchall()
     ]
     return _Programme(members, _stored_cuts(cur, program_id), now=True)
 
 
 def _past(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Programme:
     """The members enrolled by as_of, each with their lifetime facts as they stood at as_of
-    (the row of their latest purchase or refund instant at or before it; none: no purchase
-    by then), measured to as_of, and the cuts made of them."""
+    (their row of rm_insight_member_facts whose span holds as_of; none: no purchase by
+    then), measured to as_of, and the cuts made of them."""
     today, at = local_day(as_of, zone), micros(as_of)
     cur.execute(
-        f"SELECT f.member_id, {', '.join('f.' + c.strip() for c in _LIFETIME_COLUMNS.split(','))}"
-        " FROM rm_insight_member_facts f JOIN (SELECT member_id, MAX(since) AS since"
-        " FROM rm_insight_member_facts WHERE program_id = ? AND since <= ?"
-        " GROUP BY member_id) latest ON f.member_id = latest.member_id"
-        " AND f.since = latest.since WHERE f.program_id = ?",
-        (program_id, at, program_id),
+        f"SELECT member_id, {_LIST_COLUMNS} FROM rm_insight_member_facts"
+        " WHERE program_id = ? AND since <= ? AND (until IS NULL OR until > ?)",
+        (program_id, at, at),
     )
-    facts = {str(row[0]): _lifetime(row[1:], today) for row in cur.fetchall()}
+    facts = {
+        str(m): _lifetime(purchases, value, cycle, day, today)
+        for m, purchases, value, cycle, day in cur.fetchall()
+    }
     cur.execute(
         "SELECT member_id, enrolled_at FROM rm_insight_members"
         " WHERE program_id = ? AND enrolled_at <= ?",
@@ -360,21 +359,17 @@ def _past(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Pro
     return _Programme(members, programme_cuts(m.behaviour for m in members), now=False)
 
 
-def _lifetime(row: Sequence[Any], today: date) -> Behaviour:
-    """A member's lifetime facts as rm_insight_members (and _member_facts) keep them, with
-    recency measured to `today` as behaviour_at measures it: local days from the last
-    purchase day."""
-    purchases, value, cycle, first, last, day, store = row
+def _lifetime(purchases: Any, value: Any, cycle: Any, day: Any, today: date) -> Behaviour:
+    """A member's lifetime facts as the read model keeps them for a list, with recency
+    measured to `today` as behaviour_at measures it: local days from the last purchase
+    day."""
     last_day = date.fromordinal(int(day)) if day is not None else None
     return Behaviour(
         lifetime_purchases=int(purchases),
         lifetime_value_minor=int(value),
         purchase_cycle_days=int(cycle),
-        first_purchase_at=_moment(int(first)) if first is not None else None,
-        last_purchase_at=_moment(int(last)) if last is not None else None,
         last_purchase_day=last_day,
         recency_days=(today - last_day).days if last_day else -1,
-        favourite_store_id=str(store),
     )
 
 

@@ -12,9 +12,10 @@ ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
   purchases, M: lifetime net money), how many purchasing members have each value: the
   distribution the quintile cuts are read from, kept by adding and removing the members
   whose facts a batch changes.
-- `rm_insight_member_facts`: the same lifetime facts per member from each instant at
-  which one of their purchases or refunds occurred on: the facts at any as_of are the row
-  of the latest instant at or before it, one row per member for a read of the past.
+- `rm_insight_member_facts`: per member, the lifetime facts a list of members reads
+  (purchases, net money, cycle, last purchase day) from each instant at which one of their
+  purchases or refunds occurred until the next: the facts at any as_of are the row whose
+  span holds it, one row per member for a read of the past.
 - `rm_insight_cuts`: the programme's quintile cuts (the values of ranks `start_ranks` in
   that distribution) and, with each, how many members are at or below it: at the end of a
   batch each cut moves from where it was over the values the batch's changes passed, so a
@@ -33,6 +34,7 @@ so it depends on no other read model's progress.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -413,12 +415,14 @@ class InsightsProjection:
 
     def _write_members(self, cur: Cursor, b: _Batch) -> dict[str, list[tuple[Values, Values]]]:
         """Each touched member's lifetime facts, from all of their purchases: now, and from
-        each instant of a purchase or refund at or after the batch's earliest for them on
-        (rm_insight_member_facts); per programme touched, the members' values (before,
-        after) that changed."""
+        each instant of one of their purchases or refunds on, from the batch's earliest for
+        them (rm_insight_member_facts, each row until the next instant; the row before
+        that earliest instant now ends at the first rewritten one); per programme touched,
+        the members' values (before, after) that changed."""
         rows = []
         history: list[tuple[Any, ...]] = []
         rewritten: list[tuple[str, str, int]] = []
+        ended: list[tuple[int, str, str, int]] = []
         changes: dict[str, list[tuple[Values, Values]]] = {}
         for account in sorted(b.touched):
             program_id, member_id = account
@@ -428,6 +432,7 @@ class InsightsProjection:
             instants = sorted(
                 {at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))}
             )
+            first = bisect_left(instants, since)  # instants before it are kept as they are
             if any(
                 at >= since
                 for x in kept
@@ -435,12 +440,18 @@ class InsightsProjection:
                 for at in (x.occurred_at, *(r[1] for r in x.refunds[: x.loaded_refunds]))
             ):
                 rewritten.append((program_id, member_id, micros(since)))  # rows from since on
+            if first:
+                ended.append(
+                    (micros(instants[first]), program_id, member_id, micros(instants[first - 1]))
+                )
             zone = self._zone(cur, program_id)
             facts = Behaviour()
-            for at in instants:
-                if at >= since:
-                    facts = behaviour_at(bought, at, zone, _LIFETIME)
-                    history.append((program_id, member_id, micros(at), *lifetime_columns(facts)))
+            for i in range(first, len(instants)):
+                facts = behaviour_at(bought, instants[i], zone, _LIFETIME)
+                until = micros(instants[i + 1]) if i + 1 < len(instants) else None
+                history.append(
+                    (program_id, member_id, micros(instants[i]), until, *history_columns(facts))
+                )
             # The last is the newest instant: the facts once everything has occurred.
             rows.append((*lifetime_columns(facts), program_id, member_id))
             before, after = b.before.get(account), _scored(facts)
@@ -459,11 +470,16 @@ class InsightsProjection:
             " AND since >= ?",
             rewritten,
         )
+        cur.executemany(
+            "UPDATE rm_insight_member_facts SET until = ?"
+            " WHERE program_id = ? AND member_id = ? AND since = ?",
+            ended,
+        )
         self.dialect.insert_rows(
             cur,
-            "INSERT INTO rm_insight_member_facts (program_id, member_id, since,"
-            " lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
-            " last_purchase_at, last_purchase_day, favourite_store_id) {rows}",
+            "INSERT INTO rm_insight_member_facts (program_id, member_id, since, until,"
+            " lifetime_purchases, lifetime_value_minor, purchase_cycle_days,"
+            " last_purchase_day) {rows}",
             history,
         )
         return changes
@@ -618,6 +634,17 @@ def _scored(facts: Behaviour) -> Values:
         facts.last_purchase_day.toordinal(),
         facts.lifetime_purchases,
         facts.lifetime_value_minor,
+    )
+
+
+def history_columns(facts: Behaviour) -> tuple[Any, ...]:
+    """A member's lifetime facts as `rm_insight_member_facts` keeps them: what a list of
+    the programme's members reads (the stage, the scores, the programme's figures)."""
+    return (
+        facts.lifetime_purchases,
+        facts.lifetime_value_minor,
+        facts.purchase_cycle_days,
+        facts.last_purchase_day.toordinal() if facts.last_purchase_day else None,
     )
 
 

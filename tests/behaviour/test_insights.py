@@ -561,15 +561,13 @@ def facts_agree(server: ServerThread, program_id: str, extra: list[datetime]) ->
 
 
 def lifetime_of(b: Any) -> tuple[Any, ...]:
+    """What a list of members reads of each (_fast, _past)."""
     return (
         b.lifetime_purchases,
         b.lifetime_value_minor,
         b.purchase_cycle_days,
-        b.first_purchase_at,
-        b.last_purchase_at,
         b.last_purchase_day,
         b.recency_days,
-        b.favourite_store_id,
     )
 
 

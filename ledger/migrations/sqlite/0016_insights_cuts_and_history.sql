@@ -14,21 +14,20 @@ CREATE TABLE rm_insight_values (
 );
 -- A value whose last member left is deleted in the same batch: this finds those rows.
 CREATE INDEX rm_insight_values_emptied ON rm_insight_values (program_id) WHERE members = 0;
--- Each member's lifetime facts (the columns of rm_insight_members) as they stood from
--- `since` on: one row per instant at which one of their purchases or refunds occurred, so
--- that the facts at any as_of are the row of the latest instant at or before it (no row:
--- no purchase by then). A batch rewrites a member's rows from its earliest new fact on.
+-- Each member's lifetime facts that a list of members reads (rm_insight_members' counts,
+-- net money, cycle and last purchase day) from `since` until `until` (NULL: still so):
+-- one row per instant at which one of their purchases or refunds occurred, ending at the
+-- next, so that the facts at any as_of are the row whose span holds it (no row: no purchase
+-- by then). A batch rewrites a member's rows from its earliest new fact on.
 CREATE TABLE rm_insight_member_facts (
     program_id TEXT NOT NULL,
     member_id TEXT NOT NULL,
     since BIGINT NOT NULL,
+    until BIGINT,
     lifetime_purchases BIGINT NOT NULL,
     lifetime_value_minor BIGINT NOT NULL,
     purchase_cycle_days BIGINT NOT NULL,
-    first_purchase_at BIGINT,
-    last_purchase_at BIGINT,
     last_purchase_day BIGINT,
-    favourite_store_id TEXT NOT NULL,
     PRIMARY KEY (program_id, member_id, since)
 );
 ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
