@@ -18,6 +18,8 @@ import pytest
 from ledger.commit_notices import COMMITS, Listener, Notifier
 from ledger.infrastructure.database import parse_database_url
 from ledger.v1 import ledger_pb2 as pb
+from ledger.v1 import report_pb2 as rpb
+from ledger.v1 import report_pb2_grpc as rpb_grpc
 from tests.load import (
     CommandLoad,
     ServerProcess,
@@ -94,14 +96,14 @@ def test_serve_projects_in_a_child_that_holds_the_locks_and_sigterm_stops_both()
                     )
                     assert read.position >= earned.position
                     assert read.account.points_available == 10 * n
-                # A lazy read model (the journal) is asked for, not waited for at its poll.
-                report = stub.ListTransactions(
-                    pb.ListTransactionsRequest(
-                        program_id=PROGRAM, member_id=MEMBERS[0], min_position=earned.position
-                    ),
+                # A lazy read model (the journal): the wait asks the projector for it.
+                reports = rpb_grpc.ReportServiceStub(channel)
+                trial = reports.GetTrialBalance(
+                    rpb.GetTrialBalanceRequest(program_id=PROGRAM, min_position=earned.position),
                     timeout=30,
                 )
-                assert len(report.transactions) == 6  # the enrolment and five earns
+                assert trial.position >= earned.position
+                assert trial.rows
 
             code = server.terminate(timeout=30)
             assert code == 0, server.stderr()
