@@ -20,6 +20,7 @@ code that needs to know the backend asks the dialect, never `kind == "sqlite"`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -241,20 +242,35 @@ class PostgresDialect(Dialect):
         return originator_id
 
     def insert_rows(self, cur: Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        # One statement over unnest(column arrays): executemany sends a statement per row,
-        # and long multi-row VALUES lists are re-parsed by psycopg on every call. Arrays go
-        # in psycopg's binary format (%b): no text escaping of values. A column's type is
+        # One statement for all the rows: executemany sends a statement per row, and long
+        # multi-row VALUES lists are re-parsed by psycopg on every call. A column's type is
         # that of its first value that is not None: text, bytea, uuid, else bigint (and
-        # booleans as 0/1, as SQLite stores them).
+        # booleans as 0/1, as SQLite stores them). The rows go as one JSON text (json.dumps
+        # is C; psycopg's dumping of an array per column cost about three times the client
+        # CPU: 292-326 µs against 109-122 µs for one 11-column row, 875-1,211 µs against
+        # 337-461 µs for 100), read back by jsonb_array_elements with a cast per column.
+        # Values JSON cannot carry exactly (not str, bytes, UUID, int) go as arrays.
         if not rows:
+            return
+        kinds = [_JSON_KINDS.get(type(v), "") for v in rows[0]]
+        for i, kind in enumerate(kinds):
+            if kind == "null":  # the first value that is not None says
+                sample = next((r[i] for r in rows if r[i] is not None), 0)
+                kinds[i] = _JSON_KINDS.get(type(sample), "")
+        if "" not in kinds:
+            statement, convert = _json_statement(sql, tuple(kinds))
+            values: Sequence[Sequence[Any]] = rows
+            if convert:
+                values = [_json_row(row, convert) for row in rows]
+            cur.execute(statement, (json.dumps(values, check_circular=False),))
             return
         columns = [list(column) for column in zip(*rows, strict=True)]
         types = []
-        for values in columns:
-            sample = next((v for v in values if v is not None), 0)
+        for values_ in columns:
+            sample = next((v for v in values_ if v is not None), 0)
             types.append(_pg_array_type(sample))
             if isinstance(sample, bool):
-                values[:] = [None if v is None else int(v) for v in values]
+                values_[:] = [None if v is None else int(v) for v in values_]
         arrays = ", ".join(f"%b::{t}[]" for t in types)
         cur.execute(sql.format(rows=f"SELECT * FROM unnest({arrays})"), columns)
 
@@ -327,6 +343,56 @@ class PostgresDialect(Dialect):
             pg.read_only = True
             with pg.cursor() as cur:
                 yield cur
+
+
+# PostgresDialect.insert_rows' JSON rows: a value's type -> its column's kind ("null": look
+# at the next row; a type not here goes as arrays), and each kind read back from `r`.
+_JSON_KINDS: dict[type, str] = {
+    str: "text",
+    int: "bigint",
+    bool: "bool",
+    bytes: "bytea",
+    bytearray: "bytea",
+    memoryview: "bytea",
+    UUID: "uuid",
+    type(None): "null",
+}
+_JSON_COLUMNS = {
+    "text": "r->>{0}",
+    "bigint": "(r->>{0})::bigint",
+    "bool": "(r->>{0})::bigint",  # 0/1, as SQLite stores them
+    "uuid": "(r->>{0})::uuid",
+    "bytea": "decode(r->>{0}, 'hex')",
+}
+_JSON_STATEMENTS: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[int, ...]]] = {}
+
+
+def _json_statement(sql: str, kinds: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    """`sql` over JSON rows of these column kinds, and the columns to convert first."""
+    key = (sql, kinds)
+    made = _JSON_STATEMENTS.get(key)
+    if made is None:
+        select = ", ".join(_JSON_COLUMNS[kind].format(i) for i, kind in enumerate(kinds))
+        statement = sql.format(rows=f"SELECT {select} FROM jsonb_array_elements(%s::jsonb) r")
+        convert = tuple(i for i, kind in enumerate(kinds) if kind in ("bytea", "uuid", "bool"))
+        if len(_JSON_STATEMENTS) > 1_000:  # statements are the code's: a few dozen
+            _JSON_STATEMENTS.clear()
+        made = _JSON_STATEMENTS[key] = (statement, convert)
+    return made
+
+
+def _json_row(row: Sequence[Any], convert: tuple[int, ...]) -> list[Any]:
+    """A row with its bytes as hex, UUIDs as text and booleans as 0/1 (None stays)."""
+    out = list(row)
+    for i in convert:
+        v = out[i]
+        if isinstance(v, bytes | bytearray | memoryview):
+            out[i] = bytes(v).hex()
+        elif isinstance(v, UUID):
+            out[i] = str(v)
+        elif v is not None:
+            out[i] = int(v)
+    return out
 
 
 def _pg_array_type(sample: object) -> str:
