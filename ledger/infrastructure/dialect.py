@@ -14,7 +14,7 @@ code that needs to know the backend asks the dialect, never `kind == "sqlite"`.
     requests                              ledger_requests
     checkpoints, checkpoint_heads         ledger_checkpoints, ledger_checkpoint_heads
     ids as UUID.hex text                  ids as uuid
-    many rows: executemany of a VALUES    many rows: one statement over unnest(arrays)
+    many rows: executemany of a VALUES    many rows: one statement over JSON rows
     one writing process                   several processes (advisory locks)
 """
 
