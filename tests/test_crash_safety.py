@@ -160,7 +160,9 @@ def test_projection_killed_while_catching_up_resumes_without_loss_or_double_coun
         head = log_head(url)
         assert set(_positions(url).values()) <= {0}  # nothing projected yet
 
-        server = ServerProcess(url)
+        # Inline: the kill -9 hits the process whose threads write the read models (a killed
+        # `ledger project` child: tests/test_projector_process.py).
+        server = ServerProcess(url, "--projections", "inline")
         try:
             # Kill -9 the moment a projection has committed part of the backlog.
             deadline = time.monotonic() + 120
