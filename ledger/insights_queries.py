@@ -51,7 +51,7 @@ from ledger.domain.insights import (
     behaviour_at,
     local_day,
     programme_cuts,
-    stage_at,
+    stage_of,
 )
 from ledger.domain.program import Program
 from ledger.infrastructure.database import Cursor, Database
@@ -137,10 +137,15 @@ class ProgramInsights:
 @dataclass(frozen=True)
 class _Member:
     member_id: str
-    enrolled_at: datetime
+    enrolled: int  # enrolled_at in microseconds
+    enrolled_day: int  # its local day's ordinal
     # In a programme's list: the lifetime facts at as_of, measured to it (what the stage,
     # the scores and the programme's figures read); answered in full: behaviour_at's.
     behaviour: Behaviour
+
+    @property
+    def enrolled_at(self) -> datetime:
+        return _moment(self.enrolled)
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,8 @@ class InsightsQueries:
         with self._snapshot() as cur:
             position = _position(cur)
             cur.execute(
-                "SELECT enrolled_at FROM rm_insight_members WHERE program_id = ? AND member_id = ?",
+                "SELECT enrolled_at, enrolled_day FROM rm_insight_members"
+                " WHERE program_id = ? AND member_id = ?",
                 (program_id, member_id),
             )
             row = cur.fetchone()
@@ -192,9 +198,8 @@ class InsightsQueries:
                 cuts = _past(cur, program_id, zone, as_of).cuts
             qualifying = _qualifying(cur, program_id, as_of, [member_id])
         behaviour = behaviour_at(bought, as_of, zone, settings)
-        insight = _insight(
-            program, _Member(member_id, enrolled_at, behaviour), as_of, cuts, qualifying
-        )
+        member = _Member(member_id, int(row[0]), int(row[1]), behaviour)
+        insight = _insight(program, member, as_of, cuts, qualifying)
         return MemberInsightsAt(insight, position)
 
     def segment_members(
@@ -212,10 +217,11 @@ class InsightsQueries:
             qualifying: dict[str, int] | None = None
             if filters.points_to_next_tier_at_most is not None:
                 qualifying = _qualifying(cur, program_id, as_of, None)
+            today = local_day(as_of, zone)
             selected = [
                 m
                 for m in state.members
-                if _selected(program, m, filters, as_of, zone, state.cuts, qualifying)
+                if _selected(program, m, filters, today, state.cuts, qualifying)
             ]
             selected.sort(key=lambda m: m.member_id)
             after = [m for m in selected if m.member_id > page.after_member]
@@ -225,7 +231,8 @@ class InsightsQueries:
             shown = [
                 _Member(
                     m.member_id,
-                    m.enrolled_at,
+                    m.enrolled,
+                    m.enrolled_day,
                     behaviour_at(bought.get(m.member_id, []), as_of, zone, settings),
                 )
                 for m in shown
@@ -252,8 +259,9 @@ class InsightsQueries:
                 _stored_stores(cur, program_id) if state.now else _stores_at(cur, program_id, as_of)
             )
             earned, redeemed, loaded, used = _flows(cur, program_id, as_of)
+        today = local_day(as_of, zone).toordinal()
         stages = Counter(
-            stage_at(m.behaviour, m.enrolled_at, as_of, zone, settings) for m in state.members
+            stage_of(m.behaviour, today - m.enrolled_day, settings) for m in state.members
         )
         purchasing = [m.behaviour for m in state.members if m.behaviour.lifetime_purchases]
         segments = Counter(state.cuts.scores(b).segment for b in purchasing)
@@ -321,13 +329,13 @@ def _fast(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Pro
     programme occurred after as_of."""
     today = local_day(as_of, zone)
     cur.execute(
-        f"SELECT member_id, enrolled_at, {_LIST_COLUMNS}"
+        f"SELECT member_id, enrolled_at, enrolled_day, {_LIST_COLUMNS}"
         " FROM rm_insight_members WHERE program_id = ?",
         (program_id,),
     )
     members = [
-        _Member(str(m), _moment(int(enrolled)), _lifetime(purchases, value, cycle, day, today))
-        for m, enrolled, purchases, value, cycle, day in cur.fetchall()
+        _Member(str(m), int(at), int(d), _lifetime(purchases, value, cycle, day, today))
+        for m, at, d, purchases, value, cycle, day in cur.fetchall()
     ]
     return _Programme(members, _stored_cuts(cur, program_id), now=True)
 
@@ -347,14 +355,14 @@ def _past(cur: Cursor, program_id: str, zone: ZoneInfo, as_of: datetime) -> _Pro
         for m, purchases, value, cycle, day in cur.fetchall()
     }
     cur.execute(
-        "SELECT member_id, enrolled_at FROM rm_insight_members"
+        "SELECT member_id, enrolled_at, enrolled_day FROM rm_insight_members"
         " WHERE program_id = ? AND enrolled_at <= ?",
         (program_id, at),
     )
     none = Behaviour()
     members = [
-        _Member(str(m), _moment(int(enrolled)), facts.get(str(m), none))
-        for m, enrolled in cur.fetchall()
+        _Member(str(m), int(enrolled), int(d), facts.get(str(m), none))
+        for m, enrolled, d in cur.fetchall()
     ]
     return _Programme(members, programme_cuts(m.behaviour for m in members), now=False)
 
@@ -526,17 +534,12 @@ def _insight(
 ) -> MemberInsight:
     settings = program.settings
     standing = settings.standing(qualifying.get(member.member_id, 0))
+    today = local_day(as_of, ZoneInfo(settings.time_zone)).toordinal()
     return MemberInsight(
         member_id=member.member_id,
         enrolled_at=member.enrolled_at,
         behaviour=member.behaviour,
-        stage=stage_at(
-            member.behaviour,
-            member.enrolled_at,
-            as_of,
-            ZoneInfo(settings.time_zone),
-            settings.insights,
-        ),
+        stage=stage_of(member.behaviour, today - member.enrolled_day, settings.insights),
         scores=cuts.scores(member.behaviour),
         next_tier_code=standing.next_tier_code,
         points_to_next_tier=standing.points_to_next_tier,
@@ -547,14 +550,16 @@ def _selected(
     program: Program,
     member: _Member,
     filters: SegmentFilter,
-    as_of: datetime,
-    zone: ZoneInfo,
+    today: date,
     cuts: ProgrammeCuts,
     qualifying: dict[str, int] | None,
 ) -> bool:
+    """Whether the member is in the selection at as_of (`today`: its local day)."""
     settings = program.settings
     if filters.stage is not None:
-        stage = stage_at(member.behaviour, member.enrolled_at, as_of, zone, settings.insights)
+        stage = stage_of(
+            member.behaviour, today.toordinal() - member.enrolled_day, settings.insights
+        )
         if stage is not filters.stage:
             return False
     if filters.segment is not None and cuts.scores(member.behaviour).segment is not filters.segment:
@@ -567,7 +572,8 @@ def _selected(
         if standing.points_to_next_tier > filters.points_to_next_tier_at_most:
             return False
     if filters.anniversary_within_days is not None:
-        return anniversary_within(member.enrolled_at, as_of, zone, filters.anniversary_within_days)
+        enrolled = date.fromordinal(member.enrolled_day)
+        return anniversary_between(enrolled, today, filters.anniversary_within_days)
     return True
 
 
@@ -576,7 +582,11 @@ def anniversary_within(enrolled_at: datetime, as_of: datetime, zone: ZoneInfo, d
     than the enrolment: the day of enrolment is not its own anniversary) falls within
     [as_of's local day, that day + `days`]. A member enrolled on 29 February has their
     anniversary on 28 February in a year that has no 29 February."""
-    enrolled, today = local_day(enrolled_at, zone), local_day(as_of, zone)
+    return anniversary_between(local_day(enrolled_at, zone), local_day(as_of, zone), days)
+
+
+def anniversary_between(enrolled: date, today: date, days: int) -> bool:
+    """anniversary_within, given the enrolment's and as_of's local days."""
     for year in (today.year, today.year + 1):
         if year <= enrolled.year:
             continue

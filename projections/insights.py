@@ -5,9 +5,9 @@ ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
   `rm_insight_refunds` one per refund of it (a reversal of that Earn, at its own
   occurred_at, with the money the till named, or the purchase pro rata to the points when
   the event predates `refund_purchase_minor`): any as_of can be answered from them.
-- `rm_insight_members`: per member, the enrolment and the lifetime facts once everything
-  recorded so far has occurred (behaviour_at at the member's newest purchase or refund),
-  recomputed for each member a batch touches.
+- `rm_insight_members`: per member, the enrolment (and its local day) and the lifetime
+  facts once everything recorded so far has occurred (behaviour_at at the member's newest
+  purchase or refund), recomputed for each member a batch touches.
 - `rm_insight_values`: per programme and score (R: last purchase day, F: lifetime
   purchases, M: lifetime net money), how many purchasing members have each value: the
   distribution the quintile cuts are read from, kept by adding and removing the members
@@ -49,6 +49,7 @@ from ledger.domain.insights import (
     Purchase,
     Refund,
     behaviour_at,
+    local_day,
     refund_pro_rata,
     start_ranks,
 )
@@ -63,6 +64,8 @@ DAY_MICROS = 86_400_000_000
 # Lifetime facts do not depend on the thresholds (only `frequency` does, which is not kept).
 _LIFETIME = InsightSettings()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A new member's lifetime facts (lifetime_columns of no purchase).
+_NO_PURCHASE = (0, 0, 0, None, None, None, "")
 # The scores in rm_insight_values, in the order of a member's values (_scored).
 SCORES = ("R", "F", "M")
 # A purchasing member's values: (last purchase day's ordinal, lifetime purchases, lifetime
@@ -121,7 +124,7 @@ class _Batch:
     before: dict[tuple[str, str], Values] = field(default_factory=dict)
     # (program, member) -> the earliest occurred_at of the batch's purchases and refunds.
     earliest: dict[tuple[str, str], datetime] = field(default_factory=dict)
-    enrolled: list[tuple[str, str, int]] = field(default_factory=list)
+    enrolled: list[tuple[str, str, datetime]] = field(default_factory=list)
     new_refunds: list[tuple[Any, ...]] = field(default_factory=list)
     changed: set[tuple[str, str, str]] = field(default_factory=set)  # purchases changed
     facts_until: dict[str, int] = field(default_factory=dict)
@@ -194,7 +197,7 @@ class InsightsProjection:
         kind = type(event)
         earned = redeemed = loaded = used = 0
         if kind is events.MemberEnrolled:
-            b.enrolled.append((program_id, member_id, micros(p.occurred_at)))
+            b.enrolled.append((program_id, member_id, p.occurred_at))
             self._fact_at(b, program_id, p.occurred_at)
         elif kind is events.PointsEarned:
             earned = event.points
@@ -352,10 +355,13 @@ class InsightsProjection:
         d = self.dialect
         d.insert_rows(
             cur,
-            "INSERT INTO rm_insight_members (program_id, member_id, enrolled_at,"
+            "INSERT INTO rm_insight_members (program_id, member_id, enrolled_at, enrolled_day,"
             " lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
             " last_purchase_at, last_purchase_day, favourite_store_id) {rows}",
-            [(p, m, at, 0, 0, 0, None, None, None, "") for p, m, at in b.enrolled],
+            [
+                (p, m, micros(at), local_day(at, self._zone(cur, p)).toordinal(), *_NO_PURCHASE)
+                for p, m, at in b.enrolled
+            ],
         )
         new = [
             bought

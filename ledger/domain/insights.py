@@ -183,6 +183,12 @@ def stage_at(
     """The member's lifecycle stage, read against their own cycle: a member who buys every
     week is at risk after a fortnight's silence, one who buys every quarter is not."""
     enrolled_days = (local_day(as_of, zone) - local_day(enrolled_at, zone)).days
+    return stage_of(behaviour, enrolled_days, settings)
+
+
+def stage_of(behaviour: Behaviour, enrolled_days: int, settings: InsightSettings) -> Stage:
+    """stage_at, given the local days from the enrolment's day to as_of's (what a list of
+    members computes once per programme, not twice per member)."""
     is_new = enrolled_days <= settings.new_member_days
     if behaviour.lifetime_purchases == 0:
         if is_new:
@@ -273,13 +279,27 @@ _GRID: tuple[tuple[Segment, ...], ...] = (
 )
 
 
-def segment_of(recency: int, frequency: int, monetary: int) -> Segment:
-    """The named segment of scores 1-5 (docs/insights.md has the grid and its reading)."""
-    for score in (recency, frequency, monetary):
-        if not 1 <= score <= QUINTILES:
-            raise ValueError(f"an RFM score is 1 to 5, not {score}")
+def _segment_of(recency: int, frequency: int, monetary: int) -> Segment:
     fm = (frequency + monetary + 1) // 2  # the mean, rounded half up (scores are positive)
     return _GRID[QUINTILES - recency][fm - 1]
+
+
+# Every (R, F, M) of scores 1-5 and its segment: a list of members looks each one up.
+_SEGMENTS = {
+    (r, f, m): _segment_of(r, f, m)
+    for r in range(1, QUINTILES + 1)
+    for f in range(1, QUINTILES + 1)
+    for m in range(1, QUINTILES + 1)
+}
+
+
+def segment_of(recency: int, frequency: int, monetary: int) -> Segment:
+    """The named segment of scores 1-5 (docs/insights.md has the grid and its reading)."""
+    segment = _SEGMENTS.get((recency, frequency, monetary))
+    if segment is None:
+        bad = next(s for s in (recency, frequency, monetary) if not 1 <= s <= QUINTILES)
+        raise ValueError(f"an RFM score is 1 to 5, not {bad}")
+    return segment
 
 
 @dataclass(frozen=True)

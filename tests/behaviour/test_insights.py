@@ -26,7 +26,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.audit.replay import read_live, rebuild
-from ledger.domain.insights import behaviour_at, programme_cuts, stage_at
+from ledger.domain.insights import behaviour_at, local_day, programme_cuts, stage_at, stage_of
 from ledger.infrastructure.database import open_database, parse_database_url
 from ledger.insights_queries import InsightsQueries, _fast, _past, _purchases_of, _stores_at
 from ledger.v1 import insights_pb2 as ipb
@@ -449,12 +449,16 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
     """Facts recorded in another order than they occurred, each in a batch of its own (the
     projection waited for between them): a till uploading an older purchase, a refund of
     it, a purchase on the day of another, a refund dated before an earlier-recorded one.
-    Every member's facts at every instant still equal behaviour_at's, and a rebuild's."""
+    Every member's facts at every instant still equal behaviour_at's, and a rebuild's. In
+    Shanghai's days, not UTC's."""
     now = datetime.now(UTC)
-    program_id = client.create_program(tiers=TIERS)
+    program_id = client.create_program(tiers=TIERS, time_zone="Asia/Shanghai")
 
     def ago(days: float) -> Timestamp:
         return ts(now - timedelta(days=days))
+
+    # Enrolled at 20:00 UTC: already the next day in Shanghai, the day the stage counts from.
+    enrolled = (now - timedelta(days=200)).replace(hour=20, minute=0, second=0, microsecond=0)
 
     def settle() -> None:
         request = ipb.GetProgramInsightsRequest(
@@ -463,7 +467,7 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
         insights.GetProgramInsights(request, timeout=30)
 
     for member_id in ("late", "other"):
-        client.enroll(program_id, member_id, occurred_at=ago(200))
+        client.enroll(program_id, member_id, occurred_at=ts(enrolled))
     settle()
     steps: list[tuple[str, int, int, str, float]] = [
         ("late", 10, 1000, "s1", 10),
@@ -493,7 +497,10 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
     settle()
     client.reverse(program_id, "other", earned[40], occurred_at=ago(35))
     settle()
-    assert facts_agree(server, program_id, [now - timedelta(days=d) for d in (100, 50, 20, 7)])
+    # 15:00 UTC 31 days on: 31 days in UTC (DORMANT), 30 in Shanghai (still NEW).
+    edge = enrolled.replace(hour=15) + timedelta(days=31)
+    extra = [edge, *(now - timedelta(days=d) for d in (100, 50, 20, 7))]
+    assert facts_agree(server, program_id, extra)
     config = parse_database_url(server.database_url)
     positions, live = read_live(config)
     with tempfile.TemporaryDirectory() as folder:
@@ -541,7 +548,9 @@ def facts_agree(server: ServerThread, program_id: str, extra: list[datetime]) ->
             for m in got.members:
                 e, g = exact[m.member_id], m.behaviour
                 assert lifetime_of(g) == lifetime_of(e), (as_of, m.member_id)
-                assert stage_at(g, m.enrolled_at, as_of, zone, settings) == stage_at(
+                # The list's stage, from the stored enrolment day, is stage_at's.
+                today = local_day(as_of, zone).toordinal()
+                assert stage_of(g, today - m.enrolled_day, settings) == stage_at(
                     e, m.enrolled_at, as_of, zone, settings
                 )
                 assert got.cuts.scores(g) == cuts.scores(e)

@@ -30,6 +30,9 @@ CREATE TABLE rm_insight_member_facts (
     last_purchase_day BIGINT,
     PRIMARY KEY (program_id, member_id, since)
 );
+-- The enrolment's local day (date.toordinal in the programme's zone): what a list of members
+-- reads for each one's enrolment days and anniversary, with no time zone arithmetic.
+ALTER TABLE rm_insight_members ADD COLUMN enrolled_day BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN frequency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN monetary_counts TEXT NOT NULL DEFAULT '';
