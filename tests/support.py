@@ -36,12 +36,28 @@ def admin_conninfo() -> str:
     return f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
 
 
+# Where a test's SQLite files may live when they need not survive the machine: tmpfs, on
+# which fsync costs nothing (PRAGMA synchronous=FULL made each commit cost about 6 ms on this
+# machine's disk). None: the default temporary folder.
+MEMORY_FOLDER = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
 @contextmanager
-def scratch_postgres() -> Iterator[str]:
-    """A fresh PostgreSQL database for this run, dropped afterwards. Yields its URL."""
+def scratch_postgres(durable: bool = True, copy_of: str = "") -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards. Yields its URL.
+
+    `durable=False`: its commits return before their WAL is flushed (synchronous_commit off
+    for the database; about 4.5 ms a commit less here). Every session sees them all the same:
+    only a crash of the PostgreSQL server could lose the last ones, and no test stops the
+    shared server (the restart and failover tests run clusters of their own).
+    `copy_of`: the URL of another scratch database (nobody connected to it), copied whole,
+    sequences and all (CREATE DATABASE ... TEMPLATE)."""
     name = f"tally_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    template = f' TEMPLATE "{copy_of.rsplit("/", 1)[1]}"' if copy_of else ""
     with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{template}')
+        if not durable:
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     try:
         yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
@@ -323,17 +339,20 @@ def account_state(client: Client, server: ServerThread, program: str, member: st
 
 
 @contextmanager
-def open_tally(backend: str, **options: Any) -> Iterator[Tally]:
-    """A Tally (no server) on a scratch database of `backend`, closed afterwards."""
+def open_tally(backend: str, durable: bool = True, **options: Any) -> Iterator[Tally]:
+    """A Tally (no server) on a scratch database of `backend`, closed afterwards.
+    `durable=False`: commits that need not survive the machine (SQLite on MEMORY_FOLDER,
+    PostgreSQL as scratch_postgres(durable=False)), for tests of many commits."""
     if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="tally-test-") as folder:
+        folder_of = None if durable else MEMORY_FOLDER
+        with tempfile.TemporaryDirectory(prefix="tally-test-", dir=folder_of) as folder:
             tally = Tally.from_url(f"sqlite:///{Path(folder) / 'ledger.db'}", **options)
             try:
                 yield tally
             finally:
                 tally.close()
     else:
-        with scratch_postgres() as url:
+        with scratch_postgres(durable) as url:
             tally = Tally.from_url(url, **options)
             try:
                 yield tally

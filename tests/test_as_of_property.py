@@ -66,12 +66,13 @@ class Shared:
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Shared]:
-    """One SQLite ledger for every example (each its own programme), its events stamped by
-    the test clock."""
+    """One SQLite ledger for every example (each its own programme), its events stamped
+    by the test clock, on tmpfs (durable=False): the examples' thousands of commits need
+    not wait for the disk."""
     clock = Clock()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CanCreateTimestamp, "create_timestamp", staticmethod(clock))
-        with open_tally("sqlite", clock=clock) as tally:
+        with open_tally("sqlite", durable=False, clock=clock) as tally:
             yield Shared(tally, clock)
 
 
