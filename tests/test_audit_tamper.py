@@ -10,10 +10,12 @@ row."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,32 +117,69 @@ def _earn(member: str, points: int, rid: str) -> c.EarnPoints:
     )
 
 
+def _build(url: str) -> None:
+    """The history every test starts from: a programme, 3 members x (enrolment + 5 earns),
+    a checkpoint, and one earn after it."""
+    tally = Tally.from_url(url)
+    try:
+        app = tally.app
+        app.create_program(
+            c.CreateProgram(program_id="p", request_id="p", settings=ProgramSettings("P", "EUR"))
+        )
+        for m in ("ann", "bob", "cat"):
+            app.execute(c.EnrollMember(program_id="p", member_id=m, request_id=m))
+        for i in range(5):
+            app.execute_group([_earn(m, 10 + i, f"{m}{i}") for m in ("ann", "bob", "cat")], {})
+        write_checkpoint(tally.database)
+        app.execute_group([_earn("cat", 1, "cat-after")], {})  # after the checkpoint
+    finally:
+        tally.close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], str]]:
+    """The history written once per backend, on first use, into a database nobody keeps
+    open: each test tampers with a copy of its own (a file copy, or CREATE DATABASE ...
+    TEMPLATE), not with a database migrated and written anew."""
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+
+        def url_of(kind: str) -> str:
+            if kind not in urls:
+                if kind == "sqlite":
+                    urls[kind] = f"sqlite:///{tmp_path_factory.mktemp('built') / 'ledger.db'}"
+                else:
+                    urls[kind] = stack.enter_context(scratch_postgres())
+                _build(urls[kind])
+            return urls[kind]
+
+        yield url_of
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    def build(url: str) -> Iterator[Ledger]:
+def ledger(
+    request: pytest.FixtureRequest, tmp_path: Path, built: Callable[[str], str]
+) -> Iterator[Ledger]:
+    def opened(url: str) -> Iterator[Ledger]:
         tally = Tally.from_url(url)
         try:
-            app = tally.app
-            app.create_program(
-                c.CreateProgram(
-                    program_id="p", request_id="p", settings=ProgramSettings("P", "EUR")
-                )
-            )
-            for m in ("ann", "bob", "cat"):
-                app.execute(c.EnrollMember(program_id="p", member_id=m, request_id=m))
-            for i in range(5):
-                app.execute_group([_earn(m, 10 + i, f"{m}{i}") for m in ("ann", "bob", "cat")], {})
-            write_checkpoint(tally.database)
-            app.execute_group([_earn("cat", 1, "cat-after")], {})  # after the checkpoint
             yield Ledger(url, tally, request.param)
         finally:
             tally.close()
 
+    template = built(request.param)
     if request.param == "sqlite":
-        yield from build(f"sqlite:///{tmp_path / 'ledger.db'}")
+        source = Path(template.removeprefix("sqlite:///"))
+        copy = tmp_path / "ledger.db"
+        for suffix in ("", "-wal"):  # closed, it has no -wal; were it there, it goes along
+            if source.with_name(source.name + suffix).exists():
+                shutil.copyfile(
+                    source.with_name(source.name + suffix), copy.with_name(copy.name + suffix)
+                )
+        yield from opened(f"sqlite:///{copy}")
     else:
-        with scratch_postgres() as url:
-            yield from build(url)
+        with scratch_postgres(copy_of=template) as url:
+            yield from opened(url)
 
 
 def _only(report: VerifyReport, kind: str) -> list[int]:
