@@ -398,7 +398,13 @@ class InsightsProjection:
             " AND facts_until < ?",
             [(at, program_id, at) for program_id, at in sorted(b.facts_until.items())],
         )
-        for program_id, changes in sorted(self._write_members(cur, b).items()):
+        moved = self._write_members(cur, b)
+        # In a pipelined transaction psycopg (3.3.9) can hand a fetch that follows a long
+        # executemany one of its statements' results instead ("the last operation didn't
+        # produce records (command status: UPDATE 1)", at 20,000 members): reading the
+        # rowcount reads every result back first (database._PgCursor), before the cuts'.
+        _ = cur.rowcount
+        for program_id, changes in sorted(moved.items()):
             self._move_cuts(cur, program_id, changes)
         d.insert_rows(
             cur,
