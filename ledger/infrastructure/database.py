@@ -11,6 +11,7 @@ between them is the configuration's and the database's `dialect` (dialect.py).
 
 from __future__ import annotations
 
+import re
 import select
 import sqlite3
 import threading
@@ -37,6 +38,10 @@ from ledger.infrastructure.dialect import (
 
 Row = tuple[Any, ...]
 
+# The commands after which psycopg drops its prepared statements (psycopg/_preparing.py).
+_FORGETS_PREPARED = re.compile(
+    r"\s*(?:DROP|ALTER|ROLLBACK|DISCARD|DEALLOCATE)\b", re.IGNORECASE
+).match
 # A transaction's own statements (PostgresDatabase.transaction).
 _BEGIN = b"BEGIN"
 _NOT_DURABLE = b"SET LOCAL synchronous_commit = off"
@@ -372,9 +377,16 @@ class _PgCursor:
     def __init__(self, cursor: psycopg.Cursor[Row], pipeline: psycopg.Pipeline | None = None):
         self._cursor = cursor
         self._pipeline = pipeline
+        # A statement that makes psycopg forget the statements it prepared (ALTER, DROP, ...:
+        # it then deallocates them all on the server) came in this pipeline: what it prepares
+        # around it may be out of step with the server, so nothing more is prepared and the
+        # connection is closed after the transaction (PostgresDatabase.transaction).
+        self.unprepared = False
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._cursor.execute(sql.replace("?", "%s"), params, prepare=True)
+        if self._pipeline is not None and not self.unprepared and _FORGETS_PREPARED(sql):
+            self.unprepared = True
+        self._cursor.execute(sql.replace("?", "%s"), params, prepare=not self.unprepared)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._cursor.executemany(sql.replace("?", "%s"), rows)
@@ -436,18 +448,21 @@ class PostgresDatabase:
         COMMIT. A statement's error surfaces at the next of those, inside this block, and
         rolls the whole transaction back; the connection is then closed, not pooled again
         (psycopg's record of the statements it prepared on it may be wrong after an error
-        in a pipeline)."""
+        in a pipeline), as it is after a transaction with DDL in it (_PgCursor.unprepared)."""
         with self.pool.connection() as conn:
             try:
                 with conn.pipeline() as pipeline, conn.cursor() as cur:
                     cur.execute(_BEGIN)
                     if not durable:
                         cur.execute(_NOT_DURABLE)
-                    yield _PgCursor(cur, pipeline)
+                    ours = _PgCursor(cur, pipeline)
+                    yield ours
                     cur.execute(_COMMIT)
             except BaseException:
                 conn.close()
                 raise
+            if ours.unprepared:
+                conn.close()
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:
