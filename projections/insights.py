@@ -7,7 +7,11 @@ ledger/insights_queries.py gives to the rules of ledger/domain/insights.py.
   the event predates `refund_purchase_minor`): any as_of can be answered from them.
 - `rm_insight_members`: per member, the enrolment (and its local day) and the lifetime
   facts once everything recorded so far has occurred (behaviour_at at the member's newest
-  purchase or refund), recomputed for each member a batch touches.
+  purchase or refund), with their Lifetime's gap counts and store nets and that newest
+  instant. A batch whose purchases of a member all come after that instant, with no
+  refund, adds them to the Lifetime without reading the member's purchases (so a
+  purchase costs the same however long the member's history); any other change of a
+  member is recomputed from all of their purchases.
 - `rm_insight_values`: per programme and score (R: last purchase day, F: lifetime
   purchases, M: lifetime net money), how many purchasing members have each value: the
   distribution the quintile cuts are read from, kept by adding and removing the members
@@ -34,10 +38,11 @@ so it depends on no other read model's progress.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -46,9 +51,11 @@ from ledger.domain.account import NOT_RECORDED
 from ledger.domain.insights import (
     Behaviour,
     InsightSettings,
+    Lifetime,
     Purchase,
     Refund,
     behaviour_at,
+    lifetime_of,
     local_day,
     refund_pro_rata,
     start_ranks,
@@ -64,8 +71,11 @@ DAY_MICROS = 86_400_000_000
 # Lifetime facts do not depend on the thresholds (only `frequency` does, which is not kept).
 _LIFETIME = InsightSettings()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# A new member's lifetime facts (lifetime_columns of no purchase).
-_NO_PURCHASE = (0, 0, 0, None, None, None, "")
+# A new member's lifetime facts (lifetime_columns of no purchase), its Lifetime's state
+# (life_state) and its newest fact's instant (none).
+_NO_PURCHASE = (0, 0, 0, None, None, None, "", "[]", "[]", 0)
+# What _load_lives reads of a member enrolled in the batch (no row yet).
+_NO_LIFE = (0, 0, None, None, None, "[]", "[]", 0)
 # The scores in rm_insight_values, in the order of a member's values (_scored).
 SCORES = ("R", "F", "M")
 # A purchasing member's values: (last purchase day's ordinal, lifetime purchases, lifetime
@@ -124,6 +134,10 @@ class _Batch:
     before: dict[tuple[str, str], Values] = field(default_factory=dict)
     # (program, member) -> the earliest occurred_at of the batch's purchases and refunds.
     earliest: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # The members whose purchases in the batch all come after their newest fact, with no
+    # refund: their Lifetime before the batch, and that newest fact's instant (0: none).
+    lives: dict[tuple[str, str], Lifetime] = field(default_factory=dict)
+    newest: dict[tuple[str, str], int] = field(default_factory=dict)
     enrolled: list[tuple[str, str, datetime]] = field(default_factory=list)
     new_refunds: list[tuple[Any, ...]] = field(default_factory=list)
     changed: set[tuple[str, str, str]] = field(default_factory=set)  # purchases changed
@@ -297,15 +311,60 @@ class InsightsProjection:
             if type(e) not in _IGNORED and type(e) is not events.ProgramCreated
         }
         b.members = members_of(cur, self.dialect, "rm_insight_accounts", batch_events, accounts)
-        buyers = {
-            b.members[e.originator_id.hex]
-            for _, e in batch_events
-            if (type(e) is events.PointsEarned and e.purchase_minor > 0)  # type: ignore[attr-defined]
-            or type(e) is events.EarnReversed
-        }
+        first_bought: dict[tuple[str, str], int] = {}  # the earliest of the batch's purchases
+        refunding: set[tuple[str, str]] = set()
+        for _, e in batch_events:
+            if type(e) is events.PointsEarned and e.purchase_minor > 0:  # type: ignore[attr-defined]
+                account = b.members[e.originator_id.hex]
+                at = micros(e.provenance.occurred_at)  # type: ignore[attr-defined]
+                first_bought[account] = min(first_bought.get(account, at), at)
+            elif type(e) is events.EarnReversed:
+                refunding.add(b.members[e.originator_id.hex])
+        buyers = first_bought.keys() | refunding
         for program_id, members in _by_program(buyers).items():
             for chunk in _chunks(sorted(members)):
+                self._load_lives(cur, program_id, chunk, b, first_bought, refunding)
+        for program_id, members in _by_program(buyers - b.lives.keys()).items():
+            for chunk in _chunks(sorted(members)):
                 self._load_purchases(cur, program_id, chunk, b)
+
+    def _load_lives(
+        self,
+        cur: Cursor,
+        program_id: str,
+        members: list[str],
+        b: _Batch,
+        first_bought: dict[tuple[str, str], int],
+        refunding: set[tuple[str, str]],
+    ) -> None:
+        """The members' values before the batch, and the Lifetime of each whose purchases
+        in the batch all come after their newest fact, with no refund: those are added to
+        it, their other purchases are not read."""
+        marks = self.dialect.placeholders(len(members))
+        cur.execute(
+            "SELECT member_id, lifetime_purchases, lifetime_value_minor, first_purchase_at,"
+            " last_purchase_at, last_purchase_day, purchase_gaps, store_nets, newest_fact_at"
+            f" FROM rm_insight_members WHERE program_id = ? AND member_id IN ({marks})",
+            (program_id, *members),
+        )
+        rows = {str(row[0]): row[1:] for row in cur.fetchall()}
+        for member_id in members:
+            account = (program_id, member_id)
+            row = rows.get(member_id)  # none: enrolled in this batch
+            purchases, value, first, last, day, gaps, stores, newest = row or _NO_LIFE
+            b.before[account] = (int(day), int(purchases), int(value)) if purchases else None
+            if account in refunding or first_bought[account] <= int(newest):
+                continue
+            b.newest[account] = int(newest)
+            b.lives[account] = Lifetime(
+                purchases=int(purchases),
+                value_minor=int(value),
+                first_purchase_at=_moment(int(first)) if first is not None else None,
+                last_purchase_at=_moment(int(last)) if last is not None else None,
+                last_purchase_day=date.fromordinal(int(day)) if day is not None else None,
+                gaps=tuple((int(g), int(n)) for g, n in json.loads(gaps)),
+                stores=tuple((str(s), int(m)) for s, m in json.loads(stores)),
+            )
 
     def _load_purchases(self, cur: Cursor, program_id: str, members: list[str], b: _Batch) -> None:
         marks = self.dialect.placeholders(len(members))
@@ -338,16 +397,6 @@ class InsightsProjection:
             bought = b.purchases[(program_id, str(member_id))][str(purchase_id)]
             bought.refunds.append((str(transaction_id), _moment(int(at)), int(money), int(points)))
             bought.loaded_refunds += 1
-        for member_id in members:
-            b.before[(program_id, member_id)] = None
-        cur.execute(
-            "SELECT member_id, last_purchase_day, lifetime_purchases, lifetime_value_minor"
-            f" FROM rm_insight_members WHERE program_id = ? AND member_id IN ({marks})"
-            " AND lifetime_purchases > 0",
-            (program_id, *members),
-        )
-        for member_id, day, purchases, value in cur.fetchall():
-            b.before[(program_id, str(member_id))] = (int(day), int(purchases), int(value))
 
     # ------------------------------------------------------------------ writing
 
@@ -357,7 +406,8 @@ class InsightsProjection:
             cur,
             "INSERT INTO rm_insight_members (program_id, member_id, enrolled_at, enrolled_day,"
             " lifetime_purchases, lifetime_value_minor, purchase_cycle_days, first_purchase_at,"
-            " last_purchase_at, last_purchase_day, favourite_store_id) {rows}",
+            " last_purchase_at, last_purchase_day, favourite_store_id, purchase_gaps,"
+            " store_nets, newest_fact_at) {rows}",
             [
                 (p, m, micros(at), local_day(at, self._zone(cur, p)).toordinal(), *_NO_PURCHASE)
                 for p, m, at in b.enrolled
@@ -438,34 +488,31 @@ class InsightsProjection:
         changes: dict[str, list[tuple[Values, Values]]] = {}
         for account in sorted(b.touched):
             program_id, member_id = account
-            kept = b.purchases[account].values()
-            bought = [x.purchase() for x in kept]
-            since = b.earliest[account]
-            instants = sorted(
-                {at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))}
-            )
-            first = bisect_left(instants, since)  # instants before it are kept as they are
-            if any(
-                at >= since
-                for x in kept
-                if not x.new
-                for at in (x.occurred_at, *(r[1] for r in x.refunds[: x.loaded_refunds]))
-            ):
-                rewritten.append((program_id, member_id, micros(since)))  # rows from since on
-            if first:
-                ended.append(
-                    (micros(instants[first]), program_id, member_id, micros(instants[first - 1]))
-                )
             zone = self._zone(cur, program_id)
-            facts = Behaviour()
-            for i in range(first, len(instants)):
-                facts = behaviour_at(bought, instants[i], zone, _LIFETIME)
-                until = micros(instants[i + 1]) if i + 1 < len(instants) else None
-                history.append(
-                    (program_id, member_id, micros(instants[i]), until, *history_columns(facts))
+            kept = b.purchases[account].values()
+            life = b.lives.get(account)
+            if life is not None:  # only purchases after every fact: added to the Lifetime
+                new = sorted(kept, key=lambda x: (x.occurred_at, x.transaction_id))
+                if b.newest[account]:
+                    ended.append(
+                        (micros(new[0].occurred_at), program_id, member_id, b.newest[account])
+                    )
+                for i, x in enumerate(new):
+                    life = life.bought(x.occurred_at, x.store_id, x.purchase_minor, zone)
+                    if i + 1 < len(new) and new[i + 1].occurred_at == x.occurred_at:
+                        continue  # one row per instant, once all of its purchases count
+                    until = micros(new[i + 1].occurred_at) if i + 1 < len(new) else None
+                    row = history_columns(life.behaviour())
+                    history.append((program_id, member_id, micros(x.occurred_at), until, *row))
+                facts, newest = life.behaviour(), micros(new[-1].occurred_at)
+            else:  # a refund, or a purchase before a kept fact: from all the purchases
+                bought = [x.purchase() for x in kept]
+                facts, newest, life = self._recomputed(
+                    account, kept, bought, zone, b, history, rewritten, ended
                 )
-            # The last is the newest instant: the facts once everything has occurred.
-            rows.append((*lifetime_columns(facts), program_id, member_id))
+            rows.append(
+                (*lifetime_columns(facts), *life_state(life), newest, program_id, member_id)
+            )
             before, after = b.before.get(account), _scored(facts)
             moved = changes.setdefault(program_id, [])
             if before != after:
@@ -473,8 +520,8 @@ class InsightsProjection:
         cur.executemany(
             "UPDATE rm_insight_members SET lifetime_purchases = ?, lifetime_value_minor = ?,"
             " purchase_cycle_days = ?, first_purchase_at = ?, last_purchase_at = ?,"
-            " last_purchase_day = ?, favourite_store_id = ?"
-            " WHERE program_id = ? AND member_id = ?",
+            " last_purchase_day = ?, favourite_store_id = ?, purchase_gaps = ?,"
+            " store_nets = ?, newest_fact_at = ? WHERE program_id = ? AND member_id = ?",
             rows,
         )
         cur.executemany(
@@ -495,6 +542,47 @@ class InsightsProjection:
             history,
         )
         return changes
+
+    @staticmethod
+    def _recomputed(
+        account: tuple[str, str],
+        kept: Iterable[_Purchase],
+        bought: list[Purchase],
+        zone: ZoneInfo,
+        b: _Batch,
+        history: list[tuple[Any, ...]],
+        rewritten: list[tuple[str, str, int]],
+        ended: list[tuple[int, str, str, int]],
+    ) -> tuple[Behaviour, int, Lifetime]:
+        """A member's facts from all their purchases: the rows of rm_insight_member_facts
+        from the batch's earliest fact for them on (those kept from then on rewritten, the
+        row before ended at the first), and (facts now, the newest instant, the Lifetime)."""
+        program_id, member_id = account
+        since = b.earliest[account]
+        instants = sorted(
+            {at for x in bought for at in (x.occurred_at, *(r.occurred_at for r in x.refunds))}
+        )
+        first = bisect_left(instants, since)  # instants before it are kept as they are
+        if any(
+            at >= since
+            for x in kept
+            if not x.new
+            for at in (x.occurred_at, *(r[1] for r in x.refunds[: x.loaded_refunds]))
+        ):
+            rewritten.append((program_id, member_id, micros(since)))  # rows from since on
+        if first:
+            ended.append(
+                (micros(instants[first]), program_id, member_id, micros(instants[first - 1]))
+            )
+        facts = Behaviour()
+        for i in range(first, len(instants)):
+            facts = behaviour_at(bought, instants[i], zone, _LIFETIME)
+            until = micros(instants[i + 1]) if i + 1 < len(instants) else None
+            history.append(
+                (program_id, member_id, micros(instants[i]), until, *history_columns(facts))
+            )
+        # The last instant is the newest: the facts once everything has occurred.
+        return facts, micros(instants[-1]), lifetime_of(bought, zone)
 
     def _write_stores(self, cur: Cursor, b: _Batch) -> None:
         """Per store, what the batch's new and refunded purchases changed."""
@@ -647,6 +735,11 @@ def _scored(facts: Behaviour) -> Values:
         facts.lifetime_purchases,
         facts.lifetime_value_minor,
     )
+
+
+def life_state(life: Lifetime) -> tuple[str, str]:
+    """What rm_insight_members keeps of a Lifetime beside its lifetime facts."""
+    return json.dumps(life.gaps), json.dumps(life.stores)
 
 
 def history_columns(facts: Behaviour) -> tuple[Any, ...]:

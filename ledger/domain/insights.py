@@ -21,7 +21,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 from itertools import pairwise
@@ -153,6 +153,91 @@ def behaviour_at(
         # The most net money; a tie goes to the smallest store id (stable across replays).
         favourite_store_id=min(by_store, key=lambda s: (-by_store[s], s)),
     )
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """A member's lifetime facts once all their purchases and refunds have occurred (the
+    lifetime fields of behaviour_at at their newest fact), with what a later purchase needs
+    to update them without the others: how many gaps of each length lie between their
+    purchase days, and their net money per store. `lifetime_of` makes them of all the
+    purchases; `bought` adds one that comes after every fact, refunded in nothing."""
+
+    purchases: int = 0
+    value_minor: int = 0
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    last_purchase_day: date | None = None
+    gaps: tuple[tuple[int, int], ...] = ()  # (days between two purchase days, how many)
+    stores: tuple[tuple[str, int], ...] = ()  # (store, net money), by store id
+
+    def bought(self, occurred_at: datetime, store_id: str, money: int, zone: ZoneInfo) -> Lifetime:
+        """These facts and a purchase of `money` (> 0) at `occurred_at`, which is after
+        every purchase counted here: the last one."""
+        day = local_day(occurred_at, zone)
+        gaps = dict(self.gaps)
+        if self.last_purchase_day is not None and day != self.last_purchase_day:
+            gap = (day - self.last_purchase_day).days
+            gaps[gap] = gaps.get(gap, 0) + 1
+        stores = dict(self.stores)
+        stores[store_id] = stores.get(store_id, 0) + money
+        return Lifetime(
+            purchases=self.purchases + 1,
+            value_minor=self.value_minor + money,
+            first_purchase_at=self.first_purchase_at or occurred_at,
+            last_purchase_at=occurred_at,
+            last_purchase_day=day,
+            gaps=tuple(sorted(gaps.items())),
+            stores=tuple(sorted(stores.items())),
+        )
+
+    def behaviour(self) -> Behaviour:
+        """The lifetime fields of behaviour_at (the others as for no window: not kept)."""
+        if not self.purchases:
+            return Behaviour()
+        return Behaviour(
+            lifetime_purchases=self.purchases,
+            lifetime_value_minor=self.value_minor,
+            purchase_cycle_days=self._median_gap(),
+            first_purchase_at=self.first_purchase_at,
+            last_purchase_at=self.last_purchase_at,
+            last_purchase_day=self.last_purchase_day,
+            favourite_store_id=min(self.stores, key=lambda s: (-s[1], s[0]))[0],
+        )
+
+    def _median_gap(self) -> int:
+        """purchase_cycle_days of the gaps counted."""
+        count = sum(n for _, n in self.gaps)
+        if not count:
+            return 0
+        middle = count // 2
+
+        def nth(index: int) -> int:
+            for gap, n in self.gaps:
+                if index < n:
+                    return gap
+                index -= n
+            raise IndexError(index)
+
+        if count % 2:
+            return nth(middle)
+        return round_half_up(Fraction(nth(middle - 1) + nth(middle), 2))
+
+
+def lifetime_of(purchases: Iterable[Purchase], zone: ZoneInfo) -> Lifetime:
+    """A member's Lifetime once all their purchases and refunds have occurred: each
+    purchase with money left, in the order behaviour_at counts them."""
+    counted = sorted(
+        ((p, net) for p in purchases if (net := p.net_at(_AFTER_ALL)) > 0),
+        key=lambda pn: (pn[0].occurred_at, pn[0].transaction_id),
+    )
+    life = Lifetime()
+    for p, net in counted:
+        life = life.bought(p.occurred_at, p.store_id, net, zone)
+    return life
+
+
+_AFTER_ALL = datetime.max.replace(tzinfo=UTC)  # every purchase and refund has occurred by then
 
 
 def local_day(moment: datetime, zone: ZoneInfo) -> date:

@@ -26,13 +26,20 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.audit.replay import read_live, rebuild
-from ledger.domain.insights import behaviour_at, local_day, programme_cuts, stage_at, stage_of
+from ledger.domain.insights import (
+    behaviour_at,
+    lifetime_of,
+    local_day,
+    programme_cuts,
+    stage_at,
+    stage_of,
+)
 from ledger.infrastructure.database import open_database, parse_database_url
 from ledger.insights_queries import InsightsQueries, _fast, _past, _purchases_of, _stores_at
 from ledger.v1 import insights_pb2 as ipb
 from ledger.v1 import insights_pb2_grpc as ipb_grpc
 from ledger.v1 import ledger_pb2 as pb
-from projections.insights import InsightsProjection
+from projections.insights import InsightsProjection, life_state, lifetime_columns
 from tests.support import Client, ServerThread, log_head, new_id, refused, ts
 
 DAY = timedelta(days=1)
@@ -449,8 +456,9 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
     """Facts recorded in another order than they occurred, each in a batch of its own (the
     projection waited for between them): a till uploading an older purchase, a refund of
     it, a purchase on the day of another, a refund dated before an earlier-recorded one.
-    Every member's facts at every instant still equal behaviour_at's, and a rebuild's. In
-    Shanghai's days, not UTC's."""
+    And purchases in order, each after every fact of its member, which update the kept
+    Lifetime without reading the others. Every member's facts at every instant still equal
+    behaviour_at's, and a rebuild's. In Shanghai's days, not UTC's."""
     now = datetime.now(UTC)
     program_id = client.create_program(tiers=TIERS, time_zone="Asia/Shanghai")
 
@@ -465,8 +473,9 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
             program_id=program_id, min_position=log_head(server)
         )
         insights.GetProgramInsights(request, timeout=30)
+        rows_agree(server, program_id)  # after each batch, not only at the end
 
-    for member_id in ("late", "other"):
+    for member_id in ("late", "other", "steady"):
         client.enroll(program_id, member_id, occurred_at=ts(enrolled))
     settle()
     steps: list[tuple[str, int, int, str, float]] = [
@@ -476,6 +485,12 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
         ("late", 50, 5000, "s3", 10.5),  # the same local day as the first, probably
         ("late", 40, 4000, "s1", 60),
         ("other", 5, 500, "s1", 41),
+        # In order, each after every fact: added to the member's kept Lifetime.
+        ("steady", 10, 1000, "s2", 100),
+        ("steady", 10, 1000, "s1", 99.9),  # a tie between two stores
+        ("steady", 5, 500, "s1", 93),
+        ("steady", 25, 2500, "s3", 80),
+        ("steady", 3, 300, "s2", 80),  # at the very instant of the one before
     ]
     earned: dict[float, str] = {}
     for member_id, points, money, store, days in steps:
@@ -496,6 +511,12 @@ def test_late_purchases_and_refunds_rewrite_a_members_past(
     )
     settle()
     client.reverse(program_id, "other", earned[40], occurred_at=ago(35))
+    settle()
+    client.reverse(
+        program_id, "steady", earned[93], 2, refund_purchase_minor=200, occurred_at=ago(79)
+    )
+    settle()
+    client.earn(program_id, "steady", 7, purchase_minor=700, store_id="s1", occurred_at=ago(70))
     settle()
     # 15:00 UTC 31 days on: 31 days in UTC (DORMANT), 30 in Shanghai (still NEW).
     edge = enrolled.replace(hour=15) + timedelta(days=31)
@@ -547,7 +568,7 @@ def facts_agree(server: ServerThread, program_id: str, extra: list[datetime]) ->
             assert sorted(m.member_id for m in got.members) == sorted(members)
             for m in got.members:
                 e, g = exact[m.member_id], m.behaviour
-                assert lifetime_of(g) == lifetime_of(e), (as_of, m.member_id)
+                assert listed_fields(g) == listed_fields(e), (as_of, m.member_id)
                 # The list's stage, from the stored enrolment day, is stage_at's.
                 today = local_day(as_of, zone).toordinal()
                 assert stage_of(g, today - m.enrolled_day, settings) == stage_at(
@@ -566,10 +587,43 @@ def facts_agree(server: ServerThread, program_id: str, extra: list[datetime]) ->
                 (k, *v) for k, v in sorted(stores.items())
             ]
             checked += any(b.lifetime_purchases for b in exact.values())
+    rows_agree(server, program_id)
     return checked
 
 
-def lifetime_of(b: Any) -> tuple[Any, ...]:
+def rows_agree(server: ServerThread, program_id: str) -> None:
+    """Each member's row of now: the lifetime facts of all their purchases, and the
+    Lifetime kept for the purchases to come."""
+    prog = server.tally.app.get_program(program_id)
+    zone, settings = ZoneInfo(prog.settings.time_zone), prog.settings.insights
+    with server.tally.database.read() as cur:
+        cur.execute("SELECT member_id FROM rm_insight_members WHERE program_id = ?", (program_id,))
+        members = [str(m) for (m,) in cur.fetchall()]
+        after_all = datetime.now(UTC) + timedelta(days=1)
+        bought = _purchases_of(cur, program_id, members, after_all)
+        cur.execute(
+            "SELECT member_id, lifetime_purchases, lifetime_value_minor, purchase_cycle_days,"
+            " first_purchase_at, last_purchase_at, last_purchase_day, favourite_store_id,"
+            " purchase_gaps, store_nets, newest_fact_at FROM rm_insight_members"
+            " WHERE program_id = ?",
+            (program_id,),
+        )
+        for m, *stored in cur.fetchall():
+            mine = bought.get(str(m), [])
+            newest = max(
+                (at for p in mine for at in (p.occurred_at, *(r.occurred_at for r in p.refunds))),
+                default=None,
+            )
+            facts = behaviour_at(mine, newest or after_all, zone, settings)
+            life = lifetime_of(mine, zone)
+            assert tuple(stored) == (
+                *lifetime_columns(facts),
+                *life_state(life),
+                micros_of(newest) if newest else 0,
+            ), m
+
+
+def listed_fields(b: Any) -> tuple[Any, ...]:
     """What a list of members reads of each (_fast, _past)."""
     return (
         b.lifetime_purchases,

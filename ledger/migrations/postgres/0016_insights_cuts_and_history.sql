@@ -33,6 +33,13 @@ CREATE TABLE rm_insight_member_facts (
 -- The enrolment's local day (date.toordinal in the programme's zone): what a list of members
 -- reads for each one's enrolment days and anniversary, with no time zone arithmetic.
 ALTER TABLE rm_insight_members ADD COLUMN enrolled_day BIGINT NOT NULL DEFAULT 0;
+-- What a purchase after every other fact of the member needs to update their lifetime facts
+-- without reading their purchases (ledger/domain/insights.py Lifetime): how many gaps of
+-- each length lie between their purchase days and their net money per store (JSON lists of
+-- pairs, ascending), and the instant of their newest purchase or refund (0: none).
+ALTER TABLE rm_insight_members ADD COLUMN purchase_gaps TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE rm_insight_members ADD COLUMN store_nets TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE rm_insight_members ADD COLUMN newest_fact_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rm_insight_cuts ADD COLUMN recency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN frequency_counts TEXT NOT NULL DEFAULT '';
 ALTER TABLE rm_insight_cuts ADD COLUMN monetary_counts TEXT NOT NULL DEFAULT '';
