@@ -586,62 +586,56 @@ class PointsProjection:
         return row
 
     def _flush(self, batch: Batch) -> None:
-        cur = batch.cur
-        if batch.programs:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_programs (program_id, created_position) {rows}"
-                " ON CONFLICT (program_id) DO NOTHING",
-                batch.programs,
-            )
-        if batch.accounts:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_accounts (account_id, program_id, member_id, points_available,"
-                " points_held, points_debt, cash_minor, bonus_minor, enrolled_at, version,"
-                " position) {rows}"
-                " ON CONFLICT (program_id, member_id) DO UPDATE SET"
-                " points_available = excluded.points_available,"
-                " points_held = excluded.points_held, points_debt = excluded.points_debt,"
-                " cash_minor = excluded.cash_minor, bonus_minor = excluded.bonus_minor,"
-                " version = excluded.version, position = excluded.position",
-                [_values(a) for a in batch.accounts.values()],
-            )
-        if batch.lots:
-            self.dialect.insert_rows(
-                cur,
-                f"INSERT INTO rm_lots ({_columns(LotRow)}) {{rows}}"
-                " ON CONFLICT (program_id, member_id, lot_id) DO UPDATE SET"
-                " remaining = excluded.remaining, held = excluded.held,"
-                " expired = excluded.expired",
-                [_values(lot) for lot in batch.lots.values()],
-            )
-        if batch.holds_new:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_holds (program_id, member_id, hold_id, points, expires_at, status)"
-                " {rows}",
-                [(*hold, "ACTIVE") for hold in batch.holds_new],
-            )
+        # The inserts as one statement where the backend can (dialect.insert_many: the
+        # tables are independent), then the holds a batch closed.
+        self.dialect.insert_many(
+            batch.cur,
+            [
+                (
+                    "INSERT INTO rm_programs (program_id, created_position) {rows}"
+                    " ON CONFLICT (program_id) DO NOTHING",
+                    batch.programs,
+                ),
+                (
+                    "INSERT INTO rm_accounts (account_id, program_id, member_id,"
+                    " points_available, points_held, points_debt, cash_minor, bonus_minor,"
+                    " enrolled_at, version, position) {rows}"
+                    " ON CONFLICT (program_id, member_id) DO UPDATE SET"
+                    " points_available = excluded.points_available,"
+                    " points_held = excluded.points_held, points_debt = excluded.points_debt,"
+                    " cash_minor = excluded.cash_minor, bonus_minor = excluded.bonus_minor,"
+                    " version = excluded.version, position = excluded.position",
+                    [_values(a) for a in batch.accounts.values()],
+                ),
+                (
+                    f"INSERT INTO rm_lots ({_columns(LotRow)}) {{rows}}"
+                    " ON CONFLICT (program_id, member_id, lot_id) DO UPDATE SET"
+                    " remaining = excluded.remaining, held = excluded.held,"
+                    " expired = excluded.expired",
+                    [_values(lot) for lot in batch.lots.values()],
+                ),
+                (
+                    "INSERT INTO rm_holds (program_id, member_id, hold_id, points, expires_at,"
+                    " status) {rows}",
+                    [(*hold, "ACTIVE") for hold in batch.holds_new],
+                ),
+                (
+                    f"INSERT INTO rm_transactions ({_columns(TransactionRow)}) {{rows}}",
+                    [_values(t) for t in batch.transactions],
+                ),
+                (
+                    # A plain insert: exactly once, so a row written twice is a bug to hear of.
+                    "INSERT INTO rm_lot_history (program_id, member_id, lot_id, position,"
+                    " remaining, held, expired, recorded_at) {rows}",
+                    batch.lot_history,
+                ),
+            ],
+        )
         if batch.holds_closed:
-            cur.executemany(
+            batch.cur.executemany(
                 "UPDATE rm_holds SET status = ? WHERE program_id = ? AND member_id = ?"
                 " AND hold_id = ?",
                 batch.holds_closed,
-            )
-        if batch.transactions:
-            self.dialect.insert_rows(
-                cur,
-                f"INSERT INTO rm_transactions ({_columns(TransactionRow)}) {{rows}}",
-                [_values(t) for t in batch.transactions],
-            )
-        if batch.lot_history:
-            self.dialect.insert_rows(
-                cur,
-                "INSERT INTO rm_lot_history (program_id, member_id, lot_id, position, remaining,"
-                # A plain insert: exactly once, so a row written twice is a bug to hear of.
-                " held, expired, recorded_at) {rows}",
-                batch.lot_history,
             )
 
 

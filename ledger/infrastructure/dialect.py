@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     # Given the applied migrations (version -> checksum): those to apply now, in order.
     Plan = Callable[[dict[int, str]], list[Migration]]
 
+# One insert_rows call: its SQL (with "{rows}") and its rows.
+Insert = tuple[str, Sequence[tuple[Any, ...]]]
+
 MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
     " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL)"
@@ -97,6 +100,12 @@ class Dialect(ABC):
     def insert_rows(self, cur: Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run `sql`, with "{rows}" where the rows go, for many rows in one go, e.g.
         `INSERT INTO t (a, b) {rows} ON CONFLICT (a) DO NOTHING`. Nothing for no rows."""
+
+    def insert_many(self, cur: Cursor, inserts: Sequence[Insert]) -> None:
+        """Several `insert_rows` (sql, rows), each into a table of its own, none reading what
+        another writes: as one statement where the backend can."""
+        for sql, rows in inserts:
+            self.insert_rows(cur, sql, rows)
 
     # ------------------------------------------------------------------ configuration
 
@@ -252,17 +261,9 @@ class PostgresDialect(Dialect):
         # Values JSON cannot carry exactly (not str, bytes, UUID, int) go as arrays.
         if not rows:
             return
-        kinds = [_JSON_KINDS.get(type(v), "") for v in rows[0]]
-        for i, kind in enumerate(kinds):
-            if kind == "null":  # the first value that is not None says
-                sample = next((r[i] for r in rows if r[i] is not None), 0)
-                kinds[i] = _JSON_KINDS.get(type(sample), "")
-        if "" not in kinds:
-            statement, convert = _json_statement(sql, tuple(kinds))
-            values: Sequence[Sequence[Any]] = rows
-            if convert:
-                values = [_json_row(row, convert) for row in rows]
-            cur.execute(statement, (json.dumps(values, check_circular=False),))
+        as_json = _json_insert(sql, rows)
+        if as_json is not None:
+            cur.execute(*as_json)
             return
         columns = [list(column) for column in zip(*rows, strict=True)]
         types = []
@@ -273,6 +274,25 @@ class PostgresDialect(Dialect):
                 values_[:] = [None if v is None else int(v) for v in values_]
         arrays = ", ".join(f"%b::{t}[]" for t in types)
         cur.execute(sql.format(rows=f"SELECT * FROM unnest({arrays})"), columns)
+
+    def insert_many(self, cur: Cursor, inserts: Sequence[Insert]) -> None:
+        # One statement: the inserts as data-modifying WITH queries of the last one (they
+        # see one snapshot and none reads another's table), so a batch pays one statement's
+        # client cost, not one per table. Rows that JSON cannot carry go on their own.
+        parts: list[tuple[str, tuple[str]]] = []
+        for sql, rows in inserts:
+            if not rows:
+                continue
+            as_json = _json_insert(sql, rows)
+            if as_json is None:
+                self.insert_rows(cur, sql, rows)
+            else:
+                parts.append(as_json)
+        if len(parts) == 1:
+            cur.execute(*parts[0])
+        elif parts:
+            withs = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(parts[:-1]))
+            cur.execute(f"WITH {withs} {parts[-1][0]}", tuple(payload for _, (payload,) in parts))
 
     def display(self, config: DatabaseConfig) -> str:
         # Every host, and the query's parameters but those holding a secret.
@@ -365,6 +385,23 @@ _JSON_COLUMNS = {
     "bytea": "decode(r->>{0}, 'hex')",
 }
 _JSON_STATEMENTS: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[int, ...]]] = {}
+
+
+def _json_insert(sql: str, rows: Sequence[tuple[Any, ...]]) -> tuple[str, tuple[str]] | None:
+    """`sql` over `rows` as one JSON text (PostgresDialect.insert_rows): the statement and
+    its one parameter, or None if a value has no exact JSON form here."""
+    kinds = [_JSON_KINDS.get(type(v), "") for v in rows[0]]
+    for i, kind in enumerate(kinds):
+        if kind == "null":  # the first value that is not None says
+            sample = next((r[i] for r in rows if r[i] is not None), 0)
+            kinds[i] = _JSON_KINDS.get(type(sample), "")
+    if "" in kinds:
+        return None
+    statement, convert = _json_statement(sql, tuple(kinds))
+    values: Sequence[Sequence[Any]] = rows
+    if convert:
+        values = [_json_row(row, convert) for row in rows]
+    return statement, (json.dumps(values, check_circular=False),)
 
 
 def _json_statement(sql: str, kinds: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
