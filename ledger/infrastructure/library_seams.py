@@ -658,12 +658,20 @@ SEAMS: list[Seam] = [
     Seam(
         "ledger.infrastructure.recorders:ChainedInserts.insert_events",
         "eventsourcing.utils.retry",
-        "the library's PostgreSQL select_events (and insert_events, which we do not call) is"
-        " wrapped by retry (ten tries on a connection error) with functools.wraps, so"
-        " __wrapped__ is the method itself, which TallyPostgresApplicationRecorder.select_events"
-        " calls once.",
+        "the library's PostgreSQL insert_events and select_events retry ten times on a"
+        " connection error, which is why TallyPostgresApplicationRecorder calls neither (its"
+        " own insert and select_events run once); SQLite's insert_events, which we call, does"
+        " not retry.",
         ("exc", "max_attempts", "wait", "stall"),
         check=check_insert_retries_unwrapped,
+    ),
+    Seam(
+        f"{_RECORDERS}:TallyPostgresApplicationRecorder.select_events",
+        f"{_PG}.PostgresAggregateRecorder.select_events",
+        "our select_events is the library's (same columns, conditions, order and StoredEvent"
+        " per row) without its retries and with its statement made once per shape.",
+        ("self", "originator_id", "gt", "lte", "desc", "limit"),
+        "429a54082f1c6766f60e30be5dbfd6b761b9bad401562bd971a9a41bde26f870",
     ),
     Seam(
         f"{_RECORDERS}:TallyPostgresFactory.__init__",

@@ -74,15 +74,50 @@ class ChainedInserts(ApplicationRecorder):
 class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecorder):
     dialect = POSTGRES
 
-    def select_events(self, *args: Any, **kwargs: Any) -> Any:
-        # Once: every command reads its programme's new events, and the library's ten
-        # retries would hold it most of a minute when the database is gone
-        # (library_seams.py).
-        return PostgresApplicationRecorder.select_events.__wrapped__(self, *args, **kwargs)
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """The library's select_events, called once (every command reads its programme's
+        new events, and the library's ten retries would hold it most of a minute when the
+        database is gone: library_seams.py), with its statement made once per shape
+        instead of composed at every call."""
+        shape = (gt is not None, lte is not None, desc, limit is not None)
+        params = [originator_id, *(v for v in (gt, lte, limit) if v is not None)]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            statement = self._select_statements.get(shape)
+            if statement is None:
+                sql = "SELECT originator_id, originator_version, topic, state"
+                sql += " FROM {schema}.{table} WHERE originator_id = %s"
+                sql += " AND originator_version > %s" if gt is not None else ""
+                sql += " AND originator_version <= %s" if lte is not None else ""
+                sql += " ORDER BY originator_version " + ("DESC" if desc else "ASC")
+                sql += " LIMIT %s" if limit is not None else ""
+                composed = SQL(sql).format(
+                    schema=Identifier(self.datastore.schema),
+                    table=Identifier(self.events_table_name),
+                )
+                statement = self._select_statements[shape] = composed.as_bytes(conn)
+            curs.execute(statement, params, prepare=True)
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = ChainHeads()
+        self._select_statements: dict[tuple[bool, bool, bool, bool], bytes] = {}
         self.insert_statement = SQL(
             "SELECT * FROM {schema}.ledger_insert_events(%s, %s::jsonb, %s::jsonb)"
             " AS t(notification_id)"
