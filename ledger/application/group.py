@@ -8,7 +8,10 @@ The steps, each a method of `CommandGroup`:
 3. `decide`: each command against its account, in order; a refusal changes nothing.
 4. atomic only: any refusal aborts every command (`aborted`).
 5. `save`: the accounts' new events and the commands' idempotency records, in one
-   transaction.
+   transaction. The programmes are taken as the application last read them (no read per
+   group): the insert checks, under the events table's lock, that none of them has a newer
+   version, and if one has (`ProgramChanged`) the group is decided again on it. A group
+   that saves nothing but refused a command reads them instead (decision 29).
 6. `answers`: each command's answer with its position; a refusal that is the replay of a
    request recorded earlier is answered from that record.
 
@@ -33,6 +36,7 @@ from ledger.domain.ids import account_id_key
 from ledger.domain.program import Program
 from ledger.infrastructure.database import database_lost
 from ledger.infrastructure.eventlog import existing_originators, latest_versions
+from ledger.infrastructure.recorders import ProgramChanged
 from ledger.infrastructure.requests import RequestRecord
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class _Slot:
     # The event whose position answers it; None: it wrote none, or it is a replay.
     event: EventKey | None = None
     same_as: int | None = None  # a repeat of the command at this index
+    decided: bool = False  # answered by deciding it (not from a record or a repeat)
 
 
 class CommandGroup:
@@ -89,13 +94,19 @@ class CommandGroup:
         self.from_cache: set[UUID] = set()  # accounts decided on as the writer had them
         self.records: list[RequestRecord] = []
         self.positions: dict[EventKey, int] = {}
+        # The programmes the group is decided under, as the application last read them
+        # (no read per group): the insert checks that none has a newer version (decision 29).
+        self.programs: dict[str, Program] = {}
 
     def run(self) -> list[Answer]:
         self.answer_known()
         self.prefetch()
         self.decide()
         if self.atomic and self.refused():
+            self._check_programs()
             return self.aborted()
+        if not any(s.event for s in self.slots):
+            self._check_programs()
         self.save()
         return self.answers()
 
@@ -158,17 +169,18 @@ class CommandGroup:
         self.enrolled = existing_originators(self.app.database, enrolling) if enrolling else set()
 
     def decide(self) -> None:
-        programs: dict[str, Program] = {}
+        programs = self.programs
         for slot in self.slots:
             if slot.answer is not None or slot.same_as is not None:
                 continue
             cmd = slot.cmd
             if cmd.program_id not in programs:
                 try:
-                    programs[cmd.program_id] = self.app.get_program(cmd.program_id)
+                    programs[cmd.program_id] = self.app.cached_program(cmd.program_id)
                 except errors.DomainError as refusal:
                     slot.answer = refusal
                     continue
+            slot.decided = True
             try:
                 if isinstance(cmd, c.EnrollMember):
                     self._check_not_enrolled(slot)
@@ -219,10 +231,35 @@ class CommandGroup:
             for s in self.slots
         ]
 
+    def _check_programs(self) -> None:
+        """A group that saves nothing is not checked by an insert: if it refused a command,
+        that refusal may rest on a programme another process (or UpdateProgram here) has
+        changed since this one read it. Read them (one query each, only then); if one
+        moved, the group is decided again on it (ProgramChanged, as from the insert)."""
+        if not any(s.decided and isinstance(s.answer, errors.DomainError) for s in self.slots):
+            return
+        moved = [
+            program_id
+            for program_id, program in self.programs.items()
+            if self.app.get_program(program_id).version != program.version
+        ]
+        if moved:
+            raise ProgramChanged(f"programme {moved[0]} was updated after the group was decided")
+
     def save(self) -> None:
         if not any(s.event for s in self.slots):
             return
-        recordings = self.app.save(*self.touched.values(), requests=self.records)
+        try:
+            recordings = self.app.save(
+                *self.touched.values(),
+                requests=self.records,
+                programs=[(p.id, p.version) for p in self.programs.values()],
+            )
+        except ProgramChanged:
+            # Bring them forward (a read each) before the group is decided again.
+            for program_id in self.programs:
+                self.app.get_program(program_id)
+            raise
         self.positions = {
             (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
             for r in recordings

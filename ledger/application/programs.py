@@ -116,6 +116,14 @@ class ProgramUseCases(LedgerBase):
                 program = cached
         return program
 
+    def cached_program(self, program_id: str) -> Program:
+        """The program as this process last brought it forward, without a read (one read
+        if it is not cached). For the group commit only: its insert checks, under the events
+        table's lock, that no newer version of the programmes it decided under has been
+        recorded, and the group is decided again on the newer one if so (decision 29)."""
+        program = self._programs.get(program_id_key(program_id))
+        return program if program is not None else self.get_program(program_id)
+
     def program_as_of(self, program_id: str, as_of: datetime) -> Program:
         """The program as recorded at `as_of` (inclusive): its last version whose event was
         recorded then or before. ProgramNotFound if it did not exist yet. Programs have few

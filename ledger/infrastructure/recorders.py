@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, ProgrammingError, StoredEvent
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    DatabaseError,
+    IntegrityError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from psycopg.sql import SQL, Identifier
@@ -35,6 +41,15 @@ from ledger.infrastructure.requests import COLUMNS, RequestRecord, stored_row
 from ledger.telemetry import instruments
 
 Links = Sequence[tuple[bytes, bytes]]  # (prev_hash, hash) per stored event
+ProgramVersion = tuple[UUID, int]  # a programme's aggregate id and version
+PROGRAM_CHANGED_SQLSTATE = "TL001"  # ledger_insert_events (migration 0017)
+
+
+class ProgramChanged(IntegrityError):
+    """A programme the group was decided under has a newer version than the group read:
+    nothing was written, and the group is decided again (a conflict like any other, on
+    the programme instead of an account). `app.save(..., programs=[(id, version)])` asks
+    for the check; it is made in the insert's transaction, under its lock."""
 
 
 class ChainedInserts(ApplicationRecorder):
@@ -119,7 +134,7 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
         self.heads = ChainHeads()
         self._select_statements: dict[tuple[bool, bool, bool, bool], bytes] = {}
         self.insert_statement = SQL(
-            "SELECT * FROM {schema}.ledger_insert_events(%s, %s::jsonb, %s::jsonb)"
+            "SELECT * FROM {schema}.ledger_insert_events(%s, %s::jsonb, %s::jsonb, %s::jsonb)"
             " AS t(notification_id)"
         ).format(schema=Identifier(self.datastore.schema))
         self.lock_timeout = f"{self.datastore.lock_timeout}s"
@@ -130,6 +145,7 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
         links: Links,
         *,
         requests: Sequence[RequestRecord] = (),
+        programs: Sequence[ProgramVersion] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
         # Called once, not through the library's insert_events, which retries ten times on
@@ -167,9 +183,17 @@ class TallyPostgresApplicationRecorder(ChainedInserts, PostgresApplicationRecord
                 for r in requests
             ]
         )
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.insert_statement, (self.lock_timeout, events, records))
-            ids = [row["notification_id"] for row in curs.fetchall()]
+        decided_under = json.dumps([[str(key), version] for key, version in programs])
+        try:
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(
+                    self.insert_statement, (self.lock_timeout, events, records, decided_under)
+                )
+                ids = [row["notification_id"] for row in curs.fetchall()]
+        except DatabaseError as e:
+            if getattr(e.__cause__, "sqlstate", None) == PROGRAM_CHANGED_SQLSTATE:
+                raise ProgramChanged(str(e)) from e
+            raise
         if len(ids) != len(stored_events):
             raise ProgrammingError(f"{len(ids)} positions for {len(stored_events)} events")
         return ids or None
@@ -231,6 +255,7 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
         *,
         links: Links = (),
         requests: Sequence[RequestRecord] = (),
+        programs: Sequence[ProgramVersion] = (),
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if requests:
@@ -254,6 +279,17 @@ class TallySqliteApplicationRecorder(ChainedInserts, SQLiteApplicationRecorder):
                 ),
             )
             positions.append(c.lastrowid)
+        # After the inserts, which took the write lock (no other writer until the commit;
+        # a read first would be a snapshot that cannot become a write), as PostgreSQL
+        # checks under its table lock (ledger_insert_events). Raising rolls it all back.
+        for key, version in programs if stored_events else ():
+            c.execute(
+                f"SELECT 1 FROM {self.events_table_name}"
+                " WHERE originator_id = ? AND originator_version > ? LIMIT 1",
+                (self.dialect.stored_id(key), version),
+            )
+            if c.fetchall():
+                raise ProgramChanged("a programme was updated after the group was decided")
         return positions
 
 

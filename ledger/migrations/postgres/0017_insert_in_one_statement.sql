@@ -7,17 +7,33 @@
 -- notification ids in their order. A duplicate (an account version or a request_id
 -- written first by another writer) fails the whole statement on its primary key.
 --
+-- `programs` names the programme versions the group was decided under: if a newer version
+-- of one was recorded (an UpdateProgram, by any process), nothing is written and the
+-- statement fails with SQLSTATE TL001, and the group is decided again on the newer one.
+-- Checked under the lock, so every command recorded after an UpdateProgram is decided
+-- under it.
+--
 -- The rows come as JSON arrays (one JSON text each for the events and the records: the
 -- client encodes them in C, where an array per column cost three to four times as much
 -- client CPU): events [originator_id, originator_version, topic, state, prev_hash, hash],
 -- records [record_id, program_id, request_id, command, request_hash, member_id, response,
--- originator_id, originator_version], bytes as hex.
-CREATE FUNCTION ledger_insert_events(lock_timeout text, events jsonb, requests jsonb)
-RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+-- originator_id, originator_version], programs [programme aggregate id, version], bytes
+-- as hex.
+CREATE FUNCTION ledger_insert_events(
+    lock_timeout text, events jsonb, requests jsonb, programs jsonb
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
 BEGIN
     IF jsonb_array_length(events) > 0 THEN
         PERFORM set_config('lock_timeout', lock_timeout, true);
         LOCK TABLE ledger_events IN EXCLUSIVE MODE;
+        IF EXISTS (
+            SELECT 1 FROM jsonb_array_elements(programs) AS p(v)
+            JOIN ledger_events e ON e.originator_id = (p.v->>0)::uuid
+                AND e.originator_version > (p.v->>1)::bigint
+        ) THEN
+            RAISE EXCEPTION 'a programme was updated after the group was decided'
+                USING ERRCODE = 'TL001';
+        END IF;
         RETURN QUERY
             INSERT INTO ledger_events
                 (originator_id, originator_version, topic, state, prev_hash, hash)
