@@ -5,7 +5,6 @@ equal to the postings), and each kind of corruption of the journal's tables is f
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from ledger.audit.replay import replay
 from ledger.domain.program import PointsConversion, ProgramSettings, TopUpBonusStep
 from ledger.runtime import Tally
 from projections.journal import JournalProjection
+from tests import ledger_cli
 from tests.support import open_tally
-
-LEDGER = str(Path(sys.executable).parent / "ledger")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -118,13 +116,7 @@ def test_a_balance_the_journal_does_not_explain_is_found(tally: Tally) -> None:
 
 
 def audit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LEDGER, "audit", "journal", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return ledger_cli.run(["audit", "journal", *args], timeout=120)
 
 
 def test_the_command_exits_0_when_the_journal_holds_and_1_on_a_finding(tally: Tally) -> None:

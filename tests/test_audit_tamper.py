@@ -13,7 +13,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,9 +39,8 @@ from ledger.audit.verify import (
 from ledger.domain.ids import account_id_key
 from ledger.domain.program import ProgramSettings
 from ledger.runtime import Tally
+from tests import ledger_cli
 from tests.support import scratch_postgres
-
-LEDGER = str(Path(sys.executable).parent / "ledger")
 
 
 @dataclass
@@ -295,12 +293,7 @@ def test_a_forged_checkpoint_signature_is_found(ledger: Ledger, tmp_path: Path) 
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    done = subprocess.run(
-        [LEDGER, "audit", "verify", "--database", ledger.url, "--public-key", str(pem)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _run("audit", "verify", "--database", ledger.url, "--public-key", str(pem))
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"position {made.position}: {BAD_SIGNATURE}" in done.stdout
 
@@ -319,14 +312,14 @@ def test_an_altered_checkpoint_record_is_found(ledger: Ledger) -> None:
 def test_the_command_line_verifier_passes_a_clean_log_and_fails_a_tampered_one(
     ledger: Ledger,
 ) -> None:
-    command = [LEDGER, "audit", "verify", "--database", ledger.url]
-    clean = subprocess.run(command, capture_output=True, text=True, check=False)
+    command = ["audit", "verify", "--database", ledger.url]
+    clean = _run(*command)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert clean.stdout.startswith("ok: 20 events")
 
     position, _ = ledger.rows("cat")[-1]  # after the checkpoint: only the chain protects it
     ledger.alter(position, b'"points":1,', b'"points":7,')
-    tampered = subprocess.run(command, capture_output=True, text=True, check=False)
+    tampered = _run(*command)
     assert tampered.returncode == 1
     assert f"first bad position {position}" in tampered.stdout
 
@@ -346,12 +339,7 @@ def test_replay_finds_a_corrupted_read_model_row(ledger: Ledger) -> None:
 
     assert not report.ok
     assert [(d.table, d.key) for d in report.differences] == [("rm_accounts", ("p", "bob"))]
-    done = subprocess.run(
-        [LEDGER, "audit", "replay", "--database", ledger.url],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _run("audit", "replay", "--database", ledger.url)
     assert done.returncode == 1
     assert "rm_accounts ('p', 'bob')" in done.stdout
 
@@ -372,7 +360,7 @@ def test_a_fresh_process_links_to_events_written_by_another(ledger: Ledger) -> N
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([LEDGER, *args], capture_output=True, text=True, check=False)
+    return ledger_cli.run(list(args))
 
 
 def _no_crash(done: subprocess.CompletedProcess[str]) -> None:

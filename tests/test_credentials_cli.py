@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,14 @@ import pytest
 from ledger.security.credentials import CredentialsError, load
 from ledger.security.reloading import ReloadingCredentials
 from ledger.security.tokens import token_hash
+from tests import ledger_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def ledger(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "credentials", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return ledger_cli.run(["credentials", *args], env=env, cwd=ROOT)
 
 
 def one_line_refusal(result: subprocess.CompletedProcess[str], expected: str) -> None:

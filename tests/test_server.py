@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import Migration, available_migrations, migrate
+from tests import ledger_cli
 from tests.support import ServerThread, scratch_postgres
 
 # The `ledger` script installed beside the interpreter running the tests.
@@ -33,15 +34,8 @@ HEALTH = "grpc.health.v1.Health"
 def run_ledger(
     *args: str, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LEDGER, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        check=False,
-        cwd=cwd,
-    )
+    """`ledger *args` to completion in a process of its own (tests/ledger_cli.py)."""
+    return ledger_cli.run(list(args), env=_env(), cwd=cwd, timeout=timeout)
 
 
 def _env() -> dict[str, str]:
