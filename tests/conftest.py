@@ -27,6 +27,38 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# scripts/test runs the suite in two steps: first every file but these, in two pytest-xdist
+# workers (--dist loadfile: a file is one unit of work, so its module fixtures are made
+# once); then these, marked `one_at_a_time`, in one process. Each starts several servers,
+# PostgreSQL clusters, a pip install or a flood of processes: beside another worker's
+# servers they overran the shared PostgreSQL's 100 connections ("too many clients"), and
+# they are written to survive a loaded machine, not to share it with each other.
+ONE_AT_A_TIME = {
+    "test_benchmark_smoke",
+    "test_crash_safety",
+    "test_database_restart",
+    "test_failover",
+    "test_graceful_shutdown",
+    "test_import",
+    "test_projection_recovery",
+    "test_projector_process",
+    "test_relay",
+    "test_replica",
+    "test_resource_limits",
+    "test_routing",
+    "test_server",
+    "test_several_processes",
+    "test_telemetry",
+    "test_wheel",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in ONE_AT_A_TIME:
+            item.add_marker(pytest.mark.one_at_a_time)
+
+
 # The session's servers (the behaviour suite's thousands of commands) commit without waiting
 # for the disk: SQLite on tmpfs, PostgreSQL with synchronous_commit off (tests/support.py).
 # What they prove is what every session sees, which is the same; only a crash of the
