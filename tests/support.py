@@ -62,11 +62,9 @@ def scratch_postgres(durable: bool = True, copy_of: str = "") -> Iterator[str]:
         yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
         with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            # WITH (FORCE): a process still stopping (a projector child, a pool reconnecting)
+            # may connect between a terminate and the drop; FORCE does both at once.
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class ServerThread:
