@@ -7,12 +7,12 @@ several hundred short commands (an operator's mistake, a report, a `program show
 the time of the command-line tests was Python starting. Here one process, the zygote,
 imports `ledger.cli` and the command modules once, while no thread runs (a fork is safe
 only then; it checks), and forks a child per command. The child takes the command's working
-directory, environment and arguments, points its standard streams at files, runs
-`ledger.cli.main` as the console script does (`sys.exit(main())`: an uncaught exception
-prints its traceback and exits 1), and leaves through the interpreter's exit steps (threads
-joined, atexit functions). What a test sees (exit code, stdout, stderr, a timeout) is what
-the installed script gives; the script itself still runs in every test that starts a server
-(`ledger serve` as a subprocess) and in test_wheel.
+directory, environment and arguments, points stdout and stderr at files and stdin at
+/dev/null, runs `ledger.cli.main` as the console script does (`sys.exit(main())`: an
+uncaught exception prints its traceback and exits 1), and leaves through the interpreter's
+exit steps (threads joined, atexit functions). What a test sees (exit code, stdout, stderr,
+a timeout) is what the installed script gives; the script itself still runs in every test
+that starts a server (`ledger serve` as a subprocess) and in test_wheel.
 
 `TALLY_TEST_CLI=script` runs every command through the installed script instead.
 """
@@ -59,7 +59,6 @@ def run(
     env: dict[str, str] | None = None,
     cwd: Path | str | None = None,
     timeout: float = 60,
-    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`ledger *args` to completion, as subprocess.run(capture_output=True, text=True)."""
     command = [LEDGER, *args]
@@ -72,7 +71,7 @@ def run(
             timeout=timeout,
             env=environment,
             cwd=cwd,
-            input=input,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
     reply = _zygote().ask(
@@ -81,7 +80,6 @@ def run(
             "env": environment,
             "cwd": str(cwd) if cwd is not None else os.getcwd(),
             "timeout": timeout,
-            "input": input,
         }
     )
     if reply.get("error"):
@@ -147,8 +145,6 @@ def _zygote() -> _Zygote:
 
 # ---------------------------------------------------------------------- the zygote itself
 
-_replies_fd: list[int] = []
-
 
 def serve() -> None:
     """The zygote's loop: one JSON request a line on stdin, one JSON reply a line on stdout."""
@@ -157,38 +153,37 @@ def serve() -> None:
     for name in _PRELOAD:
         importlib.import_module(name)
     # The replies go to the original pipe on a descriptor of its own, which each child closes.
-    _replies_fd.append(os.dup(1))
-    replies = os.fdopen(_replies_fd[0], "w", buffering=1)
+    replies_fd = os.dup(1)
+    replies = os.fdopen(replies_fd, "w", buffering=1)
     if threading.active_count() != 1:
         replies.write(json.dumps({"ready": False, "threads": threading.active_count()}) + "\n")
         return
     replies.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         try:
-            reply = _one(json.loads(line))
+            reply = _one(json.loads(line), replies_fd)
         except Exception:
             reply = {"error": traceback.format_exc()}
         replies.write(json.dumps(reply) + "\n")
 
 
-def _one(request: dict[str, Any]) -> dict[str, Any]:
+def _one(request: dict[str, Any], replies_fd: int) -> dict[str, Any]:
     # mkdtemp, not TemporaryDirectory: the child runs the exit functions it inherited, and a
     # TemporaryDirectory's finalizer among them would delete the folder under the zygote.
     folder = tempfile.mkdtemp(prefix="ledger-cli-")
     try:
-        return _forked(request, folder)
+        return _forked(request, folder, replies_fd)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _forked(request: dict[str, Any], folder: str) -> dict[str, Any]:
-    out, err, given = (Path(folder) / name for name in ("stdout", "stderr", "stdin"))
-    given.write_text(request["input"] or "")
-    out.touch()
+def _forked(request: dict[str, Any], folder: str, replies_fd: int) -> dict[str, Any]:
+    out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+    out.touch()  # read back even if the child fails before it opens them
     err.touch()
     pid = os.fork()
     if pid == 0:
-        _child(request, out, err, given)  # never returns
+        _child(request, out, err, replies_fd)  # never returns
     deadline = time.monotonic() + float(request["timeout"])
     status = None
     while status is None:
@@ -213,16 +208,15 @@ def _forked(request: dict[str, Any], folder: str) -> dict[str, Any]:
     }
 
 
-def _child(request: dict[str, Any], out: Path, err: Path, given: Path) -> None:
+def _child(request: dict[str, Any], out: Path, err: Path, replies_fd: int) -> None:
     code: int = 1
     try:
         os.setpgid(0, 0)  # a signal meant for the zygote's group does not reach it
-        for fd in _replies_fd:
-            os.close(fd)
+        os.close(replies_fd)
         for fd, path, flags in (
-            (0, given, os.O_RDONLY),
-            (1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-            (2, err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+            (0, Path(os.devnull), os.O_RDONLY),
+            (1, out, os.O_WRONLY | os.O_TRUNC),
+            (2, err, os.O_WRONLY | os.O_TRUNC),
         ):
             opened = os.open(path, flags, 0o600)
             os.dup2(opened, fd)

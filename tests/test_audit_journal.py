@@ -16,8 +16,8 @@ from ledger.audit.replay import replay
 from ledger.domain.program import PointsConversion, ProgramSettings, TopUpBonusStep
 from ledger.runtime import Tally
 from projections.journal import JournalProjection
-from tests import ledger_cli
 from tests.support import open_tally
+from tests.test_server import run_ledger
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -116,7 +116,7 @@ def test_a_balance_the_journal_does_not_explain_is_found(tally: Tally) -> None:
 
 
 def audit(*args: str) -> subprocess.CompletedProcess[str]:
-    return ledger_cli.run(["audit", "journal", *args], timeout=120)
+    return run_ledger("audit", "journal", *args, timeout=120)
 
 
 def test_the_command_exits_0_when_the_journal_holds_and_1_on_a_finding(tally: Tally) -> None:

@@ -39,8 +39,8 @@ from ledger.audit.verify import (
 from ledger.domain.ids import account_id_key
 from ledger.domain.program import ProgramSettings
 from ledger.runtime import Tally
-from tests import ledger_cli
 from tests.support import scratch_postgres
+from tests.test_server import run_ledger
 
 
 @dataclass
@@ -293,7 +293,7 @@ def test_a_forged_checkpoint_signature_is_found(ledger: Ledger, tmp_path: Path) 
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    done = _run("audit", "verify", "--database", ledger.url, "--public-key", str(pem))
+    done = run_ledger("audit", "verify", "--database", ledger.url, "--public-key", str(pem))
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"position {made.position}: {BAD_SIGNATURE}" in done.stdout
 
@@ -313,13 +313,13 @@ def test_the_command_line_verifier_passes_a_clean_log_and_fails_a_tampered_one(
     ledger: Ledger,
 ) -> None:
     command = ["audit", "verify", "--database", ledger.url]
-    clean = _run(*command)
+    clean = run_ledger(*command)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert clean.stdout.startswith("ok: 20 events")
 
     position, _ = ledger.rows("cat")[-1]  # after the checkpoint: only the chain protects it
     ledger.alter(position, b'"points":1,', b'"points":7,')
-    tampered = _run(*command)
+    tampered = run_ledger(*command)
     assert tampered.returncode == 1
     assert f"first bad position {position}" in tampered.stdout
 
@@ -339,7 +339,7 @@ def test_replay_finds_a_corrupted_read_model_row(ledger: Ledger) -> None:
 
     assert not report.ok
     assert [(d.table, d.key) for d in report.differences] == [("rm_accounts", ("p", "bob"))]
-    done = _run("audit", "replay", "--database", ledger.url)
+    done = run_ledger("audit", "replay", "--database", ledger.url)
     assert done.returncode == 1
     assert "rm_accounts ('p', 'bob')" in done.stdout
 
@@ -357,10 +357,6 @@ def test_a_fresh_process_links_to_events_written_by_another(ledger: Ledger) -> N
 
 
 # ---------------------------------------------------------------------- values of the wrong type
-
-
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return ledger_cli.run(list(args))
 
 
 def _no_crash(done: subprocess.CompletedProcess[str]) -> None:
@@ -429,12 +425,12 @@ def test_a_value_rewritten_as_another_type_is_a_finding_not_a_crash(
     assert first in _only(report, UNDECODABLE), report.findings
     assert report.first_bad_position == first
 
-    done = _run("audit", "verify", "--database", ledger.url)
+    done = run_ledger("audit", "verify", "--database", ledger.url)
     _no_crash(done)
     assert f"position {first}: {UNDECODABLE}" in done.stdout
     assert f"first bad position {first}" in done.stdout
 
-    exported = _run("export", "events", "--database", ledger.url)
+    exported = run_ledger("export", "events", "--database", ledger.url)
     _no_crash(exported)
     assert f"position {first}" in exported.stderr
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
@@ -443,7 +439,7 @@ def test_a_value_rewritten_as_another_type_is_a_finding_not_a_crash(
     assert bad["problem"]
 
     # A checkpoint over the damaged log can still be written (the verifier reports the rest).
-    made = _run("audit", "checkpoint", "--database", ledger.url)
+    made = run_ledger("audit", "checkpoint", "--database", ledger.url)
     assert made.returncode == 0, made.stdout + made.stderr
     assert made.stdout.startswith("checkpoint 2 at position 20")
 
@@ -467,7 +463,7 @@ def test_a_checkpoint_digest_rewritten_as_another_type_is_a_finding_not_a_crash(
     assert at in _only(report, CHECKPOINT), report.findings
     assert any("digest is stored as text" in f.detail for f in report.findings)
 
-    done = _run("audit", "verify", "--database", ledger.url)
+    done = run_ledger("audit", "verify", "--database", ledger.url)
     _no_crash(done)
     assert f"position {at}: {CHECKPOINT}" in done.stdout
 
@@ -479,7 +475,7 @@ def test_an_undecodable_event_is_exported_and_reported(ledger: Ledger) -> None:
         (f"UPDATE {table} SET state = %s WHERE {column} = %s", (b"\xff{not json", position))
     )
 
-    exported = _run("export", "events", "--database", ledger.url)
+    exported = run_ledger("export", "events", "--database", ledger.url)
 
     _no_crash(exported)
     assert f"position {position}" in exported.stderr
@@ -508,7 +504,7 @@ def test_replay_of_a_log_with_an_undecodable_event_fails_in_one_line(ledger: Led
             )
         )
 
-    done = _run("audit", "replay", "--database", ledger.url)
+    done = run_ledger("audit", "replay", "--database", ledger.url)
 
     _no_crash(done)
     first = position if ledger.kind == "sqlite" else 1
@@ -524,7 +520,7 @@ def test_replay_of_a_log_with_a_state_that_is_not_json_fails_in_one_line(ledger:
     table, column = _table(ledger.kind)
     ledger.tamper((f"UPDATE {table} SET state = %s WHERE {column} = %s", (b"{not json", position)))
 
-    done = _run("audit", "replay", "--database", ledger.url)
+    done = run_ledger("audit", "replay", "--database", ledger.url)
 
     _no_crash(done)
     assert "UNDECODABLE" in done.stderr
