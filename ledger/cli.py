@@ -16,6 +16,8 @@ from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///ledger.db"
+# ledger/runtime.py's, repeated so that building the parser imports nothing heavy.
+DEFAULT_CACHE_ACCOUNTS = 50_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -163,6 +165,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TALLY_NATS_URL", ""),
         help="relay every event to NATS JetStream at this URL, e.g. nats://127.0.0.1:4222 "
         "(env TALLY_NATS_URL)",
+    )
+    operations.add_argument(
+        "--cache-accounts",
+        type=_positive_int,
+        default=os.environ.get("TALLY_CACHE_ACCOUNTS", str(DEFAULT_CACHE_ACCOUNTS)),
+        help="accounts the writer keeps in memory, about 5 KB each (env TALLY_CACHE_ACCOUNTS; "
+        f"default {DEFAULT_CACHE_ACCOUNTS:,})",
     )
     operations.add_argument(
         "--grace",
@@ -365,6 +374,7 @@ def _serve_options(args: argparse.Namespace) -> Any:
         nats=args.nats,
         grace_seconds=args.grace,
         projections=args.projections,
+        cache_accounts=args.cache_accounts,
     )
 
 

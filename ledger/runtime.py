@@ -58,6 +58,10 @@ EAGER_POLL_SECONDS = 0.05
 # runs no writer, sweeper or checkpointer.
 ProjectionMode = Literal["inline", "follow", "project"]
 
+# Accounts a writer keeps decided state of. Each costs about 5 KB of the process's memory
+# (docs/performance.md, "Memory"); a command for an account not kept costs one read.
+DEFAULT_CACHE_ACCOUNTS = 50_000
+
 
 class Tally:
     def __init__(
@@ -65,7 +69,7 @@ class Tally:
         config: DatabaseConfig,
         apply_migrations: bool = True,
         clock: Callable[[], datetime] = utc_now,
-        cache_size: int = 50_000,
+        cache_size: int = DEFAULT_CACHE_ACCOUNTS,
         writers: int | None = None,
         max_group: int = 256,
         exclusive: str = "",

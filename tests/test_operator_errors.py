@@ -146,6 +146,7 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
     [
         (["serve", "--processes", "0"], "--processes: must be at least 1, got 0"),
         (["serve", "--processes", "-3"], "--processes: must be at least 1, got -3"),
+        (["serve", "--cache-accounts", "0"], "--cache-accounts: must be at least 1, got 0"),
         (["import", "--program", "p", "--batch-size", "0", "x.csv"], "--batch-size: must be"),
         (
             ["export", "events", "--since-position", "-1"],
@@ -196,3 +197,13 @@ def test_every_command_describes_itself_in_its_help(command: list[str]) -> None:
     description = rest.split("\n\n", 1)[0].strip()
     assert description, rest
     assert not description.startswith(("options:", "positional")), rest
+
+
+def test_the_cache_default_the_parser_shows_is_the_servers() -> None:
+    from ledger import cli, runtime
+    from ledger.api.server import ServeOptions
+
+    assert cli.DEFAULT_CACHE_ACCOUNTS == runtime.DEFAULT_CACHE_ACCOUNTS
+    assert ServeOptions().cache_accounts == runtime.DEFAULT_CACHE_ACCOUNTS
+    args = cli._parser().parse_args(["serve", "--cache-accounts", "1000"])
+    assert cli._serve_options(args).cache_accounts == 1000

@@ -345,26 +345,6 @@ def test_several_processes_are_refused_on_sqlite(tmp_path: Path) -> None:
     assert "needs a PostgreSQL database" in done.stderr
 
 
-def test_the_server_freezes_what_survives_out_of_the_collectors_way() -> None:
-    import asyncio
-    import gc
-
-    from ledger.api.server import freeze_survivors
-
-    async def run_briefly() -> int:
-        task = asyncio.create_task(freeze_survivors(interval=0.01))
-        await asyncio.sleep(0.1)
-        task.cancel()
-        return gc.get_freeze_count()
-
-    gc.unfreeze()
-    try:
-        survivors = [[n] for n in range(1000)]  # long-lived objects the collector tracks
-        assert asyncio.run(run_briefly()) >= len(survivors)
-    finally:
-        gc.unfreeze()
-
-
 def test_migration_0007_drops_the_snapshots_an_older_release_took(tmp_path: Path) -> None:
     """Snapshots of the old state shape (no debt_of, the tier window keyed by occurred_at)
     would restore broken accounts: the migration that ships the new shape drops them."""

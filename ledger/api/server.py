@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import ipaddress
 import logging
 import multiprocessing
@@ -29,12 +28,13 @@ from ledger.api.insights_service import InsightsServicer
 from ledger.api.ledger_service import LedgerServicer
 from ledger.api.report_service import ReportServicer
 from ledger.api.routed_services import RoutedServices
+from ledger.collector import freeze_survivors
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
 from ledger.projector import ProjectorSupervisor, sqlite_refusal
 from ledger.relay import Relay
 from ledger.routing import load_routes
-from ledger.runtime import RoutedTally, Tally
+from ledger.runtime import DEFAULT_CACHE_ACCOUNTS, RoutedTally, Tally
 from ledger.telemetry import Telemetry
 from ledger.v1 import (
     audit_pb2,
@@ -48,7 +48,6 @@ from ledger.v1 import (
 )
 
 log = logging.getLogger(__name__)
-FREEZE_INTERVAL_SECONDS = 10.0
 # Resource limits (docs/security.md): no request, and no number of them, makes the server
 # hold unbounded memory. A message above the cap is refused by grpc (RESOURCE_EXHAUSTED);
 # calls above MAX_CONCURRENT_RPCS are refused at once rather than queued without end.
@@ -95,6 +94,8 @@ class ServeOptions:
     # line's default), process on PostgreSQL and inline on SQLite or with --routes;
     # "follow", a projections process started by someone else (--processes's children).
     projections: str = "inline"
+    # Accounts the writer keeps decided state of (ledger/application/group_commit.py).
+    cache_accounts: int = DEFAULT_CACHE_ACCOUNTS
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -359,28 +360,13 @@ def open_tally(options: ServeOptions) -> Tally:
         "apply_migrations": options.apply_migrations,
         "exclusive": "a `ledger serve`",
         "report_database": options.report_database,
+        "cache_size": options.cache_accounts,
     }
     if options.routes:
         return RoutedTally(load_routes(options.routes, options.database_url), **kwargs)
     if options.projections in ("process", "follow"):
         kwargs["projection_mode"] = "follow"
     return Tally.from_url(options.database_url, **kwargs)
-
-
-async def freeze_survivors(interval: float = FREEZE_INTERVAL_SECONDS) -> None:
-    """Keep the cyclic garbage collector off the cached accounts (decision 11).
-
-    The writer caches up to 50,000 accounts, millions of objects; each full collection walks
-    all of them, a pause that grows with the cache (measured: p99 150 ms with the collector,
-    105-113 ms without, at 64 callers). Every `interval` seconds the young generations are
-    collected and whatever survives is frozen: the collector no longer walks it. Frozen
-    objects are still freed by reference counting when dropped (an evicted account); only
-    a reference cycle among them would outlive its use, and the cached aggregates form none.
-    """
-    while True:
-        await asyncio.sleep(interval)
-        gc.collect(1)
-        gc.freeze()
 
 
 class ProcessesNeedPostgres(ValueError):

@@ -47,6 +47,15 @@ Answer = Outcome | errors.DomainError
 T = TypeVar("T")
 
 
+def answer_of(refusal: errors.DomainError) -> errors.DomainError:
+    """A refusal kept as a command's answer, without its traceback: the traceback's frames
+    hold this group, and the group holds the answer, a reference cycle that outlives the
+    group until a full collection finds it (decision 33). A refusal is an answer, not a
+    crash: nobody reads where it was raised."""
+    refusal.__context__ = None
+    return refusal.with_traceback(None)
+
+
 class CommandCrashed(Exception):
     """A command's own code raised something that is not a refusal (a bug): the group is
     re-run without it, and it alone is answered INTERNAL."""
@@ -178,7 +187,7 @@ class CommandGroup:
                 try:
                     programs[cmd.program_id] = self.app.cached_program(cmd.program_id)
                 except errors.DomainError as refusal:
-                    slot.answer = refusal
+                    slot.answer = answer_of(refusal)
                     continue
             slot.decided = True
             try:
@@ -196,7 +205,7 @@ class CommandGroup:
                         slot.answer = outcome
                         continue
             except errors.DomainError as refusal:
-                slot.answer = refusal
+                slot.answer = answer_of(refusal)
                 continue
             slot.answer = outcome
             slot.event = (account.id, account.version)
