@@ -437,7 +437,7 @@ def test_housekeeping_commands_read_their_accounts_together(
 def test_a_refusal_is_answered_without_the_group_it_was_raised_in(tally: Tally) -> None:
     """A refusal's traceback holds the group's frames and the group holds the refusal: a
     cycle that only a full collection frees, and with the server's frozen generations
-    (decision 33) one that leaked about 2 KB per refused command."""
+    (decision 33) one that leaked about 1 KB per refused command."""
     _setup(tally, ["a"])
     app, cache = tally.app, AccountCache(100)
     refused = app.execute_group(

@@ -199,11 +199,19 @@ def test_every_command_describes_itself_in_its_help(command: list[str]) -> None:
     assert not description.startswith(("options:", "positional")), rest
 
 
-def test_the_cache_default_the_parser_shows_is_the_servers() -> None:
+def test_the_cache_default_the_parser_shows_is_the_servers(tmp_path: Path) -> None:
     from ledger import cli, runtime
-    from ledger.api.server import ServeOptions
+    from ledger.api.server import ServeOptions, open_tally
 
     assert cli.DEFAULT_CACHE_ACCOUNTS == runtime.DEFAULT_CACHE_ACCOUNTS
     assert ServeOptions().cache_accounts == runtime.DEFAULT_CACHE_ACCOUNTS
-    args = cli._parser().parse_args(["serve", "--cache-accounts", "1000"])
-    assert cli._serve_options(args).cache_accounts == 1000
+    args = cli._parser().parse_args(
+        ["serve", "--cache-accounts", "1000", "--database", f"sqlite:///{tmp_path / 'l.db'}"]
+    )
+    options = cli._serve_options(args)
+    assert options.cache_accounts == 1000
+    tally = open_tally(options)  # the writer the server would run
+    try:
+        assert [cache.capacity for cache in tally.writer.caches] == [1000]
+    finally:
+        tally.close()
