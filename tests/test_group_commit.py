@@ -3,6 +3,8 @@ innocent command, and a crash before the commit leaves nothing half-applied."""
 
 from __future__ import annotations
 
+import gc
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -432,6 +434,43 @@ def test_housekeeping_commands_read_their_accounts_together(
         AccountCache(100),
     )
     assert loads == [5]
+
+
+def test_the_command_path_leaves_no_cyclic_garbage(tally: Tally) -> None:
+    """The server freezes what survives (decision 33) and never thaws it: a reference cycle
+    still in flight at a freeze would be kept for ever. So commands through the writer, with
+    the read models catching up, must leave nothing that only the cyclic collector frees:
+    accepted, refused, replayed, a request_id reused for another command."""
+    _setup(tally, [f"m{i}" for i in range(20)])
+    tally.start(sweep=False)
+
+    def workload(tag: str) -> None:
+        commands: list[c.AccountCommand] = []
+        for i in range(20):
+            commands += [earn(f"m{i}", 10, f"{tag}e{i}"), redeem(f"m{i}", 3, f"{tag}r{i}")]
+            commands += [earn(f"nobody{i}", 1, f"{tag}n{i}"), redeem(f"m{i}", 10**9, f"{tag}x{i}")]
+        answers = tally.execute(commands)
+        assert any(isinstance(a, errors.MemberNotFound) for a in answers)
+        assert any(isinstance(a, errors.InsufficientPoints) for a in answers)
+        again = tally.execute([*commands[:10], earn("m0", 999, f"{tag}r0")])  # replays, a reuse
+        assert isinstance(again[-1], errors.DomainError)
+        position = tally.app.recorder.max_notification_id() or 0
+        assert all(r.wait_for(position, timeout=30) for r in tally.projections.values())
+
+    workload("warm-")  # first-use caches, lazily built classes and the like
+    gc.collect()
+    gc.disable()
+    try:
+        for round_ in range(3):
+            workload(f"{round_}-")
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        found = gc.collect()
+        kinds = Counter(type(o).__qualname__ for o in gc.garbage).most_common(10)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == 0, kinds
 
 
 def test_a_refusal_is_answered_without_the_group_it_was_raised_in(tally: Tally) -> None:

@@ -56,6 +56,19 @@ def answer_of(refusal: errors.DomainError) -> errors.DomainError:
     return refusal.with_traceback(None)
 
 
+def drop_tracebacks(error: BaseException) -> None:
+    """Forget where `error`, and each error it was raised from or during, was raised, once
+    it is handled. A traceback's frames often hold the error itself (a context manager's
+    `__exit__` has it as an argument): a cycle that only a full collection frees, and one
+    the server's freeze may keep for ever (decision 33)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
 class CommandCrashed(Exception):
     """A command's own code raised something that is not a refusal (a bug): the group is
     re-run without it, and it alone is answered INTERNAL."""

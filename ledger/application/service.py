@@ -13,7 +13,6 @@ the group is then run again, and a request recorded meanwhile is answered from i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import MutableMapping, Sequence
 from datetime import datetime
@@ -26,7 +25,7 @@ from eventsourcing.persistence import IntegrityError
 from ledger.application import commands as c
 from ledger.application.base import utc_now
 from ledger.application.expiry import ExpiryRuns
-from ledger.application.group import Answer, CommandCrashed, CommandGroup
+from ledger.application.group import Answer, CommandCrashed, CommandGroup, drop_tracebacks
 from ledger.application.handlers import CommandContext, handler_for
 from ledger.application.idempotency import MAX_ATTEMPTS, backoff
 from ledger.application.programs import ProgramUseCases
@@ -125,8 +124,9 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
             )
             try:
                 answers = group.run()
-            except IntegrityError:
+            except IntegrityError as conflict:
                 group.forget()
+                drop_tracebacks(conflict)
                 if atomic:
                     raise  # execute_atomic starts the whole group again
                 answers = self._after_conflict(
@@ -136,7 +136,8 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
                 # Again without it (a loop, not a recursion: a whole group may fail so).
                 group.forget()
                 index = kept[crash.index]
-                failed[index] = self._fault(cmds[index], crash.error)
+                failed[index] = self._fault(cmds[index], crash.error)  # logged, with where
+                drop_tracebacks(crash)
                 if atomic:
                     return [
                         failed.get(i)
@@ -201,7 +202,8 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
         for attempt in range(MAX_ATTEMPTS):
             try:
                 return self.execute_group(cmds, {} if cache is None else cache, atomic=True)
-            except IntegrityError:
+            except IntegrityError as conflict:
+                drop_tracebacks(conflict)
                 backoff(attempt)
         raise errors.WriteConflict("the atomic batch kept conflicting with concurrent writers")
 
@@ -240,8 +242,10 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
             if replayed >= SNAPSHOT_AFTER_REPLAYING:
                 snapshots.append(Snapshot.take(account))
         if snapshots and self.snapshots is not None:
-            with contextlib.suppress(IntegrityError):  # another process took the same one
+            try:
                 self.snapshots.put(snapshots)
+            except IntegrityError as taken:  # another process took the same one
+                drop_tracebacks(taken)
         return accounts
 
     def _provenance(self, cmd: c.AccountCommand, now: datetime, program: Program) -> Provenance:
