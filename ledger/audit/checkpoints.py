@@ -366,8 +366,18 @@ def load_checkpoints(db: Database) -> list[Checkpoint]:
     return loaded
 
 
-def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Checkpoint | None:
-    """Commit to every event written since the last checkpoint (None if there is none)."""
+# A checkpoint holds one head per account it covers, in memory and in one INSERT: a backlog
+# of a million events after an import made one of a million heads, which took the server to
+# 870 MB for a while (docs/performance.md, session 10). Bounded, a backlog becomes several
+# checkpoints in a row.
+MAX_EVENTS_PER_CHECKPOINT = 20_000
+
+
+def write_checkpoint(
+    db: Database, key: Ed25519PrivateKey | None = None, limit: int = MAX_EVENTS_PER_CHECKPOINT
+) -> Checkpoint | None:
+    """Commit to the events written since the last checkpoint, at most `limit` of them
+    (None if there is none)."""
     dialect = db.dialect
     checkpoints, heads_table = dialect.checkpoints_table, dialect.checkpoint_heads_table
     events, position_column = dialect.events_table, dialect.position_column
@@ -381,9 +391,16 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
         prev = bytes(values[4]) if values[4] is not None else b""
         # Positions commit in order (the recorder's table lock; SQLite's single writer), so
         # every event at or below the newest visible position is already committed.
-        cur.execute(f"SELECT MAX({position_column}) FROM {events}")
-        newest = cur.fetchone()
-        position = int(newest[0]) if newest and newest[0] is not None else 0
+        cur.execute(
+            f"SELECT {position_column} FROM {events} WHERE {position_column} > ?"
+            f" ORDER BY {position_column} LIMIT 1 OFFSET ?",
+            (since, limit - 1),
+        )
+        bounded = cur.fetchone()
+        if bounded is None:
+            cur.execute(f"SELECT MAX({position_column}) FROM {events}")
+            bounded = cur.fetchone()
+        position = int(bounded[0]) if bounded and bounded[0] is not None else 0
         if position <= since:
             return None
         cur.execute(
@@ -437,6 +454,25 @@ def write_checkpoint(db: Database, key: Ed25519PrivateKey | None = None) -> Chec
     return Checkpoint(
         checkpoint_id, position, count, prev, digest, signature, public_key, tuple(heads)
     )
+
+
+def checkpoint_to_head(
+    db: Database, key: Ed25519PrivateKey | None = None, limit: int = MAX_EVENTS_PER_CHECKPOINT
+) -> list[Checkpoint]:
+    """Checkpoints until every event written before the call is covered, each of at most
+    `limit` events (none if nothing was written since the last). What is written meanwhile
+    is left to the next, so that a busy server cannot keep this going."""
+    with db.read() as cur:
+        cur.execute(f"SELECT MAX({db.dialect.position_column}) FROM {db.dialect.events_table}")
+        newest = cur.fetchone()
+    target = int(newest[0]) if newest and newest[0] is not None else 0
+    made: list[Checkpoint] = []
+    while not made or made[-1].position < target:
+        checkpoint = write_checkpoint(db, key, limit)
+        if checkpoint is None:
+            break
+        made.append(checkpoint)
+    return made
 
 
 class Checkpointer(Periodic):

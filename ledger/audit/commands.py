@@ -20,10 +20,10 @@ from eventsourcing.persistence import MapperDeserialisationError
 
 from ledger.audit.checkpoints import (
     KeyFileError,
+    checkpoint_to_head,
     load_public_key,
     load_signing_key,
     raw,
-    write_checkpoint,
 )
 from ledger.audit.events import EventReader
 from ledger.audit.journal_check import TABLES as JOURNAL_TABLES
@@ -164,16 +164,17 @@ def _checkpoint(url: str) -> int:
         raise Refused(f"TALLY_CHECKPOINT_KEY: {e}") from None
     db = open_database(existing_database(url))
     try:
-        made = write_checkpoint(db, key)
+        made = checkpoint_to_head(db, key)
     finally:
         db.close()
-    if made is None:
+    if not made:
         print("no events since the last checkpoint")
-    else:
-        signed = "signed" if made.signature else "unsigned"
+    for checkpoint in made:
+        signed = "signed" if checkpoint.signature else "unsigned"
         print(
-            f"checkpoint {made.checkpoint_id} at position {made.position}: {made.event_count} "
-            f"events, {len(made.heads)} accounts, digest {made.digest.hex()} ({signed})"
+            f"checkpoint {checkpoint.checkpoint_id} at position {checkpoint.position}: "
+            f"{checkpoint.event_count} events, {len(checkpoint.heads)} accounts, digest "
+            f"{checkpoint.digest.hex()} ({signed})"
         )
     return 0
 
