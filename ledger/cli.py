@@ -227,6 +227,14 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--batch-size", type=_positive_int, default=1000, help="records per batch (at least 1)"
     )
+    load.add_argument(
+        "--projections",
+        type=_projections_mode,
+        default="",
+        help="who writes the read models while it loads: 'process', a `ledger project` child "
+        "(PostgreSQL; the default there), or 'inline', this process's own threads (the only "
+        "one on SQLite)",
+    )
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     audit = sub.add_parser(
@@ -442,13 +450,37 @@ def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ledger.importer import Importer
+    from ledger.infrastructure.database import parse_database_url
+    from ledger.projector import ProjectorSupervisor, sqlite_refusal
     from ledger.runtime import Tally
 
+    # --projections process (PostgreSQL's default): the read models are written by a `ledger
+    # project` child, as under `ledger serve` (decision 31), so this process's GIL is left
+    # to the writer and the child catches up on another core while the import runs.
+    config = parse_database_url(args.database)
+    postgres = config.dialect.several_processes
+    child_projects = args.projections == "process" or (args.projections == "" and postgres)
+    if child_projects and not postgres:
+        raise sqlite_refusal("--projections process", config.display)
     path = Path(args.file)
     if not path.is_file():
         print(f"ledger import: no such file: {path}", file=sys.stderr)
         return 2
-    tally = Tally.from_url(args.database, exclusive="a `ledger import`")
+    projector = ProjectorSupervisor(args.database) if child_projects else None
+    if projector is not None:
+        projector.start()
+    try:
+        tally = Tally.from_url(
+            args.database,
+            exclusive="a `ledger import`",
+            projection_mode="follow" if child_projects else "inline",
+        )
+    except BaseException:
+        if projector is not None:
+            projector.stop()
+        raise
+    if projector is not None:
+        projector.go()  # the database is checked and migrated
     tally.start(sweep=False)
     try:
         importer = Importer(
@@ -465,6 +497,8 @@ def _import(args: argparse.Namespace) -> int:
         tally.points.wait_for(tally.app.recorder.max_notification_id() or 0, timeout=3600)
     finally:
         tally.close()
+        if projector is not None and projector.stop() not in (None, 0):
+            print("ledger import: the projections process did not stop cleanly", file=sys.stderr)
     print(
         f"{report.lines} records: {report.applied} applied, {report.replayed} already applied "
         f"before, {report.skipped} skipped (done by an earlier run), {report.rejected} "

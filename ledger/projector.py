@@ -42,8 +42,8 @@ class ProjectionsNeedPostgres(DatabaseUrlError):
 def sqlite_refusal(what: str, display: str) -> ProjectionsNeedPostgres:
     return ProjectionsNeedPostgres(
         f"{what} needs a PostgreSQL database, not {display}: a SQLite file is one "
-        "process's, so its read models are projected inside `ledger serve` "
-        "(--projections inline)"
+        "process's, so its read models are projected inside the process that writes "
+        "it (--projections inline)"
     )
 
 

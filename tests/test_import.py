@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -569,6 +570,53 @@ def test_the_cli_loads_a_file_into_a_second_database(tmp_path: Path) -> None:
     assert "11 applied" in outputs[1].stdout
     assert "0 skipped" in outputs[1].stdout
     assert "another database" in outputs[1].stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_cli_returns_with_the_read_models_loaded_and_no_projector_left(
+    backend: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL a `ledger project` child writes the read models while the import runs
+    (decision 34): the import waits for it before it says done, and stops it."""
+    path = _members_and_earns(tmp_path / "cli.jsonl", 300)
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        else:
+            url = stack.enter_context(scratch_postgres(durable=False))
+        tally = Tally.from_url(url)
+        _program(tally)
+        tally.close()
+        done = subprocess.run(
+            [LEDGER, "import", "--database", url, "--program", "p", "--no-progress", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "301 applied" in done.stdout
+        children = subprocess.run(
+            ["pgrep", "-f", "ledger.project_command"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert [p for p in children if url in _environ(p)] == []
+        # Straight from the table, waiting for nothing: loaded means projected.
+        tally = Tally.from_url(url)
+        try:
+            with tally.database.read() as cur:
+                cur.execute(
+                    "SELECT points_available FROM rm_accounts WHERE member_id = ?", ("gil",)
+                )
+                assert cur.fetchall() == [(300,)]
+        finally:
+            tally.close()
+
+
+def _environ(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/environ").read_text(errors="replace")
+    except OSError:
+        return ""  # gone meanwhile
 
 
 @pytest.mark.parametrize("size", [0, -1])

@@ -112,6 +112,19 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         (["migrate", "--database", "postgresql://h/d?no_such=1"], ["invalid connection option"]),
         (
             [
+                "import",
+                "--database",
+                "sqlite:///l.db",
+                "--program",
+                "p",
+                "--projections",
+                "process",
+                "x.jsonl",
+            ],
+            ["--projections process needs a PostgreSQL database", "--projections inline"],
+        ),
+        (
+            [
                 "migrate",
                 "--database",
                 f"postgresql://postgres@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x",
@@ -130,6 +143,7 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         "bad-port-in-host-list",
         "bad-target-session-attrs",
         "unknown-libpq-parameter",
+        "import-projections-process-on-sqlite",
         "no-host-of-the-list-answers",
     ],
 )
