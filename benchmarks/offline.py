@@ -1,14 +1,17 @@
 """The bulk cases, each beside a reference measured in the same run on the same data:
 
     import     `ledger import` of members, earns and redemptions (JSON lines) into a scratch
-               PostgreSQL database  | reference: COPY of the same lines into a plain table
+               PostgreSQL database, read models by a `ledger project` child (the default)
+               and again with --projections inline
+               | reference: COPY of the same lines into a plain table
     rebuild    the points projection rebuilt from zero over that log (read models emptied)
                | reference: reading and decoding the same events, writing nothing
     list-10k   ListTransactions over gRPC for a member with 10,000 transactions: the first
                page, a page deep in the history, and paging through all of it
                | reference: GetAccount of the same member (one row)
     accounts   RSS of a Tally server process with N accounts in its database after every
-               one of them was read or written once (the writer cache is bounded)
+               one of them was written once, at the default writer cache and at 20,000
+               (the cache is bounded; the RSS is also sampled every tenth of the way)
                | reference: RSS of the same server with an empty database
     reports    finance's reports over gRPC over a log of 1M events of points and stored
                value spread over 120 days (made by the real aggregates, COPYed into the log,
@@ -42,7 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +58,7 @@ from benchmarks.run import (
     RESULTS,
     SERVERS,
     ServerProcess,
+    ServerSpec,
     create_database,
     drop_database,
     machine,
@@ -62,7 +66,7 @@ from benchmarks.run import (
 from ledger.application import commands as c
 from ledger.domain.program import ProgramSettings
 from ledger.infrastructure.chain import GENESIS, event_hash
-from ledger.runtime import Tally
+from ledger.runtime import DEFAULT_CACHE_ACCOUNTS, Tally
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 from projections.points import PointsProjection, micros
@@ -156,16 +160,18 @@ def new_program(url: str, program_id: str = "p") -> None:
 
 
 @contextmanager
-def serving(url: str, folder: Path) -> Iterator[tuple[Any, int]]:
+def serving(url: str, folder: Path, spec: ServerSpec = SERVERS[0]) -> Iterator[tuple[Any, int]]:
     """A Tally server on `url` until the block ends: (its LedgerService stub, its pid)."""
-    with serving_channel(url, folder) as (channel, pid):
+    with serving_channel(url, folder, spec) as (channel, pid):
         yield pb_grpc.LedgerServiceStub(channel), pid
 
 
 @contextmanager
-def serving_channel(url: str, folder: Path) -> Iterator[tuple[grpc.Channel, int]]:
+def serving_channel(
+    url: str, folder: Path, spec: ServerSpec = SERVERS[0]
+) -> Iterator[tuple[grpc.Channel, int]]:
     """A Tally server on `url` until the block ends: (a channel to it, its pid)."""
-    server = ServerProcess(SERVERS[0], url, folder)
+    server = ServerProcess(spec, url, folder)
     try:
         asyncio.run(server.wait_serving())
         with grpc.insecure_channel(server.target) as channel:
@@ -174,10 +180,16 @@ def serving_channel(url: str, folder: Path) -> Iterator[tuple[grpc.Channel, int]
         server.stop()
 
 
-def run_import(url: str, path: Path, program: str = "p") -> tuple[float, str]:
+def run_import(
+    url: str, path: Path, program: str = "p", projections: str = ""
+) -> tuple[float, str]:
+    """`ledger import` of `path`, read models loaded included: (seconds, its summary)."""
+    command = [LEDGER, "import", "--database", url, "--program", program, "--no-progress"]
+    if projections:
+        command += ["--projections", projections]
     started = time.perf_counter()
     done = subprocess.run(
-        [LEDGER, "import", "--database", url, "--program", program, "--no-progress", str(path)],
+        [*command, str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -228,6 +240,23 @@ def case_import_and_rebuild(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
             }
         )
         rows.append(rebuild(url))
+    # The lever of decision 34 in the same run: the read models in the import's own process.
+    with scratch("import-inline") as url:
+        new_program(url)
+        seconds, summary = run_import(url, path, projections="inline")
+        rows.append(
+            {
+                "case": "import-inline",
+                "what": "the same import with --projections inline (the read models in the "
+                "import's own process)",
+                "rate": sizes.records / seconds,
+                "unit": "records/s",
+                "seconds": seconds,
+                "reference": "COPY of the same lines into a plain table",
+                "reference_rate": sizes.records / copy_s,
+                "detail": summary,
+            }
+        )
     return rows
 
 
@@ -376,47 +405,78 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def children_rss_mib(pid: int) -> float:
+    """RSS of the server's child processes (its projections process, decision 31)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with suppress(OSError):  # it ended between the listing and the read
+                total += rss_mib(int(child)) + children_rss_mib(int(child))
+    return total
+
+
+# The cache sizes the accounts case measures: the default, and the smaller one the RSS goal
+# (< 300 MB at 1M accounts) would need if the default does not meet it.
+CACHE_SIZES = (DEFAULT_CACHE_ACCOUNTS, 20_000)
+
+
+def _touch_all(stub: Any, count: int, tag: str, pid: int) -> list[tuple[int, float]]:
+    """One accepted Earn per account through the writer; RSS at every tenth of the way."""
+    curve: list[tuple[int, float]] = []
+    step = max(1000, count // 10)
+    for start in range(0, count, 1000):
+        stub.ExecuteBatch(
+            pb.ExecuteBatchRequest(
+                program_id="p",
+                commands=[
+                    pb.BatchCommand(
+                        earn=pb.EarnRequest(
+                            member_id=f"m{i}", points=1, store_id="s", request_id=f"{tag}-{i}"
+                        )
+                    )
+                    for i in range(start, min(count, start + 1000))
+                ],
+            ),
+            timeout=600,
+        )
+        done = min(count, start + 1000)
+        if done % step == 0 or done == count:
+            curve.append((done, round(rss_mib(pid), 1)))
+    return curve
+
+
 def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
     path = folder / "members.jsonl"
     path.write_text("\n".join(history_lines(sizes.accounts, sizes.accounts)) + "\n")
-    results: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
     with scratch("accounts") as url:
         new_program(url)
-        for label in ("empty", "full"):
-            if label == "full":
-                run_import(url, path)
-            with serving(url, folder) as (stub, pid):
-                count = sizes.accounts if label == "full" else 0
-                # Touch every account once through the writer (the cached path).
-                for start in range(0, count, 1000):
-                    stub.ExecuteBatch(
-                        pb.ExecuteBatchRequest(
-                            program_id="p",
-                            commands=[
-                                pb.BatchCommand(
-                                    earn=pb.EarnRequest(
-                                        member_id=f"m{i}",
-                                        points=1,
-                                        store_id="s",
-                                        request_id=f"touch-{i}",
-                                    )
-                                )
-                                for i in range(start, min(count, start + 1000))
-                            ],
-                        ),
-                        timeout=600,
-                    )
-                results[label] = rss_mib(pid)  # while it runs
-    return [
-        {
-            "case": "accounts-rss",
-            "what": f"server RSS with {sizes.accounts:,} accounts, each written once",
-            "rss_mib": results["full"],
-            "unit": "MiB",
-            "reference": "the same server, empty database",
-            "reference_rss_mib": results["empty"],
-        }
-    ]
+        with serving(url, folder) as (_stub, pid):
+            empty = rss_mib(pid)
+        run_import(url, path)
+        # One import, then a fresh server per cache size: each touches every account once
+        # more, so both see the same database and the same number of writes.
+        for cache in CACHE_SIZES:
+            spec = replace(SERVERS[0], argv=(*SERVERS[0].argv, "--cache-accounts", str(cache)))
+            with serving(url, folder, spec) as (stub, pid):
+                curve = _touch_all(stub, sizes.accounts, f"touch-{cache}", pid)
+                rss, projections = rss_mib(pid), children_rss_mib(pid)  # while it runs
+            rows.append(
+                {
+                    "case": "accounts-rss"
+                    if cache == DEFAULT_CACHE_ACCOUNTS
+                    else "accounts-rss-20k",
+                    "what": f"API process RSS with {sizes.accounts:,} accounts, each written "
+                    f"once, --cache-accounts {cache:,}",
+                    "rss_mib": rss,
+                    "unit": "MiB",
+                    "reference": "the same server, empty database",
+                    "reference_rss_mib": empty,
+                    "projections_rss_mib": projections,
+                    "curve": curve,
+                }
+            )
+    return rows
 
 
 def synthetic_log(url: str, events: int, per_account: int = 10) -> None:
@@ -1172,7 +1232,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         elif "rss_mib" in r:
             lines.append(
                 f"{r['case']:<16} {r['rss_mib']:8.0f} MiB  reference {r['reference_rss_mib']:.0f}"
-                f" MiB  {r['what']}"
+                f" MiB  {r['what']}; projections process {r['projections_rss_mib']:.0f} MiB"
             )
         else:
             lines.append(f"{r['case']:<16} {r['seconds']:8.2f} s  {r['what']}")

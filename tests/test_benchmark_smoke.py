@@ -112,6 +112,7 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {
         "import",
+        "import-inline",
         "rebuild",
         "list-first-page",
         "list-deep-page",
@@ -119,6 +120,7 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "as-of-account",
         "as-of-lots",
         "accounts-rss",
+        "accounts-rss-20k",
         "verify",
         "reports-catch-up",
         "report-liabilities",
