@@ -39,6 +39,7 @@ from ledger.infrastructure.database import (
 )
 from ledger.infrastructure.eventlog import existing_originators
 from ledger.infrastructure.migrations import MigrationError, migrate, pending_migrations
+from ledger.infrastructure.recorders import ChainedInserts
 from ledger.periodic import Periodic
 from ledger.queries import LedgerQueries
 from ledger.routing import RoutingTable, RoutingTableError
@@ -163,6 +164,11 @@ class Tally:
         self.writer = GroupCommitWriter(
             self.app, writers=writers, max_group=max_group, cache_per_writer=cache_size
         )
+        # A chain head for every account the writers keep, and no more (decision 35): an
+        # account past the cache is loaded from the database on its next command anyway, and
+        # its head is then one batched lookup in the same save.
+        if isinstance(self.app.recorder, ChainedInserts):
+            self.app.recorder.heads.capacity = cache_size * writers
         self.sweeper = Sweeper(self)
 
     def _runners(self) -> dict[str, ProjectionRunner]:

@@ -14,6 +14,7 @@ from ledger.application import commands as c
 from ledger.application.group_commit import AccountCache
 from ledger.application.results import ExpiryResult
 from ledger.application.views import Outcome
+from ledger.audit.verify import verify
 from ledger.domain import errors
 from ledger.domain.program import ProgramSettings
 from ledger.runtime import Tally
@@ -489,3 +490,21 @@ def test_a_refusal_is_answered_without_the_group_it_was_raised_in(tally: Tally) 
         assert isinstance(refusal, errors.DomainError)
         assert refusal.__traceback__ is None
         assert refusal.__context__ is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_chain_heads_are_kept_for_the_cached_accounts_only_and_still_chain(backend: str) -> None:
+    """The recorder keeps a head for as many accounts as the writers cache (decision 35): an
+    account past both has its head looked up in the save, and its chain still verifies."""
+    with open_tally(backend, cache_size=3) as tally:
+        heads = tally.app.recorder.heads  # type: ignore[attr-defined]
+        assert heads.capacity == 3
+        _setup(tally, [f"m{i}" for i in range(10)])
+        tally.start(sweep=False)
+        for round_ in range(3):  # each round meets every account evicted from both
+            answers = tally.execute([earn(f"m{i}", 1, f"{round_}-{i}") for i in range(10)])
+            assert all(isinstance(a, Outcome) for a in answers)
+        assert len(heads._heads) <= 3
+        report = verify(tally.database)
+        assert report.ok, report.detail
+        assert tally.app.get_account("p", "m9").available == 3

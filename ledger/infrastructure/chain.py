@@ -47,7 +47,8 @@ Lookup = Callable[[list[tuple[UUID, int]]], dict[UUID, bytes]]
 class ChainHeads:
     """(version, hash) of the newest event of recently written aggregates, so that saving the
     next event needs no query. An entry is only ever used to write version + 1: if another
-    process wrote that version first, the insert fails on the primary key anyway."""
+    process wrote that version first, the insert fails on the primary key anyway. `Tally`
+    sets the capacity to what its writers cache (decision 35)."""
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
