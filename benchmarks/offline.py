@@ -227,37 +227,34 @@ def case_import_and_rebuild(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
         new_program(url)
         seconds, summary = run_import(url, path)
         copy_s = copy_reference(url, path)
-        rows.append(
-            {
-                "case": "import",
-                "what": f"ledger import, {sizes.records:,} records ({sizes.members:,} members)",
-                "rate": sizes.records / seconds,
-                "unit": "records/s",
-                "seconds": seconds,
-                "reference": "COPY of the same lines into a plain table",
-                "reference_rate": sizes.records / copy_s,
-                "detail": summary,
-            }
-        )
+        what = f"ledger import, {sizes.records:,} records ({sizes.members:,} members)"
+        rows.append(_import_row("import", what, sizes.records, seconds, copy_s, summary))
         rows.append(rebuild(url))
     # The lever of decision 34 in the same run: the read models in the import's own process.
     with scratch("import-inline") as url:
         new_program(url)
         seconds, summary = run_import(url, path, projections="inline")
-        rows.append(
-            {
-                "case": "import-inline",
-                "what": "the same import with --projections inline (the read models in the "
-                "import's own process)",
-                "rate": sizes.records / seconds,
-                "unit": "records/s",
-                "seconds": seconds,
-                "reference": "COPY of the same lines into a plain table",
-                "reference_rate": sizes.records / copy_s,
-                "detail": summary,
-            }
+        what = (
+            "the same import with --projections inline (the read models in the "
+            "import's own process)"
         )
+        rows.append(_import_row("import-inline", what, sizes.records, seconds, copy_s, summary))
     return rows
+
+
+def _import_row(
+    case: str, what: str, records: int, seconds: float, copy_seconds: float, summary: str
+) -> dict[str, Any]:
+    return {
+        "case": case,
+        "what": what,
+        "rate": records / seconds,
+        "unit": "records/s",
+        "seconds": seconds,
+        "reference": "COPY of the same lines into a plain table",
+        "reference_rate": records / copy_seconds,
+        "detail": summary,
+    }
 
 
 def rebuild(url: str) -> dict[str, Any]:

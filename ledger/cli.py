@@ -451,7 +451,7 @@ def _import(args: argparse.Namespace) -> int:
 
     from ledger.importer import Importer
     from ledger.infrastructure.database import parse_database_url
-    from ledger.projector import ProjectorSupervisor, sqlite_refusal
+    from ledger.projector import ProjectorSupervisor, opened_with_projector, sqlite_refusal
     from ledger.runtime import Tally
 
     # --projections process (PostgreSQL's default): the read models are written by a `ledger
@@ -466,21 +466,19 @@ def _import(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"ledger import: no such file: {path}", file=sys.stderr)
         return 2
-    projector = ProjectorSupervisor(args.database) if child_projects else None
-    if projector is not None:
-        projector.start()
-    try:
-        tally = Tally.from_url(
+
+    def open_() -> Tally:
+        return Tally.from_url(
             args.database,
             exclusive="a `ledger import`",
             projection_mode="follow" if child_projects else "inline",
         )
-    except BaseException:
-        if projector is not None:
-            projector.stop()
-        raise
-    if projector is not None:
-        projector.go()  # the database is checked and migrated
+
+    projector: ProjectorSupervisor | None = None
+    if child_projects:
+        tally, projector = opened_with_projector(args.database, open_)
+    else:
+        tally = open_()
     tally.start(sweep=False)
     try:
         importer = Importer(

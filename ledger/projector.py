@@ -16,12 +16,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
+from typing import TypeVar
 
 from ledger.infrastructure.database import DatabaseUrlError, parse_database_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # A child that ran this long before it exited is restarted at once (after the first delay);
 # one that keeps exiting sooner waits longer each time, up to MAX_RESTART_SECONDS.
 STEADY_SECONDS = 30.0
@@ -201,6 +204,24 @@ class ProjectorSupervisor:
         if self._thread is not None:
             self._thread.join(timeout=10)
         return code
+
+
+def opened_with_projector(
+    database_url: str, open_: Callable[[], T]
+) -> tuple[T, ProjectorSupervisor]:
+    """`open_()` (the caller's Tally) with a projections child beside it: the child starts
+    first, so that it imports while the database is opened, and is let go once that is
+    checked and migrated; if opening fails, the child is stopped (it has said nothing) and
+    the error is the caller's one line."""
+    projector = ProjectorSupervisor(database_url)
+    projector.start()
+    try:
+        opened = open_()
+    except BaseException:
+        projector.stop()
+        raise
+    projector.go()
+    return opened, projector
 
 
 GO = "go"

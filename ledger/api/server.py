@@ -31,7 +31,7 @@ from ledger.api.routed_services import RoutedServices
 from ledger.collector import freeze_survivors
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
-from ledger.projector import ProjectorSupervisor, sqlite_refusal
+from ledger.projector import ProjectorSupervisor, opened_with_projector, sqlite_refusal
 from ledger.relay import Relay
 from ledger.routing import load_routes
 from ledger.runtime import DEFAULT_CACHE_ACCOUNTS, RoutedTally, Tally
@@ -312,18 +312,13 @@ async def serve(options: ServeOptions) -> None:
     # --projections process: the child that writes the read models (decision 31), started
     # now so that it imports while this process opens the database, and let go once that is
     # checked and migrated (a mistake is this process's one line, and the child says none).
-    projector = None
+    projector: ProjectorSupervisor | None = None
     if options.projections == "process":
-        projector = ProjectorSupervisor(options.database_url)
-        await loop.run_in_executor(None, projector.start)
-    try:
+        tally, projector = await loop.run_in_executor(
+            None, opened_with_projector, options.database_url, lambda: open_tally(options)
+        )
+    else:
         tally = await loop.run_in_executor(None, lambda: open_tally(options))
-    except BaseException:
-        if projector is not None:
-            await loop.run_in_executor(None, projector.stop)
-        raise
-    if projector is not None:
-        projector.go()
     try:
         running = await start_server(
             tally, options.listen, share_port=options.share_port, options=options
