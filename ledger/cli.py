@@ -476,7 +476,7 @@ def _import(args: argparse.Namespace) -> int:
 
     projector: ProjectorSupervisor | None = None
     if child_projects:
-        tally, projector = opened_with_projector(args.database, open_)
+        tally, projector = opened_with_projector(args.database, open_, log_level="WARNING")
     else:
         tally = open_()
     tally.start(sweep=False)

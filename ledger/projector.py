@@ -105,8 +105,11 @@ class ProjectorSupervisor:
     it exits, stopped with SIGTERM by `stop`. The child stops by itself if this process dies
     (it watches its parent), so a `kill -9` of the server leaves no projector behind."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, log_level: str = "") -> None:
         self.database_url = database_url
+        # The child logs at TALLY_LOG_LEVEL, or this when the environment names none (a
+        # one-shot tool's WARNING, so that its child's INFO lines do not fill its output).
+        self.log_level = log_level
         self.restarts = 0
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -135,6 +138,8 @@ class ProjectorSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         # The URL goes by the environment, not argv: a password would show in `ps`.
         env = {**os.environ, "TALLY_DATABASE_URL": self.database_url}
+        if self.log_level:
+            env.setdefault("TALLY_LOG_LEVEL", self.log_level)
         command = [sys.executable, "-m", "ledger.project_command", "--no-migrate"]
         command += ["--parent", str(os.getpid())]
         # A session of its own: a Ctrl-C at the terminal reaches the servers, which drain,
@@ -207,13 +212,13 @@ class ProjectorSupervisor:
 
 
 def opened_with_projector(
-    database_url: str, open_: Callable[[], T]
+    database_url: str, open_: Callable[[], T], log_level: str = ""
 ) -> tuple[T, ProjectorSupervisor]:
     """`open_()` (the caller's Tally) with a projections child beside it: the child starts
     first, so that it imports while the database is opened, and is let go once that is
     checked and migrated; if opening fails, the child is stopped (it has said nothing) and
     the error is the caller's one line."""
-    projector = ProjectorSupervisor(database_url)
+    projector = ProjectorSupervisor(database_url, log_level)
     projector.start()
     try:
         opened = open_()
