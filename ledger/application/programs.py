@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, project_aggregate
+from eventsourcing.application import AggregateNotFoundError
 
 from ledger.application import commands as c
 from ledger.application.base import LedgerBase, cmd_transaction_id, utc_now
@@ -24,6 +24,7 @@ from ledger.application.views import Outcome, ProgramView
 from ledger.domain import errors
 from ledger.domain.ids import program_id_key
 from ledger.domain.program import Program, ProgramSettings
+from ledger.domain.replay import replay
 from ledger.infrastructure.database import Database
 
 
@@ -105,7 +106,7 @@ class ProgramUseCases(LedgerBase):
             with self._programs_lock:
                 current = self._programs.get(key, program)
                 newer = [e for e in newer if e.originator_version > current.version]
-                updated: Program | None = project_aggregate(copy.copy(current), newer)
+                updated: Program | None = replay(copy.copy(current), newer)
                 assert updated is not None
                 program = updated
         with self._programs_lock:
@@ -135,7 +136,7 @@ class ProgramUseCases(LedgerBase):
                 f"program {program_id} did not exist at {as_of.isoformat()}",
                 program_id=program_id,
             )
-        program: Program | None = project_aggregate(None, recorded)
+        program: Program | None = replay(None, recorded)
         assert program is not None
         return program
 
@@ -161,7 +162,7 @@ class ProgramUseCases(LedgerBase):
         versions: list[ProgramVersion] = []
         program: Program | None = None
         for e in events:
-            program = project_aggregate(program, [e])
+            program = replay(program, [e])
             assert program is not None
             versions.append(
                 ProgramVersion(

@@ -18,7 +18,6 @@ from collections.abc import MutableMapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
-from eventsourcing.application import project_aggregate
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import IntegrityError
 
@@ -35,6 +34,7 @@ from ledger.domain.account import MemberAccount
 from ledger.domain.ids import account_id_key
 from ledger.domain.program import Program
 from ledger.domain.provenance import Provenance
+from ledger.domain.replay import replay
 from ledger.infrastructure.eventlog import stored_events_of
 
 # utc_now (base.py) is re-exported: ledger/runtime.py imports it from here.
@@ -234,7 +234,7 @@ class LedgerApplication(ExpiryRuns, ProgramUseCases):
         snapshots: list[Snapshot] = []
         for account_id, stored in stored_events_of(self.database, account_ids).items():
             events = [self.mapper.to_domain_event(e) for e in stored]
-            account: MemberAccount | None = project_aggregate(None, events)
+            account: MemberAccount | None = replay(None, events)
             if account is None:
                 continue
             accounts[account_id] = account

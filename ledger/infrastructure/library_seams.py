@@ -539,7 +539,7 @@ SEAMS: list[Seam] = [
         "ledger.infrastructure.eventlog:stored_events_of",
         f"{_APP}.Repository._reconstruct_aggregate",
         "an aggregate is project_aggregate(None, [newest snapshot] + events after its version),"
-        " which stored_events_of and the application's account loader do for many accounts.",
+        " which stored_events_of and the account loader's replay do for many accounts.",
         ("self", "aggregate_id", "version", "projector_func"),
         "56d7c30cb77083be7c16678d6dfb3ff108837f206db3ba979046bcdbffe0e685",
     ),
@@ -547,7 +547,7 @@ SEAMS: list[Seam] = [
         f"{_PROGRAMS}.get_program",
         f"{_APP}.Repository.get",
         "a cached aggregate is brought forward by project_aggregate over events.get(id,"
-        " gt=version), as get_program does on a copy of its cached program.",
+        " gt=version), as get_program does (with replay) on a copy of its cached program.",
         (
             "self",
             "aggregate_id",
@@ -565,10 +565,12 @@ SEAMS: list[Seam] = [
         ("self", "originator_id", "gt", "lte", "desc", "limit"),
     ),
     Seam(
-        f"{_PROGRAMS}.get_program",
+        "ledger.domain.replay:replay",
         f"{_APP}.project_aggregate",
-        "project_aggregate(aggregate or None, events) applies each event's mutate() in turn.",
+        "project_aggregate(aggregate or None, events) applies each event's mutate() in turn,"
+        " which replay does without its per-event isinstance assertion (accounts, programs).",
         ("aggregate", "domain_events"),
+        "e2d05062a4fad31fd02c4fc7e3800f3e046aee37afd8ce8d323bc22f114effab",
     ),
     Seam(
         _SERVICE,
