@@ -299,7 +299,11 @@ def test_a_failover_url_lists_its_hosts_for_our_pool_and_the_librarys() -> None:
     env = config.eventsourcing_env()
     assert (env["POSTGRES_HOST"], env["POSTGRES_PORT"]) == ("10.0.0.1,db2,::1", "5433,5432,6000")
     library = psycopg.conninfo.conninfo_to_dict(env["POSTGRES_CONNINFO"])
-    assert library == {"connect_timeout": "3", "target_session_attrs": "read-write"}
+    assert library == {
+        "connect_timeout": "3",
+        "target_session_attrs": "read-write",
+        "options": "-c jit=off",
+    }
     assert env["POSTGRES_PRE_PING"] == "yes"  # dead connections are replaced, not used
 
 
@@ -322,8 +326,31 @@ def test_the_librarys_pool_connects_with_the_urls_parameters() -> None:
     try:
         with factory.datastore.get_connection() as conn:
             row = conn.execute(
-                "SELECT current_setting('application_name'), inet_server_port()"
+                "SELECT current_setting('application_name') AS name, inet_server_port() AS port,"
+                " current_setting('jit') AS jit"
             ).fetchone()
-        assert row == {"current_setting": "tally-failover-test", "inet_server_port": PG_PORT}
+        assert row == {"name": "tally-failover-test", "port": PG_PORT, "jit": "off"}
     finally:
         factory.close()
+
+
+def test_every_session_starts_with_jit_off_and_the_url_can_add_settings(
+    postgres_url: str,
+) -> None:
+    """Decision 36: our pool, the library's recorder and a one-off connection all run with
+    PostgreSQL's JIT off; settings in the URL's `options` come after ours and apply too."""
+    url = f"{postgres_url}?options=-c%20work_mem%3D7MB"
+    tally = Tally.from_url(url)
+    try:
+        with tally.database.read() as cur:
+            cur.execute("SELECT current_setting('jit'), current_setting('work_mem')")
+            assert tuple(cur.fetchone() or ()) == ("off", "7MB")
+        with tally.app.recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            row = conn.execute(
+                "SELECT current_setting('jit') AS jit, current_setting('work_mem') AS mem"
+            ).fetchone()
+        assert row == {"jit": "off", "mem": "7MB"}
+    finally:
+        tally.close()
+    with psycopg.connect(parse_database_url(url).conninfo()) as conn:
+        assert conn.execute("SHOW jit").fetchone() == ("off",)

@@ -609,6 +609,16 @@ def test_the_cli_returns_with_the_read_models_loaded_and_no_projector_left(
                     "SELECT points_available FROM rm_accounts WHERE member_id = ?", ("gil",)
                 )
                 assert cur.fetchall() == [(300,)]
+                # The planner has statistics of what was loaded (decision 36): this
+                # PostgreSQL runs without autovacuum, so only the import can have made them.
+                events = tally.database.dialect.events_table
+                cur.execute(
+                    "SELECT DISTINCT tablename FROM pg_stats WHERE tablename IN (?, ?)"
+                    if backend == "postgres"
+                    else "SELECT DISTINCT tbl FROM sqlite_stat1 WHERE tbl IN (?, ?)",
+                    (events, "rm_accounts"),
+                )
+                assert sorted(row[0] for row in cur.fetchall()) == sorted([events, "rm_accounts"])
         finally:
             tally.close()
 
