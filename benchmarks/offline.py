@@ -9,8 +9,12 @@
     list-10k   ListTransactions over gRPC for a member with 10,000 transactions: the first
                page, a page deep in the history, and paging through all of it
                | reference: GetAccount of the same member (one row)
+    cold       what a command on an account outside the writer's cache costs: Earn at 1 and
+               64 callers, every call on another member (members with five earns each),
+               on members the server has not loaded since it started
+               | reference: the same on members it holds in its cache, in the same run
     accounts   RSS of a Tally server process with N accounts in its database after every
-               one of them was written once, at the default writer cache and at 20,000
+               one of them was written once, at the default writer cache and at 50,000
                (the cache is bounded; the RSS is also sampled every tenth of the way)
                | reference: RSS of the same server with an empty database
     reports    finance's reports over gRPC over a log of 1M events of points and stored
@@ -39,6 +43,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +59,7 @@ from typing import Any
 import grpc
 import psycopg
 
+from benchmarks.loadgen import percentile
 from benchmarks.run import (
     RESULTS,
     SERVERS,
@@ -85,6 +91,7 @@ class Sizes:
     verify_events: int  # the verify case
     report_events: int  # the reports case
     insight_members: int  # the insights case
+    cold_members: int  # the cold case (a third fit in the server's cache)
 
 
 MODES = {
@@ -96,6 +103,7 @@ MODES = {
         verify_events=1_000_000,
         report_events=1_000_000,
         insight_members=100_000,
+        cold_members=30_000,
     ),
     "quick": Sizes(
         20_000,
@@ -105,6 +113,7 @@ MODES = {
         verify_events=100_000,
         report_events=100_000,
         insight_members=10_000,
+        cold_members=6_000,
     ),
     "smoke": Sizes(
         2_000,
@@ -114,6 +123,7 @@ MODES = {
         verify_events=2_000,
         report_events=2_000,
         insight_members=300,
+        cold_members=600,
     ),
 }
 
@@ -412,9 +422,9 @@ def children_rss_mib(pid: int) -> float:
     return total
 
 
-# The cache sizes the accounts case measures: the default, and the smaller one the RSS goal
-# (< 300 MB at 1M accounts) would need if the default does not meet it.
-CACHE_SIZES = (DEFAULT_CACHE_ACCOUNTS, 20_000)
+# The cache sizes the accounts case measures: the default, and the default before decision
+# 37 (what the RSS goal, < 300 MB at 1M accounts, gives up for it).
+CACHE_SIZES = (DEFAULT_CACHE_ACCOUNTS, 50_000)
 
 
 def _touch_all(stub: Any, count: int, tag: str, pid: int) -> list[tuple[int, float]]:
@@ -462,7 +472,7 @@ def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
                 {
                     "case": "accounts-rss"
                     if cache == DEFAULT_CACHE_ACCOUNTS
-                    else "accounts-rss-20k",
+                    else f"accounts-rss-{cache // 1000}k",
                     "what": f"API process RSS with {sizes.accounts:,} accounts, each written "
                     f"once, --cache-accounts {cache:,}",
                     "rss_mib": rss,
@@ -474,6 +484,120 @@ def case_accounts(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+# ---------------------------------------------------------------------- cold accounts
+
+COLD_EARNS_PER_MEMBER = 5  # a member's history, so a cold load replays a few events
+COLD_ROUNDS = 3
+
+
+def case_cold(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
+    """The price of an account outside the writer's cache (the other side of a smaller
+    --cache-accounts): commands on members the server holds against commands on members
+    it must load, alternating in rounds on one server, each call on another member."""
+    members = sizes.cold_members
+    cache = members // 3
+    warm = [f"m{i}" for i in range(cache // 2)]  # loaded before the clock starts
+    fresh = iter(f"m{i}" for i in range(cache, members))  # each used once, cold
+    # The members outside the cache, shared out: a tenth of each round's to the one caller.
+    per_round = (members - cache) // COLD_ROUNDS
+    per_run = {1: per_round // 11, 64: per_round - per_round // 11}
+    path = folder / "cold.jsonl"
+    records = members * (1 + COLD_EARNS_PER_MEMBER)
+    path.write_text("\n".join(history_lines(members, records)) + "\n")
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+    with scratch("cold") as url:
+        new_program(url)
+        run_import(url, path)
+        spec = replace(SERVERS[0], argv=(*SERVERS[0].argv, "--cache-accounts", str(cache)))
+        server = ServerProcess(spec, url, folder)
+        try:
+            asyncio.run(server.wait_serving())
+            asyncio.run(_earn_each(server.target, warm, 64, "load"))  # into the cache
+            for round_no in range(COLD_ROUNDS):
+                for callers, calls in per_run.items():
+                    cold = [next(fresh) for _ in range(calls)]
+                    hot = (warm * (calls // len(warm) + 1))[:calls]
+                    for kind, who in (("warm", hot), ("cold", cold))[:: 1 - 2 * (round_no % 2)]:
+                        tag = f"{kind}-{callers}-r{round_no}"
+                        result = asyncio.run(_earn_each(server.target, who, callers, tag))
+                        runs.setdefault((callers, kind), []).append(result)
+        finally:
+            server.stop()
+    what = (
+        f"Earn, each call on another of {members:,} members ({COLD_EARNS_PER_MEMBER} earns"
+        f" each), --cache-accounts {cache:,}, medians of {COLD_ROUNDS} rounds"
+    )
+    median = _median_of_runs(runs)
+    one_cold, one_warm = median[(1, "cold")], median[(1, "warm")]
+    many_cold, many_warm = median[(64, "cold")], median[(64, "warm")]
+    return [
+        {
+            "case": "cold-1",
+            "what": f"{what}, 1 caller, accounts outside the cache",
+            "p50": one_cold["p50"],
+            "p99": one_cold["p99"],
+            "reference_p50": one_warm["p50"],
+            "reference_p99": one_warm["p99"],
+            "reference": "the same on cached accounts",
+        },
+        {
+            "case": "cold-64",
+            "what": f"{what}, 64 callers, accounts outside the cache (p50 "
+            f"{many_cold['p50']:.1f} ms, p99 {many_cold['p99']:.1f} ms; cached: p50 "
+            f"{many_warm['p50']:.1f} ms, p99 {many_warm['p99']:.1f} ms)",
+            "rate": many_cold["rate"],
+            "unit": "calls/s",
+            "reference": "the same on cached accounts",
+            "reference_rate": many_warm["rate"],
+            "runs": {f"{c}-{k}": v for (c, k), v in runs.items()},
+        },
+    ]
+
+
+async def _earn_each(
+    target: str, member_ids: list[str], callers: int, tag: str
+) -> dict[str, float]:
+    """One Earn per member in `member_ids`, `callers` at a time: calls/s, p50 and p99 (ms)."""
+    queue = iter(enumerate(member_ids))
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.LedgerServiceStub(channel)
+
+        async def caller() -> None:
+            for i, member in queue:
+                began = time.perf_counter()
+                await stub.Earn(
+                    pb.EarnRequest(
+                        program_id="p",
+                        member_id=member,
+                        points=1,
+                        store_id="s",
+                        request_id=f"{tag}-{i}",
+                    ),
+                    timeout=60,
+                )
+                latencies.append((time.perf_counter() - began) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rate": len(latencies) / seconds,
+        "p50": percentile(latencies, 0.50),
+        "p99": percentile(latencies, 0.99),
+    }
+
+
+def _median_of_runs(
+    runs: dict[tuple[int, str], list[dict[str, float]]],
+) -> dict[tuple[int, str], dict[str, float]]:
+    return {
+        key: {m: statistics.median(r[m] for r in results) for m in ("rate", "p50", "p99")}
+        for key, results in runs.items()
+    }
 
 
 def synthetic_log(url: str, events: int, per_account: int = 10) -> None:
@@ -1202,6 +1326,7 @@ CASES: dict[str, Callable[[Sizes, Path], list[dict[str, Any]]]] = {
     "import": case_import_and_rebuild,  # also measures the rebuild, over the imported log
     "list": case_list,
     "as-of": case_as_of,
+    "cold": case_cold,
     "accounts": case_accounts,
     "verify": case_verify,
     "reports": case_reports,

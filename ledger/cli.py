@@ -17,7 +17,7 @@ from typing import Any
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///ledger.db"
 # ledger/runtime.py's, repeated so that building the parser imports nothing heavy.
-DEFAULT_CACHE_ACCOUNTS = 50_000
+DEFAULT_CACHE_ACCOUNTS = 20_000
 
 
 class JsonFormatter(logging.Formatter):

@@ -120,7 +120,9 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
         "as-of-account",
         "as-of-lots",
         "accounts-rss",
-        "accounts-rss-20k",
+        "accounts-rss-50k",
+        "cold-1",
+        "cold-64",
         "verify",
         "reports-catch-up",
         "report-liabilities",
@@ -148,6 +150,10 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     assert rows["rebuild"]["rate"] > 0
     assert rows["list-first-page"]["p50"] > 0
     assert rows["accounts-rss"]["rss_mib"] > 0
+    assert rows["cold-1"]["p50"] > 0
+    assert rows["cold-1"]["reference_p50"] > 0
+    assert rows["cold-64"]["rate"] > 0
+    assert rows["cold-64"]["reference_rate"] > 0
     assert rows["verify"]["rate"] > 0
     assert rows["reports-catch-up"]["rate"] > 0
     assert all(r["p50"] > 0 for name, r in rows.items() if name.startswith("report-"))
