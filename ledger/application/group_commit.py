@@ -153,7 +153,7 @@ class GroupCommitWriter:
         writers: int = 4,
         max_group: int = 256,
         queue_limit: int = 10_000,
-        cache_per_writer: int = 50_000,
+        cache_per_writer: int = 20_000,  # ledger.runtime.DEFAULT_CACHE_ACCOUNTS (decision 37)
     ) -> None:
         self.app = app
         self.max_group = max_group
