@@ -255,13 +255,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class Acknowledged:
     """The highest event-log position any reply of the load has reported so far, and the
     time.monotonic() at which that reply arrived (0, 0.0 before the first); `advanced` is
-    set whenever they change (a probe clears it to wait for the next one)."""
+    set whenever they change (a probe clears it to wait for the next one). `replies`: every
+    reply's (position, time), for the time each write took to reach the read models."""
 
     position: int = 0
     at: float = 0.0
     advanced: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    replies: list[tuple[int, float]] = field(default_factory=list, repr=False)
 
     def record(self, position: int, at: float) -> None:
+        self.replies.append((position, at))
         if position > self.position:
             self.position, self.at = position, at
             self.advanced.set()

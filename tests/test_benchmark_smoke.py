@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import SERVERS, SMOKE_CASES, goals_for
+from benchmarks.run import SERVERS, SMOKE_CASES, goals_for, visible_after
+from projections import REGISTERED
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,14 +74,18 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         assert rw["errors"] == {}, (run["case"], rw)
         assert 0 < rw["p50_ms"] <= rw["p90_ms"] <= rw["p99_ms"] <= rw["max_ms"], rw
         assert tracked["error"] == "", tracked
-        assert tracked["samples"] > 0, tracked
-        assert "points" in tracked["events"], tracked
-        for lag in tracked["events"].values():
+        assert tracked["replies"] > 0, tracked
+        # Every registered read model sent its batches, and they covered every reply.
+        assert set(tracked["ms"]) == {p.name for p in REGISTERED}, tracked
+        for lag in tracked["ms"].values():
+            assert lag["batches"] > 0, tracked
+            assert lag["unseen"] == 0, tracked
             assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"], tracked
     for row in report["summary"]:
         assert (row["read_your_writes"] is not None) == (row["server"] in probed), row
     assert "read-your-writes lag" in done.stdout
     assert "points p50/p99" in done.stdout
+    assert "points p99<50" in done.stdout
 
     # The saved report renders again, as text and as Markdown.
     for extra in ([], ["--markdown"]):
@@ -163,3 +168,19 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     assert all(
         r["p50"] > 0 for name, r in rows.items() if name.startswith("insights-") and "p50" in r
     )
+
+
+def test_a_read_models_lag_is_the_time_until_the_first_batch_covering_a_reply() -> None:
+    """`visible_after` (the projection lag the benchmark reports), on made-up times."""
+    batches = [(3, 10.000), (7, 10.020), (7, 10.030), (12, 10.050)]
+    replies = [
+        (2, 10.005),  # covered by a batch that committed before the reply arrived: 0
+        (5, 10.010),  # the batch ending at 7 committed 10 ms later
+        (7, 10.015),  # the same batch: 5 ms
+        (8, 10.015),  # the batch ending at 12: 35 ms
+        (13, 10.060),  # no batch covers it
+    ]
+    lags, unseen = visible_after(replies, batches)
+    assert [round(x, 3) for x in lags] == [0.0, 10.0, 5.0, 35.0]
+    assert unseen == 1
+    assert visible_after(replies, []) == ([], len(replies))
