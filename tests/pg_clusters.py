@@ -256,6 +256,12 @@ def auto_failover_formation(dbname: str = "tally") -> Iterator[Formation]:
     """A monitor, a primary ("node1") and a secondary ("node2") with synchronous
     replication (pg_auto_failover's default for one standby: the primary's
     synchronous_standby_names names it), ready when yielded."""
+    if not os.access(PG_AUTOCTL, os.X_OK):
+        # Not a skip: the failover test must run. scripts/test installs it on a fresh machine.
+        raise RuntimeError(
+            f"{PG_AUTOCTL} is missing: install Debian's postgresql-15-auto-failover and "
+            "pg-auto-failover-cli (scripts/test does when run as root) to run the failover test"
+        )
     with _scratch_folder() as root, ExitStack() as cleanup:
         runner = _Runner(root)
         formation = Formation(runner, Node("monitor", root / "monitor", free_port()), [], dbname)
