@@ -573,10 +573,9 @@ class LagProbe:
         """Stop probing (a probe in flight is waited for), let the read models cover the
         last reply (at most `drain_s`), and return the figures."""
         self.stop.set()
-        last = max((p for p, _ in self.acknowledged.replies), default=0)
         deadline = time.monotonic() + self.drain_s
         while self.conn is not None and time.monotonic() < deadline and not self.listen_error:
-            if all(self.batches.get(p.name, [(0, 0.0)])[-1][0] >= last for p in REGISTERED):
+            if self._cover(self.acknowledged.position):
                 break
             await asyncio.sleep(0.02)
         self.listened.set()
@@ -605,10 +604,19 @@ class LagProbe:
             else None,
         }
 
+    def _cover(self, position: int) -> bool:
+        """Every registered read model has committed a batch up to `position`."""
+        return all(
+            (batches := self.batches.get(p.name)) and batches[-1][0] >= position for p in REGISTERED
+        )
+
     def _projection_lag(self) -> dict[str, Any]:
+        """Every registered read model's, one that sent no batch too (all its replies
+        unseen), so that a silent read model shows rather than drops out of the table."""
         replies = self.acknowledged.replies
         ms = {}
-        for name, batches in sorted(self.batches.items()):
+        for name in sorted(p.name for p in REGISTERED):
+            batches = self.batches.get(name, [])
             lags, unseen = visible_after(replies, batches)
             ms[name] = {**distribution(lags), "batches": len(batches), "unseen": unseen}
         return {"replies": len(replies), "error": self.listen_error, "ms": ms}
