@@ -9,6 +9,7 @@ the projections process of each commit (PostgreSQL NOTIFY), and it tells them of
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ PARENT_CHECK_SECONDS = 0.25
 # the runners read the log through one shared reader, a runner far behind on its own.
 PROJECTOR_POOL_SIZE = 2
 STOP_TIMEOUT_SECONDS = 20.0
+STALL_DUMP_SECONDS = 12.0  # a stop still running after this prints every thread's stack
 
 
 class ProjectionsNeedPostgres(DatabaseUrlError):
@@ -92,8 +94,16 @@ def run_projector(
                 log.warning("the `ledger serve` that started this projections process is gone")
                 break
     finally:
-        tally.close()
-        telemetry.shutdown()
+        # A shutdown that stalls (a runner in a batch, a connection that hangs) would be
+        # killed by the supervisor at STOP_TIMEOUT_SECONDS with nothing said of where: every
+        # thread's stack goes to stderr well before that.
+        faulthandler.dump_traceback_later(STALL_DUMP_SECONDS, exit=False)
+        log.info("projections process stopping")
+        try:
+            tally.close()
+            telemetry.shutdown()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     log.info("projections process stopped")
     return 0
 

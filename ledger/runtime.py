@@ -46,7 +46,7 @@ from ledger.routing import RoutingTable, RoutingTableError
 from projections import REGISTERED
 from projections.log_reader import LogReader
 from projections.points import NAME as POINTS
-from projections.runner import ProjectionRunner
+from projections.runner import ProjectionRunner, stop_all
 
 log = logging.getLogger(__name__)
 # An eager read model, woken by each commit here, still looks this often for other
@@ -288,8 +288,7 @@ class Tally:
             self.notices.stop()
         if self.notifier is not None:
             self.notifier.stop()
-        for runner in self.projections.values():
-            runner.stop()
+        stop_all(self.projections.values())
         self.app.close()
         self.database.close()
         if self.replica is not None:

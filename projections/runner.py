@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import psycopg
@@ -35,6 +35,8 @@ from ledger.telemetry import instruments
 from projections.log_reader import LogReader
 
 log = logging.getLogger(__name__)
+# How long stopping a runner waits for the batch in hand to commit or roll back.
+STOP_SECONDS = 10.0
 
 
 class Projection(Protocol):
@@ -102,10 +104,20 @@ class ProjectionRunner:
         self._thread.start()
 
     def stop(self) -> None:
+        self.ask_to_stop()
+        self.join()
+
+    def ask_to_stop(self) -> None:
+        """Stop after the batch in hand (if any), without waiting for it: see `stop_all`."""
         self._stop.set()
         self._wake.set()
+
+    def join(self, timeout: float = STOP_SECONDS) -> None:
+        """Wait (at most `timeout`) for the loop to end, then give up the writer lock."""
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=max(0.0, timeout))
+            if self._thread.is_alive():
+                log.error("projection %s did not stop within %.0f s", self.projection.name, timeout)
         self._lock.release()
 
     def wake(self, _position: int = 0) -> None:
@@ -204,6 +216,19 @@ class ProjectionRunner:
             )
             row = cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def stop_all(runners: Iterable[ProjectionRunner], timeout: float = STOP_SECONDS) -> None:
+    """Stop every runner within `timeout` in all: each is asked first, then each is waited
+    for against one deadline, so that one slow batch does not hold up the others' stop and
+    the whole takes the slowest runner's time, not the sum of theirs (a projections process
+    has a supervisor's deadline to keep)."""
+    runners = list(runners)
+    for runner in runners:
+        runner.ask_to_stop()
+    deadline = time.monotonic() + timeout
+    for runner in runners:
+        runner.join(deadline - time.monotonic())
 
 
 class TrackingConflict(RuntimeError):
