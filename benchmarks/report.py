@@ -98,12 +98,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Medians of {rounds} round(s) of {report['duration_s']:g} s; calls/s range over "
         "rounds in brackets. CPU columns: CPU milliseconds per call of the server process, "
-        "of the PostgreSQL processes serving it, and of the load generator; `other` = cores "
-        "busy with other people's processes during the run (noise).",
+        "of its children (the projections processes), of the PostgreSQL processes serving "
+        "it, and of the load generator; `other` = cores busy with other people's processes "
+        "during the run (noise).",
         "",
         "| case | server | calls/s | p50 ms | p99 ms | errors | CPU ms/call server "
-        "| postgres | client | other cores |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| children | postgres | client | other cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     previous = ""
     for r in report["summary"]:
@@ -116,7 +117,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {case} | {r['server']} | {r['throughput']:.0f}{spread} | {r['p50_ms']:.1f} | "
             f"{r['p99_ms']:.1f} | {errors} | {r['server_ms_per_call']:.2f} | "
-            f"{r['postgres_ms_per_call']:.2f} | {r['client_ms_per_call']:.2f} | "
+            f"{r.get('children_ms_per_call', 0.0):.2f} | {r['postgres_ms_per_call']:.2f} | "
+            f"{r['client_ms_per_call']:.2f} | "
             f"{r['foreign_cores']:.2f} |"
         )
     if report["ratios"]:

@@ -218,11 +218,18 @@ SERVERS: list[ServerSpec] = [
     ServerSpec("memory", ("benchmarks.memory_server",), database=False),
 ]
 # Asked for by name only (--servers tally,tally-inline,...): the same server with its read
-# models in the API process (before decision 31), for that lever's effect in one run.
+# models in the API process (before decision 31), or in one projections process instead of
+# two (before decision 38), for that lever's effect in one run.
 EXTRA_SERVERS: list[ServerSpec] = [
     ServerSpec(
         "tally-inline",
         ("ledger.cli", "serve", "--projections", "inline"),
+        database=True,
+        settles=True,
+    ),
+    ServerSpec(
+        "tally-one-projector",
+        ("ledger.cli", "serve", "--projector-processes", "1"),
         database=True,
         settles=True,
     ),
@@ -312,6 +319,23 @@ def postgres_cpu_snapshot(dbname: str | None) -> dict[int, float]:
         if ours or any(a in title for a in _PG_AUXILIARY):
             snapshot[int(entry.name)] = process_cpu_seconds(int(entry.name))
     return snapshot
+
+
+def descendants_cpu_snapshot(pid: int) -> dict[int, float]:
+    """CPU seconds of every live descendant of `pid` (the server's projections processes,
+    its server processes under --processes, ...)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {child: process_cpu_seconds(child) for child in found}
 
 
 def postgres_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -730,6 +754,7 @@ async def one_run(
     try:
         server_cpu, client_cpu = process.cpu_seconds(), time.process_time()
         pg_before, busy = postgres_cpu_snapshot(process.dbname), machine_busy_seconds()
+        children_before = descendants_cpu_snapshot(process.pid)
         result = await run_load(
             process.target,
             case.operation,
@@ -743,6 +768,7 @@ async def one_run(
         )
         busy = machine_busy_seconds() - busy
         server_cpu = process.cpu_seconds() - server_cpu
+        children_cpu = postgres_cpu_delta(children_before, descendants_cpu_snapshot(process.pid))
         pg_cpu = postgres_cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
         client_cpu = time.process_time() - client_cpu
     finally:
@@ -768,6 +794,8 @@ async def one_run(
         "cpu": {
             # CPU milliseconds per call, and cores busy on average during the run.
             "server_ms_per_call": 1000 * server_cpu / calls,
+            # The server's child processes: its projections processes (decisions 31, 38).
+            "children_ms_per_call": 1000 * children_cpu / calls,
             "postgres_ms_per_call": 1000 * pg_cpu / calls,
             "client_ms_per_call": 1000 * client_cpu / calls,
             "server_cores": server_cpu / wall,
@@ -775,7 +803,9 @@ async def one_run(
             "client_cores": client_cpu / wall,
             # Everything else the machine did meanwhile (other people's processes): the
             # noise this run was measured under.
-            "foreign_cores": max(0.0, busy - server_cpu - pg_cpu - client_cpu) / wall,
+            "children_cores": children_cpu / wall,
+            "foreign_cores": max(0.0, busy - server_cpu - children_cpu - pg_cpu - client_cpu)
+            / wall,
         },
     }
 
@@ -943,11 +973,13 @@ def summarise(
                     "error_count": sum(errors.values()),
                     "settle_s": med("settle_s"),
                     "server_ms_per_call": med_cpu("server_ms_per_call"),
+                    "children_ms_per_call": med_cpu("children_ms_per_call"),
                     "postgres_ms_per_call": med_cpu("postgres_ms_per_call"),
                     "client_ms_per_call": med_cpu("client_ms_per_call"),
                     "server_cores": med_cpu("server_cores"),
                     "postgres_cores": med_cpu("postgres_cores"),
                     "client_cores": med_cpu("client_cores"),
+                    "children_cores": med_cpu("children_cores"),
                     "foreign_cores": med_cpu("foreign_cores"),
                     **_lag_medians(mine),
                 }
@@ -1028,10 +1060,11 @@ def render(
     """The text report: one row per case and server, the ratios against issue 14's goals,
     and the lag of the servers with projections. `callers` (case -> callers) names the
     64-caller cases the lag goal is for (without it, the lag table has no goal column)."""
+    width = max([9, *(len(r["server"]) for r in rows)])
     head = (
-        f"{'case':<14} {'server':<9} {'calls/s':>9} {'cmds/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6}  {'cpu ms/call: server':>19} {'postgres':>8} {'client':>6} "
-        f"{'other cores':>11}"
+        f"{'case':<14} {'server':<{width}} {'calls/s':>9} {'cmds/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>6}  {'cpu ms/call: server':>19} {'children':>8} "
+        f"{'postgres':>8} {'client':>6} {'other cores':>11}"
     )
     lines = [f"medians of {rounds} round(s)", head, "-" * len(head)]
     previous = ""
@@ -1039,9 +1072,10 @@ def render(
         case = r["case"] if r["case"] != previous else ""
         previous = r["case"]
         lines.append(
-            f"{case:<14} {r['server']:<9} {r['throughput']:9.1f} {r['commands_per_s']:9.0f} "
-            f"{r['p50_ms']:8.2f} "
+            f"{case:<14} {r['server']:<{width}} {r['throughput']:9.1f} "
+            f"{r['commands_per_s']:9.0f} {r['p50_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['error_count']:6d}  {r['server_ms_per_call']:19.2f} "
+            f"{r.get('children_ms_per_call', 0.0):8.2f} "
             f"{r['postgres_ms_per_call']:8.2f} {r['client_ms_per_call']:6.2f} "
             f"{r['foreign_cores']:11.2f}"
         )
@@ -1217,7 +1251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--servers",
         help="comma-separated servers (of: "
         + ", ".join(s.name for s in [*SERVERS, *EXTRA_SERVERS])
-        + "; default: all but tally-inline)",
+        + "; default: all but tally-inline and tally-one-projector)",
     )
     parser.add_argument(
         "--channels",

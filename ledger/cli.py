@@ -81,6 +81,12 @@ def _projections_mode(text: str) -> str:
     return text
 
 
+def _projector_processes(text: str) -> int:
+    if text.strip() not in ("1", "2"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or 2")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger", description="Tally: the points and stored-value ledger"
@@ -118,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
         help="who writes the read models: 'process', a `ledger project` child this server "
         "starts and restarts (PostgreSQL; the default there), or 'inline', this server's "
         "own threads (the only one on SQLite) (env TALLY_PROJECTIONS)",
+    )
+    serve.add_argument(
+        "--projector-processes",
+        type=_projector_processes,
+        default=os.environ.get("TALLY_PROJECTOR_PROCESSES", "2"),
+        help="with --projections process: 2, the read-your-writes read models (balances, "
+        "history) in one `ledger project` child and the journal, finance and insights in "
+        "another; 1, all of them in one (env TALLY_PROJECTOR_PROCESSES; default 2)",
     )
     serve.add_argument(
         "--no-migrate",
@@ -382,6 +396,7 @@ def _serve_options(args: argparse.Namespace) -> Any:
         nats=args.nats,
         grace_seconds=args.grace,
         projections=args.projections,
+        projector_processes=args.projector_processes,
         cache_accounts=args.cache_accounts,
     )
 
@@ -451,7 +466,7 @@ def _import(args: argparse.Namespace) -> int:
 
     from ledger.importer import Importer
     from ledger.infrastructure.database import parse_database_url
-    from ledger.projector import ProjectorSupervisor, opened_with_projector, sqlite_refusal
+    from ledger.projector import Projectors, opened_with_projector, sqlite_refusal
     from ledger.runtime import Tally
 
     # --projections process (PostgreSQL's default): the read models are written by a `ledger
@@ -474,7 +489,7 @@ def _import(args: argparse.Namespace) -> int:
             projection_mode="follow" if child_projects else "inline",
         )
 
-    projector: ProjectorSupervisor | None = None
+    projector: Projectors | None = None
     if child_projects:
         tally, projector = opened_with_projector(args.database, open_, log_level="WARNING")
     else:

@@ -21,8 +21,9 @@ def add_parsers(
     project = sub.add_parser(
         "project",
         help="run the projections (the read models) in a process of their own",
-        description="Run every registered projection (balances, history, journal, revenue, "
-        "payments, insights) and nothing else: no gRPC, no writer, no sweeper. Woken by the "
+        description="Run the registered projections (balances, history, journal, revenue, "
+        "payments, insights; or those --read-models names) and nothing else: no gRPC, no "
+        "writer, no sweeper. Woken by the "
         "servers' commits (PostgreSQL NOTIFY), polls every 50 ms besides. PostgreSQL only. "
         "Applies pending migrations first; stops on SIGTERM or SIGINT (exit 0).",
     )
@@ -39,8 +40,32 @@ def add_parsers(
         action="store_true",
         help="refuse to start if migrations are pending instead of applying them",
     )
+    project.add_argument(
+        "--read-models",
+        type=_read_models,
+        default=(),
+        metavar="NAME[,NAME...]",
+        help="write only these read models (default: all of them: "
+        f"{', '.join(_registered())}); another `ledger project` writes the others",
+    )
     # Set by `ledger serve` for its child: stop when that process is gone.
     project.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _registered() -> list[str]:
+    from projections import REGISTERED
+
+    return [p.name for p in REGISTERED]
+
+
+def _read_models(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    known = _registered()
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        shown = ", ".join(repr(name) for name in unknown) or "none"
+        raise argparse.ArgumentTypeError(f"{shown}: give names among {', '.join(known)}")
+    return tuple(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         apply_migrations=not args.no_migrate,
         parent=args.parent,
+        read_models=args.read_models,
     )
 
 

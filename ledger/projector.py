@@ -1,6 +1,8 @@
-"""The read models in a process of their own (decision 31): `ledger project` runs every
-registered projection and nothing else, and `ledger serve` on PostgreSQL starts one as its
-child, restarts it when it exits and stops it after draining.
+"""The read models in processes of their own (decisions 31 and 38): `ledger project` runs
+the registered projections (all, or those `--read-models` names) and nothing else, and
+`ledger serve` on PostgreSQL starts two as its children (the eager read model in one, the
+lazy ones in the other; `--projector-processes 1`: one for all), restarts each when it
+exits and stops them after draining.
 
 The API processes then only follow the tracking positions (ledger/commit_notices.py
 `FollowingRunner`): the projections' CPU (decoding, SQL, psycopg) is off their GIL. They tell
@@ -17,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from types import FrameType
 from typing import TypeVar
@@ -36,6 +39,7 @@ PARENT_CHECK_SECONDS = 0.25
 # the runners read the log through one shared reader, a runner far behind on its own.
 PROJECTOR_POOL_SIZE = 2
 STOP_TIMEOUT_SECONDS = 20.0
+METRICS_PORT_ENV = "TALLY_PROJECTOR_METRICS_PORT"
 STALL_DUMP_SECONDS = 12.0  # a stop still running after this prints every thread's stack
 
 
@@ -52,13 +56,33 @@ def sqlite_refusal(what: str, display: str) -> ProjectionsNeedPostgres:
     )
 
 
+def read_model_groups(processes: int) -> list[tuple[str, ...]]:
+    """The registered read models shared out between `processes` projections processes
+    (decision 38): one writes them all; two, the eager ones (read-your-writes: balances,
+    history) in one and the lazy ones (the journal, finance, insights) in the other, so that
+    the lazy ones' big batches never hold the eager one's GIL."""
+    from projections import REGISTERED
+
+    if processes == 1:
+        return [tuple(p.name for p in REGISTERED)]
+    if processes == 2:
+        eager = tuple(p.name for p in REGISTERED if not p.poll_interval)
+        return [eager, tuple(p.name for p in REGISTERED if p.name not in eager)]
+    raise ValueError(f"{processes} projections processes: give 1 or 2")
+
+
 def run_projector(
-    database_url: str, metrics_port: int = 0, apply_migrations: bool = True, parent: int = 0
+    database_url: str,
+    metrics_port: int = 0,
+    apply_migrations: bool = True,
+    parent: int = 0,
+    read_models: Collection[str] = (),
 ) -> int:
-    """`ledger project`: every registered projection, until SIGTERM or SIGINT (exit 0).
-    `parent`: started by that `ledger serve`, which says "go" on stdin once it has checked
-    and migrated the database (this process imports meanwhile; at EOF instead it exits 0
-    without a word: the server failed and says why); and it stops when that process is gone.
+    """`ledger project`: the registered projections named in `read_models` (none: all of
+    them), until SIGTERM or SIGINT (exit 0). `parent`: started by that `ledger serve`, which
+    says "go" on stdin once it has checked and migrated the database (this process imports
+    meanwhile; at EOF instead it exits 0 without a word: the server failed and says why);
+    and it stops when that process is gone.
     """
     stopping = threading.Event()
 
@@ -84,7 +108,12 @@ def run_projector(
         telemetry = Telemetry.from_options(
             ServeOptions(database_url=database_url, metrics_port=metrics_port)
         )
-    tally = Tally(config, apply_migrations=apply_migrations, projection_mode="project")
+    tally = Tally(
+        config,
+        apply_migrations=apply_migrations,
+        projection_mode="project",
+        read_models=read_models,
+    )
     try:
         tally.start()
         telemetry.start(tally)
@@ -115,8 +144,18 @@ class ProjectorSupervisor:
     it exits, stopped with SIGTERM by `stop`. The child stops by itself if this process dies
     (it watches its parent), so a `kill -9` of the server leaves no projector behind."""
 
-    def __init__(self, database_url: str, log_level: str = "") -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_level: str = "",
+        read_models: Collection[str] = (),
+        metrics_port: int = 0,
+    ) -> None:
+        """`read_models`: the child's share of them (none: all). `metrics_port`: the child's
+        Prometheus port (0: as TALLY_PROJECTOR_METRICS_PORT says)."""
         self.database_url = database_url
+        self.read_models = tuple(read_models)
+        self.metrics_port = metrics_port
         # The child logs at TALLY_LOG_LEVEL, or this when the environment names none (a
         # one-shot tool's WARNING, so that its child's INFO lines do not fill its output).
         self.log_level = log_level
@@ -152,6 +191,10 @@ class ProjectorSupervisor:
             env.setdefault("TALLY_LOG_LEVEL", self.log_level)
         command = [sys.executable, "-m", "ledger.project_command", "--no-migrate"]
         command += ["--parent", str(os.getpid())]
+        if self.read_models:
+            command += ["--read-models", ",".join(self.read_models)]
+        if self.metrics_port:
+            command += ["--metrics-port", str(self.metrics_port)]
         # A session of its own: a Ctrl-C at the terminal reaches the servers, which drain,
         # and this process stops it afterwards, not at once.
         process = subprocess.Popen(
@@ -221,22 +264,69 @@ class ProjectorSupervisor:
         return code
 
 
+class Projectors:
+    """The projections children of one `ledger serve` (or `ledger import`), one
+    ProjectorSupervisor for each group of read_model_groups(processes), each started,
+    restarted and stopped on its own. With a TALLY_PROJECTOR_METRICS_PORT, the first serves
+    its metrics on that port, the second on the next one."""
+
+    def __init__(self, database_url: str, processes: int = 2, log_level: str = "") -> None:
+        metrics_port = int(os.environ.get(METRICS_PORT_ENV, "0") or 0)
+        groups = read_model_groups(processes)
+        self.children = [
+            ProjectorSupervisor(
+                database_url,
+                log_level,
+                read_models=group if len(groups) > 1 else (),
+                metrics_port=metrics_port + i if metrics_port else 0,
+            )
+            for i, group in enumerate(groups)
+        ]
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for child in self.children if (pid := child.pid) is not None]
+
+    @property
+    def restarts(self) -> int:
+        return sum(child.restarts for child in self.children)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def go(self) -> None:
+        for child in self.children:
+            child.go()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
+        """Stop every child at once (SIGTERM to each, then each waited for): the first
+        non-zero exit code among them, else 0, or None if none was running."""
+        with ThreadPoolExecutor(len(self.children), thread_name_prefix="stop-projector") as pool:
+            stopping = [pool.submit(child.stop, timeout) for child in self.children]
+            codes = [future.result() for future in stopping]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            return failed[0]
+        return 0 if any(code == 0 for code in codes) else None
+
+
 def opened_with_projector(
-    database_url: str, open_: Callable[[], T], log_level: str = ""
-) -> tuple[T, ProjectorSupervisor]:
-    """`open_()` (the caller's Tally) with a projections child beside it: the child starts
-    first, so that it imports while the database is opened, and is let go once that is
-    checked and migrated; if opening fails, the child is stopped (it has said nothing) and
+    database_url: str, open_: Callable[[], T], log_level: str = "", processes: int = 2
+) -> tuple[T, Projectors]:
+    """`open_()` (the caller's Tally) with its projections children beside it: they start
+    first, so that they import while the database is opened, and are let go once that is
+    checked and migrated; if opening fails, they are stopped (they have said nothing) and
     the error is the caller's one line."""
-    projector = ProjectorSupervisor(database_url, log_level)
-    projector.start()
+    projectors = Projectors(database_url, processes, log_level)
+    projectors.start()
     try:
         opened = open_()
     except BaseException:
-        projector.stop()
+        projectors.stop()
         raise
-    projector.go()
-    return opened, projector
+    projectors.go()
+    return opened, projectors
 
 
 GO = "go"

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any, Literal
 
@@ -77,14 +77,20 @@ class Tally:
         exclusive: str = "",
         report_database: str = "",
         projection_mode: ProjectionMode = "inline",
+        read_models: Collection[str] = (),
     ) -> None:
         """`exclusive`: this process is `ledger serve` or `ledger import` (named so): on
         SQLite it holds the file for its life, and a second one is refused
         (ledger/infrastructure/single_process.py). `report_database`: a PostgreSQL replica
         of this database, which the ReportService reads instead (docs/scaling.md).
-        `projection_mode`: see ProjectionMode; "follow" and "project" need PostgreSQL."""
+        `projection_mode`: see ProjectionMode; "follow" and "project" need PostgreSQL.
+        `read_models`: "project" only: the registered read models this process writes (by
+        name; none given: all of them), when several projections processes share them."""
         self.config = config
         self.projection_mode: ProjectionMode = projection_mode
+        self.read_models = frozenset(read_models or (p.name for p in REGISTERED))
+        if unknown := self.read_models - {p.name for p in REGISTERED}:
+            raise ValueError(f"no such read model: {', '.join(sorted(unknown))}")
         if projection_mode != "inline" and not config.dialect.several_processes:
             raise DatabaseUrlError(
                 f"{config.display}: a SQLite file is one process's; its read models are "
@@ -138,7 +144,9 @@ class Tally:
         self.notifier: Notifier | None = None
         self.notices: Listener | None = None
         self.projections: dict[str, ProjectionRunner] = self._runners()
-        self._eager = [self.projections[p.name] for p in REGISTERED if not p.poll_interval]
+        self._eager = [
+            runner for runner in self.projections.values() if not runner.projection.poll_interval
+        ]
         if self.projection_mode == "follow":
             self.notices = Listener(config, {PROJECTED: self._projected}, name="projected-notices")
         elif self.projection_mode == "project":
@@ -201,6 +209,7 @@ class Tally:
                 reader=reader,
             )
             for p in REGISTERED
+            if not announced or p.name in self.read_models
         }
 
     @classmethod

@@ -1,30 +1,37 @@
-"""The read models in a process of their own (decision 31), with real processes on a real
-PostgreSQL: `ledger serve` starts a `ledger project` child that holds every projection's
-advisory lock while the server holds none; read-your-writes works across the two; a
-`kill -9` of the child under load is repaired by a restart, with nothing lost or counted
-twice (the read models equal a rebuild: `ledger audit replay`); SIGTERM stops both, exit 0;
-`--processes 2` has one projector; the notices never hold up a command; SQLite and bad
-flags are refused in one line."""
+"""The read models in processes of their own (decisions 31 and 38), with real processes on
+a real PostgreSQL: `ledger serve` starts two `ledger project` children, one holding the eager
+read model's advisory lock and the other every lazy one's, while the server holds none (one
+child for all with `--projector-processes 1`); read-your-writes works across them; a `kill
+-9` of a child under load is repaired by a restart, with nothing lost or counted twice (the
+read models equal a rebuild: `ledger audit replay`); SIGTERM stops them all, exit 0;
+`--processes 2` has one set of projectors; each child serves its own metrics; the notices
+never hold up a command; SQLite and bad flags are refused in one line."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ledger.commit_notices import COMMITS, Listener, Notifier
 from ledger.infrastructure.database import parse_database_url
+from ledger.projector import read_model_groups
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import report_pb2 as rpb
 from ledger.v1 import report_pb2_grpc as rpb_grpc
 from tests.load import (
+    LEDGER,
     CommandLoad,
     ServerProcess,
     balance,
     earn_request,
+    free_port,
     ledger_stub,
     log_head,
     set_up_members,
@@ -32,7 +39,7 @@ from tests.load import (
 from tests.support import scratch_postgres
 from tests.test_operator_errors import one_clear_line
 from tests.test_server import run_ledger
-from tests.test_several_processes import LOCK_KEYS, lock_holders
+from tests.test_several_processes import lock_holders
 
 PROGRAM = "projected"
 MEMBERS = [f"m{i}" for i in range(6)]
@@ -53,16 +60,27 @@ def children(pid: int) -> list[tuple[int, str]]:
     return found
 
 
-def the_projector(server: ServerProcess, url: str, limit: float = 30) -> int:
-    """The pid of the server's `ledger project` child, once it holds every lock."""
+EAGER, LAZY = read_model_groups(2)
+
+
+def the_projectors(
+    server: ServerProcess, url: str, processes: int = 2, limit: float = 30
+) -> list[int]:
+    """The pids of the server's `ledger project` children, once they hold every lock: with
+    two, the first holds the eager read model's, the second every lazy one's."""
     deadline = time.monotonic() + limit
+    groups = read_model_groups(processes)
     while True:
         projectors = [p for p, cmd in children(server.pid) if "ledger.project_command" in cmd]
-        assert len(projectors) <= 1, children(server.pid)
-        if projectors and lock_holders(url) == dict.fromkeys(LOCK_KEYS.values(), projectors):
-            return projectors[0]
+        assert len(projectors) <= processes, children(server.pid)
+        holders = lock_holders(url)
+        for order in (projectors, projectors[::-1]):
+            if len(order) == processes and holders == {
+                name: [pid] for pid, group in zip(order, groups, strict=True) for name in group
+            }:
+                return order
         assert time.monotonic() < deadline, (
-            f"no projector holds the locks: {children(server.pid)}, {lock_holders(url)}"
+            f"the projectors do not hold the locks: {children(server.pid)}, {holders}"
         )
         time.sleep(0.1)
 
@@ -80,8 +98,8 @@ def test_serve_projects_in_a_child_that_holds_the_locks_and_sigterm_stops_both()
         server = ServerProcess(url)
         try:
             server.wait_serving()
-            projector = the_projector(server, url)
-            assert projector != server.pid  # and the server holds none of the locks
+            projectors = the_projectors(server, url)
+            assert server.pid not in projectors  # and the server holds none of the locks
 
             set_up_members(server.target, PROGRAM, MEMBERS[:1], points=0)
             channel, stub = ledger_stub(server.target)
@@ -108,13 +126,13 @@ def test_serve_projects_in_a_child_that_holds_the_locks_and_sigterm_stops_both()
             code = server.terminate(timeout=30)
             assert code == 0, server.stderr()
             deadline = time.monotonic() + 10
-            while not gone(projector):
-                assert time.monotonic() < deadline, "the projector outlived the server"
+            while not all(gone(projector) for projector in projectors):
+                assert time.monotonic() < deadline, "a projector outlived the server"
                 time.sleep(0.05)
         finally:
             server.close()
     stderr = server.stderr()
-    assert "projections process stopped" in stderr
+    assert stderr.count("projections process stopped") == 2, stderr
     assert '"stopped"' in stderr
 
 
@@ -124,13 +142,14 @@ def test_a_killed_projector_is_restarted_and_nothing_is_lost_or_counted_twice() 
         try:
             server.wait_serving()
             set_up_members(server.target, PROGRAM, MEMBERS, OPENING)
-            first = the_projector(server, url)
+            eager, lazy = the_projectors(server, url)
             load = CommandLoad([server.target], PROGRAM, MEMBERS, threads=6).start()
             load.wait_acknowledged(100)
-            os.kill(first, signal.SIGKILL)
+            os.kill(eager, signal.SIGKILL)  # the balances' writer: the reads below wait on it
             load.wait_acknowledged(len(load.acknowledged) + 100)  # commands go on meanwhile
-            second = the_projector(server, url)
-            assert second != first
+            restarted, same = the_projectors(server, url)
+            assert restarted != eager
+            assert same == lazy  # the other child went on as it was
             load.wait_acknowledged(len(load.acknowledged) + 100)
             load.stop()
             assert not load.failed, load.failed
@@ -167,15 +186,15 @@ def test_a_sigterm_while_the_processes_start_stops_them_all_with_exit_0() -> Non
         assert code == 0, server.stderr()
 
 
-def test_processes_2_share_one_projector() -> None:
+def test_processes_2_share_one_set_of_projectors() -> None:
     with scratch_postgres() as url:
         server = ServerProcess(url, "--processes", "2")
         try:
             server.wait_serving()
-            projector = the_projector(server, url)  # a child of the parent, not of a server
+            projectors = the_projectors(server, url)  # children of the parent, not of a server
             servers = [p for p, cmd in children(server.pid) if "spawn_main" in cmd]
             assert len(servers) == 2, children(server.pid)
-            assert projector not in servers
+            assert not set(projectors) & set(servers)
             set_up_members(server.target, PROGRAM, MEMBERS[:1], points=70)
             assert balance(server.target, PROGRAM, MEMBERS[0], log_head(url)) == 70
         finally:
@@ -184,6 +203,101 @@ def test_processes_2_share_one_projector() -> None:
             code = server.terminate(timeout=40) if server.process.poll() is None else None
             server.close()
         assert code == 0, server.stderr()
+
+
+def test_projector_processes_1_writes_every_read_model_in_one_child() -> None:
+    with scratch_postgres() as url:
+        server = ServerProcess(url, "--projector-processes", "1")
+        try:
+            server.wait_serving()
+            the_projectors(server, url, processes=1)
+            set_up_members(server.target, PROGRAM, MEMBERS[:1], points=70)
+            assert balance(server.target, PROGRAM, MEMBERS[0], log_head(url)) == 70
+            assert server.terminate(timeout=30) == 0, server.stderr()
+        finally:
+            server.close()
+
+
+def _two_free_ports() -> int:
+    """A port that is free, and the next one too."""
+    while True:
+        port = free_port()
+        with socket.socket() as next_one:
+            try:
+                next_one.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def test_the_two_projectors_serve_their_metrics_on_the_port_and_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = _two_free_ports()
+    monkeypatch.setenv("TALLY_PROJECTOR_METRICS_PORT", str(port))
+    with scratch_postgres() as url:
+        server = ServerProcess(url)
+        try:
+            server.wait_serving()
+            set_up_members(server.target, PROGRAM, MEMBERS[:1], points=70)
+            balance(server.target, PROGRAM, MEMBERS[0], log_head(url))
+            for at, mine, theirs in ((port, EAGER, LAZY), (port + 1, LAZY, EAGER)):
+                text = scrape(at, f'tally_projection="{mine[0]}"')
+                for name in mine:
+                    assert f'tally_projection="{name}"' in text, text
+                for name in theirs:
+                    assert f'tally_projection="{name}"' not in text, text
+            assert server.terminate(timeout=30) == 0, server.stderr()
+        finally:
+            server.close()
+
+
+def scrape(port: int, wanted: str, limit: float = 30) -> str:
+    """The Prometheus text on `port` once it holds `wanted` (or the last one seen)."""
+    deadline = time.monotonic() + limit
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            if wanted in text:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return text
+
+
+def test_project_writes_only_the_read_models_it_is_given() -> None:
+    """Two `ledger project` run by hand, each given its share: together they hold every
+    lock, each only its own."""
+    with scratch_postgres() as url:
+        env = {**os.environ, "TALLY_DATABASE_URL": url}
+        started = [
+            subprocess.Popen(
+                [LEDGER, "project", "--read-models", ",".join(group)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for group in (EAGER, LAZY)
+        ]
+        try:
+            deadline = time.monotonic() + 30
+            wanted = {
+                name: [process.pid]
+                for process, group in zip(started, (EAGER, LAZY), strict=True)
+                for name in group
+            }
+            while lock_holders(url) != wanted:
+                assert time.monotonic() < deadline, lock_holders(url)
+                time.sleep(0.1)
+        finally:
+            for process in started:
+                process.send_signal(signal.SIGTERM)
+            codes = [process.wait(timeout=30) for process in started]
+        assert codes == [0, 0], [process.stderr.read() for process in started if process.stderr]
 
 
 def test_a_notice_never_holds_up_the_committing_thread() -> None:
@@ -253,6 +367,13 @@ def test_projections_in_a_process_on_sqlite_are_one_line(
     [
         (["serve", "--projections", "elsewhere"], "'elsewhere' is not one of 'process', 'inline'"),
         (["project", "--metrics-port", "-1"], "--metrics-port: must be at least 0, got -1"),
+        (
+            ["project", "--read-models", "points,ledger"],
+            "--read-models: 'ledger': give names among points, journal, revenue, payments,"
+            " insights",
+        ),
+        (["project", "--read-models", ""], "--read-models: none: give names among points"),
+        (["serve", "--projector-processes", "3"], "--projector-processes: '3' is not 1 or 2"),
     ],
 )
 def test_bad_projection_flags_say_what_is_wanted(args: list[str], expected: str) -> None:

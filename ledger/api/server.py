@@ -31,7 +31,7 @@ from ledger.api.routed_services import RoutedServices
 from ledger.collector import freeze_survivors
 from ledger.infrastructure.database import parse_database_url
 from ledger.infrastructure.migrations import migrate
-from ledger.projector import ProjectorSupervisor, opened_with_projector, sqlite_refusal
+from ledger.projector import Projectors, opened_with_projector, sqlite_refusal
 from ledger.relay import Relay
 from ledger.routing import load_routes
 from ledger.runtime import DEFAULT_CACHE_ACCOUNTS, RoutedTally, Tally
@@ -94,6 +94,9 @@ class ServeOptions:
     # line's default), process on PostgreSQL and inline on SQLite or with --routes;
     # "follow", a projections process started by someone else (--processes's children).
     projections: str = "inline"
+    # With projections "process": how many `ledger project` children share the read models
+    # (ledger/projector.py read_model_groups, decision 38).
+    projector_processes: int = 2
     # Accounts the writer keeps decided state of (ledger/application/group_commit.py).
     cache_accounts: int = DEFAULT_CACHE_ACCOUNTS
 
@@ -312,10 +315,15 @@ async def serve(options: ServeOptions) -> None:
     # --projections process: the child that writes the read models (decision 31), started
     # now so that it imports while this process opens the database, and let go once that is
     # checked and migrated (a mistake is this process's one line, and the child says none).
-    projector: ProjectorSupervisor | None = None
+    projector: Projectors | None = None
     if options.projections == "process":
         tally, projector = await loop.run_in_executor(
-            None, opened_with_projector, options.database_url, lambda: open_tally(options)
+            None,
+            lambda: opened_with_projector(
+                options.database_url,
+                lambda: open_tally(options),
+                processes=options.projector_processes,
+            ),
         )
     else:
         tally = await loop.run_in_executor(None, lambda: open_tally(options))
@@ -338,11 +346,11 @@ async def serve(options: ServeOptions) -> None:
     log.info("stopped")
 
 
-def _stop_projector(projector: ProjectorSupervisor) -> bool:
-    """Stop the projections process; False if it did not exit 0."""
+def _stop_projector(projector: Projectors) -> bool:
+    """Stop the projections processes; False if one did not exit 0."""
     code = projector.stop()
     if code not in (None, 0):
-        log.error("the projections process exited %s on SIGTERM", code)
+        log.error("a projections process exited %s on SIGTERM", code)
         return False
     return True
 
@@ -394,7 +402,7 @@ def serve_processes(options: ServeOptions, processes: int) -> int:
     projector = None
     if options.projections == "process":
         child_options = replace(child_options, projections="follow")
-        projector = ProjectorSupervisor(options.database_url)
+        projector = Projectors(options.database_url, options.projector_processes)
         projector.start()
         projector.go()  # migrated above
     context = multiprocessing.get_context("spawn")
