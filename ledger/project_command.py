@@ -1,5 +1,6 @@
 """`ledger project --database URL`: the read models in a process of their own (PostgreSQL;
-ledger/projector.py, decision 31). `ledger serve` starts one by default; run it alone to
+ledger/projector.py, decisions 31 and 38). `ledger serve` starts two by default (points,
+and the lazy read models: `--read-models` names a process's share); run it alone to
 share one set of projections between servers started with `--projections process` on
 other machines, or to keep a standby: one process at a time writes each read model (its
 advisory lock) and another takes over within about a second when it goes."""
