@@ -191,12 +191,13 @@ def serving_channel(
 
 
 def run_import(
-    url: str, path: Path, program: str = "p", projections: str = ""
+    url: str, path: Path, program: str = "p", projections: str = "", options: tuple[str, ...] = ()
 ) -> tuple[float, str]:
     """`ledger import` of `path`, read models loaded included: (seconds, its summary)."""
     command = [LEDGER, "import", "--database", url, "--program", program, "--no-progress"]
     if projections:
         command += ["--projections", projections]
+    command += options
     started = time.perf_counter()
     done = subprocess.run(
         [*command, str(path)],
@@ -240,6 +241,14 @@ def case_import_and_rebuild(sizes: Sizes, folder: Path) -> list[dict[str, Any]]:
         what = f"ledger import, {sizes.records:,} records ({sizes.members:,} members)"
         rows.append(_import_row("import", what, sizes.records, seconds, copy_s, summary))
         rows.append(rebuild(url))
+    # The lever of decision 38 in the same run: one projections process instead of two.
+    with scratch("import-one-projector") as url:
+        new_program(url)
+        seconds, summary = run_import(url, path, options=("--projector-processes", "1"))
+        what = "the same import with --projector-processes 1 (one child for all read models)"
+        rows.append(
+            _import_row("import-one-projector", what, sizes.records, seconds, copy_s, summary)
+        )
     # The lever of decision 34 in the same run: the read models in the import's own process.
     with scratch("import-inline") as url:
         new_program(url)

@@ -87,6 +87,18 @@ def _projector_processes(text: str) -> int:
     return int(text)
 
 
+def _projector_processes_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--projector-processes",
+        type=_projector_processes,
+        default=os.environ.get("TALLY_PROJECTOR_PROCESSES", "2"),
+        help="with --projections process: 2, the read-your-writes read models (balances, "
+        "history) in one `ledger project` child and the journal, finance and insights in "
+        "another; 1, all of them in one (env TALLY_PROJECTOR_PROCESSES; default 2; "
+        "decision 38)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger", description="Tally: the points and stored-value ledger"
@@ -125,14 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         "starts and restarts (PostgreSQL; the default there), or 'inline', this server's "
         "own threads (the only one on SQLite) (env TALLY_PROJECTIONS)",
     )
-    serve.add_argument(
-        "--projector-processes",
-        type=_projector_processes,
-        default=os.environ.get("TALLY_PROJECTOR_PROCESSES", "2"),
-        help="with --projections process: 2, the read-your-writes read models (balances, "
-        "history) in one `ledger project` child and the journal, finance and insights in "
-        "another; 1, all of them in one (env TALLY_PROJECTOR_PROCESSES; default 2)",
-    )
+    _projector_processes_arg(serve)
     serve.add_argument(
         "--no-migrate",
         action="store_true",
@@ -249,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
         "(PostgreSQL; the default there), or 'inline', this process's own threads (the only "
         "one on SQLite)",
     )
+    _projector_processes_arg(load)
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     audit = sub.add_parser(
@@ -491,7 +497,9 @@ def _import(args: argparse.Namespace) -> int:
 
     projector: Projectors | None = None
     if child_projects:
-        tally, projector = opened_with_projector(args.database, open_, log_level="WARNING")
+        tally, projector = opened_with_projector(
+            args.database, open_, log_level="WARNING", processes=args.projector_processes
+        )
     else:
         tally = open_()
     tally.start(sweep=False)

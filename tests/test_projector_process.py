@@ -374,6 +374,10 @@ def test_projections_in_a_process_on_sqlite_are_one_line(
         ),
         (["project", "--read-models", ""], "--read-models: none: give names among points"),
         (["serve", "--projector-processes", "3"], "--projector-processes: '3' is not 1 or 2"),
+        (
+            ["import", "--projector-processes", "two", "--program", "p", "h.jsonl"],
+            "--projector-processes: 'two' is not 1 or 2",
+        ),
     ],
 )
 def test_bad_projection_flags_say_what_is_wanted(args: list[str], expected: str) -> None:
