@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_benchmark_smoke_run(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--lag-probe-ms", "--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
