@@ -118,6 +118,7 @@ def test_bulk_cases_smoke_run(tmp_path: Path) -> None:
     assert set(rows) == {
         "import",
         "import-inline",
+        "import-one-projector",
         "rebuild",
         "list-first-page",
         "list-deep-page",
