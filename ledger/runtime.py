@@ -87,6 +87,7 @@ class Tally:
         `read_models`: "project" only: the registered read models this process writes (by
         name; none given: all of them), when several projections processes share them."""
         self.config = config
+        self.closed = False  # set as close() begins
         self.projection_mode: ProjectionMode = projection_mode
         self.read_models = frozenset(read_models or (p.name for p in REGISTERED))
         if unknown := self.read_models - {p.name for p in REGISTERED}:
@@ -290,6 +291,9 @@ class Tally:
         return True
 
     def close(self) -> None:
+        if self.closed:  # a second close (a tool's finally after a shutdown) is nothing
+            return
+        self.closed = True
         self.checkpointer.stop()
         self.sweeper.stop()
         self.writer.stop()

@@ -513,3 +513,34 @@ def test_serve_refuses_a_metrics_port_in_use_in_one_line(tmp_path: Path) -> None
     assert len(lines) == 1, result.stderr
     assert f"--metrics-port {port}" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_collection_after_the_tally_closed_asks_the_database_nothing() -> None:
+    """The last flush of a shutdown comes after the Tally has closed: the log-position gauge
+    then reports nothing instead of asking a closed store (which the library retries for
+    seconds: a projections process took 4 s to stop with a metrics port)."""
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(None, MeterProvider(metric_readers=[reader]))
+    with open_tally("sqlite") as tally:
+        telemetry.start(tally)
+        asked: list[str] = []
+        read = tally.app.recorder.max_notification_id
+
+        def counted() -> int | None:
+            asked.append("head")  # before the read: a closed store raises
+            return read()
+
+        tally.app.recorder.max_notification_id = counted  # type: ignore[method-assign]
+        try:
+            data = reader.get_metrics_data()
+            assert data is not None
+            assert asked, "the gauge reads the log's head while the Tally is open"
+            tally.close()
+            asked.clear()
+            data = reader.get_metrics_data()
+            assert data is not None
+        finally:
+            telemetry.shutdown()
+    assert asked == []
+    names = {m.name for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics}
+    assert "tally.event_log.position" not in names

@@ -104,8 +104,14 @@ class Telemetry:
         if not self.enabled:
             return
         recorder = tally.app.recorder
+
+        def head() -> int | None:
+            # Not once the Tally is closing: the library would retry a closed store for
+            # seconds, and shutdown() collects one last time after the Tally has closed.
+            return None if tally.closed else recorder.max_notification_id()
+
         self.instruments.observe(
-            head=recorder.max_notification_id,
+            head=head,
             positions=lambda: {name: r.position for name, r in tally.projections.items()},
         )
         instruments.install(self.instruments)
