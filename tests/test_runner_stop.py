@@ -61,8 +61,11 @@ def test_every_runner_is_asked_to_stop_before_any_is_waited_for() -> None:
         # stopping them one after the other would wait out HELD_SECONDS, and say so.
         waiting_projection = Waiting(dialect, idle._stop)
         waiting = runner(waiting_projection)
-        waiting.start()
+        # The idle one first, caught up: its start writes its tracking row, which on SQLite
+        # would wait for the write lock that the waiting one's batch holds.
         idle.start()
+        assert idle.ready.wait(10)
+        waiting.start()
         assert waiting_projection.in_batch.wait(10)
 
         stop_all([waiting, idle])
