@@ -283,6 +283,25 @@ def retry(target: str, program: str, commands: list[Command]) -> dict[str, Any]:
         }
 
 
+def wait_for_orphaned_statements(database_url: str, limit: float = 30) -> None:
+    """After a `kill -9` of a server: until no backend of the database is still running a
+    statement. PostgreSQL finishes the statement of a client that died in the middle of it
+    (the group commit's insert, COMMIT included) and only then notices it is gone, so an
+    in-flight command may commit after its server died; what the database holds is only
+    final once those statements are done."""
+    deadline = time.monotonic() + limit
+    with psycopg.connect(parse_database_url(database_url).conninfo(), autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            assert time.monotonic() < deadline, "a statement of the dead server still runs"
+            time.sleep(0.02)
+
+
 def logged_requests(database_url: str, program: str) -> Counter[str]:
     """How many idempotency records each request_id of `program` has in the database."""
     with psycopg.connect(parse_database_url(database_url).conninfo()) as conn:

@@ -31,6 +31,7 @@ from tests.load import (
     serving,
     set_up_members,
     transaction_id,
+    wait_for_orphaned_statements,
 )
 from tests.support import scratch_postgres
 
@@ -51,6 +52,8 @@ def test_kill_9_under_load_loses_no_acknowledged_command_and_applies_none_twice(
             load.join()  # each thread stops at its first failed call
         finally:
             victim.close()
+        # An in-flight group commit may still be committing: read the database after it.
+        wait_for_orphaned_statements(url)
         acknowledged = dict(load.acknowledged)
         unanswered = [cmd for rid, cmd in load.sent.items() if rid not in acknowledged]
         assert len(unanswered) == load.threads  # each thread had one call in flight
