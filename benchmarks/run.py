@@ -341,7 +341,9 @@ def descendants_cpu_snapshot(pid: int) -> dict[int, float]:
     return {child: process_cpu_seconds(child) for child in found}
 
 
-def postgres_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two snapshots (pid -> seconds); a pid new in `after` counts
+    from zero."""
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
@@ -771,8 +773,8 @@ async def one_run(
         )
         busy = machine_busy_seconds() - busy
         server_cpu = process.cpu_seconds() - server_cpu
-        children_cpu = postgres_cpu_delta(children_before, descendants_cpu_snapshot(process.pid))
-        pg_cpu = postgres_cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
+        children_cpu = cpu_delta(children_before, descendants_cpu_snapshot(process.pid))
+        pg_cpu = cpu_delta(pg_before, postgres_cpu_snapshot(process.dbname))
         client_cpu = time.process_time() - client_cpu
     finally:
         lag = await probe.close() if probe is not None else {}
