@@ -362,6 +362,7 @@ def _operator_error(error: Exception) -> str | None:
     from ledger.infrastructure.migrations import MigrationError
     from ledger.infrastructure.single_process import DatabaseInUse
     from ledger.program_commands import ProgramArgumentError
+    from ledger.projector import ProjectorMetricsPortError
     from ledger.relay import RelayError
     from ledger.security.credentials import SecurityConfigError
 
@@ -373,6 +374,7 @@ def _operator_error(error: Exception) -> str | None:
         ListenAddressError,
         ProcessesNeedPostgres,
         ProjectionsOptionError,
+        ProjectorMetricsPortError,
         DatabaseUnavailable,
         DatabaseUrlError,
         DatabaseInUse,

@@ -48,6 +48,23 @@ class ProjectionsNeedPostgres(DatabaseUrlError):
     as every DatabaseUrlError)."""
 
 
+class ProjectorMetricsPortError(ValueError):
+    """TALLY_PROJECTOR_METRICS_PORT that is no port for every child (one line, exit 2)."""
+
+
+def children_metrics_port(children: int) -> int:
+    """TALLY_PROJECTOR_METRICS_PORT (0 when unset): the first child's port, the others on
+    the next ones, so all of them must be ports."""
+    text = os.environ.get(METRICS_PORT_ENV, "").strip() or "0"
+    last = 65535 - (children - 1)
+    if not text.isdigit() or int(text) > last:
+        raise ProjectorMetricsPortError(
+            f"{METRICS_PORT_ENV}={text!r}: give a port from 0 to {last} (0: no metrics); "
+            f"the {children} projections processes serve on it and the next ones"
+        )
+    return int(text)
+
+
 def sqlite_refusal(what: str, display: str) -> ProjectionsNeedPostgres:
     return ProjectionsNeedPostgres(
         f"{what} needs a PostgreSQL database, not {display}: a SQLite file is one "
@@ -152,7 +169,7 @@ class ProjectorSupervisor:
         metrics_port: int = 0,
     ) -> None:
         """`read_models`: the child's share of them (none: all). `metrics_port`: the child's
-        Prometheus port (0: as TALLY_PROJECTOR_METRICS_PORT says)."""
+        Prometheus port (0: none), given to it whatever its environment says."""
         self.database_url = database_url
         self.read_models = tuple(read_models)
         self.metrics_port = metrics_port
@@ -193,8 +210,7 @@ class ProjectorSupervisor:
         command += ["--parent", str(os.getpid())]
         if self.read_models:
             command += ["--read-models", ",".join(self.read_models)]
-        if self.metrics_port:
-            command += ["--metrics-port", str(self.metrics_port)]
+        command += ["--metrics-port", str(self.metrics_port)]
         # A session of its own: a Ctrl-C at the terminal reaches the servers, which drain,
         # and this process stops it afterwards, not at once.
         process = subprocess.Popen(
@@ -271,8 +287,8 @@ class Projectors:
     its metrics on that port, the second on the next one."""
 
     def __init__(self, database_url: str, processes: int = 2, log_level: str = "") -> None:
-        metrics_port = int(os.environ.get(METRICS_PORT_ENV, "0") or 0)
         groups = read_model_groups(processes)
+        metrics_port = children_metrics_port(len(groups))
         self.children = [
             ProjectorSupervisor(
                 database_url,
@@ -282,14 +298,6 @@ class Projectors:
             )
             for i, group in enumerate(groups)
         ]
-
-    @property
-    def pids(self) -> list[int]:
-        return [pid for child in self.children if (pid := child.pid) is not None]
-
-    @property
-    def restarts(self) -> int:
-        return sum(child.restarts for child in self.children)
 
     def start(self) -> None:
         for child in self.children:

@@ -252,6 +252,20 @@ def test_the_two_projectors_serve_their_metrics_on_the_port_and_the_next(
             server.close()
 
 
+@pytest.mark.parametrize("value", ["abc", "65535", "-1"])  # 65535: the second child's is none
+def test_a_bad_projector_metrics_port_is_one_line(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TALLY_PROJECTOR_METRICS_PORT", value)
+    with scratch_postgres() as url:
+        result = run_ledger("serve", "--listen", f"127.0.0.1:{free_port()}", "--database", url)
+    assert result.returncode == 2, result.stderr
+    one_clear_line(
+        result,
+        f"ledger serve: TALLY_PROJECTOR_METRICS_PORT={value!r}: give a port from 0 to 65534",
+    )
+
+
 def scrape(port: int, wanted: str, limit: float = 30) -> str:
     """The Prometheus text on `port` once it holds `wanted` (or the last one seen)."""
     deadline = time.monotonic() + limit
