@@ -13,7 +13,9 @@ commit order, the events (as JSON rows: bytes as hex) RETURNING their positions,
 request rows, committed when it returns.
 One round trip; the library's pipelined insert took seven statements and five to seven
 round trips for the same (BEGIN, SET LOCAL lock_timeout, LOCK, NOTIFY, the two inserts,
-COMMIT). NOTIFY is gone with it: nothing in Tally listens (the projections poll).
+COMMIT). The library's NOTIFY is gone with it: the projections processes are told of
+commits by `ledger/commit_notices.py`, after the commit and from a thread of its own,
+never inside this transaction (decisions 29 and 31).
 """
 
 from __future__ import annotations
