@@ -21,6 +21,7 @@ from ledger.domain.program import ProgramSettings
 from ledger.infrastructure.database import (
     LIBRARY_APPLICATION_NAME,
     Database,
+    PostgresDatabase,
     parse_database_url,
 )
 from ledger.infrastructure.dialect import POSTGRES, SQLITE, dialect_of
@@ -350,6 +351,16 @@ def test_every_session_starts_with_jit_off_and_the_url_can_add_settings(
                 "SELECT current_setting('jit') AS jit, current_setting('work_mem') AS mem"
             ).fetchone()
         assert row == {"jit": "off", "mem": "7MB"}
+        # The health probe's own connection too, with its statement timeout besides.
+        database = tally.database
+        assert isinstance(database, PostgresDatabase)
+        assert database.reachable()
+        assert database._probe is not None
+        probe = database._probe.execute(
+            "SELECT current_setting('jit'), current_setting('work_mem'),"
+            " current_setting('statement_timeout')"
+        ).fetchone()
+        assert probe == ("off", "7MB", "2s")
     finally:
         tally.close()
     with psycopg.connect(parse_database_url(url).conninfo()) as conn:

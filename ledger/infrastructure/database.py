@@ -490,11 +490,15 @@ class PostgresDatabase:
         # too, but cannot take Tally's writes: only a primary counts.
         try:
             if self._probe is None or self._probe.closed:
+                # Its statement timeout after the session's settings (a keyword replaces
+                # the conninfo's `options`, which hold JIT off and the URL's own).
+                settings = self.config.connection_options()["options"]
+                timeout = f"-c statement_timeout={PROBE_TIMEOUT_SECONDS * 1000}"
                 self._probe = psycopg.connect(
                     self.config.conninfo(),
                     autocommit=True,
                     connect_timeout=PROBE_TIMEOUT_SECONDS,
-                    options=f"-c statement_timeout={PROBE_TIMEOUT_SECONDS * 1000}",
+                    options=f"{settings} {timeout}",
                 )
             row = self._probe.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and not row[0]
