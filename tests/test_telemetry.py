@@ -278,6 +278,20 @@ def test_a_write_conflict_is_counted_and_the_group_retried(traced: Traced) -> No
     assert failed_writes
 
 
+def test_a_programme_updated_under_a_writer_is_a_conflict_on_the_program(traced: Traced) -> None:
+    """Decision 29: the writer decides under the programme it last read; the insert refuses a
+    group decided under an older version, and that conflict is labelled `program`."""
+    client = traced.client
+    program_id, member_id = client.member()
+    client.earn(program_id, member_id, 10)  # the writer has the programme as it was
+    client.update_program(program_id, display_name="Renamed", request_id=new_id("rename"))
+    earned = client.earn(program_id, member_id, 1)
+
+    assert earned.account.points_available == 11
+    assert traced.count("tally.write_conflicts", **{"tally.conflict": "program"}) == 1
+    assert traced.count("tally.write_conflicts", **{"tally.conflict": "account"}) == 0
+
+
 def test_the_log_position_and_projection_lag_are_reported(traced: Traced) -> None:
     client = traced.client
     program_id, member_id = client.member()

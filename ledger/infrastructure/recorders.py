@@ -53,6 +53,8 @@ class ProgramChanged(IntegrityError):
     the programme instead of an account). `app.save(..., programs=[(id, version)])` asks
     for the check; it is made in the insert's transaction, under its lock."""
 
+    conflict_on = "program"  # its `tally.write_conflicts` label (ledger/telemetry)
+
 
 class ChainedInserts(ApplicationRecorder):
     """Links each batch of events into their accounts' chains before the backend's insert

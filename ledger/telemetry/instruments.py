@@ -243,7 +243,10 @@ class Instruments:
                 yield written
             except IntegrityError as error:
                 outcome = "conflict"
-                on = "request_id" if requests_table in str(error) else "account"
+                # A recorder's own kind of conflict names itself (ProgramChanged: "program").
+                on = getattr(error, "conflict_on", None) or (
+                    "request_id" if requests_table in str(error) else "account"
+                )
                 self.conflicts.add(1, {"tally.conflict": on})
                 span.set_attribute("tally.conflict", on)
                 group: GroupTrace | None = getattr(self._group, "current", None)
