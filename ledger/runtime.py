@@ -34,6 +34,7 @@ from ledger.infrastructure.database import (
     PostgresDatabase,
     SqliteDatabase,
     check_database,
+    is_standby,
     open_database,
     parse_database_url,
 )
@@ -323,6 +324,14 @@ def open_replica(url: str, primary: DatabaseConfig) -> PostgresDatabase:
             "a PostgreSQL --database (postgresql://USER@HOST:PORT/DB)"
         )
     check_database(config, must_exist=True)
+    # Reports read from a primary would not be wrong, but a second primary is most often
+    # the wrong cluster (its own log, or none): only a standby is taken. That it streams
+    # from this primary is the operator's to make sure of (docs/scaling.md).
+    if not is_standby(config):
+        raise DatabaseUrlError(
+            f"--report-database {config.display} is not a standby (it takes writes): a report "
+            "replica is a hot standby of the --database's cluster"
+        )
     return PostgresDatabase(config)
 
 

@@ -173,6 +173,23 @@ def test_a_report_database_that_is_not_postgres_is_refused_in_one_line(
     assert result.returncode == 2
 
 
+def test_a_report_database_that_takes_writes_is_refused_in_one_line(
+    replicated: Replicated,
+) -> None:
+    """A primary (here the --database itself) is not a replica: most often the wrong cluster."""
+    result = run_ledger(
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--database",
+        replicated.primary.url(DBNAME),
+        "--report-database",
+        replicated.primary.url(DBNAME),
+    )
+    one_clear_line(result, "ledger serve", "is not a standby")
+    assert result.returncode == 2
+
+
 def test_an_unreachable_report_database_is_refused_in_one_line(replicated: Replicated) -> None:
     result = run_ledger(
         "serve",

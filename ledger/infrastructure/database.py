@@ -289,6 +289,16 @@ def check_database(config: DatabaseConfig, must_exist: bool) -> None:
         raise DatabaseUnavailable(_postgres_problem(config, str(e))) from None
 
 
+def is_standby(config: DatabaseConfig) -> bool:
+    """A PostgreSQL server in recovery (a standby: it takes no writes)."""
+    try:
+        with psycopg.connect(config.conninfo(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.OperationalError as e:
+        raise DatabaseUnavailable(_postgres_problem(config, str(e))) from None
+    return bool(row and row[0])
+
+
 def _postgres_problem(config: DatabaseConfig, error: str) -> str:
     where = f"PostgreSQL at {config.addresses}"
     if "does not exist" in error and "database" in error:
