@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE = "sqlite:///ledger.db"
@@ -39,10 +40,19 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(default_level: str = "INFO") -> None:
     """JSON lines on stderr at TALLY_LOG_LEVEL; by default INFO for the server, WARNING for
     the one-shot tools (whose own output says what they did)."""
+    level = os.environ.get("TALLY_LOG_LEVEL", default_level).strip().upper()
+    if level not in logging.getLevelNamesMapping():
+        raise LogLevelError(
+            f"TALLY_LOG_LEVEL={os.environ.get('TALLY_LOG_LEVEL')!r} is no log level: "
+            "give DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    level = os.environ.get("TALLY_LOG_LEVEL", default_level)
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class LogLevelError(ValueError):
+    """TALLY_LOG_LEVEL names no level."""
 
 
 def _database_arg(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +83,17 @@ _positive_int = _whole_number(1)
 _position = _whole_number(0)
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def _projections_mode(text: str) -> str:
     """--projections: process or inline ("" when neither flag nor environment says: process
     on PostgreSQL, inline on SQLite)."""
@@ -99,10 +120,17 @@ def _projector_processes_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a mistake said in one line (argparse prints its whole usage first,
+    up to a dozen lines, before the line that says what is wrong). Its subcommands' parsers
+    are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ledger", description="Tally: the points and stored-value ledger"
-    )
+    parser = OneLineParser(prog="ledger", description="Tally: the points and stored-value ledger")
     sub = parser.add_subparsers(
         dest="command",
         required=True,
@@ -194,9 +222,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     operations.add_argument(
         "--grace",
-        type=float,
-        default=float(os.environ.get("TALLY_SHUTDOWN_GRACE", "10")),
-        help="seconds in-flight calls get to finish on SIGTERM (default 10)",
+        type=_seconds,
+        # A string: argparse converts it with `type` only when the flag is not given, so a
+        # bad TALLY_SHUTDOWN_GRACE is refused by `ledger serve` alone, in one line.
+        default=os.environ.get("TALLY_SHUTDOWN_GRACE", "10"),
+        help="seconds in-flight calls get to finish on SIGTERM (env TALLY_SHUTDOWN_GRACE; "
+        "default 10)",
     )
 
     from ledger.project_command import add_parsers as add_project_parsers
@@ -333,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_parsed(args: argparse.Namespace) -> int:
     """Run a parsed command: a mistake an operator can fix is one line, exit 2."""
-    configure_logging("INFO" if args.command in ("serve", "project") else "WARNING")
     try:
+        configure_logging("INFO" if args.command in ("serve", "project") else "WARNING")
         return _run(args)
     except KeyboardInterrupt:
         return 130
@@ -344,6 +375,11 @@ def run_parsed(args: argparse.Namespace) -> int:
             raise
         print(f"ledger {args.command}: {line}", file=sys.stderr)
         return 2
+
+
+_OPERATOR_ERRNOS = frozenset(
+    (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOSPC, errno.EROFS)
+)
 
 
 def _operator_error(error: Exception) -> str | None:
@@ -368,9 +404,18 @@ def _operator_error(error: Exception) -> str | None:
 
     if isinstance(error, InvalidArgument):
         return "; ".join(f"{field}: {why}" for field, why in error.violations)
+    if isinstance(error, OSError) and error.errno in _OPERATOR_ERRNOS:
+        # A file named on the command line that cannot be read or written, a full disk.
+        return f"{error.strerror}: {error.filename}" if error.filename else str(error.strerror)
     if isinstance(error, DomainError):
         return error.message
+    from ledger.importer import ImportFileError
+    from ledger.runtime import WritersSettingError
+
     known = (
+        LogLevelError,
+        WritersSettingError,
+        ImportFileError,
         ListenAddressError,
         ProcessesNeedPostgres,
         ProjectionsOptionError,

@@ -88,6 +88,10 @@ KINDS = ("member", "earn", "redeem", "adjust", "reverse", "top_up", "spend")
 STATE_VERSION = 2
 
 
+class ImportFileError(ValueError):
+    """The file cannot be read as records at all (not UTF-8 text, say): one line, exit 2."""
+
+
 class BadRecord(ValueError):
     """A record that cannot become a command; the message says which field and why."""
 
@@ -113,22 +117,33 @@ class ImportReport:
 
 def read_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for every record; a line that is not a record yields a dict
-    with only "_error"."""
-    with path.open(newline="", encoding="utf-8") as f:
-        if fmt == "csv":
+    with only "_error". UTF-8, with or without the byte-order mark spreadsheets write."""
+    if fmt == "csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
-        else:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield number, {"_error": f"not JSON: {e.msg}"}
-                    continue
-                yield number, record if isinstance(record, dict) else {"_error": "not an object"}
+            try:
+                for row in reader:
+                    yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+            except UnicodeDecodeError:
+                raise ImportFileError(
+                    f"{path}: line {reader.line_num + 1} is not UTF-8 text: save the file as UTF-8"
+                ) from None
+        return
+    with path.open("rb") as binary:
+        for number, raw in enumerate(binary, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield number, {"_error": "not UTF-8 text"}
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield number, {"_error": f"not JSON: {e.msg}"}
+                continue
+            yield number, record if isinstance(record, dict) else {"_error": "not an object"}
 
 
 def detect_format(path: Path) -> str:
@@ -165,7 +180,7 @@ def _integer(record: dict[str, Any], name: str, v: Violations, default: int | No
         return 0
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is infinity
         v.add(name, "must be an integer")
         return 0
     if isinstance(value, float) and value != number:

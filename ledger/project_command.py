@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     child."""
     from ledger import cli
 
-    parser = argparse.ArgumentParser(prog="ledger")
+    parser = cli.OneLineParser(prog="ledger")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub, cli._database_arg, cli._position)
     return cli.run_parsed(parser.parse_args(["project", *(sys.argv[1:] if argv is None else argv)]))

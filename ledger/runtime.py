@@ -171,7 +171,7 @@ class Tally:
         # inserts on the events table. More threads only split the groups and fight over the
         # GIL (earn-64 measured 1,080 calls/s with 1 writer, 930 with 2, 710 with 4).
         if writers is None:
-            writers = int(os.environ.get("TALLY_WRITERS", "1"))
+            writers = writers_from_environment()
         self.writer = GroupCommitWriter(
             self.app, writers=writers, max_group=max_group, cache_per_writer=cache_size
         )
@@ -312,6 +312,22 @@ class Tally:
     def _release(self) -> None:
         if self._single is not None:
             self._single.release()
+
+
+class WritersSettingError(ValueError):
+    """TALLY_WRITERS is not a whole number of at least 1."""
+
+
+def writers_from_environment() -> int:
+    """TALLY_WRITERS (default 1): writer threads of an API process."""
+    text = os.environ.get("TALLY_WRITERS", "1")
+    try:
+        writers = int(text)
+    except ValueError:
+        writers = 0
+    if writers < 1:
+        raise WritersSettingError(f"TALLY_WRITERS={text!r}: give a whole number of at least 1")
+    return writers
 
 
 def open_replica(url: str, primary: DatabaseConfig) -> PostgresDatabase:

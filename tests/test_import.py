@@ -131,6 +131,43 @@ def test_bad_and_refused_records_are_set_aside_and_the_rest_applied(
     assert tally.app.get_account("p", "bob").available == 9
 
 
+def test_lines_that_are_not_utf8_or_numbers_beyond_any_integer_are_set_aside(
+    tally: Tally, tmp_path: Path
+) -> None:
+    """1e400 is a JSON number that Python reads as infinity, and a line of other bytes than
+    UTF-8 is no text at all: each is a rejected record, and the rest of the file goes on."""
+    path = tmp_path / "odd.jsonl"
+    lines = [
+        json.dumps({"type": "member", "member_id": "cy"}).encode(),
+        b'{"type": "earn", "member_id": "cy", "points": 1e400, "store_id": "s"}',
+        b'{"type": "earn", "member_id": "cy", "points": NaN, "store_id": "s"}',
+        b"\xac\xed\x00\x05 not text",
+        json.dumps({"type": "earn", "member_id": "cy", "points": 7, "store_id": "s"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (2, 3)
+    rejects = [json.loads(line) for line in path.with_name("odd.jsonl.rejects.jsonl").open()]
+    assert sorted((r["line"], r["message"]) for r in rejects) == [
+        (2, "points: must be an integer"),
+        (3, "points: must be an integer"),
+        (4, "not UTF-8 text"),
+    ]
+    assert tally.app.get_account("p", "cy").available == 7
+
+
+def test_a_csv_file_with_a_byte_order_mark_is_read_as_utf8(tally: Tally, tmp_path: Path) -> None:
+    """Spreadsheets save UTF-8 with a byte-order mark before the header."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbftype,member_id\r\nmember,dee\r\n")
+
+    report = Importer(tally, "p", path, progress=False).run()
+
+    assert (report.applied, report.rejected) == (1, 0)
+
+
 def test_records_the_api_would_refuse_are_refused_with_its_field_names(
     tally: Tally, tmp_path: Path
 ) -> None:

@@ -59,7 +59,11 @@ class Violations:
         self.items: list[tuple[str, str]] = []
 
     def add(self, field: str, description: str) -> None:
-        self.items.append((field, description))
+        # A field's first violation says what is wrong with it; a later check sees only the
+        # stand-in value the first returned ("must be an integer", then "must be greater
+        # than 0" of the 0 in its place, would contradict it).
+        if all(f != field for f, _ in self.items):
+            self.items.append((field, description))
 
     def raise_if_any(self) -> None:
         if self.items:

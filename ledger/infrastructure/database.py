@@ -11,6 +11,7 @@ between them is the configuration's and the database's `dialect` (dialect.py).
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import sqlite3
@@ -282,11 +283,35 @@ def check_database(config: DatabaseConfig, must_exist: bool) -> None:
                 f"no folder {path.parent} for the SQLite database {path}: create the folder "
                 "first, or give another --database"
             )
+        _check_sqlite_file(path, must_exist)
         return
     try:
         psycopg.connect(config.conninfo()).close()
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(_postgres_problem(config, str(e))) from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, read_only: bool) -> None:
+    """What sqlite3 would only say as "unable to open database file" or "file is not a
+    database", in words that name the file and the fix."""
+    if path.is_dir():
+        raise DatabaseUnavailable(f"{path} is a folder, not a SQLite database file")
+    if path.exists():
+        with path.open("rb") as f:  # a file no one may read raises PermissionError here
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise DatabaseUnavailable(f"{path} is not a SQLite database")
+        if not read_only and not os.access(path, os.W_OK):
+            raise DatabaseUnavailable(f"cannot write the SQLite database {path}: it is read-only")
+    if not read_only and not os.access(path.parent, os.W_OK):
+        # SQLite writes its journal beside the file, so the folder must be writable too.
+        raise DatabaseUnavailable(
+            f"cannot write in {path.parent}, where the SQLite database {path} and its journal "
+            "go: give a folder this user may write"
+        )
 
 
 def is_standby(config: DatabaseConfig) -> bool:
