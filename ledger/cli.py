@@ -64,8 +64,12 @@ def _database_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+BIGGEST = 2**63 - 1  # what the databases' bigint (and SQLite's INTEGER) can hold
+
+
 def _whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum`, refused in one line."""
+    """An argparse type: a whole number of at least `minimum` (and at most BIGGEST),
+    refused in one line."""
 
     def parse(text: str) -> int:
         try:
@@ -74,6 +78,8 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > BIGGEST:
+            raise argparse.ArgumentTypeError(f"must be at most {BIGGEST}, got {value}")
         return value
 
     return parse

@@ -75,8 +75,8 @@ def expiry_window(
     """The forecast's window [since, until), checked (None, with a violation on `field`):
     until after since and at most 366 days later; unset, since + 366 days (at most the
     API's last instant)."""
-    if until is None:
-        return since, min(since + MAX_WINDOW, MAX_TIME)
+    if until is None:  # (since + 366 days would overflow datetime past MAX_TIME)
+        return since, MAX_TIME if since > MAX_TIME - MAX_WINDOW else since + MAX_WINDOW
     if since >= until:
         v.add(field, "must be after since (unset: now)")
         return None

@@ -41,6 +41,22 @@ class ProgramArgumentError(ValueError):
     """A flag that cannot become a request field; the message names the flag."""
 
 
+def _ranged(low: int, high: int, note: str = "") -> Any:
+    """An argparse type: a whole number in low..high (a request's field would refuse more,
+    and 0 where it means "the default" would be taken silently)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}{note}, got {number}")
+        return number
+
+    return parse
+
+
 def add_parsers(sub: Any, database_arg: Any) -> None:
     program = sub.add_parser(
         "program",
@@ -69,7 +85,9 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
     create.add_argument("--name", required=True, help="display name")
     create.add_argument("--currency", required=True, help="ISO 4217 code, e.g. EUR, CNY")
     create.add_argument("--time-zone", default="UTC", help="IANA zone (default UTC)")
-    create.add_argument("--point-value-minor", type=int, default=0, help="value of a point")
+    create.add_argument(
+        "--point-value-minor", type=_ranged(0, INT64.stop - 1), default=0, help="value of a point"
+    )
     for p in (create, update):
         if p is update:
             p.add_argument("--name", help="display name")
@@ -83,7 +101,11 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             metavar="CODE:NAME:THRESHOLD",
             help="a tier of the ladder (repeat for each); on update, replaces the ladder",
         )
-        p.add_argument("--tier-window-days", type=int, help="qualifying window (default 365)")
+        p.add_argument(
+            "--tier-window-days",
+            type=_ranged(1, INT32.stop - 1),
+            help="qualifying window (default 365)",
+        )
         p.add_argument(
             "--stored-value-split",
             "--split",
@@ -92,7 +114,9 @@ def add_parsers(sub: Any, database_arg: Any) -> None:
             help="how a Spend divides between cash and bonus (created with proportional)",
         )
         p.add_argument(
-            "--expected-redemption-rate-ppm", type=int, help="finance's estimate, 1..1000000"
+            "--expected-redemption-rate-ppm",
+            type=_ranged(1, 1_000_000),
+            help="finance's estimate, 1..1000000",
         )
         p.add_argument(
             "--top-up-bonus",
@@ -301,6 +325,8 @@ def _expiry(text: str) -> pb.ExpiryPolicy:
         return pb.ExpiryPolicy(kind=pb.EXPIRY_KIND_NEVER)
     if not number.isdigit():
         raise ProgramArgumentError(f"--expiry {text!r}: N must be a whole number")
+    if int(number) not in INT32:
+        raise ProgramArgumentError(f"--expiry {text!r}: N is out of range")
     if kind == "rolling-days":
         return pb.ExpiryPolicy(kind=EXPIRY_KINDS[kind], days=int(number))
     return pb.ExpiryPolicy(kind=EXPIRY_KINDS[kind], years=int(number))

@@ -26,6 +26,9 @@ def one_clear_line(result: object, *expected: str) -> str:
     return stderr
 
 
+_PROGRAM_CREATE = ("program", "create", "--program", "p", "--name", "P", "--currency", "EUR")
+
+
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [
@@ -168,6 +171,20 @@ def test_a_database_or_server_that_cannot_be_had_is_one_line(
             ["export", "events", "--since-position", "-1"],
             "--since-position: must be at least 0, got -1",
         ),
+        (
+            ["export", "events", "--since-position", "99999999999999999999"],
+            "--since-position: must be at most 9223372036854775807",
+        ),
+        (["serve", "--grace", "-1"], "--grace: must be 0 or more seconds"),
+        (
+            [*_PROGRAM_CREATE, "--point-value-minor", "999999999999999999999999999"],
+            "--point-value-minor: must be 0..9223372036854775807",
+        ),
+        ([*_PROGRAM_CREATE, "--tier-window-days", "0"], "--tier-window-days: must be 1.."),
+        (
+            [*_PROGRAM_CREATE, "--expected-redemption-rate-ppm", "0"],
+            "--expected-redemption-rate-ppm: must be 1..1000000, got 0",
+        ),
         (["audit"], "required: {verify,replay,journal,checkpoint}"),
         (["export"], "required: {events}"),
         (["program"], "required: {create,show,update}"),
@@ -232,9 +249,6 @@ def test_the_cache_default_the_parser_shows_is_the_servers(tmp_path: Path) -> No
         tally.close()
 
 
-_PROGRAM_CREATE = ("program", "create", "--program", "p", "--name", "P", "--currency", "EUR")
-
-
 @pytest.mark.parametrize(
     ("variable", "value", "args", "expected"),
     [
@@ -283,6 +297,26 @@ def test_a_sqlite_path_that_is_a_folder_or_another_file_is_one_line(tmp_path: Pa
             result = run_ledger(*args, "--database", f"sqlite:///{path}")
             one_clear_line(result, expected)
     assert other.read_bytes() == b"these are notes, not a database\n"  # left as it was
+
+
+def test_an_expiry_forecast_near_the_last_day_ends_there(tmp_path: Path) -> None:
+    """Its default end (since + 366 days) would be past datetime's last year."""
+    url = f"sqlite:///{tmp_path}/l.db"
+    assert run_ledger(*_PROGRAM_CREATE, "--database", url).returncode == 0
+    result = run_ledger(
+        "report", "expiry-forecast", "--database", url, "--program", "p",
+        "--since", "9999-06-01T00:00:00+00:00",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "0 points of 0 members" in result.stdout, result.stdout
+
+
+def test_an_expiry_too_long_to_send_is_one_line(tmp_path: Path) -> None:
+    result = run_ledger(
+        *_PROGRAM_CREATE, "--database", f"sqlite:///{tmp_path}/l.db",
+        "--expiry", "rolling-days:99999999999999999999",
+    )  # fmt: skip
+    one_clear_line(result, "--expiry", "N is out of range")
 
 
 def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
