@@ -146,8 +146,19 @@ def read_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record if isinstance(record, dict) else {"_error": "not an object"}
 
 
+FORMATS_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
 def detect_format(path: Path) -> str:
-    return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+    """By the file's extension; another is refused rather than guessed (a file of JSON
+    lines read as CSV is 0 records and no word why)."""
+    found = FORMATS_BY_SUFFIX.get(path.suffix.lower())
+    if found is None:
+        raise ImportFileError(
+            f"{path}: cannot tell its format from {path.suffix or 'no extension'!r}: "
+            "give --format csv or --format jsonl"
+        )
+    return found
 
 
 def _text(record: dict[str, Any], name: str) -> str:

@@ -331,3 +331,18 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
         )  # fmt: skip
     one_clear_line(result, "ledger export", "No space left on device")
+
+
+def test_an_import_file_of_no_known_extension_asks_for_its_format(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/l.db"
+    assert run_ledger(*_PROGRAM_CREATE, "--database", url).returncode == 0
+    records = tmp_path / "members.txt"
+    records.write_text('{"type": "member", "member_id": "m1"}\n')
+    result = run_ledger("import", "--database", url, "--program", "p", str(records))
+    one_clear_line(result, "cannot tell its format from '.txt'", "give --format")
+    again = run_ledger(
+        "import", "--database", url, "--program", "p", "--format", "jsonl", "--no-progress",
+        str(records),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "1 applied" in again.stdout, again.stdout
