@@ -956,6 +956,10 @@ def test_serve_listens_beyond_loopback_with_credentials_or_mutual_tls(
         (["--tls-cert", "server.crt"], "TLS needs both --tls-cert and --tls-key"),
         (["--tls-cert", "server.crt", "--tls-key", "ca.crt"], "--tls-key"),
         (
+            ["--tls-cert", "server.crt", "--tls-key", "stranger.key"],
+            "--tls-key stranger.key is not the key of the certificate --tls-cert server.crt",
+        ),
+        (
             ["--listen", "0.0.0.0:1", "--tls-cert", "server.crt", "--tls-key", "server.key"],
             "not a loopback address",
         ),
@@ -965,6 +969,7 @@ def test_serve_refuses_unusable_security_files_in_one_line(
     folder: Path, pki: Pki, flags: list[str], expected: str
 ) -> None:
     (folder / "{bad}").write_text("{not json")
+    pki.stranger.write(folder, "stranger")  # a key of another certificate than server.crt's
     process = _ledger("serve", "--database", f"sqlite:///{folder}/refused.db", *flags, cwd=folder)
     _, stderr = process.communicate(timeout=60)
     process.wait()

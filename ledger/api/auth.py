@@ -51,15 +51,20 @@ class TlsFiles:
             raise SecurityConfigError("TLS needs both --tls-cert and --tls-key")
         cert_pem, key_pem = _read(cert, "--tls-cert"), _read(key, "--tls-key")
         try:
-            x509.load_pem_x509_certificate(cert_pem)
+            certificate = x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
             raise SecurityConfigError(f"--tls-cert {cert}: not a PEM certificate") from None
         try:
-            load_pem_private_key(key_pem, password=None)
+            private_key = load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError):
             raise SecurityConfigError(
                 f"--tls-key {key}: not a PEM private key without a passphrase"
             ) from None
+        # grpc would say only that it cannot listen (after its own lines on stderr).
+        if private_key.public_key() != certificate.public_key():
+            raise SecurityConfigError(
+                f"--tls-key {key} is not the key of the certificate --tls-cert {cert}"
+            )
         ca_pem = None
         if client_ca:
             ca_pem = _read(client_ca, "--tls-client-ca")
