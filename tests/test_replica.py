@@ -5,7 +5,7 @@ read goes: reports wait for the replica's own positions, commands and account qu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,26 +157,25 @@ def test_reconciliation_stays_on_the_primary(replicated: Replicated) -> None:
     assert again.reconciliation_id == run.reconciliation_id
 
 
-def test_a_report_database_that_is_not_postgres_is_refused_in_one_line(
-    replicated: Replicated, tmp_path: Path
-) -> None:
-    result = run_ledger(
-        "serve",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--database",
-        replicated.primary.url(DBNAME),
-        "--report-database",
-        f"sqlite:///{tmp_path}/r.db",
-    )
-    one_clear_line(result, "ledger serve", "a report replica is a PostgreSQL standby")
-    assert result.returncode == 2
-
-
-def test_a_report_database_that_takes_writes_is_refused_in_one_line(
+@pytest.mark.parametrize(
+    ("report_database", "expected"),
+    [
+        (lambda r, tmp: f"sqlite:///{tmp}/r.db", "a report replica is a PostgreSQL standby"),
+        # A primary (here the --database itself) is no replica: most often the wrong cluster.
+        (lambda r, tmp: r.primary.url(DBNAME), "is not a standby"),
+        (
+            lambda r, tmp: f"postgresql://postgres@127.0.0.1:{free_port()}/{DBNAME}",
+            "cannot reach PostgreSQL",
+        ),
+    ],
+    ids=["not-postgres", "takes-writes", "unreachable"],
+)
+def test_a_report_database_that_is_no_reachable_standby_is_refused_in_one_line(
     replicated: Replicated,
+    tmp_path: Path,
+    report_database: Callable[[Replicated, Path], str],
+    expected: str,
 ) -> None:
-    """A primary (here the --database itself) is not a replica: most often the wrong cluster."""
     result = run_ledger(
         "serve",
         "--listen",
@@ -184,21 +183,7 @@ def test_a_report_database_that_takes_writes_is_refused_in_one_line(
         "--database",
         replicated.primary.url(DBNAME),
         "--report-database",
-        replicated.primary.url(DBNAME),
+        report_database(replicated, tmp_path),
     )
-    one_clear_line(result, "ledger serve", "is not a standby")
-    assert result.returncode == 2
-
-
-def test_an_unreachable_report_database_is_refused_in_one_line(replicated: Replicated) -> None:
-    result = run_ledger(
-        "serve",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--database",
-        replicated.primary.url(DBNAME),
-        "--report-database",
-        f"postgresql://postgres@127.0.0.1:{free_port()}/{DBNAME}",
-    )
-    one_clear_line(result, "ledger serve", "cannot reach PostgreSQL")
+    one_clear_line(result, "ledger serve", expected)
     assert result.returncode == 2
