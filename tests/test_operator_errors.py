@@ -3,15 +3,18 @@ non-zero exit, never a traceback (the real `ledger` command, as a subprocess).""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.support import ServerThread
+from tests.support import ServerThread, scratch_postgres
 from tests.test_server import _kill_if_running, _serve, _wait_serving, free_port, run_ledger
 
 
@@ -116,6 +119,10 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         ),
         (["migrate", "--database", "postgresql://h/d?no_such=1"], ["invalid connection option"]),
         (
+            ["migrate", "--database", "postgresql://postgres@127.0.0.1:5432/test?sslmode=bogus"],
+            ['the database URL has a bad setting: invalid sslmode value: "bogus"'],
+        ),
+        (
             [
                 "import",
                 "--database",
@@ -148,6 +155,7 @@ def test_a_second_server_on_one_sqlite_file_is_refused_and_the_lock_dies_with_it
         "bad-port-in-host-list",
         "bad-target-session-attrs",
         "unknown-libpq-parameter",
+        "bad-sslmode",
         "import-projections-process-on-sqlite",
         "no-host-of-the-list-answers",
     ],
@@ -346,3 +354,36 @@ def test_an_import_file_of_no_known_extension_asks_for_its_format(tmp_path: Path
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "1 applied" in again.stdout, again.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_migration_the_database_refuses_is_one_line_and_applies_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    """TALLY_MIGRATIONS_DIR (for testing migrations) with one that is not SQL. Run as plain
+    subprocesses: the setting is read when ledger's modules are imported (decision 32)."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "ledger" / "migrations", folder)
+    (folder / backend / "0999_broken.sql").write_text("THIS IS NOT SQL;\n")
+    ledger = str(Path(sys.executable).parent / "ledger")
+
+    def migrate(url: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ledger, "migrate", "--database", url], env={**os.environ, **env},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    with ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path}/l.db"
+            if backend == "sqlite"
+            else stack.enter_context(scratch_postgres())
+        )
+        result = migrate(url, TALLY_MIGRATIONS_DIR=str(folder))
+        one_clear_line(
+            result, "ledger migrate", "migration 0999_broken failed", "nothing was applied"
+        )
+        done = migrate(url)  # the bundled ones, every one of them, as nothing was applied
+        assert done.returncode == 0, done.stderr
+        bundled = len(list((folder / backend).glob("*.sql"))) - 1
+        assert f"{bundled} migration(s) applied" in done.stdout, done.stdout

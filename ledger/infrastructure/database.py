@@ -338,6 +338,9 @@ def _postgres_problem(config: DatabaseConfig, error: str) -> str:
     if "password" in error:
         return f"{where} refused the password of {config.user!r}"
     first = error.strip().splitlines()[0] if error.strip() else "no answer"
+    if first.startswith("connection is bad: invalid"):
+        # libpq refused the URL's own settings before trying any server.
+        return f"the database URL has a bad setting: {first.split(': ', 1)[1]}"
     reason = first.rsplit(": ", 1)[-1]
     return f"cannot reach {where} ({reason}): is it running, and does it accept TCP connections?"
 

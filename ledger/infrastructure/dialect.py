@@ -34,6 +34,15 @@ import psycopg
 
 from ledger.infrastructure.single_process import SingleProcessLock
 
+
+class MigrationFailed(Exception):
+    """A migration's SQL was refused; its transaction, with every migration of this run,
+    was rolled back."""
+
+    def __init__(self, version: int, name: str, reason: str) -> None:
+        super().__init__(f"migration {version:04d}_{name} failed ({reason}); nothing was applied")
+
+
 if TYPE_CHECKING:
     from ledger.infrastructure.database import Cursor, DatabaseConfig
     from ledger.infrastructure.migrations import Migration
@@ -197,7 +206,10 @@ class SqliteDialect(Dialect):
                 for m in todo:
                     # executescript() would commit; run statement by statement in our BEGIN.
                     for statement in sqlite_statements(m.sql):
-                        conn.execute(statement)
+                        try:
+                            conn.execute(statement)
+                        except sqlite3.DatabaseError as e:
+                            raise MigrationFailed(m.version, m.name, str(e)) from e
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (?,?,?)",
                         (m.version, m.name, m.checksum),
@@ -344,7 +356,10 @@ class PostgresDialect(Dialect):
             rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             todo = plan(dict(rows))
             for m in todo:
-                conn.execute(m.sql.encode())
+                try:
+                    conn.execute(m.sql.encode())
+                except (psycopg.ProgrammingError, psycopg.DataError, psycopg.IntegrityError) as e:
+                    raise MigrationFailed(m.version, m.name, str(e).strip()) from e
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s,%s,%s)",
                     (m.version, m.name, m.checksum),

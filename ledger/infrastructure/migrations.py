@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.infrastructure.database import DatabaseConfig
+from ledger.infrastructure.dialect import MigrationFailed
 
 # Inside the package, so a wheel carries them (package data in pyproject.toml).
 MIGRATIONS_DIR = Path(
@@ -55,7 +56,10 @@ def pending_migrations(config: DatabaseConfig) -> list[Migration]:
 def migrate(config: DatabaseConfig) -> list[Migration]:
     """Apply every pending migration; return those applied by this call."""
     migrations = available_migrations(config.dialect.name)
-    return config.dialect.migrate(config, lambda applied: _check(applied, migrations))
+    try:
+        return config.dialect.migrate(config, lambda applied: _check(applied, migrations))
+    except MigrationFailed as e:
+        raise MigrationError(str(e)) from e
 
 
 def _check(applied: dict[int, str], migrations: list[Migration]) -> list[Migration]:
