@@ -980,6 +980,20 @@ def test_serve_refuses_unusable_security_files_in_one_line(
     assert expected in lines[0]
 
 
+@pytest.mark.parametrize("token", ["abc\ndef", "t\u00f8ken", "two words"])
+def test_demo_refuses_a_token_that_is_no_metadata_value_in_one_line(
+    server: SecureServer,
+    token: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TALLY_TOKEN", token)
+    assert ledger_main(["demo", "--target", server.target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "TALLY_TOKEN holds a space, a line break or a character beyond ASCII" in err[0]
+
+
 def test_demo_says_in_one_line_that_the_server_wants_a_token_and_takes_tally_token(
     server: SecureServer,
     world: World,

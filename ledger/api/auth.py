@@ -149,6 +149,12 @@ def with_env_token(channel: grpc.Channel) -> grpc.Channel:
     token = os.environ.get("TALLY_TOKEN", "").strip()
     if not token:
         return channel
+    if not all("!" <= ch <= "~" for ch in token):
+        # grpc would refuse the metadata itself, printing its own lines on stderr.
+        raise SecurityConfigError(
+            "TALLY_TOKEN holds a space, a line break or a character beyond ASCII: "
+            "a token is printable ASCII only"
+        )
     metadata = (("authorization", f"Bearer {token}"),)
 
     def add_token(details: Any, request: Any) -> Any:
