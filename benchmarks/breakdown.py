@@ -124,18 +124,12 @@ async def one_server(
     dbname = f"tally_breakdown_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = create_database(dbname) if spec.database else None
     metrics_port = free_port() if name == "tally" else None
-    saved = os.environ.get("TALLY_METRICS_PORT")
+    env = {"TALLY_METRICS_PORT": str(metrics_port)} if metrics_port else {}
     process: ServerProcess | None = None
     try:
-        if metrics_port:
-            os.environ["TALLY_METRICS_PORT"] = str(metrics_port)
-        process = ServerProcess(spec, url, log_dir)
+        process = ServerProcess(spec, url, log_dir, env)
         return await measure(process, operation, callers, duration, round_no, metrics_port)
     finally:
-        if saved is None:
-            os.environ.pop("TALLY_METRICS_PORT", None)
-        else:
-            os.environ["TALLY_METRICS_PORT"] = saved
         if process is not None:
             process.stop()
         if url:

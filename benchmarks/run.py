@@ -360,7 +360,14 @@ def machine_busy_seconds() -> float:
 class ServerProcess:
     """A server under test: a subprocess in its own session, its output in a log file."""
 
-    def __init__(self, spec: ServerSpec, database_url: str | None, log_dir: Path) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        database_url: str | None,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`env`: settings for this server on top of this process's environment."""
         self.spec = spec
         self.dbname = database_url.rsplit("/", 1)[1] if database_url else None
         self.port = free_port()
@@ -368,6 +375,7 @@ class ServerProcess:
         self.log_path = log_dir / f"{spec.name}.log"
         env = {
             **os.environ,
+            **(env or {}),
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
             ),
