@@ -339,10 +339,11 @@ def open_replica(url: str, primary: DatabaseConfig) -> PostgresDatabase:
             f"--report-database {config.display}: a report replica is a PostgreSQL standby of "
             "a PostgreSQL --database (postgresql://USER@HOST:PORT/DB)"
         )
-    check_database(config, must_exist=True)
     # Reports read from a primary would not be wrong, but a second primary is most often
     # the wrong cluster (its own log, or none): only a standby is taken. That it streams
-    # from this primary is the operator's to make sure of (docs/scaling.md).
+    # from this primary is the operator's to make sure of (docs/scaling.md). One
+    # connection: a replica that cannot be had is DatabaseUnavailable from it, as from
+    # check_database.
     if not is_standby(config):
         raise DatabaseUrlError(
             f"--report-database {config.display} is not a standby (it takes writes): a report "
