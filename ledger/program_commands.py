@@ -41,7 +41,7 @@ class ProgramArgumentError(ValueError):
     """A flag that cannot become a request field; the message names the flag."""
 
 
-def _ranged(low: int, high: int, note: str = "") -> Any:
+def _ranged(low: int, high: int) -> Any:
     """An argparse type: a whole number in low..high (a request's field would refuse more,
     and 0 where it means "the default" would be taken silently)."""
 
@@ -51,7 +51,7 @@ def _ranged(low: int, high: int, note: str = "") -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}{note}, got {number}")
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {number}")
         return number
 
     return parse
