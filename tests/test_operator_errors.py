@@ -29,6 +29,8 @@ def one_clear_line(result: object, *expected: str) -> str:
     return stderr
 
 
+# The installed command, run as a plain subprocess where the tests' zygote would not do.
+LEDGER = str(Path(sys.executable).parent / "ledger")
 _PROGRAM_CREATE = ("program", "create", "--program", "p", "--name", "P", "--currency", "EUR")
 
 
@@ -329,13 +331,11 @@ def test_an_expiry_too_long_to_send_is_one_line(tmp_path: Path) -> None:
 
 def test_output_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/l.db"
-    created = run_ledger(
-        "program", "create", "--database", url, "--program", "p", "--name", "P", "--currency", "EUR"
-    )
+    created = run_ledger(*_PROGRAM_CREATE, "--database", url)
     assert created.returncode == 0, created.stderr
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [str(Path(sys.executable).parent / "ledger"), "export", "events", "--database", url],
+            [LEDGER, "export", "events", "--database", url],
             stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
         )  # fmt: skip
     one_clear_line(result, "ledger export", "No space left on device")
@@ -365,11 +365,10 @@ def test_a_migration_the_database_refuses_is_one_line_and_applies_nothing(
     folder = tmp_path / "migrations"
     shutil.copytree(Path(__file__).resolve().parents[1] / "ledger" / "migrations", folder)
     (folder / backend / "0999_broken.sql").write_text("THIS IS NOT SQL;\n")
-    ledger = str(Path(sys.executable).parent / "ledger")
 
     def migrate(url: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [ledger, "migrate", "--database", url], env={**os.environ, **env},
+            [LEDGER, "migrate", "--database", url], env={**os.environ, **env},
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 
